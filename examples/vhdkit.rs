@@ -1,0 +1,282 @@
+//! `vhdkit`: inspect, check and convert VHD/VHDX images.
+//!
+//! Names and exit codes follow the command-line contract in DESIGN.md:
+//! 0 success (and "clean" for `check`), 1 damage or failure, 2 usage errors
+//! and unsupported images.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use vhdkit::disk::{ChecksumPolicy, DiskInfo, Extent, ExtentState, OpenOptions};
+use vhdkit::{Disk, DiskError};
+
+#[derive(Parser)]
+#[command(name = "vhdkit", version, about = "Read, check and convert VHD/VHDX virtual disks")]
+struct Cli {
+    /// Accept VHD footers and headers whose checksum does not match (with a warning).
+    #[arg(long, global = true)]
+    lenient: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Format, sizes, identity, parent chain and allocation summary.
+    Info {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allocation extents: start, length, state (data|zero|unallocated|parent), depth.
+    Map {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Only the image's own allocation; ranges its parent supplies show as `parent`.
+        #[arg(long)]
+        shallow: bool,
+    },
+    /// Structural validation: exit 0 clean, 1 corrupt, 2 usage or unsupported.
+    Check { image: PathBuf },
+    /// Write IN as another format (a differencing chain is flattened).
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(long = "to", value_enum)]
+        to: Target,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    Raw,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<DiskError> for Failure {
+    fn from(e: DiskError) -> Self {
+        Failure { code: if e.is_unsupported() { 2 } else { 1 }, message: e.to_string() }
+    }
+}
+
+impl From<vhdkit::Error> for Failure {
+    fn from(e: vhdkit::Error) -> Self {
+        match e {
+            vhdkit::Error::Disk(d) => d.into(),
+            other => Failure { code: 1, message: other.to_string() },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let options =
+        OpenOptions::new().checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict });
+    let result = match cli.command {
+        Command::Info { image, json } => info(&options, &image, json),
+        Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
+        Command::Check { image } => check(&options, &image),
+        Command::Convert { input, output, to } => convert(&options, &input, &output, to),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("vhdkit: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+#[derive(Serialize, Default)]
+struct Allocation {
+    data_bytes: u64,
+    zero_bytes: u64,
+    unallocated_bytes: u64,
+    parent_bytes: u64,
+}
+
+fn allocation(disk: &Disk) -> Result<Allocation, Failure> {
+    let mut a = Allocation::default();
+    for e in disk.extents(0..disk.size())? {
+        let slot = match (e.state, e.depth) {
+            (ExtentState::Data, 0) => &mut a.data_bytes,
+            (ExtentState::Data | ExtentState::Parent, _) => &mut a.parent_bytes,
+            (ExtentState::Zero, _) => &mut a.zero_bytes,
+            (ExtentState::Unallocated, _) => &mut a.unallocated_bytes,
+        };
+        *slot += e.length;
+    }
+    Ok(a)
+}
+
+#[derive(Serialize)]
+struct InfoReport<'a> {
+    #[serde(flatten)]
+    info: &'a DiskInfo,
+    chain: Vec<&'a DiskInfo>,
+    allocation: Allocation,
+}
+
+fn info(options: &OpenOptions, image: &Path, json: bool) -> Result<u8, Failure> {
+    let disk = options.open(image)?;
+    let report =
+        InfoReport { info: disk.info(), chain: disk.chain().skip(1).collect(), allocation: allocation(&disk)? };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure { code: 1, message: e.to_string() })?);
+        return Ok(0);
+    }
+    print_info(disk.info(), "");
+    for (depth, parent) in report.chain.iter().enumerate() {
+        println!("parent (depth {}):", depth + 1);
+        print_info(parent, "  ");
+    }
+    let a = &report.allocation;
+    println!(
+        "allocation:     {} data, {} zero, {} unallocated, {} from parents",
+        a.data_bytes, a.zero_bytes, a.unallocated_bytes, a.parent_bytes
+    );
+    Ok(0)
+}
+
+fn print_info(i: &DiskInfo, pad: &str) {
+    let name = |v: &dyn erased::Name| v.name();
+    println!("{pad}path:           {}", i.path.display());
+    println!("{pad}format:         {} ({})", name(&i.format), name(&i.subformat));
+    println!("{pad}virtual size:   {} bytes ({})", i.virtual_size, human(i.virtual_size));
+    if let Some(b) = i.block_size {
+        println!("{pad}block size:     {b} bytes ({})", human(u64::from(b)));
+    }
+    println!("{pad}sector size:    {} logical, {} physical", i.logical_sector_size, i.physical_sector_size);
+    println!("{pad}disk id:        {}", i.disk_id);
+    println!("{pad}identity:       {}", i.identity);
+    println!("{pad}file size:      {} bytes", i.file_size);
+    println!("{pad}creator:        {}", i.creator);
+    if let Some(p) = &i.parent {
+        println!("{pad}parent id:      {}", p.expected_identity);
+        for h in &p.hints {
+            println!("{pad}parent hint:    {:?} {}", h.kind, h.path);
+        }
+        match &p.resolved {
+            Some(r) => println!("{pad}parent file:    {}", r.display()),
+            None => println!("{pad}parent file:    (not opened)"),
+        }
+    }
+    if let Some(l) = &i.log_replay {
+        println!("{pad}log replayed:   {} entries, {} writes, head sequence {}", l.entries, l.writes, l.head_sequence);
+    }
+    for w in &i.warnings {
+        println!("{pad}warning:        {w}");
+    }
+}
+
+mod erased {
+    /// snake_case names of the info enums, as in the JSON output.
+    pub trait Name {
+        fn name(&self) -> String;
+    }
+    impl<T: serde::Serialize> Name for T {
+        fn name(&self) -> String {
+            serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+#[derive(Serialize)]
+struct MapEntry {
+    start: u64,
+    length: u64,
+    state: &'static str,
+    depth: u32,
+}
+
+fn map_entry(e: &Extent) -> MapEntry {
+    let state = match (e.state, e.depth) {
+        (ExtentState::Data, 0) => "data",
+        (ExtentState::Data | ExtentState::Parent, _) => "parent",
+        (ExtentState::Zero, _) => "zero",
+        (ExtentState::Unallocated, _) => "unallocated",
+    };
+    MapEntry { start: e.offset, length: e.length, state, depth: e.depth }
+}
+
+fn map(options: &OpenOptions, image: &Path, json: bool, shallow: bool) -> Result<u8, Failure> {
+    let options = options.clone().open_parents(!shallow);
+    let disk = options.open(image)?;
+    let extents = if shallow { disk.own_extents(0..disk.size())? } else { disk.extents(0..disk.size())? };
+    let entries: Vec<MapEntry> = extents.iter().map(map_entry).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).map_err(|e| Failure { code: 1, message: e.to_string() })?
+        );
+    } else {
+        println!("{:>16} {:>16} {:<12} depth", "start", "length", "state");
+        for e in &entries {
+            println!("{:>16} {:>16} {:<12} {}", e.start, e.length, e.state, e.depth);
+        }
+    }
+    Ok(0)
+}
+
+fn check(options: &OpenOptions, image: &Path) -> Result<u8, Failure> {
+    let disk = match options.open(image) {
+        Ok(d) => d,
+        Err(e) if e.is_unsupported() => {
+            println!("unsupported: {e}");
+            return Ok(2);
+        }
+        Err(e) => {
+            println!("corrupt: {e}");
+            return Ok(1);
+        }
+    };
+    let mut problems: Vec<String> =
+        disk.check().into_iter().map(|(path, p)| format!("{}: {p}", path.display())).collect();
+    // Walk the whole allocation map: every bitmap and BAT lookup must succeed.
+    if let Err(e) = disk.extents(0..disk.size()) {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        println!("clean: {} ({} bytes, {} image(s) in the chain)", image.display(), disk.size(), disk.depth());
+        Ok(0)
+    } else {
+        for p in &problems {
+            println!("problem: {p}");
+        }
+        Ok(1)
+    }
+}
+
+fn convert(options: &OpenOptions, input: &Path, output: &Path, to: Target) -> Result<u8, Failure> {
+    let disk = options.open(input)?;
+    let report = match to {
+        Target::Raw => vhdkit::export::write_raw(&disk, output)?,
+    };
+    eprintln!(
+        "wrote {} ({} bytes virtual, {} bytes of data) in {:.2} s",
+        output.display(),
+        report.virtual_size,
+        report.bytes_written,
+        report.seconds
+    );
+    Ok(0)
+}

@@ -1,0 +1,214 @@
+//! One view of any image or differencing chain.
+//!
+//! [`open`] sniffs a file's format, opens it read-only, follows its parents
+//! (checking each one's identity) and returns a [`Disk`]: its [`DiskInfo`], an
+//! allocation map ([`Disk::extents`]) and positional reads
+//! ([`Disk::read_at`]). A dirty VHDX log is replayed in memory first; the
+//! image files are never written.
+//!
+//! Cost: opening reads only metadata (headers, the BAT, locators; a dirty
+//! log). The BAT is held in memory (8 bytes per VHDX block, 4 per VHD block).
+//! Reads are positional, allocate nothing, and read a sector bitmap (at most
+//! 512 bytes at a time, on the stack) only for partially present blocks.
+
+mod chain;
+mod error;
+mod image;
+mod open;
+mod raw;
+mod source;
+mod vhd;
+mod vhdx;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use chain::Disk;
+pub use error::{DiskError, Result};
+pub use open::{ChecksumPolicy, DefaultResolver, OpenOptions, ParentResolver, open};
+pub use vhd::VhdImage;
+pub use vhdx::VhdxImage;
+
+use crate::format::Guid;
+
+/// A virtual disk: anything that can say what it is, which ranges hold data,
+/// and read bytes at any offset. Images and chains ([`Disk`]) implement it,
+/// and so does a backup in the store, which makes a backup mountable and
+/// lets every writer and the store take any of them.
+pub trait VirtualDisk: Send + Sync {
+    /// What the disk is: size, sector sizes, identity.
+    fn info(&self) -> &DiskInfo;
+
+    /// The allocation map of `range` (clamped to the disk), as adjacent,
+    /// coalesced extents in address order. Cost: metadata only, proportional
+    /// to the number of blocks in the range.
+    fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>>;
+
+    /// Fills `buf` with the disk's bytes at `offset`. The whole range must lie
+    /// inside the disk.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()>;
+
+    /// The virtual size in bytes.
+    fn size(&self) -> u64 {
+        self.info().virtual_size
+    }
+}
+
+/// Container format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    Vhd,
+    Vhdx,
+    Raw,
+    /// A backup in a vhdkit store.
+    Backup,
+}
+
+/// How the format lays out data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subformat {
+    /// Every byte has its place in the file.
+    Fixed,
+    /// Blocks are allocated when written.
+    Dynamic,
+    /// A dynamic disk whose unwritten sectors come from a parent.
+    Differencing,
+}
+
+/// What a differencing disk says about its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentLink {
+    /// The identity the parent must have: VHDX `parent_linkage` (the parent's
+    /// DataWriteGuid), VHD parent unique id.
+    pub expected_identity: Guid,
+    /// VHDX `parent_linkage2`, also accepted.
+    pub alternate_identity: Option<Guid>,
+    /// Where the parent may be, in the order to try: (kind, path as stored).
+    pub hints: Vec<ParentHint>,
+    /// The file that was opened as the parent, if any.
+    pub resolved: Option<PathBuf>,
+}
+
+/// One stored hint for finding a parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentHint {
+    /// `relative`, `volume`, `absolute` or `name`.
+    pub kind: HintKind,
+    /// The path exactly as the image stores it (Windows separators and all).
+    pub path: String,
+}
+
+/// The kind of a parent hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HintKind {
+    /// Relative to the child's folder.
+    Relative,
+    /// A Windows volume GUID path.
+    Volume,
+    /// An absolute path.
+    Absolute,
+    /// A bare name or path from the VHD header's parent name field.
+    Name,
+}
+
+/// A VHDX log replayed at open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogReplay {
+    /// Log entries replayed.
+    pub entries: usize,
+    /// Sequence number of the newest entry.
+    pub head_sequence: u64,
+    /// Writes applied (data sectors and zero ranges).
+    pub writes: usize,
+}
+
+/// Everything a caller may want to know about one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskInfo {
+    pub format: ImageFormat,
+    pub subformat: Subformat,
+    /// Bytes the guest sees.
+    pub virtual_size: u64,
+    /// Allocation unit; `None` for fixed VHD and raw.
+    pub block_size: Option<u32>,
+    pub logical_sector_size: u32,
+    pub physical_sector_size: u32,
+    /// The disk's own id: VHDX virtual disk id (SCSI page 83), VHD unique id.
+    pub disk_id: Guid,
+    /// What children link to: VHDX DataWriteGuid, VHD unique id. Changes
+    /// (for VHDX) whenever the disk's contents change.
+    pub identity: Guid,
+    /// The image file's size in bytes.
+    pub file_size: u64,
+    /// The image file.
+    pub path: PathBuf,
+    /// Which program made the image.
+    pub creator: String,
+    /// For differencing disks: who the parent is.
+    pub parent: Option<ParentLink>,
+    /// A dirty VHDX log replayed in memory.
+    pub log_replay: Option<LogReplay>,
+    /// Oddities that did not stop the open (a damaged backup copy of a
+    /// header, a checksum accepted under [`ChecksumPolicy::Lenient`]...).
+    pub warnings: Vec<String>,
+}
+
+/// What a range of the disk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtentState {
+    /// Bytes stored in the image at `depth`.
+    Data,
+    /// The image at `depth` says these bytes are zero.
+    Zero,
+    /// No image in the chain holds these bytes; they read as zero.
+    Unallocated,
+    /// They come from a parent that was not opened (a shallow view).
+    Parent,
+}
+
+/// A run of the disk in one state, supplied by one layer of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Extent {
+    /// First byte, in virtual disk offsets.
+    pub offset: u64,
+    /// Bytes in the run.
+    pub length: u64,
+    pub state: ExtentState,
+    /// Which layer supplies the run: 0 is the image opened, 1 its parent...
+    pub depth: u32,
+}
+
+impl Extent {
+    /// The byte range the extent covers.
+    pub fn range(&self) -> Range<u64> {
+        self.offset..self.offset + self.length
+    }
+}
+
+/// Appends `e` to `out`, merging it with the last extent when they touch and
+/// agree.
+pub(crate) fn push_extent(out: &mut Vec<Extent>, e: Extent) {
+    if e.length == 0 {
+        return;
+    }
+    if let Some(last) = out.last_mut()
+        && last.state == e.state
+        && last.depth == e.depth
+        && last.offset + last.length == e.offset
+    {
+        last.length += e.length;
+        return;
+    }
+    out.push(e);
+}
+
+/// The display name for an image read from memory rather than a file.
+pub(crate) fn memory_path(name: &str) -> PathBuf {
+    Path::new("<memory>").join(name)
+}

@@ -1,0 +1,352 @@
+//! One VHDX file: the header section, a replayed log, regions, metadata and
+//! the BAT, and the lookup from a virtual offset to where its bytes are.
+//!
+//! Opening follows [MS-VHDX]'s order: headers, then the log (replayed into
+//! an in-memory [`Overlay`] when the current header's LogGuid is set), and
+//! only then the region table, metadata and BAT, read through the overlay
+//! because the log may hold newer copies of them.
+//!
+//! Read semantics per payload state: FULLY_PRESENT is here; ZERO, UNDEFINED
+//! and UNMAPPED read as zeros (with or without a parent: only NOT_PRESENT
+//! defers to the parent); PARTIALLY_PRESENT consults the sector bitmap,
+//! sector by sector.
+
+use super::error::Result;
+use super::image::{Run, RunKind};
+use super::open::OpenOptions;
+use super::source::{Source, scan_bitmap};
+use super::{DiskInfo, HintKind, ImageFormat, LogReplay, ParentHint, ParentLink, Subformat};
+use crate::format::vhdx::bat::{Bat, BatLayout, PayloadState};
+use crate::format::vhdx::header::{CurrentHeader, HEADER_OFFSETS, HEADER_SIZE, choose_current, parse_header};
+use crate::format::vhdx::log::{LogWrite, MAX_LOG_LENGTH, find_active_sequence};
+use crate::format::vhdx::metadata::{METADATA_TABLE_SIZE, Metadata, MetadataTable};
+use crate::format::vhdx::region::{REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, RegionTable, Regions};
+use crate::format::vhdx::{self, FileIdentifier, MIB, SECTOR_BITMAP_BLOCK};
+use crate::format::{FormatError, Structure};
+use crate::io::{Overlay, ReadAt};
+
+/// A metadata item read failed: in the bytes, or in the I/O.
+enum ItemError {
+    Format(FormatError),
+    Disk(super::DiskError),
+}
+
+impl From<FormatError> for ItemError {
+    fn from(e: FormatError) -> Self {
+        ItemError::Format(e)
+    }
+}
+
+/// An open VHDX file (fixed, dynamic or differencing).
+#[derive(Debug)]
+pub struct VhdxImage {
+    source: Source,
+    file_id: FileIdentifier,
+    header: CurrentHeader,
+    regions: Regions,
+    metadata: Metadata,
+    bat: Bat,
+    info: DiskInfo,
+}
+
+impl VhdxImage {
+    /// Opens the VHDX in `source`, replaying a dirty log in memory.
+    pub(crate) fn open(mut source: Source, _options: &OpenOptions) -> Result<VhdxImage> {
+        let file_size = source.size();
+        let mut warnings = Vec::new();
+
+        let id_bytes = source.read_structure(0, FileIdentifier::SIZE as u64, "VHDX file identifier")?;
+        let file_id = FileIdentifier::decode(&id_bytes, 0).map_err(|e| source.err(e))?;
+
+        let slot = |i: usize| -> Result<std::result::Result<_, FormatError>> {
+            let at = HEADER_OFFSETS[i];
+            Ok(match source.read_structure(at, HEADER_SIZE as u64, "VHDX header") {
+                Ok(bytes) => parse_header(&bytes, at),
+                Err(super::DiskError::Format { source, .. }) => Err(source),
+                Err(e) => return Err(e),
+            })
+        };
+        let slots = [slot(0)?, slot(1)?];
+        let header = choose_current(slots).map_err(|e| source.err(e))?;
+        if let Some(e) = &header.other_slot_error {
+            warnings.push(format!("the other header is unusable: {e}"));
+        }
+        let h = &header.header;
+        h.validate(HEADER_OFFSETS[header.slot], file_size).map_err(|e| source.err(e))?;
+
+        // The log comes first: it may hold newer BAT and metadata bytes.
+        let mut log_replay = None;
+        if !h.log_guid.is_nil() {
+            let log_len = u64::from(h.log_length);
+            if log_len > MAX_LOG_LENGTH {
+                return Err(source.err(FormatError::unsupported(format!(
+                    "a {log_len}-byte VHDX log (at most {MAX_LOG_LENGTH} bytes are replayed)"
+                ))));
+            }
+            let log = source.read_structure(h.log_offset, log_len, "VHDX log")?;
+            let seq = find_active_sequence(&log, h.log_offset, h.log_guid)
+                .map_err(|e| source.err(e))?
+                .ok_or_else(|| source.err(FormatError::corrupt("VHDX log", h.log_offset, "no sequence")))?;
+            let head = *seq.head();
+            if head.flushed_file_offset > file_size {
+                return Err(source.err(FormatError::corrupt(
+                    "VHDX log entry",
+                    h.log_offset + seq.entries[seq.entries.len() - 1].position + 48,
+                    format!(
+                        "the log was written when the file held {} bytes, but it now holds {file_size}: the file was truncated",
+                        head.flushed_file_offset
+                    ),
+                )));
+            }
+            let size = seq.replayed_size(file_size);
+            let writes = seq.writes().count();
+            let entries = seq.entries.len();
+            source.replace_reader(|file| {
+                let mut overlay = Overlay::new(file, size);
+                for w in seq.writes() {
+                    match w {
+                        LogWrite::Data { file_offset, sector } => overlay.write(*file_offset, &sector[..]),
+                        LogWrite::Zero { file_offset, length } => overlay.zero(*file_offset, *length),
+                    }
+                }
+                Box::new(overlay) as Box<dyn ReadAt>
+            });
+            warnings.push(format!(
+                "the log was dirty: replayed {entries} entries ({writes} writes) in memory; the file was not modified"
+            ));
+            log_replay = Some(LogReplay { entries, head_sequence: head.sequence_number, writes });
+        }
+        let size = source.size();
+
+        // Region tables: the first valid copy.
+        let mut region_table_warnings = Vec::new();
+        let mut tables = Vec::new();
+        for at in REGION_TABLE_OFFSETS {
+            let parsed = source
+                .read_structure(at, REGION_TABLE_SIZE as u64, "VHDX region table")
+                .and_then(|b| RegionTable::parse(&b, at).map_err(|e| source.err(e)));
+            tables.push((at, parsed));
+        }
+        let mut chosen = None;
+        let mut first_err = None;
+        for (at, parsed) in tables {
+            match parsed {
+                Ok(t) if chosen.is_none() => chosen = Some((at, t)),
+                Ok(t) => {
+                    if chosen.as_ref().is_some_and(|(_, c)| c.entries != t.entries) {
+                        region_table_warnings
+                            .push(format!("the region table copy at byte {at} differs from the first"));
+                    }
+                }
+                Err(e) => {
+                    region_table_warnings.push(format!("region table copy at byte {at} is unusable: {e}"));
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let Some((table_at, table)) = chosen else {
+            return Err(first_err.unwrap_or_else(|| source.err(FormatError::corrupt("VHDX region table", 0, "none"))));
+        };
+        warnings.extend(region_table_warnings.iter().cloned());
+        let regions = table.regions(table_at, size).map_err(|e| source.err(e))?;
+
+        // Metadata: the table, then each system item (each at most 1 MiB).
+        let md = regions.metadata;
+        let table_bytes = source.read_structure(md.file_offset, METADATA_TABLE_SIZE as u64, "VHDX metadata table")?;
+        let md_table =
+            MetadataTable::parse(&table_bytes, md.file_offset, u64::from(md.length)).map_err(|e| source.err(e))?;
+        let metadata = Metadata::parse(&md_table, md.file_offset, |entry| {
+            source
+                .read_structure(md.file_offset + u64::from(entry.offset), u64::from(entry.length), "VHDX metadata item")
+                .map_err(ItemError::Disk)
+        })
+        .map_err(|e| match e {
+            ItemError::Format(f) => source.err(f),
+            ItemError::Disk(d) => d,
+        })?;
+
+        // The BAT.
+        let layout = BatLayout::new(
+            metadata.block_size,
+            metadata.logical_sector_size,
+            metadata.virtual_size,
+            metadata.has_parent,
+        );
+        if layout.table_bytes() > u64::from(regions.bat.length) {
+            return Err(source.err(FormatError::corrupt(
+                "VHDX BAT",
+                regions.bat.file_offset,
+                format!(
+                    "the region holds {} bytes but the disk needs {} entries ({} bytes)",
+                    regions.bat.length,
+                    layout.entries,
+                    layout.table_bytes()
+                ),
+            )));
+        }
+        let bat_bytes = source.read_structure(regions.bat.file_offset, layout.table_bytes(), "VHDX BAT")?;
+        let bat = Bat::parse(&bat_bytes, layout, regions.bat.file_offset).map_err(|e| source.err(e))?;
+        drop(bat_bytes);
+        bat.validate(regions.bat.file_offset, size).map_err(|e| source.err(e))?;
+
+        let subformat = if metadata.has_parent {
+            Subformat::Differencing
+        } else if metadata.leave_blocks_allocated {
+            Subformat::Fixed
+        } else {
+            Subformat::Dynamic
+        };
+        let parent = match &metadata.parent_locator {
+            Some(loc) => {
+                let at = md.file_offset
+                    + md_table.system_item(vhdx::metadata::PARENT_LOCATOR).map_or(0, |e| u64::from(e.offset));
+                let (expected, alternate) = loc.linkage(at).map_err(|e| source.err(e))?;
+                let hints = loc
+                    .paths()
+                    .into_iter()
+                    .map(|(key, path)| ParentHint {
+                        kind: match key {
+                            "relative_path" => HintKind::Relative,
+                            "volume_path" => HintKind::Volume,
+                            _ => HintKind::Absolute,
+                        },
+                        path: path.to_string(),
+                    })
+                    .collect();
+                Some(ParentLink { expected_identity: expected, alternate_identity: alternate, hints, resolved: None })
+            }
+            None => None,
+        };
+        let info = DiskInfo {
+            format: ImageFormat::Vhdx,
+            subformat,
+            virtual_size: metadata.virtual_size,
+            block_size: Some(metadata.block_size),
+            logical_sector_size: metadata.logical_sector_size,
+            physical_sector_size: metadata.physical_sector_size,
+            disk_id: metadata.disk_id,
+            identity: header.header.data_write_guid,
+            file_size,
+            path: source.path().to_path_buf(),
+            creator: file_id.creator(),
+            parent,
+            log_replay,
+            warnings,
+        };
+        Ok(VhdxImage { source, file_id, header, regions, metadata, bat, info })
+    }
+
+    /// What the image says about itself.
+    pub fn info(&self) -> &DiskInfo {
+        &self.info
+    }
+
+    pub(crate) fn info_mut(&mut self) -> &mut DiskInfo {
+        &mut self.info
+    }
+
+    /// The current header and which slot it came from.
+    pub fn header(&self) -> &CurrentHeader {
+        &self.header
+    }
+
+    /// The file type identifier.
+    pub fn file_identifier(&self) -> &FileIdentifier {
+        &self.file_id
+    }
+
+    /// The BAT and metadata regions.
+    pub fn regions(&self) -> &Regions {
+        &self.regions
+    }
+
+    /// The system metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The BAT.
+    pub fn bat(&self) -> &Bat {
+        &self.bat
+    }
+
+    /// The run starting at `offset` (inside the disk), at most `max` bytes.
+    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
+        let layout = self.bat.layout();
+        let block = offset / layout.block_size;
+        let within = offset % layout.block_size;
+        let len = max.min(layout.block_bytes(block) - within);
+        let (state, file_offset) = self.bat.payload(block);
+        let parent = layout.has_parent;
+        let kind = match state {
+            PayloadState::FullyPresent => RunKind::Data { file_offset: file_offset + within },
+            PayloadState::NotPresent if parent => RunKind::Parent,
+            PayloadState::NotPresent => RunKind::Unallocated,
+            PayloadState::Zero => RunKind::Zero,
+            // Zeros either way; in a child they hide the parent's bytes, so
+            // they count as this layer's (explicit zeros).
+            PayloadState::Undefined | PayloadState::Unmapped if parent => RunKind::Zero,
+            PayloadState::Undefined | PayloadState::Unmapped => RunKind::Unallocated,
+            PayloadState::PartiallyPresent => {
+                let sector = layout.logical_sector_size;
+                let chunk = block / layout.chunk_ratio;
+                let Some(bitmap) = self.bat.bitmap_block(chunk) else {
+                    // `Bat::validate` guarantees a bitmap for partial blocks.
+                    return Ok(Run { len, kind: RunKind::Parent });
+                };
+                let first_bit = (block % layout.chunk_ratio) * layout.sectors_per_block() + within / sector;
+                let sectors = (within + len).div_ceil(sector) - within / sector;
+                let (present, run) = scan_bitmap(&self.source, bitmap, vhdx::BITMAP_ORDER, first_bit, sectors)?;
+                let len = (run * sector - within % sector).min(len);
+                let kind = if present { RunKind::Data { file_offset: file_offset + within } } else { RunKind::Parent };
+                return Ok(Run { len, kind });
+            }
+        };
+        Ok(Run { len, kind })
+    }
+
+    /// Reads file bytes (through the replayed log) for a `Data` run.
+    pub(crate) fn read_data(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
+        self.source.read_exact(buf, file_offset)
+    }
+
+    /// Structural problems that did not prevent opening (for `check`).
+    pub(crate) fn check(&self) -> Vec<String> {
+        let mut problems = self.info.warnings.clone();
+        problems.retain(|w| !w.starts_with("the log was dirty"));
+        let layout = self.bat.layout();
+        let mut used: Vec<(u64, u64, String)> = vec![
+            (0, MIB, "the header section".to_string()),
+            (self.regions.bat.file_offset, u64::from(self.regions.bat.length), "the BAT region".to_string()),
+            (
+                self.regions.metadata.file_offset,
+                u64::from(self.regions.metadata.length),
+                "the metadata region".to_string(),
+            ),
+        ];
+        let h = &self.header.header;
+        if h.log_length > 0 {
+            used.push((h.log_offset, u64::from(h.log_length), "the log".to_string()));
+        }
+        for block in 0..layout.payload_blocks {
+            let (state, off) = self.bat.payload(block);
+            if state.has_data() {
+                used.push((off, layout.block_bytes(block), format!("payload block {block}")));
+            }
+        }
+        if layout.has_parent {
+            for chunk in 0..layout.bitmap_blocks {
+                if let Some(off) = self.bat.bitmap_block(chunk) {
+                    used.push((off, SECTOR_BITMAP_BLOCK, format!("sector bitmap block {chunk}")));
+                }
+            }
+        }
+        used.sort_by_key(|u| u.0);
+        for w in used.windows(2) {
+            if w[0].0 + w[0].1 > w[1].0 {
+                problems.push(format!("{} (byte {}) overlaps {} (byte {})", w[0].2, w[0].0, w[1].2, w[1].0));
+            }
+        }
+        problems
+    }
+}

@@ -1,0 +1,88 @@
+//! An output file written under a temporary name and renamed into place.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use super::ExportError;
+
+/// A file being written; dropped without [`PendingFile::commit`], it is removed.
+pub(crate) struct PendingFile {
+    file: Option<File>,
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+impl PendingFile {
+    /// Creates `.NAME.partial-PID-N` beside `target`.
+    pub(crate) fn create(target: &Path) -> Result<PendingFile, ExportError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp =
+            dir.join(format!(".{name}.partial-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|source| ExportError::Io { path: temp.clone(), action: "create", source })?;
+        Ok(PendingFile { file: Some(file), temp, target: target.to_path_buf() })
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        // Only `commit` takes the file, and it consumes self.
+        self.file.as_ref().expect("file present until commit")
+    }
+
+    pub(crate) fn io_err(&self, action: &'static str) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+        move |source| ExportError::Io { path: self.temp.clone(), action, source }
+    }
+
+    /// Writes `buf` at `offset`.
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), ExportError> {
+        write_all_at(self.file(), buf, offset).map_err(self.io_err("write"))
+    }
+
+    /// Flushes the data, renames the file into place and syncs the folder.
+    pub(crate) fn commit(mut self) -> Result<(), ExportError> {
+        let file = self.file.take().expect("file present until commit");
+        file.sync_all().map_err(|source| ExportError::Io { path: self.temp.clone(), action: "sync", source })?;
+        drop(file);
+        fs::rename(&self.temp, &self.target).map_err(|source| ExportError::Io {
+            path: self.target.clone(),
+            action: "rename into place",
+            source,
+        })?;
+        if let Some(dir) = self.target.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(unix)]
+pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_write(buf, offset)?;
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Positional reads: the one way every layer above `format` gets bytes.
+//!
+//! Parsers never see a file handle. Images are read through [`ReadAt`], which a
+//! [`std::fs::File`] (via `pread`), a byte slice (tests and fuzzers), an in-memory
+//! overlay (a replayed VHDX log) or, with the `mmap` feature, a memory map all
+//! implement. Reads take `&self` so one open image serves many threads at once
+//! without a lock or a seek position to share.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+#[cfg(feature = "mmap")]
+mod mmap;
+mod overlay;
+#[cfg(feature = "mmap")]
+pub use mmap::MmapReader;
+pub use overlay::Overlay;
+
+/// A source of bytes addressed by absolute offset.
+///
+/// Implementations must be safe to call from several threads at once.
+pub trait ReadAt: Send + Sync {
+    /// Reads up to `buf.len()` bytes starting at `offset` and returns how many
+    /// were read. Returns 0 only at or past the end of the source.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// The size of the source in bytes, as seen when it was opened.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` from `offset`, failing with `UnexpectedEof` if the source
+    /// ends first. Retries short reads and `Interrupted`.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("source ends before byte {offset}"),
+                    ));
+                }
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A read-only file read with positional reads (`pread` on Unix).
+///
+/// The size is taken once at open: a file that grows later is read as it was,
+/// and one that shrinks produces `UnexpectedEof`, never a signal.
+#[derive(Debug)]
+pub struct FileReader {
+    file: File,
+    size: u64,
+}
+
+impl FileReader {
+    /// Opens `path` read-only. A backup tool must never write to its source.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        Self::new(file)
+    }
+
+    /// Wraps an already open file.
+    pub fn new(file: File) -> io::Result<Self> {
+        let size = file.metadata()?.len();
+        Ok(Self { file, size })
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl ReadAt for FileReader {
+    #[cfg(unix)]
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_at(buf, offset)
+    }
+
+    #[cfg(windows)]
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        use std::os::windows::fs::FileExt;
+        self.file.seek_read(buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        let Some(src) = self.get(start..) else {
+            return Ok(0);
+        };
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.as_slice().read_at(buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_reads_stop_at_the_end() {
+        let data = [1u8, 2, 3, 4];
+        let mut buf = [0u8; 3];
+        assert_eq!(data[..].read_at(&mut buf, 2).unwrap(), 2);
+        assert_eq!(&buf[..2], &[3, 4]);
+        assert_eq!(data[..].read_at(&mut buf, 4).unwrap(), 0);
+        assert_eq!(data[..].read_at(&mut buf, u64::MAX).unwrap(), 0);
+        let err = data[..].read_exact_at(&mut buf, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn file_reads_match_the_bytes_written() {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, b"hello, positional world").unwrap();
+        let reader = FileReader::open(tmp.path()).unwrap();
+        assert_eq!(reader.size(), 23);
+        let mut buf = [0u8; 10];
+        reader.read_exact_at(&mut buf, 7).unwrap();
+        assert_eq!(&buf, b"positional");
+    }
+}
