@@ -12,7 +12,7 @@ use std::process::Command;
 use common::build::{self, Block, GARBAGE, MIB, VhdSpec, VhdxSpec};
 use common::run;
 use vhdkit::disk::{OpenOptions, ParentLink, ParentResolver};
-use vhdkit::{DiskError, ExtentState, VirtualDisk};
+use vhdkit::{DiskError, ExtentState};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
