@@ -17,6 +17,7 @@ mod image;
 mod open;
 mod raw;
 mod source;
+mod spans;
 mod vhd;
 mod vhdx;
 

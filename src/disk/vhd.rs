@@ -16,6 +16,7 @@ use super::error::Result;
 use super::image::{Run, RunKind};
 use super::open::{ChecksumPolicy, OpenOptions};
 use super::source::{Source, scan_bitmap};
+use super::spans::{Owner, Span, check_disjoint};
 use super::{DiskInfo, HintKind, ImageFormat, ParentHint, ParentLink, Subformat};
 use crate::format::vhd::{
     self, Bat, DYNAMIC_HEADER_SIZE, DiskType, DynamicHeader, FOOTER_SIZE, Footer, Platform, SECTOR_SIZE,
@@ -164,38 +165,7 @@ impl VhdImage {
 
     /// Structural problems that did not prevent opening (for `check`).
     pub(crate) fn check(&self) -> Vec<String> {
-        let mut problems = self.info.warnings.clone();
-        let Some(d) = &self.dynamic else {
-            return problems;
-        };
-        // Blocks must not overlap each other or the metadata in front of them.
-        let blocks = self.info.virtual_size.div_ceil(d.block_size);
-        let mut starts: Vec<(u64, u64)> =
-            (0..blocks).filter_map(|b| d.bat.locate(b, d.bitmap_size).map(|l| (l.bitmap_offset, b))).collect();
-        starts.sort_unstable();
-        let table_end = d.header.table_offset + u64::from(d.header.max_table_entries) * 4;
-        let span = d.bitmap_size + d.block_size;
-        for w in starts.windows(2) {
-            if w[0].0 + span > w[1].0 {
-                problems.push(format!(
-                    "VHD BAT: blocks {} and {} overlap (at bytes {} and {})",
-                    w[0].1, w[1].1, w[0].0, w[1].0
-                ));
-            }
-        }
-        for &(start, b) in &starts {
-            let meta = [
-                (0, FOOTER_SIZE as u64, "footer copy"),
-                (d.header_offset, DYNAMIC_HEADER_SIZE as u64, "dynamic header"),
-                (d.header.table_offset, table_end - d.header.table_offset, "BAT"),
-            ];
-            for (m_start, m_len, name) in meta {
-                if start < m_start + m_len && m_start < start + span {
-                    problems.push(format!("VHD BAT: block {b} at byte {start} overlaps the {name}"));
-                }
-            }
-        }
-        problems
+        self.info.warnings.clone()
     }
 }
 
@@ -218,7 +188,19 @@ fn read_footer(source: &Source, policy: ChecksumPolicy, warnings: &mut Vec<Strin
         Some((footer, vhd::verify_footer_checksum(&bytes, 0)))
     };
     match tail_footer {
-        Ok((footer, at, Ok(()))) => Ok((footer, at)),
+        Ok((footer, at, Ok(()))) => {
+            if footer.disk_type != 2 {
+                match head_copy() {
+                    Some((copy, Ok(()))) if copy == footer => {}
+                    Some((_, Ok(()))) => {
+                        warnings.push("the footer copy at byte 0 differs from the footer at the end".to_string())
+                    }
+                    Some((_, Err(e))) => warnings.push(format!("the footer copy is damaged: {e}")),
+                    None => warnings.push("the footer copy at byte 0 is missing or unreadable".to_string()),
+                }
+            }
+            Ok((footer, at))
+        }
         Ok((footer, at, Err(bad_sum))) => {
             if let Some((copy, Ok(()))) = head_copy()
                 && copy.disk_type != 2
@@ -288,6 +270,20 @@ fn read_dynamic(
     let bitmap_size = header.bitmap_size();
     let block_bytes = |b: u64| virtual_size.saturating_sub(b * block_size).min(block_size);
     bat.validate(blocks, bitmap_size, block_bytes, data_end, header.table_offset).map_err(|e| source.err(e))?;
+    let mut spans = vec![
+        Span { start: 0, end: FOOTER_SIZE as u64, owner: Owner::Structure("footer copy") },
+        Span {
+            start: header_offset,
+            end: header_offset + DYNAMIC_HEADER_SIZE as u64,
+            owner: Owner::Structure("dynamic header"),
+        },
+        Span { start: header.table_offset, end: header.table_offset + blocks * 4, owner: Owner::Structure("BAT") },
+    ];
+    spans.extend((0..blocks).filter_map(|b| {
+        let loc = bat.locate(b, bitmap_size)?;
+        Some(Span { start: loc.bitmap_offset, end: loc.data_offset + block_bytes(b), owner: Owner::Block(b) })
+    }));
+    check_disjoint(spans, "VHD BAT").map_err(|e| source.err(e))?;
     Ok(Dynamic { header, header_offset, bat, block_size, bitmap_size })
 }
 

@@ -15,6 +15,7 @@ use super::error::Result;
 use super::image::{Run, RunKind};
 use super::open::OpenOptions;
 use super::source::{Source, scan_bitmap};
+use super::spans::{Owner, Span, check_disjoint};
 use super::{DiskInfo, HintKind, ImageFormat, LogReplay, ParentHint, ParentLink, Subformat};
 use crate::format::vhdx::bat::{Bat, BatLayout, PayloadState};
 use crate::format::vhdx::header::{CurrentHeader, HEADER_OFFSETS, HEADER_SIZE, choose_current, parse_header};
@@ -188,6 +189,7 @@ impl VhdxImage {
         let bat = Bat::parse(&bat_bytes, layout, regions.bat.file_offset).map_err(|e| source.err(e))?;
         drop(bat_bytes);
         bat.validate(regions.bat.file_offset, size).map_err(|e| source.err(e))?;
+        check_disjoint(file_spans(&header.header, &regions, &bat), "VHDX BAT").map_err(|e| source.err(e))?;
 
         let subformat = if metadata.has_parent {
             Subformat::Differencing
@@ -314,39 +316,41 @@ impl VhdxImage {
     pub(crate) fn check(&self) -> Vec<String> {
         let mut problems = self.info.warnings.clone();
         problems.retain(|w| !w.starts_with("the log was dirty"));
-        let layout = self.bat.layout();
-        let mut used: Vec<(u64, u64, String)> = vec![
-            (0, MIB, "the header section".to_string()),
-            (self.regions.bat.file_offset, u64::from(self.regions.bat.length), "the BAT region".to_string()),
-            (
-                self.regions.metadata.file_offset,
-                u64::from(self.regions.metadata.length),
-                "the metadata region".to_string(),
-            ),
-        ];
-        let h = &self.header.header;
-        if h.log_length > 0 {
-            used.push((h.log_offset, u64::from(h.log_length), "the log".to_string()));
-        }
-        for block in 0..layout.payload_blocks {
-            let (state, off) = self.bat.payload(block);
-            if state.has_data() {
-                used.push((off, layout.block_bytes(block), format!("payload block {block}")));
-            }
-        }
-        if layout.has_parent {
-            for chunk in 0..layout.bitmap_blocks {
-                if let Some(off) = self.bat.bitmap_block(chunk) {
-                    used.push((off, SECTOR_BITMAP_BLOCK, format!("sector bitmap block {chunk}")));
-                }
-            }
-        }
-        used.sort_by_key(|u| u.0);
-        for w in used.windows(2) {
-            if w[0].0 + w[0].1 > w[1].0 {
-                problems.push(format!("{} (byte {}) overlaps {} (byte {})", w[0].2, w[0].0, w[1].2, w[1].0));
-            }
-        }
         problems
     }
+}
+
+/// Every range of the file something claims: the header section, the log,
+/// both regions, and each allocated payload and sector-bitmap block.
+fn file_spans(h: &vhdx::Header, regions: &Regions, bat: &Bat) -> Vec<Span> {
+    let layout = bat.layout();
+    let region = |r: &vhdx::region::RegionEntry, name| Span {
+        start: r.file_offset,
+        end: r.file_offset + u64::from(r.length),
+        owner: Owner::Structure(name),
+    };
+    let mut spans = vec![
+        Span { start: 0, end: MIB, owner: Owner::Structure("the header section") },
+        Span {
+            start: h.log_offset,
+            end: h.log_offset.saturating_add(u64::from(h.log_length)),
+            owner: Owner::Structure("the log"),
+        },
+        region(&regions.bat, "the BAT region"),
+        region(&regions.metadata, "the metadata region"),
+    ];
+    for block in 0..layout.payload_blocks {
+        let (state, off) = bat.payload(block);
+        if state.has_data() {
+            spans.push(Span { start: off, end: off + layout.block_bytes(block), owner: Owner::Block(block) });
+        }
+    }
+    if layout.has_parent {
+        for chunk in 0..layout.bitmap_blocks {
+            if let Some(off) = bat.bitmap_block(chunk) {
+                spans.push(Span { start: off, end: off + SECTOR_BITMAP_BLOCK, owner: Owner::BitmapBlock(chunk) });
+            }
+        }
+    }
+    spans
 }
