@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use serde::Serialize;
 use vhdkit::disk::{ChecksumPolicy, DiskInfo, Extent, ExtentState, OpenOptions};
+use vhdkit::export::{ExportOptions, Target};
 use vhdkit::{Disk, DiskError};
 
 #[derive(Parser)]
@@ -41,18 +42,38 @@ enum Command {
     },
     /// Structural validation: exit 0 clean, 1 corrupt, 2 usage or unsupported.
     Check { image: PathBuf },
-    /// Write IN as another format (a differencing chain is flattened).
+    /// Write IN as another format (a differencing chain is flattened), or as a
+    /// differencing child of BASE holding only what differs from it.
     Convert {
         input: PathBuf,
         output: PathBuf,
-        #[arg(long = "to", value_enum)]
+        /// raw, vhd, vhd-fixed, vhdx or vhdx-fixed.
+        #[arg(long = "to")]
         to: Target,
+        /// Block size of a VHD/VHDX output, e.g. 2M or 32M.
+        #[arg(long, value_parser = parse_size)]
+        block_size: Option<u32>,
+        /// Write OUT as a child of BASE (same format as OUT).
+        #[arg(long)]
+        parent: Option<PathBuf>,
+        /// Read IN as a raw disk image instead of sniffing VHD/VHDX.
+        #[arg(long, value_parser = ["raw"])]
+        from: Option<String>,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Target {
-    Raw,
+/// `512`, `64K`, `2M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (digits, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = digits.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("unknown unit in {s:?}")),
+    };
+    u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
 }
 
 /// A failure with its exit code.
@@ -84,7 +105,9 @@ fn main() -> ExitCode {
         Command::Info { image, json } => info(&options, &image, json),
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
-        Command::Convert { input, output, to } => convert(&options, &input, &output, to),
+        Command::Convert { input, output, to, block_size, parent, from } => {
+            convert(&options, &input, &output, to, block_size, parent, from.is_some())
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -266,16 +289,24 @@ fn check(options: &OpenOptions, image: &Path) -> Result<u8, Failure> {
     }
 }
 
-fn convert(options: &OpenOptions, input: &Path, output: &Path, to: Target) -> Result<u8, Failure> {
-    let disk = options.open(input)?;
-    let report = match to {
-        Target::Raw => vhdkit::export::write_raw(&disk, output)?,
-    };
+fn convert(
+    options: &OpenOptions,
+    input: &Path,
+    output: &Path,
+    to: Target,
+    block_size: Option<u32>,
+    parent: Option<PathBuf>,
+    raw_input: bool,
+) -> Result<u8, Failure> {
+    let disk = if raw_input { options.open_raw(input)? } else { options.open(input)? };
+    let export = ExportOptions { block_size, parent, open: options.clone(), ..Default::default() };
+    let report = vhdkit::export::export(&disk, output, to, &export)?;
     eprintln!(
-        "wrote {} ({} bytes virtual, {} bytes of data) in {:.2} s",
+        "wrote {} ({} bytes virtual, {} bytes of data, {} bytes on file) in {:.2} s",
         output.display(),
         report.virtual_size,
         report.bytes_written,
+        report.file_size,
         report.seconds
     );
     Ok(0)

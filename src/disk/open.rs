@@ -181,6 +181,12 @@ impl OpenOptions {
         Ok(Disk::from_layers(vec![layer]))
     }
 
+    /// A raw disk held in memory or any other [`ReadAt`]: its bytes are the disk.
+    pub fn open_raw_reader(&self, reader: Box<dyn ReadAt>, name: &str) -> Disk {
+        let source = Source::new(reader, super::memory_path(name));
+        Disk::from_layers(vec![Layer::Raw(Box::new(RawImage::open(source)))])
+    }
+
     /// Opens `path` as a raw image: its bytes are the disk.
     pub fn open_raw(&self, path: impl AsRef<Path>) -> Result<Disk> {
         let path = path.as_ref();

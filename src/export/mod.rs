@@ -1,29 +1,118 @@
-//! Writers: stream any [`VirtualDisk`](crate::VirtualDisk) to a raw image.
+//! Writers: stream any [`VirtualDisk`] (an image, a flattened chain, a
+//! backup) to raw, VHD or VHDX, or write a differencing child that holds
+//! only what differs from a parent.
 //!
 //! Output goes to a temporary file beside the target and is renamed into
 //! place only when complete and flushed, so a failed or interrupted export
-//! never leaves a half-written file under the requested name.
+//! never leaves a half-written file under the requested name. Memory is the
+//! output's block table plus a few MiB of buffers, whatever the disk's size;
+//! unallocated and all-zero ranges are never written (holes in raw and fixed
+//! outputs, unallocated blocks in dynamic ones).
 
 mod error;
 mod output;
+mod parent;
 mod raw;
+mod scan;
+mod vhd;
+mod vhdx;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Serialize;
 
 pub use error::ExportError;
 pub use raw::write_raw;
+pub use vhd::{DEFAULT_VHD_BLOCK, MAX_VHD_SIZE};
+pub use vhdx::DEFAULT_VHDX_BLOCK;
 
-use serde::Serialize;
+use crate::disk::{OpenOptions, VirtualDisk};
+use crate::format::Guid;
+
+/// An output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The disk's bytes, sparse.
+    Raw,
+    /// Dynamic VHD (or a differencing child with a parent).
+    Vhd,
+    /// Fixed VHD.
+    VhdFixed,
+    /// Dynamic VHDX (or a differencing child with a parent).
+    Vhdx,
+    /// Fixed VHDX.
+    VhdxFixed,
+}
+
+impl FromStr for Target {
+    type Err = ExportError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "raw" => Target::Raw,
+            "vhd" => Target::Vhd,
+            "vhd-fixed" => Target::VhdFixed,
+            "vhdx" => Target::Vhdx,
+            "vhdx-fixed" => Target::VhdxFixed,
+            other => {
+                return Err(ExportError::Invalid(format!(
+                    "unknown format {other:?} (raw, vhd, vhd-fixed, vhdx, vhdx-fixed)"
+                )));
+            }
+        })
+    }
+}
+
+/// How to write an output.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Block size of a VHD or VHDX output (defaults: 2 MiB and 32 MiB).
+    pub block_size: Option<u32>,
+    /// Write a differencing child of this image (same format as the output,
+    /// same size): only sectors where the disk differs from it are stored,
+    /// and the child records the parent's identity and paths.
+    pub parent: Option<PathBuf>,
+    /// Give the output this disk id (VHDX virtual disk id, VHD unique id)
+    /// instead of a fresh one: a restore that must look like the original
+    /// disk to its VM.
+    pub disk_id: Option<Guid>,
+    /// How to open the parent.
+    pub open: OpenOptions,
+}
 
 /// What an export did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ExportReport {
     /// Virtual size of the disk exported.
     pub virtual_size: u64,
-    /// Bytes of disk data read from the source.
+    /// Bytes read from the source (and, for a child, its parent).
     pub bytes_read: u64,
-    /// Bytes written to the output (data only: holes and zero blocks are not written).
+    /// Bytes of disk data written (holes and unallocated blocks are not).
     pub bytes_written: u64,
     /// Size of the output file.
     pub file_size: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+}
+
+/// Writes `disk` to `out` in `target` format. See the module documentation
+/// for the guarantees.
+pub fn export(
+    disk: &dyn VirtualDisk,
+    out: &Path,
+    target: Target,
+    options: &ExportOptions,
+) -> crate::Result<ExportReport> {
+    if options.parent.is_some() && !matches!(target, Target::Vhd | Target::Vhdx) {
+        return Err(ExportError::Invalid("a differencing child is written as vhd or vhdx".into()).into());
+    }
+    match target {
+        Target::Raw => write_raw(disk, out),
+        Target::Vhd => vhd::write_dynamic(disk, out, options),
+        Target::VhdFixed => vhd::write_fixed(disk, out, options),
+        Target::Vhdx => vhdx::write(disk, out, false, options),
+        Target::VhdxFixed => vhdx::write(disk, out, true, options),
+    }
 }

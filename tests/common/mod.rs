@@ -149,3 +149,118 @@ pub fn assert_same_as_raw(disk: &dyn VirtualDisk, raw: &Path) {
     }
 }
 pub mod build;
+
+/// The data ranges of a (sparse) file, from SEEK_DATA/SEEK_HOLE: what the
+/// file system says, independent of any image reader.
+pub fn file_data_ranges(path: &Path) -> Vec<(u64, u64)> {
+    use std::os::unix::io::AsRawFd;
+    let f = fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as i64;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0i64;
+    while pos < len {
+        // SAFETY: plain lseek on an open descriptor.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break;
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { len } else { hole };
+        out.push((data as u64, hole as u64));
+        pos = hole;
+    }
+    out
+}
+
+/// Checks a raw file against corpus.json's record of qemu's view: each listed
+/// extent hashes the same, and every byte outside them is zero.
+pub fn assert_raw_file_matches(raw: &Path, extents: &[(u64, u64, String)], size: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(raw).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), size, "{}: size", raw.display());
+    for (off, len, sha) in extents {
+        let mut buf = vec![0u8; *len as usize];
+        f.read_exact_at(&mut buf, *off).unwrap();
+        assert_eq!(&sha256(&buf), sha, "{}: bytes {off}..{}", raw.display(), off + len);
+    }
+    let inside = |a: u64, b: u64| extents.iter().any(|(o, l, _)| *o <= a && b <= o + l);
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in file_data_ranges(raw) {
+        let mut off = start;
+        while off < end {
+            let n = (end - off).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..n], off).unwrap();
+            for (i, chunk) in buf[..n].chunks(4096).enumerate() {
+                let at = off + i as u64 * 4096;
+                if chunk.iter().any(|&b| b != 0) {
+                    assert!(
+                        inside(at, at + chunk.len() as u64),
+                        "{}: non-zero bytes at {at} where qemu reads zeros",
+                        raw.display()
+                    );
+                }
+            }
+            off += n as u64;
+        }
+    }
+}
+
+/// A VHDX's payload blocks as its BAT states them, parsed with raw offsets
+/// (independent of the crate): (virtual offset, length, state, file offset).
+pub fn vhdx_blocks(path: &Path) -> Vec<(u64, u64, u8, u64)> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path).unwrap();
+    let read = |at: u64, len: usize| {
+        let mut b = vec![0u8; len];
+        f.read_exact_at(&mut b, at).unwrap();
+        b
+    };
+    let u32at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let u64at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let regions = read(192 * 1024, 64 * 1024);
+    let mut bat_at = 0;
+    let mut meta_at = 0;
+    for i in 0..u32at(&regions, 8) as usize {
+        let e = &regions[16 + 32 * i..48 + 32 * i];
+        match build::guid_text_from_mixed(&e[..16]).to_uppercase().as_str() {
+            "2DC27766-F623-4200-9D64-115E9BFD4A08" => bat_at = u64at(e, 16),
+            "8B7CA206-4790-4B9A-B8FE-575F050F886E" => meta_at = u64at(e, 16),
+            _ => {}
+        }
+    }
+    let meta = read(meta_at, 64 * 1024);
+    let (mut block, mut size, mut sector) = (0u64, 0u64, 0u64);
+    for i in 0..u16::from_le_bytes([meta[10], meta[11]]) as usize {
+        let e = &meta[32 + 32 * i..64 + 32 * i];
+        let item = read(meta_at + u32at(e, 16) as u64, 8);
+        match build::guid_text_from_mixed(&e[..16]).to_uppercase().as_str() {
+            "CAA16737-FA36-4D43-B3B6-33F0AA44E76B" => block = u32at(&item, 0) as u64,
+            "2FA54224-CD1B-4876-B211-5DBED83BF4B8" => size = u64at(&item, 0),
+            "8141BF1D-A96F-4709-BA47-F233A8FAAB5F" => sector = u32at(&item, 0) as u64,
+            _ => {}
+        }
+    }
+    let chunk_ratio = (1u64 << 23) * sector / block;
+    let n = size.div_ceil(block);
+    let bat = read(bat_at, ((n + n / chunk_ratio + 1) * 8) as usize);
+    (0..n)
+        .map(|b| {
+            let e = u64at(&bat, ((b + b / chunk_ratio) * 8) as usize);
+            (b * block, block.min(size - b * block), (e & 7) as u8, e & !0xFFFFF)
+        })
+        .collect()
+}
+
+/// Reads `len` bytes at `offset` of an image through qemu's own driver.
+pub fn qemu_read(image: &Path, format: &str, offset: u64, len: u64, scratch: &Path) -> Vec<u8> {
+    let out = scratch.join("qemu-slice.raw");
+    let spec = format!(
+        "driver=raw,offset={offset},size={len},file.driver={format},file.file.driver=file,file.file.filename={}",
+        image.display()
+    );
+    run(Command::new("qemu-img").args(["convert", "--image-opts", &spec, "-O", "raw"]).arg(&out));
+    let bytes = fs::read(&out).unwrap();
+    let _ = fs::remove_file(&out);
+    bytes
+}
