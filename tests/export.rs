@@ -49,7 +49,7 @@ fn qemu_agrees(source: &Path, source_format: &str, output: &Path, output_format:
 
 fn export_all(disk: &Disk, qemu_source: &Path, qemu_format: &str, dir: &Path, label: &str) {
     for (target, ext, format) in TARGETS {
-        if matches!(target, Target::Vhd | Target::VhdFixed) && disk.size() % 512 != 0 {
+        if matches!(target, Target::Vhd | Target::VhdFixed) && !disk.size().is_multiple_of(512) {
             continue;
         }
         let out = dir.join(format!("{label}-{target:?}.{ext}"));
