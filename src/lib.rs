@@ -1,4 +1,32 @@
-//! vhdkit: read Microsoft virtual disks and back them up.
+//! vhdkit: read Microsoft virtual disks (VHD and VHDX: fixed, dynamic,
+//! differencing, dirty logs) and write them back in any of those formats.
+//!
+//! ```no_run
+//! use vhdkit::export::{ExportOptions, Target, export};
+//! use vhdkit::ExtentState;
+//!
+//! # fn main() -> vhdkit::Result<()> {
+//! // Read-only; parents found and identity-checked; a dirty log replayed in memory.
+//! let disk = vhdkit::open("vm/disk.avhdx")?;
+//! let info = disk.info();
+//! println!("{:?} {:?}, {} bytes", info.format, info.subformat, disk.size());
+//!
+//! // Only ranges that hold data need reading.
+//! let data: u64 = disk.extents(0..disk.size())?.iter()
+//!     .filter(|e| e.state == ExtentState::Data)
+//!     .map(|e| e.length)
+//!     .sum();
+//! println!("{data} bytes of data");
+//!
+//! // Flatten the chain into one dynamic VHDX.
+//! export(&disk, "flat.vhdx".as_ref(), Target::Vhdx, &ExportOptions::default())?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Layers: [`format`] parses bytes into structures (no I/O), [`disk`] opens
+//! files and chains as one [`Disk`], [`io`] is the positional-read trait
+//! everything reads through, and [`export`] writes images.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod disk;

@@ -13,6 +13,8 @@ use vhdkit::disk::{ChecksumPolicy, DiskInfo, Extent, ExtentState, OpenOptions};
 use vhdkit::export::{ExportOptions, Target};
 use vhdkit::{Disk, DiskError};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(name = "vhdkit", version, about = "Read, check and convert VHD/VHDX virtual disks")]
 struct Cli {
@@ -25,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole story on a disk the demo makes itself (in DIR, or a temporary folder).
+    Demo { dir: Option<PathBuf> },
     /// Format, sizes, identity, parent chain and allocation summary.
     Info {
         image: PathBuf,
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
     let options =
         OpenOptions::new().checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict });
     let result = match cli.command {
+        Command::Demo { dir } => demo::run(dir),
         Command::Info { image, json } => info(&options, &image, json),
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
