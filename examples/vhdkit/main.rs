@@ -60,6 +60,9 @@ enum Command {
         /// Write OUT as a child of BASE (same format as OUT).
         #[arg(long)]
         parent: Option<PathBuf>,
+        /// Skip the final flush to stable storage (benchmarks, scratch copies).
+        #[arg(long)]
+        no_sync: bool,
         /// Read IN as a raw disk image instead of sniffing VHD/VHDX.
         #[arg(long, value_parser = ["raw"])]
         from: Option<String>,
@@ -110,8 +113,10 @@ fn main() -> ExitCode {
         Command::Info { image, json } => info(&options, &image, json),
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
-        Command::Convert { input, output, to, block_size, parent, from } => {
-            convert(&options, &input, &output, to, block_size, parent, from.is_some())
+        Command::Convert { input, output, to, block_size, parent, from, no_sync } => {
+            let export =
+                ExportOptions { block_size, parent, open: options.clone(), sync: !no_sync, ..Default::default() };
+            convert(&options, &input, &output, to, export, from.is_some())
         }
     };
     match result {
@@ -299,12 +304,10 @@ fn convert(
     input: &Path,
     output: &Path,
     to: Target,
-    block_size: Option<u32>,
-    parent: Option<PathBuf>,
+    export: ExportOptions,
     raw_input: bool,
 ) -> Result<u8, Failure> {
     let disk = if raw_input { options.open_raw(input)? } else { options.open(input)? };
-    let export = ExportOptions { block_size, parent, open: options.clone(), ..Default::default() };
     let report = vhdkit::export::export(&disk, output, to, &export)?;
     eprintln!(
         "wrote {} ({} bytes virtual, {} bytes of data, {} bytes on file) in {:.2} s",

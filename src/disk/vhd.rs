@@ -143,6 +143,13 @@ impl VhdImage {
         let differencing = self.disk_type == DiskType::Differencing;
         let Some(loc) = d.bat.locate(block, d.bitmap_size) else {
             let kind = if differencing { RunKind::Parent } else { RunKind::Unallocated };
+            // One run across consecutive unallocated blocks.
+            let mut len = len;
+            let mut next = block + 1;
+            while len < max && d.bat.locate(next, d.bitmap_size).is_none() && next * d.block_size < size {
+                len = (len + d.block_size).min(max);
+                next += 1;
+            }
             return Ok(Run { len, kind });
         };
         let data = RunKind::Data { file_offset: loc.data_offset + within };

@@ -185,9 +185,7 @@ impl VhdxImage {
                 ),
             )));
         }
-        let bat_bytes = source.read_structure(regions.bat.file_offset, layout.table_bytes(), "VHDX BAT")?;
-        let bat = Bat::parse(&bat_bytes, layout, regions.bat.file_offset).map_err(|e| source.err(e))?;
-        drop(bat_bytes);
+        let bat = read_bat(&source, regions.bat.file_offset, layout)?;
         bat.validate(regions.bat.file_offset, size).map_err(|e| source.err(e))?;
         check_disjoint(file_spans(&header.header, &regions, &bat), "VHDX BAT").map_err(|e| source.err(e))?;
 
@@ -279,9 +277,48 @@ impl VhdxImage {
         let within = offset % layout.block_size;
         let len = max.min(layout.block_bytes(block) - within);
         let (state, file_offset) = self.bat.payload(block);
-        let parent = layout.has_parent;
-        let kind = match state {
-            PayloadState::FullyPresent => RunKind::Data { file_offset: file_offset + within },
+        if state == PayloadState::PartiallyPresent {
+            let sector = layout.logical_sector_size;
+            let chunk = block / layout.chunk_ratio;
+            let Some(bitmap) = self.bat.bitmap_block(chunk) else {
+                // `Bat::validate` guarantees a bitmap for partial blocks.
+                return Ok(Run { len, kind: RunKind::Parent });
+            };
+            let first_bit = (block % layout.chunk_ratio) * layout.sectors_per_block() + within / sector;
+            let sectors = (within + len).div_ceil(sector) - within / sector;
+            let (present, run) = scan_bitmap(&self.source, bitmap, vhdx::BITMAP_ORDER, first_bit, sectors)?;
+            let len = (run * sector - within % sector).min(len);
+            let kind = if present { RunKind::Data { file_offset: file_offset + within } } else { RunKind::Parent };
+            return Ok(Run { len, kind });
+        }
+        let kind = self.kind_of(state, file_offset + within);
+        // Extend over following blocks in the same state (and, for data,
+        // stored right after this one): one run for a long sparse or
+        // contiguous stretch, so maps and large reads cost fewer steps.
+        let mut len = len;
+        let mut next = block + 1;
+        while len < max && next < layout.payload_blocks {
+            let (s, off) = self.bat.payload(next);
+            let same = match kind {
+                RunKind::Data { file_offset: f } => s == PayloadState::FullyPresent && off == f + len,
+                _ => {
+                    s != PayloadState::PartiallyPresent && s != PayloadState::FullyPresent && self.kind_of(s, 0) == kind
+                }
+            };
+            if !same {
+                break;
+            }
+            len = (len + layout.block_bytes(next)).min(max);
+            next += 1;
+        }
+        Ok(Run { len, kind })
+    }
+
+    /// What a whole-block state reads as (not PARTIALLY_PRESENT).
+    fn kind_of(&self, state: PayloadState, file_offset: u64) -> RunKind {
+        let parent = self.bat.layout().has_parent;
+        match state {
+            PayloadState::FullyPresent => RunKind::Data { file_offset },
             PayloadState::NotPresent if parent => RunKind::Parent,
             PayloadState::NotPresent => RunKind::Unallocated,
             PayloadState::Zero => RunKind::Zero,
@@ -289,22 +326,8 @@ impl VhdxImage {
             // they count as this layer's (explicit zeros).
             PayloadState::Undefined | PayloadState::Unmapped if parent => RunKind::Zero,
             PayloadState::Undefined | PayloadState::Unmapped => RunKind::Unallocated,
-            PayloadState::PartiallyPresent => {
-                let sector = layout.logical_sector_size;
-                let chunk = block / layout.chunk_ratio;
-                let Some(bitmap) = self.bat.bitmap_block(chunk) else {
-                    // `Bat::validate` guarantees a bitmap for partial blocks.
-                    return Ok(Run { len, kind: RunKind::Parent });
-                };
-                let first_bit = (block % layout.chunk_ratio) * layout.sectors_per_block() + within / sector;
-                let sectors = (within + len).div_ceil(sector) - within / sector;
-                let (present, run) = scan_bitmap(&self.source, bitmap, vhdx::BITMAP_ORDER, first_bit, sectors)?;
-                let len = (run * sector - within % sector).min(len);
-                let kind = if present { RunKind::Data { file_offset: file_offset + within } } else { RunKind::Parent };
-                return Ok(Run { len, kind });
-            }
-        };
-        Ok(Run { len, kind })
+            PayloadState::PartiallyPresent => RunKind::Parent,
+        }
     }
 
     /// Reads file bytes (through the replayed log) for a `Data` run.
@@ -318,6 +341,33 @@ impl VhdxImage {
         problems.retain(|w| !w.starts_with("the log was dirty"));
         problems
     }
+}
+
+/// Reads the BAT in 1 MiB pieces straight into its table, so a 16 MiB BAT
+/// (a 64 TiB disk) costs 16 MiB, not twice that. The region was checked to
+/// lie inside the file before this is called.
+fn read_bat(source: &Source, offset: u64, layout: BatLayout) -> Result<Bat> {
+    let total = layout.table_bytes();
+    if offset.checked_add(total).is_none_or(|end| end > source.size()) {
+        return Err(source.err(FormatError::Truncated {
+            structure: "VHDX BAT",
+            offset,
+            needed: total,
+            available: source.size().saturating_sub(offset),
+        }));
+    }
+    let mut entries = Vec::with_capacity(layout.entries as usize);
+    let mut piece = vec![0u8; MIB.min(total) as usize];
+    let mut done = 0u64;
+    while done < total {
+        let n = (total - done).min(MIB) as usize;
+        source.read_exact(&mut piece[..n], offset + done)?;
+        entries.extend(
+            piece[..n].chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        );
+        done += n as u64;
+    }
+    Ok(Bat::from_entries(layout, entries))
 }
 
 /// Every range of the file something claims: the header section, the log,

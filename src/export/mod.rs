@@ -66,7 +66,7 @@ impl FromStr for Target {
 }
 
 /// How to write an output.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// Block size of a VHD or VHDX output (defaults: 2 MiB and 32 MiB).
     pub block_size: Option<u32>,
@@ -80,6 +80,16 @@ pub struct ExportOptions {
     pub disk_id: Option<Guid>,
     /// How to open the parent.
     pub open: OpenOptions,
+    /// Flush the output to stable storage before renaming it into place
+    /// (default). Turning it off is for benchmarks and scratch copies: a
+    /// crash may then leave a complete-looking file with missing data.
+    pub sync: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions { block_size: None, parent: None, disk_id: None, open: OpenOptions::default(), sync: true }
+    }
 }
 
 /// What an export did.
@@ -109,7 +119,7 @@ pub fn export(
         return Err(ExportError::Invalid("a differencing child is written as vhd or vhdx".into()).into());
     }
     match target {
-        Target::Raw => write_raw(disk, out),
+        Target::Raw => write_raw(disk, out, options),
         Target::Vhd => vhd::write_dynamic(disk, out, options),
         Target::VhdFixed => vhd::write_fixed(disk, out, options),
         Target::Vhdx => vhdx::write(disk, out, false, options),

@@ -44,10 +44,13 @@ impl PendingFile {
         write_all_at(self.file(), buf, offset).map_err(self.io_err("write"))
     }
 
-    /// Flushes the data, renames the file into place and syncs the folder.
-    pub(crate) fn commit(mut self) -> Result<(), ExportError> {
+    /// Flushes the data (when `sync`), renames the file into place and
+    /// syncs the folder.
+    pub(crate) fn commit(mut self, sync: bool) -> Result<(), ExportError> {
         let file = self.file.take().expect("file present until commit");
-        file.sync_all().map_err(|source| ExportError::Io { path: self.temp.clone(), action: "sync", source })?;
+        if sync {
+            file.sync_all().map_err(|source| ExportError::Io { path: self.temp.clone(), action: "sync", source })?;
+        }
         drop(file);
         fs::rename(&self.temp, &self.target).map_err(|source| ExportError::Io {
             path: self.target.clone(),

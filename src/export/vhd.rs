@@ -80,23 +80,24 @@ pub(crate) fn write_fixed(
     check_size(size)?;
     let pending = PendingFile::create(out)?;
     let mut report = ExportReport { virtual_size: size, ..Default::default() };
-    let mut scanner = Scanner::new(disk, None, 512);
-    let mut off = 0u64;
-    while off < size {
-        let len = (size - off).min(STEP * 16);
-        let mut written = 0u64;
-        scanner.block(off, len, |within, bytes| {
-            written += bytes.len() as u64;
-            pending.write_at(bytes, off + within).map_err(Into::into)
-        })?;
-        report.bytes_written += written;
-        off += len;
-    }
+    let window = 16 * STEP;
+    Scanner::run(disk, None, 512, window, |scanner| {
+        let mut off = 0u64;
+        while off < size {
+            let len = (size - off).min(window);
+            scanner.block(off, len, |within, bytes| {
+                report.bytes_written += bytes.len() as u64;
+                pending.write_at(bytes, off + within).map_err(Into::into)
+            })?;
+            off += len;
+        }
+        report.bytes_read = scanner.bytes_read;
+        Ok(())
+    })?;
     let id = options.disk_id.unwrap_or_else(Guid::new_random);
     pending.write_at(&footer(size, vhd::DiskType::Fixed, NO_DATA_OFFSET, id), size)?;
-    report.bytes_read = scanner.bytes_read;
     report.file_size = size + FOOTER_SIZE as u64;
-    pending.commit()?;
+    pending.commit(options.sync)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -166,46 +167,49 @@ pub(crate) fn write_dynamic(
     let mut bat = vec![vhd::UNALLOCATED; blocks as usize];
     let mut report = ExportReport { virtual_size: size, ..Default::default() };
     let base = parent.as_ref().map(|p| &p.disk as &dyn VirtualDisk);
-    let mut scanner = Scanner::new(disk, base, 512);
-    let mut bitmap = vec![0u8; bitmap_size as usize];
-    for b in 0..blocks {
-        let block_start = b * block;
-        let len = (size - block_start).min(block);
-        let mut place: Option<u64> = None;
-        let mut written = 0u64;
-        let plan = scanner.block(block_start, len, |within, bytes| {
-            // Data 4 KiB-aligned, bitmap just in front of it.
+    Scanner::run(disk, base, 512, block, |scanner| {
+        let mut bitmap = vec![0u8; bitmap_size as usize];
+        for b in 0..blocks {
+            let block_start = b * block;
+            let len = (size - block_start).min(block);
+            let mut place: Option<u64> = None;
+            let mut written = 0u64;
+            let plan = scanner.block(block_start, len, |within, bytes| {
+                // Data 4 KiB-aligned, bitmap just in front of it.
+                let data_at = *place.get_or_insert_with(|| {
+                    let data = (next + bitmap_size).div_ceil(4096) * 4096;
+                    next = data + block;
+                    data
+                });
+                written += bytes.len() as u64;
+                pending.write_at(bytes, data_at + within).map_err(Into::into)
+            })?;
+            if !plan.stores() {
+                continue;
+            }
             let data_at = *place.get_or_insert_with(|| {
                 let data = (next + bitmap_size).div_ceil(4096) * 4096;
                 next = data + block;
                 data
             });
-            written += bytes.len() as u64;
-            pending.write_at(bytes, data_at + within).map_err(Into::into)
-        })?;
-        if !plan.stores() {
-            continue;
-        }
-        let data_at = *place.get_or_insert_with(|| {
-            let data = (next + bitmap_size).div_ceil(4096) * 4096;
-            next = data + block;
-            data
-        });
-        bitmap.fill(0);
-        let sectors = block / 512;
-        let ranges: Vec<_> =
-            if parent.is_some() { plan.present.clone() } else { std::iter::once(0..sectors).collect() };
-        for r in ranges {
-            for s in r {
-                bits::set(&mut bitmap, BitOrder::MsbFirst, s, true);
+            bitmap.fill(0);
+            let sectors = block / 512;
+            let ranges: Vec<_> =
+                if parent.is_some() { plan.present.clone() } else { std::iter::once(0..sectors).collect() };
+            for r in ranges {
+                for s in r {
+                    bits::set(&mut bitmap, BitOrder::MsbFirst, s, true);
+                }
             }
+            let bitmap_at = data_at - bitmap_size;
+            pending.write_at(&bitmap, bitmap_at)?;
+            bat[b as usize] = u32::try_from(bitmap_at / 512)
+                .map_err(|_| ExportError::Invalid("the VHD grew past the 2 TiB its BAT can address".into()))?;
+            report.bytes_written += written;
         }
-        let bitmap_at = data_at - bitmap_size;
-        pending.write_at(&bitmap, bitmap_at)?;
-        bat[b as usize] = u32::try_from(bitmap_at / 512)
-            .map_err(|_| ExportError::Invalid("the VHD grew past the 2 TiB its BAT can address".into()))?;
-        report.bytes_written += written;
-    }
+        report.bytes_read = scanner.bytes_read;
+        Ok(())
+    })?;
 
     let disk_type = if parent.is_some() { vhd::DiskType::Differencing } else { vhd::DiskType::Dynamic };
     let id = options.disk_id.unwrap_or_else(Guid::new_random);
@@ -220,8 +224,7 @@ pub(crate) fn write_dynamic(
     pending.write_at(&f, 0)?;
     pending.write_at(&f, next)?;
     report.file_size = next + FOOTER_SIZE as u64;
-    report.bytes_read = scanner.bytes_read;
-    pending.commit()?;
+    pending.commit(options.sync)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

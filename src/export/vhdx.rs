@@ -77,7 +77,6 @@ pub(crate) fn write(
     let block = u64::from(block);
 
     let base = parent.as_ref().map(|p| &p.disk as &dyn VirtualDisk);
-    let mut scanner = Scanner::new(disk, base, u64::from(logical));
     let mut next = data_start;
     if fixed {
         next = data_start + layout.payload_blocks * block;
@@ -86,60 +85,64 @@ pub(crate) fn write(
     let mut chunk_bitmap = vec![0u8; if parent.is_some() { MIB as usize } else { 0 }];
     let mut chunk_dirty = false;
     let spb = layout.sectors_per_block();
-    for b in 0..layout.payload_blocks {
-        let block_start = b * block;
-        let len = layout.block_bytes(b);
-        let mut place: Option<u64> = fixed.then_some(data_start + b * block);
-        let mut written = 0u64;
-        let plan = scanner.block(block_start, len, |within, bytes| {
-            let at = *place.get_or_insert_with(|| {
-                let at = next;
-                next += block;
-                at
-            });
-            written += bytes.len() as u64;
-            pending.write_at(bytes, at + within).map_err(Into::into)
-        })?;
-        report.bytes_written += written;
-        let index = layout.payload_index(b) as usize;
-        bat[index] = if fixed {
-            BatEntry::new(PayloadState::FullyPresent.bits(), data_start + b * block).0
-        } else if !plan.stores() {
-            0 // NOT_PRESENT: zeros, or the parent's bytes.
-        } else if parent.is_some() && plan.source_zero {
-            BatEntry::new(PayloadState::Zero.bits(), 0).0
-        } else {
-            let at = *place.get_or_insert_with(|| {
-                let at = next;
-                next += block;
-                at
-            });
-            let whole = len.div_ceil(u64::from(logical));
-            if parent.is_none() || plan.present_sectors() >= whole {
-                BatEntry::new(PayloadState::FullyPresent.bits(), at).0
+    Scanner::run(disk, base, u64::from(logical), block, |scanner| {
+        for b in 0..layout.payload_blocks {
+            let block_start = b * block;
+            let len = layout.block_bytes(b);
+            let mut place: Option<u64> = fixed.then_some(data_start + b * block);
+            let mut written = 0u64;
+            let plan = scanner.block(block_start, len, |within, bytes| {
+                let at = *place.get_or_insert_with(|| {
+                    let at = next;
+                    next += block;
+                    at
+                });
+                written += bytes.len() as u64;
+                pending.write_at(bytes, at + within).map_err(Into::into)
+            })?;
+            report.bytes_written += written;
+            let index = layout.payload_index(b) as usize;
+            bat[index] = if fixed {
+                BatEntry::new(PayloadState::FullyPresent.bits(), data_start + b * block).0
+            } else if !plan.stores() {
+                0 // NOT_PRESENT: zeros, or the parent's bytes.
+            } else if parent.is_some() && plan.source_zero {
+                BatEntry::new(PayloadState::Zero.bits(), 0).0
             } else {
-                let first_bit = (b % layout.chunk_ratio) * spb;
-                for r in &plan.present {
-                    for s in r.clone() {
-                        bits::set(&mut chunk_bitmap, BITMAP_ORDER, first_bit + s, true);
+                let at = *place.get_or_insert_with(|| {
+                    let at = next;
+                    next += block;
+                    at
+                });
+                let whole = len.div_ceil(u64::from(logical));
+                if parent.is_none() || plan.present_sectors() >= whole {
+                    BatEntry::new(PayloadState::FullyPresent.bits(), at).0
+                } else {
+                    let first_bit = (b % layout.chunk_ratio) * spb;
+                    for r in &plan.present {
+                        for s in r.clone() {
+                            bits::set(&mut chunk_bitmap, BITMAP_ORDER, first_bit + s, true);
+                        }
                     }
+                    chunk_dirty = true;
+                    BatEntry::new(PayloadState::PartiallyPresent.bits(), at).0
                 }
-                chunk_dirty = true;
-                BatEntry::new(PayloadState::PartiallyPresent.bits(), at).0
+            };
+            // The chunk's last block (or the disk's): write its sector bitmap.
+            let chunk_ends = (b + 1) % layout.chunk_ratio == 0 || b + 1 == layout.payload_blocks;
+            if parent.is_some() && chunk_ends && chunk_dirty {
+                let at = next;
+                next += MIB;
+                pending.write_at(&chunk_bitmap, at)?;
+                let chunk = b / layout.chunk_ratio;
+                bat[layout.bitmap_index(chunk) as usize] = BatEntry::new(SB_BLOCK_PRESENT, at).0;
+                chunk_bitmap.fill(0);
+                chunk_dirty = false;
             }
-        };
-        // The chunk's last block (or the disk's): write its sector bitmap.
-        let chunk_ends = (b + 1) % layout.chunk_ratio == 0 || b + 1 == layout.payload_blocks;
-        if parent.is_some() && chunk_ends && chunk_dirty {
-            let at = next;
-            next += MIB;
-            pending.write_at(&chunk_bitmap, at)?;
-            let chunk = b / layout.chunk_ratio;
-            bat[layout.bitmap_index(chunk) as usize] = BatEntry::new(SB_BLOCK_PRESENT, at).0;
-            chunk_bitmap.fill(0);
-            chunk_dirty = false;
         }
-    }
+        report.bytes_read = scanner.bytes_read;
+        Ok(())
+    })?;
 
     // Metadata, BAT, region tables, headers, file identifier.
     let disk_id = options.disk_id.unwrap_or_else(Guid::new_random);
@@ -171,8 +174,7 @@ pub(crate) fn write(
     let file_size = next.max(data_start);
     pending.file().set_len(file_size).map_err(pending.io_err("set length"))?;
     report.file_size = file_size;
-    report.bytes_read = scanner.bytes_read;
-    pending.commit()?;
+    pending.commit(options.sync)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
