@@ -40,6 +40,8 @@ proptest! {
     #[test]
     fn vhd_bat_entry(s in seed(4)) { round_trip::<vhd::BatEntry>(s)?; }
     #[test]
+    fn vhd_locator_entry(s in seed(24)) { round_trip::<vhd::LocatorEntry>(s)?; }
+    #[test]
     fn vhdx_file_identifier(s in seed(520)) { round_trip::<vhdx::FileIdentifier>(s)?; }
     #[test]
     fn vhdx_header(s in seed(4096)) { round_trip::<vhdx::Header>(s)?; }

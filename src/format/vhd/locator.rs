@@ -8,7 +8,7 @@
 
 use binrw::binrw;
 
-use crate::format::{FormatError, Result};
+use crate::format::{FormatError, Result, Structure};
 
 /// The longest locator blob read: a Windows path of 32767 UTF-16 units, plus
 /// slack. Anything longer is corrupt, not a path.
@@ -29,6 +29,12 @@ pub struct LocatorEntry {
     pub reserved: u32,
     /// Absolute file offset of the blob.
     pub data_offset: u64,
+}
+
+impl Structure for LocatorEntry {
+    const NAME: &'static str = "VHD parent locator";
+    const SIZE: usize = 24;
+    const MAGIC: &'static str = "";
 }
 
 /// What a locator's blob holds.

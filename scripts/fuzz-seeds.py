@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""fuzz-seeds.py [CORPUS] [OUT]: seed corpora for every fuzz target, cut from the real images in
+CORPUS (default ../shared/corpus) and from images qemu-img makes, into OUT (default fuzz/corpus).
+
+Each target gets the structure it parses, as it lies in real files: footers, dynamic headers,
+BATs, locators, VHDX headers, region tables, metadata regions, logs (including both dirty ones),
+whole small images. Nothing here is committed; run it before fuzzing (CI does).
+"""
+import bz2
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+corpus = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus")
+out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(__file__), "..", "fuzz", "corpus")
+MIB = 1 << 20
+
+
+def load(path):
+    if path.endswith(".gz"):
+        return gzip.open(path).read()
+    if path.endswith(".bz2"):
+        return bz2.open(path).read()
+    return open(path, "rb").read()
+
+
+def seed(target, data):
+    d = os.path.join(out, target)
+    os.makedirs(d, exist_ok=True)
+    name = hashlib.sha1(data).hexdigest()
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def images():
+    found = []
+    for root, _, files in os.walk(corpus):
+        for f in sorted(files):
+            if f.endswith((".vhd", ".vhdx", ".vhd.gz", ".vhdx.gz", ".vhd.bz2", ".vhdx.bz2")):
+                found.append(os.path.join(root, f))
+    # Images qemu-img makes, including dirty logs through blkdebug.
+    tmp = tempfile.mkdtemp()
+    try:
+        for fmt, opts, size in [("vpc", "subformat=dynamic", "6M"), ("vpc", "subformat=fixed", "1M"),
+                                ("vhdx", "block_size=1M", "12M"), ("vhdx", "block_size=32M,log_size=4M", "100M")]:
+            p = os.path.join(tmp, f"q-{len(found)}.{fmt}")
+            subprocess.run(["qemu-img", "create", "-q", "-f", fmt, "-o", opts, p, size], check=True)
+            subprocess.run(["qemu-io", "-f", fmt, "-c", "write -P 0x5a 0 4k", "-c", "write -P 0x6b 1M 512", p],
+                           check=True, capture_output=True)
+            found.append(p)
+        conf = os.path.join(tmp, "bd.conf")
+        with open(conf, "w") as f:
+            f.write('[inject-error]\nevent = "pwritev"\niotype = "write"\nsector = "4096"\nerrno = "5"\nonce = "on"\n')
+        dirty = os.path.join(tmp, "dirty.vhdx")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", "-o", "block_size=1M", dirty, "16M"], check=True)
+        subprocess.run(["qemu-io", "-f", "vhdx", "-c", "write -P 0x5a 0 4k", f"blkdebug:{conf}:{dirty}"],
+                       capture_output=True)
+        found.append(dirty)
+        loaded = [(p, load(p)) for p in found]
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"qemu-img images skipped: {e}", file=sys.stderr)
+        loaded = [(p, load(p)) for p in found if not p.startswith(tmp)]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return loaded
+
+
+def vhd_seeds(data):
+    seed("vhd_footer", data[-512:])
+    seed("vhd_footer", data[-4096:])
+    if len(data) >= 1536 and data[:8] == b"conectix":
+        off = struct.unpack(">Q", data[16:24])[0]
+        header = data[off:off + 1024]
+        seed("vhd_dynamic_header", header)
+        table, entries, block = struct.unpack(">QII", header[16:32])
+        bat = data[table:table + min(entries * 4, 4096)]
+        seed("vhd_bat_bitmap", struct.pack("<IBBBB", entries, (block.bit_length() - 10) % 23, 3, 40, 0) + bat)
+        for i in range(8):
+            e = header[576 + 24 * i:600 + 24 * i]
+            if e[:4] != b"\0\0\0\0":
+                length, data_off = struct.unpack(">I", e[8:12])[0], struct.unpack(">Q", e[16:24])[0]
+                seed("vhd_parent_locator", e + data[data_off:data_off + length])
+        first = next((struct.unpack(">I", bat[i:i + 4])[0] for i in range(0, len(bat), 4)
+                      if bat[i:i + 4] != b"\xff\xff\xff\xff"), None)
+        if first is not None:
+            seed("vhd_bat_bitmap", struct.pack("<IBBBB", 1, 12, 0, 200, 0) + data[first * 512:first * 512 + 512])
+    if len(data) <= 3 * MIB:
+        seed("open_bytes", data)
+
+
+def vhdx_seeds(data):
+    seed("vhdx_headers", data[64 * 1024:68 * 1024] + data[128 * 1024:132 * 1024])
+    seed("vhdx_headers", data[:520])
+    regions = data[192 * 1024:256 * 1024]
+    seed("vhdx_region_table", regions)
+    count = struct.unpack("<I", regions[8:12])[0]
+    bat_at = meta_at = None
+    for i in range(min(count, 8)):
+        e = regions[16 + 32 * i:48 + 32 * i]
+        if e[:4] == bytes.fromhex("6677c22d"):
+            bat_at = struct.unpack("<Q", e[16:24])[0]
+        if e[:4] == bytes.fromhex("06a27c8b"):
+            meta_at = struct.unpack("<Q", e[16:24])[0]
+    if meta_at is not None:
+        meta = data[meta_at:meta_at + 64 * 1024 + 4096]
+        seed("vhdx_metadata", meta)
+        n = struct.unpack("<H", meta[10:12])[0]
+        sector, block, vsize = 512, MIB, 0
+        for i in range(min(n, 16)):
+            e = meta[32 + 32 * i:64 + 32 * i]
+            off, length = struct.unpack("<II", e[16:24])
+            item = meta[off:off + length]
+            if e[:4] == bytes.fromhex("2d5fd3a8"):
+                seed("vhdx_metadata", item)
+            if e[:4] == bytes.fromhex("3767a1ca"):
+                block = struct.unpack("<I", item[:4])[0]
+            if e[:4] == bytes.fromhex("2442a52f"):
+                vsize = struct.unpack("<Q", item[:8])[0]
+            if e[:4] == bytes.fromhex("1dbf4181"):
+                sector = struct.unpack("<I", item[:4])[0]
+        if bat_at is not None and vsize:
+            head = bytes([(block.bit_length() - 21) % 9, 0 if sector == 512 else 1]) + struct.pack("<Q", vsize)
+            seed("vhdx_bat", head + bytes([len(data) >> 24 or 1, 0]) + data[bat_at:bat_at + 64 * 1024])
+    h1, h2 = data[64 * 1024:68 * 1024], data[128 * 1024:132 * 1024]
+    current = h2 if struct.unpack("<Q", h2[8:16])[0] > struct.unpack("<Q", h1[8:16])[0] else h1
+    log_guid = current[48:64]
+    log_len, log_off = struct.unpack("<IQ", current[68:80])
+    if log_off and log_len and log_guid != bytes(16):
+        seed("vhdx_log", log_guid + data[log_off:log_off + log_len])
+    elif log_off:
+        seed("vhdx_log", bytes(16) + data[log_off:log_off + 64 * 1024])
+
+
+for path, data in images():
+    if data[:8] == b"vhdxfile":
+        vhdx_seeds(data)
+    elif data[:8] == b"conectix" or data[-512:-504] == b"conectix":
+        vhd_seeds(data)
+for frag in ("vhd/node-vhd/footer.bin", "vhd/node-vhd/header.bin"):
+    p = os.path.join(corpus, frag)
+    if os.path.exists(p):
+        seed("open_bytes", load(p))
+        seed("vhd_footer", load(p)[:512])
+# The patch targets: each template untouched, and a few patches on headers.
+for target, templates in (("open_vhd", 3), ("open_vhdx", 4)):
+    for t in range(templates):
+        seed(target, bytes([t]))
+        seed(target, bytes([t]) + struct.pack("<IB", 512 + 28, 4) + b"\xff\xff\xff\xff")
+        seed(target, bytes([t]) + struct.pack("<IB", 3 * MIB, 8) + bytes.fromhex("0600100000000000"))
+for target in sorted(os.listdir(out)):
+    print(f"{target}: {len(os.listdir(os.path.join(out, target)))} seeds")
