@@ -33,6 +33,7 @@ pub mod disk;
 pub mod export;
 pub mod format;
 pub mod io;
+pub mod store;
 mod zero;
 
 pub use zero::is_all_zero;
@@ -53,6 +54,9 @@ pub enum Error {
     /// Writing an output image failed.
     #[error(transparent)]
     Export(#[from] export::ExportError),
+    /// A chunk store operation failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Result alias for the crate.

@@ -14,9 +14,10 @@ use vhdkit::export::{ExportOptions, Target};
 use vhdkit::{Disk, DiskError};
 
 mod demo;
+mod store;
 
 #[derive(Parser)]
-#[command(name = "vhdkit", version, about = "Read, check and convert VHD/VHDX virtual disks")]
+#[command(name = "vhdkit", version, about = "Read, convert and back up VHD/VHDX virtual disks")]
 struct Cli {
     /// Accept VHD footers and headers whose checksum does not match (with a warning).
     #[arg(long, global = true)]
@@ -46,6 +47,56 @@ enum Command {
     },
     /// Structural validation: exit 0 clean, 1 corrupt, 2 usage or unsupported.
     Check { image: PathBuf },
+    /// Store administration: init, reindex.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+    /// Back up IMAGE into STORE; prints the backup id (or, with --json, the report).
+    Backup {
+        store: PathBuf,
+        image: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// A full backup even if an incremental is possible.
+        #[arg(long)]
+        full: bool,
+        /// Changed byte ranges since the previous backup: [{"offset": N, "length": N}, ...].
+        #[arg(long)]
+        changed: Option<PathBuf>,
+        /// Back up even if the change information does not match the previous backup.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List backups, oldest first.
+    List {
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore BACKUP (id, id prefix, or name for the newest) to OUT.
+    Restore {
+        store: PathBuf,
+        backup: String,
+        output: PathBuf,
+        /// raw, vhd, vhd-fixed, vhdx or vhdx-fixed.
+        #[arg(long = "to")]
+        to: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every pack, chunk and manifest: exit 0 clean, 1 damage found.
+    Verify {
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logical and stored bytes, chunks, dedup and compression ratios.
+    Stats {
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write IN as another format (a differencing chain is flattened), or as a
     /// differencing child of BASE holding only what differs from it.
     Convert {
@@ -99,6 +150,7 @@ impl From<vhdkit::Error> for Failure {
     fn from(e: vhdkit::Error) -> Self {
         match e {
             vhdkit::Error::Disk(d) => d.into(),
+            vhdkit::Error::Store(s) => s.into(),
             other => Failure { code: 1, message: other.to_string() },
         }
     }
@@ -113,6 +165,14 @@ fn main() -> ExitCode {
         Command::Info { image, json } => info(&options, &image, json),
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
+        Command::Store(cmd) => store::store_command(cmd),
+        Command::Backup { store, image, name, full, changed, force, json } => {
+            store::backup(&options, &store, &image, name, full, changed, force, json)
+        }
+        Command::List { store, json } => store::list(&store, json),
+        Command::Restore { store, backup, output, to, json } => store::restore(&store, &backup, &output, to, json),
+        Command::Verify { store, json } => store::verify(&store, json),
+        Command::Stats { store, json } => store::stats(&store, json),
         Command::Convert { input, output, to, block_size, parent, from, no_sync } => {
             let export =
                 ExportOptions { block_size, parent, open: options.clone(), sync: !no_sync, ..Default::default() };

@@ -1,0 +1,675 @@
+//! Backups: cutting a disk into chunks, hashing, deduplicating, packing.
+//!
+//! Three stages run at once with bounded memory (a fixed pool of chunk
+//! buffers, whatever the disk's size):
+//!
+//! 1. a reader walks the disk's allocation map and reads only slots that
+//!    may hold data (and, for an incremental, only slots that changed);
+//! 2. workers on every core test for zeros, hash with BLAKE3, look the id
+//!    up in the store's index and compress new chunks;
+//! 3. the writer (the calling thread) takes results back into slot order,
+//!    appends new chunks to packs, and streams the manifest.
+//!
+//! Write order (docs/store-format.md): packs sealed and flushed, then one
+//! index file for the new chunks, then the manifest, whose commit is the
+//! backup's. A process killed earlier leaves unreferenced files that vacuum
+//! removes, never a backup that fails to restore.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use serde::Serialize;
+
+use super::backend::LockMode;
+use super::chunk::{ChunkId, Compression};
+use super::error::{Result, StoreError};
+use super::index::{Index, IndexEntry, Location, encode_index, new_index_key};
+use super::manifest::{ChainCursor, Kind, ManifestHeader, ManifestWriter, Resolved, Slot, SourceInfo};
+use super::pack::PackWriter;
+use super::time::Moment;
+use super::{Store, new_backup_id};
+use crate::disk::{DiskInfo, ExtentState, VirtualDisk};
+use crate::zero::is_all_zero;
+
+/// How an incremental found what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeSource {
+    /// A full backup: everything allocated was read.
+    None,
+    /// The source is a differencing child of the previous backup's image:
+    /// its own allocation is the change set.
+    Differencing,
+    /// A changed-range list from the caller (RCT, CBT, any tracker).
+    Ranges,
+    /// Every allocated chunk read and compared with the previous backup.
+    Hash,
+}
+
+impl ChangeSource {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ChangeSource::None => "none",
+            ChangeSource::Differencing => "differencing",
+            ChangeSource::Ranges => "ranges",
+            ChangeSource::Hash => "hash",
+        }
+    }
+}
+
+/// Progress of a running backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the disk handled so far (read, skipped or inherited).
+    pub bytes_done: u64,
+    /// Bytes of the disk.
+    pub bytes_total: u64,
+}
+
+/// How to back up.
+#[derive(Default)]
+pub struct BackupOptions<'a> {
+    /// The backup's name: usually the disk's. Incrementals continue the
+    /// newest backup of the same name.
+    pub name: String,
+    /// Make a full backup even if an incremental is possible.
+    pub full: bool,
+    /// Byte ranges of the disk that changed since the previous backup of
+    /// this name (from RCT, CBT or any tracker); widened to chunks.
+    pub changed: Option<Vec<Range<u64>>>,
+    /// Back up even if the change information does not match the previous
+    /// backup's source identity.
+    pub force: bool,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Called now and then from the calling thread.
+    pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+}
+
+/// What a backup did (the JSON keys of the command-line contract).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupReport {
+    pub id: String,
+    pub name: String,
+    pub kind: Kind,
+    pub parent: Option<String>,
+    pub change_source: ChangeSource,
+    /// Bytes of the disk the backup considered (the whole disk for a full
+    /// backup; the change set for an incremental).
+    pub bytes_scanned: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Chunks stored for the first time, and their plain bytes.
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    /// Chunks already in the store (or met earlier in this backup).
+    pub dedup_chunks: u64,
+    /// Slots that are all zero.
+    pub zero_chunks: u64,
+    /// Bytes written to packs (records with their headers, after compression).
+    pub stored_bytes: u64,
+    pub seconds: f64,
+}
+
+/// What to do with a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Read,
+    Zero,
+    Inherit,
+}
+
+/// What the reader and workers send the writer, keyed by first slot.
+enum Item {
+    Run(Slot, u64),
+    Chunk(Outcome),
+}
+
+enum Outcome {
+    Zero(Vec<u8>),
+    Known(ChunkId, Vec<u8>),
+    New { id: ChunkId, compression: Compression, plain_len: u32, stored: Option<Vec<u8>>, plain: Vec<u8> },
+}
+
+struct Job {
+    slot: u64,
+    buf: Vec<u8>,
+}
+
+/// The slot runs a disk needs, from its allocation map: slots no extent
+/// with data touches are zero; inside `changed` (slot ranges, sorted and
+/// merged) or everywhere when it is `None`; elsewhere inherited.
+fn plan_window(
+    disk: &dyn VirtualDisk,
+    chunk: u64,
+    slots: Range<u64>,
+    changed: Option<&[Range<u64>]>,
+    out: &mut Vec<(Plan, u64)>,
+) -> crate::Result<()> {
+    let size = disk.size();
+    let bytes = slots.start * chunk..(slots.end * chunk).min(size);
+    let mut reads: Vec<Range<u64>> = Vec::new();
+    for e in disk.extents(bytes.clone())? {
+        if matches!(e.state, ExtentState::Data | ExtentState::Parent) {
+            let (a, b) = (e.offset / chunk, (e.offset + e.length).div_ceil(chunk));
+            match reads.last_mut() {
+                Some(last) if last.end >= a => last.end = last.end.max(b),
+                _ => reads.push(a..b),
+            }
+        }
+    }
+    let mut push = |p: Plan, n: u64| {
+        if n == 0 {
+            return;
+        }
+        match out.last_mut() {
+            Some((q, m)) if *q == p => *m += n,
+            _ => out.push((p, n)),
+        }
+    };
+    // Walk the window slot run by slot run, intersecting reads and changes.
+    let mut s = slots.start;
+    let mut r = reads.iter().peekable();
+    let mut c = changed.map(|c| c.iter().filter(|x| x.end > slots.start && x.start < slots.end).peekable());
+    while s < slots.end {
+        while r.peek().is_some_and(|x| x.end <= s) {
+            r.next();
+        }
+        let (in_read, read_edge) = match r.peek() {
+            Some(x) if x.start <= s => (true, x.end),
+            Some(x) => (false, x.start),
+            None => (false, slots.end),
+        };
+        let (in_changed, change_edge) = match &mut c {
+            None => (true, slots.end),
+            Some(c) => {
+                while c.peek().is_some_and(|x| x.end <= s) {
+                    c.next();
+                }
+                match c.peek() {
+                    Some(x) if x.start <= s => (true, x.end),
+                    Some(x) => (false, x.start),
+                    None => (false, slots.end),
+                }
+            }
+        };
+        let end = read_edge.min(change_edge).min(slots.end).max(s + 1);
+        let plan = match (in_changed, in_read) {
+            (false, _) => Plan::Inherit,
+            (true, true) => Plan::Read,
+            (true, false) => Plan::Zero,
+        };
+        push(plan, end - s);
+        s = end;
+    }
+    Ok(())
+}
+
+/// The reading stage: plans the disk window by window, sends runs to the
+/// writer and reads to the workers.
+fn read_stage(
+    disk: &dyn VirtualDisk,
+    chunk: u64,
+    changed: Option<&[Range<u64>]>,
+    jobs: Sender<Job>,
+    results: Sender<(u64, crate::Result<Item>)>,
+    pool: Receiver<Vec<u8>>,
+) {
+    let slots = disk.size().div_ceil(chunk);
+    let window = (1u64 << 30) / chunk;
+    let mut runs = Vec::new();
+    let mut slot = 0u64;
+    while slot < slots {
+        runs.clear();
+        let end = (slot + window).min(slots);
+        if let Err(e) = plan_window(disk, chunk, slot..end, changed, &mut runs) {
+            let _ = results.send((slot, Err(e)));
+            return;
+        }
+        for &(plan, n) in &runs {
+            match plan {
+                Plan::Zero | Plan::Inherit => {
+                    let s = if plan == Plan::Zero { Slot::Zero } else { Slot::Inherit };
+                    if results.send((slot, Ok(Item::Run(s, n)))).is_err() {
+                        return;
+                    }
+                    slot += n;
+                }
+                Plan::Read => {
+                    for _ in 0..n {
+                        let Ok(mut buf) = pool.recv() else { return };
+                        let len = (disk.size() - slot * chunk).min(chunk) as usize;
+                        buf.resize(len, 0);
+                        if let Err(e) = disk.read_at(&mut buf, slot * chunk) {
+                            let _ = results.send((slot, Err(e)));
+                            return;
+                        }
+                        if jobs.send(Job { slot, buf }).is_err() {
+                            return;
+                        }
+                        slot += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The working stage: zero test, hash, index lookup, compression.
+fn work_stage(
+    index: &Index,
+    compression: Compression,
+    level: i32,
+    jobs: Receiver<Job>,
+    results: Sender<(u64, crate::Result<Item>)>,
+) {
+    let mut compressor = match compression {
+        Compression::Zstd => zstd::bulk::Compressor::new(level).ok(),
+        Compression::None => None,
+    };
+    for Job { slot, buf } in jobs {
+        let outcome = if is_all_zero(&buf) {
+            Outcome::Zero(buf)
+        } else {
+            let id = ChunkId::of(&buf);
+            if index.contains(&id) {
+                Outcome::Known(id, buf)
+            } else {
+                let packed = compressor.as_mut().and_then(|c| c.compress(&buf).ok()).filter(|p| p.len() < buf.len());
+                let compression = if packed.is_some() { Compression::Zstd } else { Compression::None };
+                Outcome::New { id, compression, plain_len: buf.len() as u32, stored: packed, plain: buf }
+            }
+        };
+        if results.send((slot, Ok(Item::Chunk(outcome)))).is_err() {
+            return;
+        }
+    }
+}
+
+impl Store {
+    /// Backs up `disk`; see the module documentation for how. The backup is
+    /// an incremental of the newest backup named `options.name` when one
+    /// exists and `options.full` is false. Returns once the backup is
+    /// committed.
+    pub fn backup(&self, disk: &dyn VirtualDisk, options: &BackupOptions<'_>) -> Result<BackupReport> {
+        let started = Instant::now();
+        if options.name.is_empty() {
+            return Err(StoreError::Invalid("a backup needs a name".into()));
+        }
+        let _lock = self.lock(LockMode::Shared, false)?;
+        let index = Index::load(self.backend())?;
+        let info = disk.info().clone();
+
+        // The previous backup of this name, and how to find what changed.
+        let previous = self.list()?.into_iter().rev().find(|b| b.name == options.name);
+        let plan = self.incremental_plan(&info, previous.as_ref().map(|b| b.id.as_str()), options)?;
+        let (kind, parent, source, changed_slots) = match plan {
+            Some(p) => (Kind::Incremental, Some(p.parent), p.source, p.changed),
+            None => (Kind::Full, None, ChangeSource::None, None),
+        };
+        let created = Moment::now();
+        let id = new_backup_id(created);
+        let header = ManifestHeader {
+            id: id.clone(),
+            name: options.name.clone(),
+            kind,
+            parent: parent.clone(),
+            created: created.rfc3339(),
+            chunk_size: self.config.chunk_size,
+            virtual_size: info.virtual_size,
+            change_source: source.name().into(),
+            source: source_info(&info),
+        };
+        let mut report = BackupReport {
+            id: id.clone(),
+            name: options.name.clone(),
+            kind,
+            parent: parent.clone(),
+            change_source: source,
+            bytes_scanned: 0,
+            bytes_read: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            dedup_chunks: 0,
+            zero_chunks: 0,
+            stored_bytes: 0,
+            seconds: 0.0,
+        };
+        let mut manifest = ManifestWriter::create(self.backend(), &header)?;
+        let compare = match (source, &parent) {
+            (ChangeSource::Hash, Some(p)) => Some(ChainCursor::open(self.backend(), p)?),
+            _ => None,
+        };
+        let new_entries =
+            self.run_pipeline(disk, &index, changed_slots.as_deref(), compare, &mut manifest, &mut report, options)?;
+
+        // Commit: index file for the new chunks, then the manifest.
+        if !new_entries.is_empty() {
+            let mut entries = new_entries;
+            let bytes = encode_index(&mut entries);
+            let key = new_index_key();
+            let path = self.backend().describe(&key);
+            let mut w = self.backend().create(&key).map_err(StoreError::io(&path, "create index"))?;
+            w.write(&bytes).map_err(StoreError::io(&path, "write index"))?;
+            w.commit().map_err(StoreError::io(&path, "commit index"))?;
+        }
+        manifest.commit()?;
+        report.seconds = started.elapsed().as_secs_f64();
+        self.log_job("backup", &serde_json::to_value(&report).unwrap_or_default());
+        Ok(report)
+    }
+
+    /// Runs the three stages; returns the index entries of the new chunks
+    /// (their packs sealed and flushed).
+    #[allow(clippy::too_many_arguments)]
+    fn run_pipeline(
+        &self,
+        disk: &dyn VirtualDisk,
+        index: &Index,
+        changed: Option<&[Range<u64>]>,
+        mut compare: Option<ChainCursor<'_>>,
+        manifest: &mut ManifestWriter,
+        report: &mut BackupReport,
+        options: &BackupOptions<'_>,
+    ) -> Result<Vec<IndexEntry>> {
+        let chunk = u64::from(self.config.chunk_size);
+        let size = disk.size();
+        let total_slots = size.div_ceil(chunk);
+        let workers = if options.threads > 0 {
+            options.threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        };
+        let buffers = 2 * workers + 4;
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(buffers);
+        for _ in 0..buffers {
+            let _ = pool_tx.send(Vec::with_capacity(chunk as usize));
+        }
+        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+        let (res_tx, res_rx) = unbounded::<(u64, crate::Result<Item>)>();
+        let compression = self.config.compression;
+        let level = self.config.zstd_level;
+
+        std::thread::scope(|scope| -> Result<Vec<IndexEntry>> {
+            {
+                let (jobs, results, pool) = (job_tx, res_tx.clone(), pool_rx);
+                scope.spawn(move || read_stage(disk, chunk, changed, jobs, results, pool));
+            }
+            for _ in 0..workers {
+                let (jobs, results) = (job_rx.clone(), res_tx.clone());
+                scope.spawn(move || work_stage(index, compression, level, jobs, results));
+            }
+            drop(job_rx);
+            drop(res_tx);
+
+            let mut writer = Writer::new(self, index);
+            let mut pending: BTreeMap<u64, Item> = BTreeMap::new();
+            let mut next = 0u64;
+            let mut last_progress = Instant::now();
+            // On any error, returning drops the receivers: the other stages
+            // see their sends fail and stop.
+            while next < total_slots {
+                let Ok((slot, item)) = res_rx.recv() else {
+                    return Err(StoreError::Invalid(format!("the backup stopped at slot {next} of {total_slots}")));
+                };
+                pending.insert(slot, item.map_err(|e| StoreError::Invalid(format!("reading the source: {e}")))?);
+                while let Some(item) = pending.remove(&next) {
+                    let n = match item {
+                        Item::Run(slot_kind, n) => {
+                            if slot_kind == Slot::Zero {
+                                report.zero_chunks += n;
+                                report.bytes_scanned += n * chunk;
+                            }
+                            // Inherited runs were not scanned.
+                            manifest.push(slot_kind, n)?;
+                            if let Some(c) = compare.as_mut() {
+                                skip(c, n)?;
+                            }
+                            n
+                        }
+                        Item::Chunk(outcome) => {
+                            let slot_kind = writer.take(outcome, report, &pool_tx)?;
+                            report.bytes_scanned += chunk.min(size - next * chunk);
+                            // Hash comparison: a chunk equal to the parent's is inherited.
+                            let slot_kind = match (compare.as_mut(), slot_kind) {
+                                (Some(c), s) => {
+                                    let parent = next_resolved(c)?;
+                                    match (parent, s) {
+                                        (Resolved::Data(p), Slot::Data(id)) if p == id => Slot::Inherit,
+                                        (Resolved::Zero, Slot::Zero) => Slot::Inherit,
+                                        _ => s,
+                                    }
+                                }
+                                (None, s) => s,
+                            };
+                            manifest.push(slot_kind, 1)?;
+                            1
+                        }
+                    };
+                    next += n;
+                }
+                if let Some(p) = options.progress
+                    && last_progress.elapsed().as_millis() >= 200
+                {
+                    p(Progress { bytes_done: (next * chunk).min(size), bytes_total: size });
+                    last_progress = Instant::now();
+                }
+            }
+            if let Some(p) = options.progress {
+                p(Progress { bytes_done: size, bytes_total: size });
+            }
+            report.bytes_read = writer.bytes_read;
+            writer.finish()
+        })
+    }
+}
+
+/// Advances a comparison cursor past `n` slots.
+fn skip(c: &mut ChainCursor<'_>, mut n: u64) -> Result<()> {
+    while n > 0 {
+        let (_, m) =
+            c.next_run_limited(n)?.ok_or_else(|| StoreError::Invalid("the parent backup is shorter".into()))?;
+        n -= m;
+    }
+    Ok(())
+}
+
+fn next_resolved(c: &mut ChainCursor<'_>) -> Result<Resolved> {
+    c.next_run_limited(1)?.map(|(r, _)| r).ok_or_else(|| StoreError::Invalid("the parent backup is shorter".into()))
+}
+
+/// The writing stage's state: the open pack and what this backup stored.
+struct Writer<'s> {
+    store: &'s Store,
+    index: &'s Index,
+    pack: Option<PackWriter>,
+    session: HashSet<ChunkId>,
+    entries: Vec<IndexEntry>,
+    pack_entries: Vec<IndexEntry>,
+    bytes_read: u64,
+}
+
+impl<'s> Writer<'s> {
+    fn new(store: &'s Store, index: &'s Index) -> Self {
+        Writer {
+            store,
+            index,
+            pack: None,
+            session: HashSet::new(),
+            entries: Vec::new(),
+            pack_entries: Vec::new(),
+            bytes_read: 0,
+        }
+    }
+
+    /// Stores a chunk if new; returns the manifest slot and recycles the buffer.
+    fn take(&mut self, outcome: Outcome, report: &mut BackupReport, pool: &Sender<Vec<u8>>) -> Result<Slot> {
+        let (slot, buf) = match outcome {
+            Outcome::Zero(buf) => {
+                report.zero_chunks += 1;
+                (Slot::Zero, buf)
+            }
+            Outcome::Known(id, buf) => {
+                report.dedup_chunks += 1;
+                (Slot::Data(id), buf)
+            }
+            Outcome::New { id, compression, plain_len, stored, plain } => {
+                if self.session.contains(&id) || self.index.contains(&id) {
+                    report.dedup_chunks += 1;
+                } else {
+                    let bytes = stored.as_deref().unwrap_or(&plain);
+                    let backend = self.store.backend();
+                    if self.pack.is_none() {
+                        self.pack = Some(PackWriter::create(backend)?);
+                    }
+                    let pack = self.pack.as_mut().ok_or_else(|| StoreError::Invalid("no pack".into()))?;
+                    let key = pack.id().key();
+                    let e = pack
+                        .add(id, compression, plain_len, bytes)
+                        .map_err(StoreError::io(backend.describe(&key), "write pack"))?;
+                    self.pack_entries.push(IndexEntry {
+                        id,
+                        location: Location { pack: pack.id(), offset: e.offset, length: e.length, plain_len },
+                    });
+                    self.session.insert(id);
+                    report.new_chunks += 1;
+                    report.new_bytes += u64::from(plain_len);
+                    report.stored_bytes += u64::from(e.length);
+                    if pack.len() >= self.store.config.pack_size {
+                        self.seal()?;
+                    }
+                }
+                (Slot::Data(id), plain)
+            }
+        };
+        self.bytes_read += buf.len() as u64;
+        let _ = pool.try_send(buf);
+        Ok(slot)
+    }
+
+    fn seal(&mut self) -> Result<()> {
+        if let Some(pack) = self.pack.take() {
+            let key = pack.id().key();
+            pack.seal().map_err(StoreError::io(self.store.backend().describe(&key), "seal pack"))?;
+            self.entries.append(&mut self.pack_entries);
+        }
+        Ok(())
+    }
+
+    /// Seals the last pack; returns every new chunk's index entry.
+    fn finish(mut self) -> Result<Vec<IndexEntry>> {
+        self.seal()?;
+        Ok(self.entries)
+    }
+}
+
+/// The identity a manifest records for its source.
+pub(crate) fn source_info(info: &DiskInfo) -> SourceInfo {
+    let name = |v: &dyn erased_name::Name| v.name();
+    SourceInfo {
+        format: name(&info.format),
+        subformat: name(&info.subformat),
+        logical_sector_size: info.logical_sector_size,
+        physical_sector_size: info.physical_sector_size,
+        disk_id: info.disk_id.to_string(),
+        identity: info.identity.to_string(),
+        parent_identity: info.parent.as_ref().map(|p| p.expected_identity.to_string()),
+        file_name: info.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    }
+}
+
+mod erased_name {
+    /// The snake_case name serde gives an enum value.
+    pub trait Name {
+        fn name(&self) -> String;
+    }
+    impl<T: serde::Serialize> Name for T {
+        fn name(&self) -> String {
+            serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        }
+    }
+}
+
+/// An incremental's parent and change set.
+struct IncrementalPlan {
+    parent: String,
+    source: ChangeSource,
+    /// Slot ranges that changed; `None`: read every allocated slot and compare.
+    changed: Option<Vec<Range<u64>>>,
+}
+
+impl Store {
+    /// Decides whether the backup is incremental, against which parent, and
+    /// what changed.
+    fn incremental_plan(
+        &self,
+        info: &DiskInfo,
+        previous: Option<&str>,
+        options: &BackupOptions<'_>,
+    ) -> Result<Option<IncrementalPlan>> {
+        let Some(prev) = previous else {
+            if options.changed.is_some() && !options.force {
+                return Err(StoreError::BaselineMismatch(format!(
+                    "a changed-range list was given but there is no previous backup named {:?}",
+                    options.name
+                )));
+            }
+            return Ok(None);
+        };
+        if options.full {
+            return Ok(None);
+        }
+        let h = self.header(prev)?;
+        if h.virtual_size != info.virtual_size || h.chunk_size != self.config.chunk_size {
+            // The disk changed size: a full backup, not a wrong incremental.
+            return Ok(None);
+        }
+        let chunk = u64::from(self.config.chunk_size);
+        if let Some(ranges) = &options.changed {
+            // The ranges are relative to the previous backup's disk: it must
+            // be the same disk (same disk id) for them to mean anything.
+            if h.source.disk_id != info.disk_id.to_string() && !options.force {
+                return Err(StoreError::BaselineMismatch(format!(
+                    "the changed ranges are for disk {} but the previous backup {prev} captured disk {}",
+                    info.disk_id, h.source.disk_id
+                )));
+            }
+            let changed = Some(widen(ranges, chunk, info.virtual_size));
+            return Ok(Some(IncrementalPlan { parent: prev.to_string(), source: ChangeSource::Ranges, changed }));
+        }
+        Ok(Some(IncrementalPlan { parent: prev.to_string(), source: ChangeSource::Hash, changed: None }))
+    }
+}
+
+/// Byte ranges → sorted, merged slot ranges covering them.
+pub(crate) fn widen(ranges: &[Range<u64>], chunk: u64, size: u64) -> Vec<Range<u64>> {
+    let mut slots: Vec<Range<u64>> = ranges
+        .iter()
+        .filter(|r| r.end > r.start && r.start < size)
+        .map(|r| r.start / chunk..r.end.min(size).div_ceil(chunk))
+        .collect();
+    slots.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(slots.len());
+    for r in slots {
+        match out.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_widen_to_whole_slots_and_merge() {
+        // 0..1 three times, 2..4 and 4..8 (touching), 5000..9000 clipped to the disk.
+        let r = widen(&[10..20, 1000..1001, 0..1, 2048..4096, 5000..9000], 1024, 8192);
+        assert_eq!(r, vec![0..1, 2..8]);
+        assert_eq!(widen(&[100..100, 9000..9999], 1024, 8192), Vec::<Range<u64>>::new());
+    }
+}

@@ -1,0 +1,230 @@
+//! Chunks: ids, and the record a chunk is stored as inside a pack.
+//!
+//! Pure encoding and decoding; see docs/store-format.md ("Chunks").
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Bytes of a record header.
+pub const RECORD_HEADER: usize = 52;
+const MAGIC: &[u8; 4] = b"VKCH";
+const VERSION: u8 = 1;
+/// The largest chunk a store may use.
+pub const MAX_CHUNK: u32 = 4 << 20;
+
+/// A chunk's name: the BLAKE3 hash of its plain bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `bytes`.
+    pub fn of(bytes: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+impl FromStr for ChunkId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex::<32>(s).map(ChunkId).ok_or_else(|| format!("not a chunk id: {s:?}"))
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses exactly `N` bytes of lower- or upper-case hex.
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// How a chunk's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+/// A decoded record header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub compression: Compression,
+    pub plain_len: u32,
+    pub stored_len: u32,
+    pub id: ChunkId,
+    pub crc: u32,
+}
+
+/// Encodes a record for `id` whose stored bytes are `stored`.
+pub fn encode_record(id: ChunkId, compression: Compression, plain_len: u32, stored: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(match compression {
+        Compression::None => 0,
+        Compression::Zstd => 1,
+    });
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&plain_len.to_le_bytes());
+    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    out.extend_from_slice(&id.0);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), stored);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(stored);
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// At this offset within the record.
+    Bad { offset: u64, reason: String },
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Bad { offset, reason } => write!(f, "{reason} (record byte {offset})"),
+        }
+    }
+}
+
+fn bad(offset: u64, reason: impl Into<String>) -> RecordError {
+    RecordError::Bad { offset, reason: reason.into() }
+}
+
+/// Decodes a record header from its first [`RECORD_HEADER`] bytes.
+pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
+    let h = bytes.get(..RECORD_HEADER).ok_or_else(|| bad(0, "record header cut short"))?;
+    if &h[..4] != MAGIC {
+        return Err(bad(0, "bad record signature"));
+    }
+    if h[4] != VERSION {
+        return Err(bad(4, format!("record version {}", h[4])));
+    }
+    let compression = match h[5] {
+        0 => Compression::None,
+        1 => Compression::Zstd,
+        other => return Err(bad(5, format!("unknown compression {other}"))),
+    };
+    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let plain_len = u32_at(8);
+    let stored_len = u32_at(12);
+    if plain_len == 0 || plain_len > MAX_CHUNK {
+        return Err(bad(8, format!("plain length {plain_len}")));
+    }
+    if stored_len > MAX_CHUNK + (MAX_CHUNK >> 7) + 1024 {
+        return Err(bad(12, format!("stored length {stored_len}")));
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&h[16..48]);
+    Ok(RecordHeader { compression, plain_len, stored_len, id: ChunkId(id), crc: u32_at(48) })
+}
+
+/// Checks a whole record (header and stored bytes) and returns the chunk's
+/// plain bytes in `out` (resized to the plain length). `expected` is the id
+/// the caller asked for.
+pub fn decode_record(record: &[u8], expected: ChunkId, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let h = decode_header(record)?;
+    let stored = record
+        .get(RECORD_HEADER..RECORD_HEADER + h.stored_len as usize)
+        .ok_or_else(|| bad(RECORD_HEADER as u64, "stored bytes cut short"))?;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&record[..48]), stored);
+    if crc != h.crc {
+        return Err(bad(48, format!("CRC mismatch (stored {:#010x}, computed {crc:#010x})", h.crc)));
+    }
+    if h.id != expected {
+        return Err(bad(16, format!("record holds chunk {} not {}", h.id, expected)));
+    }
+    match h.compression {
+        Compression::None => {
+            if h.stored_len != h.plain_len {
+                return Err(bad(12, "uncompressed record with differing lengths"));
+            }
+            out.clear();
+            out.extend_from_slice(stored);
+        }
+        Compression::Zstd => {
+            out.clear();
+            out.resize(h.plain_len as usize, 0);
+            let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..])
+                .map_err(|e| bad(RECORD_HEADER as u64, format!("zstd: {e}")))?;
+            if n != h.plain_len as usize {
+                return Err(bad(8, format!("decompressed to {n} bytes, not {}", h.plain_len)));
+            }
+        }
+    }
+    let actual = ChunkId::of(out);
+    if actual != expected {
+        return Err(bad(RECORD_HEADER as u64, format!("contents hash to {actual}, not the chunk id")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_refuse_any_flipped_byte() {
+        let plain: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let id = ChunkId::of(&plain);
+        let packed = zstd::bulk::compress(&plain, 1).unwrap();
+        for (c, stored) in [(Compression::None, plain.clone()), (Compression::Zstd, packed)] {
+            let mut rec = Vec::new();
+            encode_record(id, c, plain.len() as u32, &stored, &mut rec);
+            let mut out = Vec::new();
+            decode_record(&rec, id, &mut out).unwrap();
+            assert_eq!(out, plain);
+            for i in (0..rec.len()).step_by(7) {
+                rec[i] ^= 0x10;
+                assert!(decode_record(&rec, id, &mut out).is_err(), "flip at {i} went unnoticed");
+                rec[i] ^= 0x10;
+            }
+        }
+    }
+
+    #[test]
+    fn ids_round_trip_through_hex() {
+        let id = ChunkId::of(b"abc");
+        assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
+        assert_eq!(id.to_hex(), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+    }
+}

@@ -1,0 +1,493 @@
+//! Manifests: one per backup, mapping every chunk slot of the disk.
+//!
+//! See docs/store-format.md ("Manifests"). Manifests are written and read
+//! as streams in slot order, so no operation holds a whole disk's map in
+//! memory; a manifest is checked end to end (BLAKE3 over header and body,
+//! slot counts) before any of it is used.
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, ObjectWriter};
+use super::chunk::ChunkId;
+use super::error::{Result, StoreError};
+
+const MAGIC: &[u8; 8] = b"VKMANIF1";
+const END: &[u8; 8] = b"VKMEND01";
+const TRAILER: usize = 8 + 8 + 8 + 32;
+/// The largest header accepted.
+const MAX_HEADER: u32 = 1 << 20;
+const TAG_DATA: u8 = 1;
+const TAG_ZERO: u8 = 2;
+const TAG_INHERIT: u8 = 3;
+
+/// Full or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Maps every slot itself.
+    Full,
+    /// Maps changed slots; the rest are its parent's.
+    Incremental,
+}
+
+/// What was backed up, as the source described itself at the time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub format: String,
+    pub subformat: String,
+    pub logical_sector_size: u32,
+    pub physical_sector_size: u32,
+    pub disk_id: String,
+    /// VHDX DataWriteGuid / VHD unique id at backup time.
+    pub identity: String,
+    /// For a differencing source: its parent's identity.
+    pub parent_identity: Option<String>,
+    pub file_name: String,
+}
+
+/// A manifest's header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestHeader {
+    pub id: String,
+    pub name: String,
+    pub kind: Kind,
+    pub parent: Option<String>,
+    pub created: String,
+    pub chunk_size: u32,
+    pub virtual_size: u64,
+    pub change_source: String,
+    pub source: SourceInfo,
+}
+
+impl ManifestHeader {
+    /// Slots covering the disk.
+    pub fn slots(&self) -> u64 {
+        self.virtual_size.div_ceil(u64::from(self.chunk_size.max(1)))
+    }
+
+    /// Bytes of slot `slot` (the last may be short).
+    pub fn slot_len(&self, slot: u64) -> u64 {
+        let c = u64::from(self.chunk_size);
+        self.virtual_size.saturating_sub(slot * c).min(c)
+    }
+}
+
+/// One slot (or a run of slots) of a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Holds this chunk.
+    Data(ChunkId),
+    /// All zero.
+    Zero,
+    /// As in the parent backup.
+    Inherit,
+}
+
+/// The key of backup `id`'s manifest.
+pub fn manifest_key(id: &str) -> String {
+    format!("manifests/{id}.manifest")
+}
+
+/// The backup id in a manifest key.
+pub fn id_from_key(key: &str) -> Option<&str> {
+    key.strip_prefix("manifests/")?.strip_suffix(".manifest")
+}
+
+/// Whether `id` has the shape of a backup id (safe as a file name).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+/// Writes a manifest as a stream of slots.
+pub struct ManifestWriter {
+    writer: Box<dyn ObjectWriter>,
+    path: std::path::PathBuf,
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+    run: Option<(u8, u64)>,
+    slots: u64,
+    stored: u64,
+    expected: u64,
+    incremental: bool,
+}
+
+impl ManifestWriter {
+    /// Starts writing the manifest for `header`.
+    pub fn create(backend: &dyn Backend, header: &ManifestHeader) -> Result<ManifestWriter> {
+        let key = manifest_key(&header.id);
+        let path = backend.describe(&key);
+        let writer = backend.create(&key).map_err(StoreError::io(&path, "create manifest"))?;
+        let json = serde_json::to_vec(header).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut m = ManifestWriter {
+            writer,
+            path,
+            hasher: blake3::Hasher::new(),
+            buf: Vec::with_capacity(1 << 20),
+            run: None,
+            slots: 0,
+            stored: 0,
+            expected: header.slots(),
+            incremental: header.kind == Kind::Incremental,
+        };
+        m.emit(MAGIC)?;
+        m.emit(&(json.len() as u32).to_le_bytes())?;
+        m.emit(&json)?;
+        Ok(m)
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.writer.write(&self.buf).map_err(StoreError::io(&self.path, "write manifest"))?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn end_run(&mut self) -> Result<()> {
+        if let Some((tag, n)) = self.run.take() {
+            let mut v = vec![tag];
+            write_varint(&mut v, n);
+            self.emit(&v)?;
+        }
+        Ok(())
+    }
+
+    /// Appends `count` slots of `slot` (a `Data` slot repeats its chunk).
+    pub fn push(&mut self, slot: Slot, count: u64) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        match slot {
+            Slot::Data(id) => {
+                self.end_run()?;
+                for _ in 0..count {
+                    let mut rec = [0u8; 33];
+                    rec[0] = TAG_DATA;
+                    rec[1..].copy_from_slice(&id.0);
+                    self.emit(&rec)?;
+                }
+                self.stored += count;
+            }
+            Slot::Zero | Slot::Inherit => {
+                let tag = if slot == Slot::Zero { TAG_ZERO } else { TAG_INHERIT };
+                if tag == TAG_INHERIT && !self.incremental {
+                    return Err(StoreError::Invalid("a full manifest cannot inherit slots".into()));
+                }
+                match &mut self.run {
+                    Some((t, n)) if *t == tag => *n += count,
+                    _ => {
+                        self.end_run()?;
+                        self.run = Some((tag, count));
+                    }
+                }
+            }
+        }
+        self.slots += count;
+        Ok(())
+    }
+
+    /// Finishes the manifest and commits it: from this moment the backup
+    /// exists.
+    pub fn commit(mut self) -> Result<()> {
+        self.end_run()?;
+        if self.slots != self.expected {
+            return Err(StoreError::Invalid(format!(
+                "manifest maps {} slots, the disk has {}",
+                self.slots, self.expected
+            )));
+        }
+        let mut trailer = Vec::with_capacity(TRAILER);
+        trailer.extend_from_slice(END);
+        trailer.extend_from_slice(&self.slots.to_le_bytes());
+        trailer.extend_from_slice(&self.stored.to_le_bytes());
+        let hash = self.hasher.finalize();
+        trailer.extend_from_slice(hash.as_bytes());
+        self.buf.extend_from_slice(&trailer);
+        self.flush()?;
+        let path = self.path.clone();
+        self.writer.commit().map_err(StoreError::io(path, "commit manifest"))
+    }
+}
+
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7F) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Reads a manifest's slots as a stream, after checking the whole file.
+pub struct ManifestReader<'a> {
+    backend: &'a dyn Backend,
+    key: String,
+    path: std::path::PathBuf,
+    header: ManifestHeader,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+    slots: u64,
+    total: u64,
+}
+
+impl<'a> ManifestReader<'a> {
+    /// Opens backup `id`'s manifest: reads its header, checks its checksum
+    /// and trailer over the whole file, and positions at the first slot.
+    pub fn open(backend: &'a dyn Backend, id: &str) -> Result<ManifestReader<'a>> {
+        let key = manifest_key(id);
+        let path = backend.describe(&key);
+        let len = backend.size(&key).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::NoSuchBackup(id.to_string())
+            } else {
+                StoreError::Io { path: path.clone(), action: "read manifest", source: e }
+            }
+        })?;
+        let corrupt = |offset: u64, reason: String| StoreError::corrupt(&path, "manifest", offset, reason);
+        if len < 12 + TRAILER as u64 {
+            return Err(corrupt(0, format!("{len} bytes is too short")));
+        }
+        let read =
+            |buf: &mut [u8], at: u64| backend.read_at(&key, buf, at).map_err(StoreError::io(&path, "read manifest"));
+        let mut head = [0u8; 12];
+        read(&mut head, 0)?;
+        if &head[..8] != MAGIC {
+            return Err(corrupt(0, "not a manifest".into()));
+        }
+        let header_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if header_len > MAX_HEADER || 12 + u64::from(header_len) + TRAILER as u64 > len {
+            return Err(corrupt(8, format!("header length {header_len}")));
+        }
+        let mut json = vec![0u8; header_len as usize];
+        read(&mut json, 12)?;
+        let header: ManifestHeader = serde_json::from_slice(&json).map_err(|e| corrupt(12, format!("header: {e}")))?;
+        if header.id != id {
+            return Err(corrupt(12, format!("the manifest of {id} says it is {}", header.id)));
+        }
+        if !header.chunk_size.is_power_of_two() || !(64 * 1024..=4 << 20).contains(&header.chunk_size) {
+            return Err(corrupt(12, format!("chunk size {}", header.chunk_size)));
+        }
+        // Whole-file check before anything is used.
+        let body_end = len - TRAILER as u64;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; (1 << 20).min(body_end as usize)];
+        let mut at = 0u64;
+        while at < body_end {
+            let n = (body_end - at).min(buf.len() as u64) as usize;
+            read(&mut buf[..n], at)?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        let mut trailer = [0u8; TRAILER];
+        read(&mut trailer, body_end)?;
+        if &trailer[..8] != END || hasher.finalize().as_bytes()[..] != trailer[24..] {
+            return Err(corrupt(body_end, "checksum mismatch".into()));
+        }
+        let slots = u64::from_le_bytes(trailer[8..16].try_into().unwrap_or_default());
+        if slots != header.slots() {
+            return Err(corrupt(body_end + 8, format!("{slots} slots, the disk has {}", header.slots())));
+        }
+        Ok(ManifestReader {
+            backend,
+            key,
+            path,
+            pos: 12 + u64::from(header_len),
+            end: body_end,
+            header,
+            buf: Vec::new(),
+            buf_start: 0,
+            slots: 0,
+            total: slots,
+        })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &ManifestHeader {
+        &self.header
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        if self.pos >= self.end {
+            return Err(StoreError::corrupt(&self.path, "manifest", self.pos, "body ends inside a record"));
+        }
+        let in_buf = self.pos.wrapping_sub(self.buf_start);
+        if self.pos < self.buf_start || in_buf >= self.buf.len() as u64 {
+            let n = (self.end - self.pos).min(1 << 20) as usize;
+            self.buf.resize(n, 0);
+            self.backend
+                .read_at(&self.key, &mut self.buf, self.pos)
+                .map_err(StoreError::io(&self.path, "read manifest"))?;
+            self.buf_start = self.pos;
+        }
+        let b = self.buf[(self.pos - self.buf_start) as usize];
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let at = self.pos;
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(StoreError::corrupt(&self.path, "manifest", at, "varint longer than 64 bits"))
+    }
+
+    /// The next run of slots, or `None` after the last slot.
+    pub fn next_run(&mut self) -> Result<Option<(Slot, u64)>> {
+        if self.slots == self.total {
+            if self.pos != self.end {
+                return Err(StoreError::corrupt(&self.path, "manifest", self.pos, "records after the last slot"));
+            }
+            return Ok(None);
+        }
+        let at = self.pos;
+        let path = self.path.clone();
+        let corrupt = |reason: String| StoreError::corrupt(&path, "manifest", at, reason);
+        let tag = self.byte()?;
+        let (slot, n) = match tag {
+            TAG_DATA => {
+                let mut id = [0u8; 32];
+                for b in &mut id {
+                    *b = self.byte()?;
+                }
+                (Slot::Data(ChunkId(id)), 1)
+            }
+            TAG_ZERO => (Slot::Zero, self.varint()?),
+            TAG_INHERIT if self.header.kind == Kind::Incremental => (Slot::Inherit, self.varint()?),
+            other => return Err(corrupt(format!("record tag {other}"))),
+        };
+        if n == 0 || n > self.total - self.slots {
+            return Err(corrupt(format!("a run of {n} slots overflows the disk's {}", self.total)));
+        }
+        self.slots += n;
+        Ok(Some((slot, n)))
+    }
+}
+
+/// What a slot of a backup's effective map holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Data(ChunkId),
+    Zero,
+}
+
+/// Walks a backup's effective map: its own manifest over its parent's,
+/// down the chain to a full manifest, run by run.
+pub struct ChainCursor<'a> {
+    levels: Vec<(ManifestReader<'a>, Option<(Slot, u64)>)>,
+}
+
+impl<'a> ChainCursor<'a> {
+    /// Opens the chain of backup `id` (every manifest is checked).
+    pub fn open(backend: &'a dyn Backend, id: &str) -> Result<ChainCursor<'a>> {
+        let mut levels = Vec::new();
+        let mut next = Some(id.to_string());
+        while let Some(id) = next {
+            if levels.len() > 10_000 {
+                return Err(StoreError::Invalid(format!("backup chain through {id} does not end")));
+            }
+            let reader = ManifestReader::open(backend, &id)?;
+            next = reader.header().parent.clone().filter(|_| reader.header().kind == Kind::Incremental);
+            if let Some((top, _)) = levels.first() {
+                let t: &ManifestHeader = ManifestReader::header(top);
+                if (t.virtual_size, t.chunk_size) != (reader.header().virtual_size, reader.header().chunk_size) {
+                    return Err(StoreError::Invalid(format!(
+                        "backup {} has another size or chunk size than its descendant {}",
+                        reader.header().id,
+                        t.id
+                    )));
+                }
+            }
+            levels.push((reader, None));
+        }
+        Ok(ChainCursor { levels })
+    }
+
+    /// The header of the backup whose map this is.
+    pub fn header(&self) -> &ManifestHeader {
+        self.levels[0].0.header()
+    }
+
+    /// Ids of the chain, newest first.
+    pub fn chain(&self) -> Vec<String> {
+        self.levels.iter().map(|(r, _)| r.header().id.clone()).collect()
+    }
+
+    fn peek(&mut self, level: usize) -> Result<Option<(Slot, u64)>> {
+        let (reader, pending) = &mut self.levels[level];
+        if pending.is_none() {
+            *pending = reader.next_run()?;
+        }
+        Ok(*pending)
+    }
+
+    /// The next run of the effective map: what it holds and how many slots.
+    pub fn next_run(&mut self) -> Result<Option<(Resolved, u64)>> {
+        self.next_run_limited(u64::MAX)
+    }
+
+    /// Like [`ChainCursor::next_run`], but at most `max` slots long.
+    pub fn next_run_limited(&mut self, max: u64) -> Result<Option<(Resolved, u64)>> {
+        let mut len = max.max(1);
+        let mut level = 0;
+        let resolved = loop {
+            let Some((slot, n)) = self.peek(level)? else {
+                if level == 0 {
+                    return Ok(None);
+                }
+                return Err(StoreError::Invalid("a parent manifest ends before its child".into()));
+            };
+            len = len.min(n);
+            match slot {
+                Slot::Data(id) => break Resolved::Data(id),
+                Slot::Zero => break Resolved::Zero,
+                Slot::Inherit if level + 1 < self.levels.len() => level += 1,
+                Slot::Inherit => return Err(StoreError::Invalid("the chain's full manifest inherits slots".into())),
+            }
+        };
+        for (_, pending) in &mut self.levels[..=level] {
+            if let Some((_, n)) = pending {
+                *n -= len;
+                if *n == 0 {
+                    *pending = None;
+                }
+            }
+        }
+        // Levels below `level` that were not consulted still cover these
+        // slots: advance them too.
+        for l in level + 1..self.levels.len() {
+            let mut left = len;
+            while left > 0 {
+                let Some((_, n)) = self.peek(l)? else {
+                    return Err(StoreError::Invalid("a parent manifest ends before its child".into()));
+                };
+                let take = n.min(left);
+                if let Some((_, m)) = &mut self.levels[l].1 {
+                    *m -= take;
+                    if *m == 0 {
+                        self.levels[l].1 = None;
+                    }
+                }
+                left -= take;
+            }
+        }
+        Ok(Some((resolved, len)))
+    }
+}

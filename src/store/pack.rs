@@ -1,0 +1,223 @@
+//! Packs: append-only files of chunk records that end in their own index.
+//!
+//! See docs/store-format.md ("Packs"). Writing goes through an
+//! [`ObjectWriter`], so a pack becomes visible only when sealed and
+//! committed; decoding the trailer and index is pure.
+
+use std::fmt;
+
+use super::backend::{Backend, ObjectWriter};
+use super::chunk::{ChunkId, Compression, RECORD_HEADER, encode_record, parse_hex};
+use super::error::{Result, StoreError};
+
+const HEADER_MAGIC: &[u8; 8] = b"VKPACK01";
+const INDEX_MAGIC: &[u8; 8] = b"VKPIDX01";
+const END_MAGIC: &[u8; 8] = b"VKPEND01";
+/// Bytes at the start of a pack: magic and pack id.
+pub const PACK_HEADER: u64 = 24;
+/// Bytes of the trailer.
+pub const TRAILER: usize = 32;
+/// Bytes per pack index entry.
+pub const ENTRY: usize = 44;
+
+/// A pack's random name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    /// A fresh random id.
+    pub fn new_random() -> PackId {
+        PackId(*crate::format::Guid::new_random().as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<PackId> {
+        parse_hex::<16>(s).map(PackId)
+    }
+
+    /// The pack's key in the store.
+    pub fn key(&self) -> String {
+        let hex = self.to_hex();
+        format!("packs/{}/{hex}.pack", &hex[..2])
+    }
+
+    /// The pack id in a key `packs/XX/<id>.pack`.
+    pub fn from_key(key: &str) -> Option<PackId> {
+        let name = key.strip_prefix("packs/")?.split('/').nth(1)?.strip_suffix(".pack")?;
+        PackId::from_hex(name)
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", &self.to_hex()[..12])
+    }
+}
+
+/// Where one record lies in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    /// Offset of the record (its header) in the pack.
+    pub offset: u64,
+    /// Header and stored bytes.
+    pub length: u32,
+}
+
+/// A pack being filled.
+pub struct PackWriter {
+    id: PackId,
+    writer: Box<dyn ObjectWriter>,
+    entries: Vec<PackEntry>,
+    record: Vec<u8>,
+}
+
+impl PackWriter {
+    /// Starts a new pack with a fresh id.
+    pub fn create(backend: &dyn Backend) -> Result<PackWriter> {
+        let id = PackId::new_random();
+        let key = id.key();
+        let mut writer = backend.create(&key).map_err(StoreError::io(backend.describe(&key), "create pack"))?;
+        let mut header = HEADER_MAGIC.to_vec();
+        header.extend_from_slice(&id.0);
+        writer.write(&header).map_err(StoreError::io(backend.describe(&key), "write pack"))?;
+        Ok(PackWriter { id, writer, entries: Vec::new(), record: Vec::new() })
+    }
+
+    /// The pack's id.
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.writer.position()
+    }
+
+    /// Whether no record was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends a record; returns where it went.
+    pub fn add(
+        &mut self,
+        id: ChunkId,
+        compression: Compression,
+        plain_len: u32,
+        stored: &[u8],
+    ) -> std::io::Result<PackEntry> {
+        self.record.clear();
+        encode_record(id, compression, plain_len, stored, &mut self.record);
+        let entry = PackEntry { id, offset: self.writer.position(), length: self.record.len() as u32 };
+        self.writer.write(&self.record)?;
+        self.entries.push(entry);
+        Ok(entry)
+    }
+
+    /// Writes the pack index and trailer, flushes, and commits the pack
+    /// under its key. Returns the id and its entries.
+    pub fn seal(mut self) -> std::io::Result<(PackId, Vec<PackEntry>)> {
+        let index_offset = self.writer.position();
+        let mut index = Vec::with_capacity(self.entries.len() * ENTRY);
+        for e in &self.entries {
+            index.extend_from_slice(&e.id.0);
+            index.extend_from_slice(&e.offset.to_le_bytes());
+            index.extend_from_slice(&e.length.to_le_bytes());
+        }
+        let mut trailer = Vec::with_capacity(TRAILER);
+        trailer.extend_from_slice(INDEX_MAGIC);
+        trailer.extend_from_slice(&index_offset.to_le_bytes());
+        trailer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        trailer.extend_from_slice(&crc32c::crc32c(&index).to_le_bytes());
+        trailer.extend_from_slice(END_MAGIC);
+        self.writer.write(&index)?;
+        self.writer.write(&trailer)?;
+        self.writer.commit()?;
+        Ok((self.id, self.entries))
+    }
+}
+
+/// What a trailer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    pub index_offset: u64,
+    pub count: u32,
+    pub crc: u32,
+}
+
+/// Decodes the last [`TRAILER`] bytes of a pack of `pack_len` bytes.
+pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Trailer, String> {
+    if bytes.len() != TRAILER || &bytes[..8] != INDEX_MAGIC || &bytes[24..] != END_MAGIC {
+        return Err("no pack trailer (the pack was not sealed, or its end is damaged)".into());
+    }
+    let index_offset = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+    let count = u32::from_le_bytes(bytes[16..20].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().unwrap_or_default());
+    let index_len = u64::from(count) * ENTRY as u64;
+    let fits = index_offset >= PACK_HEADER
+        && index_offset.checked_add(index_len).is_some_and(|end| end + TRAILER as u64 == pack_len);
+    if !fits {
+        return Err(format!("pack index at {index_offset} with {count} entries does not fit the {pack_len}-byte pack"));
+    }
+    Ok(Trailer { index_offset, count, crc })
+}
+
+/// Decodes and checks a pack index; every record must lie between the
+/// header and the index.
+pub fn decode_pack_index(bytes: &[u8], trailer: &Trailer) -> std::result::Result<Vec<PackEntry>, String> {
+    if bytes.len() != trailer.count as usize * ENTRY {
+        return Err("pack index length does not match its count".into());
+    }
+    if crc32c::crc32c(bytes) != trailer.crc {
+        return Err("pack index CRC mismatch".into());
+    }
+    let mut out = Vec::with_capacity(trailer.count as usize);
+    for e in bytes.chunks_exact(ENTRY) {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&e[..32]);
+        let offset = u64::from_le_bytes(e[32..40].try_into().unwrap_or_default());
+        let length = u32::from_le_bytes(e[40..44].try_into().unwrap_or_default());
+        let fits = offset >= PACK_HEADER
+            && (length as usize) >= RECORD_HEADER
+            && offset.checked_add(u64::from(length)).is_some_and(|end| end <= trailer.index_offset);
+        if !fits {
+            return Err(format!("record at {offset} (+{length}) lies outside the pack's records"));
+        }
+        out.push(PackEntry { id: ChunkId(id), offset, length });
+    }
+    Ok(out)
+}
+
+/// Reads and checks a pack's header, trailer and index.
+pub fn read_pack_index(backend: &dyn Backend, id: PackId) -> Result<Vec<PackEntry>> {
+    let key = id.key();
+    let path = backend.describe(&key);
+    let len = backend.size(&key).map_err(StoreError::io(&path, "read pack"))?;
+    if len < PACK_HEADER + TRAILER as u64 {
+        return Err(StoreError::corrupt(path, "pack", 0, format!("{len} bytes is too short for a pack")));
+    }
+    let mut header = [0u8; PACK_HEADER as usize];
+    backend.read_at(&key, &mut header, 0).map_err(StoreError::io(&path, "read pack"))?;
+    if &header[..8] != HEADER_MAGIC || header[8..24] != id.0 {
+        return Err(StoreError::corrupt(path, "pack header", 0, "bad signature or pack id"));
+    }
+    let mut trailer = [0u8; TRAILER];
+    backend.read_at(&key, &mut trailer, len - TRAILER as u64).map_err(StoreError::io(&path, "read pack"))?;
+    let t = decode_trailer(&trailer, len)
+        .map_err(|r| StoreError::corrupt(&path, "pack trailer", len - TRAILER as u64, r))?;
+    let mut index = vec![0u8; t.count as usize * ENTRY];
+    backend.read_at(&key, &mut index, t.index_offset).map_err(StoreError::io(&path, "read pack"))?;
+    decode_pack_index(&index, &t).map_err(|r| StoreError::corrupt(&path, "pack index", t.index_offset, r))
+}

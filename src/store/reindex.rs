@@ -1,0 +1,83 @@
+//! Rebuilding the global index from the packs alone.
+//!
+//! Order: read every sealed pack's own index (and each record's header for
+//! the plain length), commit one new index file, and only then delete the
+//! old index files. A crash before the deletions leaves duplicates, which
+//! the index merges.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::Store;
+use super::backend::LockMode;
+use super::chunk::{RECORD_HEADER, decode_header};
+use super::error::{Result, StoreError};
+use super::index::{IndexEntry, Location, encode_index, new_index_key};
+use super::pack::{PackId, read_pack_index};
+
+/// What reindex did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReindexReport {
+    pub packs: u64,
+    pub chunks: u64,
+    /// Packs whose own index could not be read (their chunks are not indexed).
+    pub unreadable_packs: Vec<String>,
+    pub replaced_index_files: u64,
+    pub seconds: f64,
+}
+
+impl Store {
+    /// Rebuilds the global index from the packs (exclusive lock; waits for
+    /// it when `wait`).
+    pub fn reindex(&self, wait: bool) -> Result<ReindexReport> {
+        let started = Instant::now();
+        let _lock = self.lock(LockMode::Exclusive, wait)?;
+        let backend = self.backend();
+        let old = backend.list("index").map_err(StoreError::io(backend.describe("index"), "list"))?;
+        let mut entries = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut packs = 0;
+        for key in backend.list("packs").map_err(StoreError::io(backend.describe("packs"), "list"))? {
+            let Some(pack) = PackId::from_key(&key) else { continue };
+            let Ok(list) = read_pack_index(backend, pack) else {
+                unreadable.push(pack.to_hex());
+                continue;
+            };
+            packs += 1;
+            let mut head = [0u8; RECORD_HEADER];
+            for e in list {
+                if backend.read_at(&key, &mut head, e.offset).is_err() {
+                    continue;
+                }
+                let Ok(h) = decode_header(&head) else { continue };
+                if h.id != e.id || RECORD_HEADER as u64 + u64::from(h.stored_len) != u64::from(e.length) {
+                    continue;
+                }
+                entries.push(IndexEntry {
+                    id: e.id,
+                    location: Location { pack, offset: e.offset, length: e.length, plain_len: h.plain_len },
+                });
+            }
+        }
+        let chunks = entries.len() as u64;
+        let bytes = encode_index(&mut entries);
+        let key = new_index_key();
+        let path = backend.describe(&key);
+        let mut w = backend.create(&key).map_err(StoreError::io(&path, "create index"))?;
+        w.write(&bytes).map_err(StoreError::io(&path, "write index"))?;
+        w.commit().map_err(StoreError::io(&path, "commit index"))?;
+        for k in &old {
+            backend.delete(k).map_err(StoreError::io(backend.describe(k), "delete old index"))?;
+        }
+        let report = ReindexReport {
+            packs,
+            chunks,
+            unreadable_packs: unreadable,
+            replaced_index_files: old.len() as u64,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        self.log_job("reindex", &serde_json::to_value(&report).unwrap_or_default());
+        Ok(report)
+    }
+}
