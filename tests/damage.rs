@@ -422,7 +422,10 @@ fn blocks_sharing_bytes_are_refused() {
     vhd[bat + 4..bat + 8].copy_from_slice(&first);
     let vhd = Arc::new(vhd);
     match OpenOptions::new().open_reader(Box::new(vhd), "shared VHD") {
-        Err(DiskError::Format { source, .. }) => assert!(source.to_string().contains("overlaps"), "{source}"),
+        Err(DiskError::Format { source, .. }) => {
+            let m = source.to_string();
+            assert!(m.contains("overlaps") || m.contains("share bytes"), "{m}")
+        }
         other => panic!("expected an overlap error, got {other:?}"),
     }
     let mut vhdx = (*vhdx_image(false, false)).clone();
@@ -431,7 +434,179 @@ fn blocks_sharing_bytes_are_refused() {
     vhdx[bat + 8..bat + 16].copy_from_slice(&first);
     let vhdx = Arc::new(vhdx);
     match OpenOptions::new().open_reader(Box::new(vhdx), "shared VHDX") {
-        Err(DiskError::Format { source, .. }) => assert!(source.to_string().contains("overlaps"), "{source}"),
+        Err(DiskError::Format { source, .. }) => {
+            let m = source.to_string();
+            assert!(m.contains("overlaps") || m.contains("share bytes"), "{m}")
+        }
         other => panic!("expected an overlap error, got {other:?}"),
     }
+}
+
+/// Runs `f` and returns the largest single allocation it made.
+fn largest_allocation(f: impl FnOnce()) -> usize {
+    LARGEST.with(|l| l.set(0));
+    f();
+    LARGEST.with(Cell::get)
+}
+
+/// Review finding: a parent locator whose entries all point at the same
+/// long strings would decode to gigabytes. Keys and values must now fit the
+/// item together.
+#[test]
+fn a_parent_locator_cannot_multiply_its_strings() {
+    use vhdkit::format::vhdx::ParentLocator;
+    let count = 4096usize;
+    let table_end = 20 + 12 * count;
+    let mut item = vec![0u8; (1 << 20) - 64];
+    item[..16].copy_from_slice(&vhdkit::format::vhdx::parent_locator::VHDX_LOCATOR_TYPE.to_mixed_endian());
+    item[18..20].copy_from_slice(&(count as u16).to_le_bytes());
+    for (i, c) in item[table_end..].chunks_exact_mut(2).enumerate() {
+        c.copy_from_slice(&(0x41u16 + (i % 2) as u16).to_le_bytes());
+    }
+    for i in 0..count {
+        let e = 20 + 12 * i;
+        item[e..e + 4].copy_from_slice(&((table_end + 2 * i) as u32).to_le_bytes());
+        item[e + 4..e + 8].copy_from_slice(&(table_end as u32).to_le_bytes());
+        item[e + 8..e + 10].copy_from_slice(&65534u16.to_le_bytes());
+        item[e + 10..e + 12].copy_from_slice(&65534u16.to_le_bytes());
+    }
+    let mut result = None;
+    let largest = largest_allocation(|| result = Some(ParentLocator::parse(&item, 0)));
+    assert!(result.unwrap().is_err());
+    assert!(largest < 1 << 20, "allocated {largest} bytes");
+}
+
+/// Review finding: a log where every 4 KiB slot looks like an entry made the
+/// scan checksum quadratic bytes. Now structure is checked before any CRC,
+/// padding is bounded and CRC work has a budget, so both logs below are
+/// refused after linear work.
+#[test]
+fn an_entry_shaped_log_is_refused_after_linear_work() {
+    use vhdkit::Guid;
+    use vhdkit::format::Structure;
+    use vhdkit::format::vhdx::find_active_sequence;
+    use vhdkit::format::vhdx::log::LogEntryHeader;
+    let guid = Guid::new_random();
+    let len = 16usize << 20;
+    for entry_length in [len as u32, 64 * 1024 + 4096] {
+        let mut log = vec![0u8; len];
+        for slot in (0..len).step_by(4096) {
+            let h = LogEntryHeader {
+                checksum: 0xDEAD_BEEF,
+                entry_length,
+                tail: 0,
+                sequence_number: 1,
+                descriptor_count: 0,
+                reserved: 0,
+                log_guid: guid,
+                flushed_file_offset: 1 << 20,
+                last_file_offset: 1 << 20,
+            };
+            log[slot..slot + 64].copy_from_slice(&h.encode());
+        }
+        assert!(find_active_sequence(&log, 1 << 20, guid).is_err());
+    }
+}
+
+/// Review finding: a log whose last file offset points far past the file
+/// made every "inside the file" check pass. Offsets must be 1 MiB-aligned,
+/// regions must lie in bytes the file holds, and a block that only the
+/// log's extension holds is reported.
+#[test]
+fn a_log_cannot_extend_the_file_under_the_regions() {
+    use vhdkit::format::vhdx::log::build_entry;
+    let image = vhdx_image(false, false);
+    let set_log = |bytes: &mut Vec<u8>, last: u64, writes: &[vhdkit::format::vhdx::LogWrite]| {
+        let guid = vhdkit::Guid::new_random();
+        let entry = build_entry(1, 0, guid, 1 << 20, last, writes);
+        bytes[MIB as usize..MIB as usize + entry.len()].copy_from_slice(&entry);
+        for h in [0x10000usize, 0x20000] {
+            bytes[h + 48..h + 64].copy_from_slice(&guid.to_mixed_endian());
+            bytes[h + 4..h + 8].fill(0);
+            let crc = crc32c::crc32c(&bytes[h..h + 4096]);
+            bytes[h + 4..h + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+    };
+    // An unaligned last file offset: the entry is invalid, so is the log.
+    let mut unaligned = (*image).clone();
+    set_log(&mut unaligned, (1 << 50) + 12345, &[]);
+    assert!(OpenOptions::new().open_reader(Box::new(unaligned), "unaligned").is_err());
+    // The BAT region moved to 1 TiB, inside the implied zeros: refused.
+    let mut moved = (*image).clone();
+    set_log(&mut moved, 1 << 50, &[]);
+    for t in [0x30000usize, 0x40000] {
+        moved[t + 32..t + 40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        moved[t + 4..t + 8].fill(0);
+        let crc = crc32c::crc32c(&moved[t..t + 65536]);
+        moved[t + 4..t + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+    let moved = Arc::new(moved);
+    let outcome = exercise(&moved, None, moved.len() as u64, "BAT region in the log's extension");
+    assert!(matches!(outcome, Outcome::Refused));
+    // A data block only the extension holds opens with a warning.
+    let mut past = (*image).clone();
+    let bat = 3 * MIB as usize;
+    let mut page = Box::new([0u8; 4096]);
+    page.copy_from_slice(&past[bat..bat + 4096]);
+    page[8..16].copy_from_slice(&((1u64 << 40) | 6).to_le_bytes());
+    set_log(
+        &mut past,
+        (1 << 40) + (1 << 20),
+        &[vhdkit::format::vhdx::LogWrite::Data { file_offset: bat as u64, sector: page }],
+    );
+    let disk = OpenOptions::new().open_reader(Box::new(past), "past").unwrap();
+    assert!(
+        disk.info().warnings.iter().any(|w| w.contains("past the end of the file's data")),
+        "{:?}",
+        disk.info().warnings
+    );
+}
+
+/// Review finding: a sparse VHD whose zeroed BAT puts every tiny block at
+/// sector 0 made the overlap check allocate gigabytes before refusing.
+#[test]
+fn a_zeroed_bat_is_refused_before_building_spans() {
+    let mut vhd = (*vhd_image(false)).clone();
+    // 512-byte blocks: every BAT entry 0 ("block at sector 0").
+    let entries = (vhd.len() as u32 - 4096) / 4;
+    let h = &mut vhd[512..1536];
+    h[28..32].copy_from_slice(&entries.to_be_bytes());
+    h[32..36].copy_from_slice(&512u32.to_be_bytes());
+    h[36..40].fill(0);
+    let sum = h.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    h[36..40].copy_from_slice(&(!sum).to_be_bytes());
+    let len = vhd.len();
+    let size = u64::from(entries) * 512;
+    let f = &mut vhd[len - 512..];
+    f[40..48].copy_from_slice(&size.to_be_bytes());
+    f[48..56].copy_from_slice(&size.to_be_bytes());
+    f[64..68].fill(0);
+    let sum = f.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    vhd[1536..1536 + entries as usize * 4].fill(0);
+    let vhd = Arc::new(vhd);
+    assert!(matches!(exercise(&vhd, None, vhd.len() as u64, "zeroed BAT"), Outcome::Refused));
+}
+
+/// Review finding: a fixed VHD whose guest data begins with an image's
+/// signature is still the fixed VHD.
+#[test]
+fn a_fixed_vhd_holding_an_image_is_the_fixed_vhd() {
+    let inner = vhdx_image(false, false);
+    let size = (inner.len() as u64).div_ceil(512) * 512;
+    let mut bytes = (*inner).clone();
+    bytes.resize(size as usize, 0);
+    let dynamic = vhd_image(false);
+    let mut footer = dynamic[dynamic.len() - 512..].to_vec();
+    footer[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+    footer[40..48].copy_from_slice(&size.to_be_bytes());
+    footer[48..56].copy_from_slice(&size.to_be_bytes());
+    footer[60..64].copy_from_slice(&2u32.to_be_bytes());
+    footer[64..68].fill(0);
+    let sum = footer.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    bytes.extend(&footer);
+    let disk = OpenOptions::new().open_reader(Box::new(bytes), "fixed holding vhdx").unwrap();
+    assert_eq!(disk.info().format, vhdkit::disk::ImageFormat::Vhd);
+    assert_eq!(disk.size(), size);
 }

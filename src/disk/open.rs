@@ -97,6 +97,7 @@ pub struct OpenOptions {
     open_parents: bool,
     max_depth: usize,
     mmap: bool,
+    confine_parents: bool,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -118,6 +119,7 @@ impl Default for OpenOptions {
             open_parents: true,
             max_depth: 64,
             mmap: false,
+            confine_parents: false,
         }
     }
 }
@@ -150,6 +152,14 @@ impl OpenOptions {
     /// the parent supplies fail and extents report them as `Parent`.
     pub fn open_parents(mut self, yes: bool) -> Self {
         self.open_parents = yes;
+        self
+    }
+
+    /// Only open parents that lie in the child's own folder (default: no).
+    /// Parent paths come from the image; an image from an untrusted source
+    /// could otherwise make us open (read-only) any file its locators name.
+    pub fn confine_parents(mut self, yes: bool) -> Self {
+        self.confine_parents = yes;
         self
     }
 
@@ -255,7 +265,14 @@ impl OpenOptions {
     }
 
     fn find_parent(&self, child: &Path, link: &ParentLink) -> Result<(PathBuf, Layer)> {
-        let candidates = self.resolver.candidates(child, link);
+        let mut candidates = self.resolver.candidates(child, link);
+        if self.confine_parents {
+            let dir = child.parent().and_then(|d| d.canonicalize().ok());
+            candidates.retain(|c| {
+                let real = c.canonicalize().ok();
+                dir.is_some() && real.and_then(|r| r.parent().map(Path::to_path_buf)) == dir
+            });
+        }
         let mut tried = Vec::new();
         let mut mismatched = Vec::new();
         let mut open_error = None;
@@ -319,8 +336,23 @@ fn check_compatible(child: &Layer, parent: &Layer, child_path: &Path, parent_pat
 
 /// Tells VHDX (`vhdxfile` at 0), dynamic VHD (`conectix` at 0) and fixed VHD
 /// (`conectix` in the last 512 or 511 bytes) apart.
+///
+/// A fixed VHD's data is a guest disk, which may itself begin with an
+/// image's signature; so a sound fixed-VHD footer whose data area is exactly
+/// the rest of the file wins over a signature at offset 0.
 fn sniff(source: &Source) -> Result<ImageFormat> {
     let size = source.size();
+    if size >= 1024 {
+        let mut tail = [0u8; 512];
+        source.read_exact(&mut tail, size - 512)?;
+        if let Ok(f) = <crate::format::vhd::Footer as crate::format::Structure>::decode(&tail, size - 512)
+            && crate::format::vhd::verify_footer_checksum(&tail, size - 512).is_ok()
+            && f.disk_type == crate::format::vhd::DiskType::Fixed.code()
+            && f.current_size == size - 512
+        {
+            return Ok(ImageFormat::Vhd);
+        }
+    }
     let mut head = [0u8; 8];
     if size >= 8 {
         source.read_exact(&mut head, 0)?;

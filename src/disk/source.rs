@@ -54,7 +54,13 @@ impl Source {
                 FormatError::Truncated { structure, offset, needed: len, available: size.saturating_sub(offset) },
             ));
         }
-        let mut buf = vec![0u8; len as usize];
+        let len = usize::try_from(len).map_err(|_| {
+            DiskError::format(
+                &self.path,
+                FormatError::unsupported(format!("a {len}-byte {structure} on this platform")),
+            )
+        })?;
+        let mut buf = vec![0u8; len];
         self.read_exact(&mut buf, offset)?;
         Ok(buf)
     }

@@ -192,6 +192,12 @@ fn read_footer(source: &Source, policy: ChecksumPolicy, warnings: &mut Vec<Strin
         }
         let bytes = source.read_structure(0, FOOTER_SIZE as u64, "VHD footer copy").ok()?;
         let footer = Footer::decode(&bytes, 0).ok()?;
+        // A real copy leads to a dynamic header; guest data that merely
+        // looks like a footer (a fixed disk holding an image) does not.
+        let cookie = source.read_structure(footer.data_offset, 8, "VHD dynamic header").ok()?;
+        if cookie != b"cxsparse" {
+            return None;
+        }
         Some((footer, vhd::verify_footer_checksum(&bytes, 0)))
     };
     match tail_footer {
@@ -277,6 +283,20 @@ fn read_dynamic(
     let bitmap_size = header.bitmap_size();
     let block_bytes = |b: u64| virtual_size.saturating_sub(b * block_size).min(block_size);
     bat.validate(blocks, bitmap_size, block_bytes, data_end, header.table_offset).map_err(|e| source.err(e))?;
+    // Disjoint blocks cannot claim more bytes than the data area holds:
+    // checked before building one span per block.
+    let claimed = (0..blocks)
+        .filter(|&b| bat.locate(b, bitmap_size).is_some())
+        .fold(0u64, |acc, b| acc.saturating_add(bitmap_size + block_bytes(b)));
+    if claimed > data_end {
+        return Err(source.err(FormatError::corrupt(
+            "VHD BAT",
+            header.table_offset,
+            format!(
+                "the allocated blocks claim {claimed} bytes of a {data_end}-byte data area: blocks must share bytes"
+            ),
+        )));
+    }
     let mut spans = vec![
         Span { start: 0, end: FOOTER_SIZE as u64, owner: Owner::Structure("footer copy") },
         Span {

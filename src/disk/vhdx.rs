@@ -77,6 +77,9 @@ impl VhdxImage {
 
         // The log comes first: it may hold newer BAT and metadata bytes.
         let mut log_replay = None;
+        // Bytes the file (or the log's data) actually holds; past them a
+        // replayed file is only implicit zeros.
+        let mut backed = file_size;
         if !h.log_guid.is_nil() {
             let log_len = u64::from(h.log_length);
             if log_len > MAX_LOG_LENGTH {
@@ -100,6 +103,11 @@ impl VhdxImage {
                 )));
             }
             let size = seq.replayed_size(file_size);
+            backed = seq
+                .writes()
+                .filter(|w| matches!(w, LogWrite::Data { .. }))
+                .map(LogWrite::end)
+                .fold(file_size, u64::max);
             let writes = seq.writes().count();
             let entries = seq.entries.len();
             source.replace_reader(|file| {
@@ -149,7 +157,9 @@ impl VhdxImage {
             return Err(first_err.unwrap_or_else(|| source.err(FormatError::corrupt("VHDX region table", 0, "none"))));
         };
         warnings.extend(region_table_warnings.iter().cloned());
-        let regions = table.regions(table_at, size).map_err(|e| source.err(e))?;
+        // Regions must lie in bytes something holds: a BAT or metadata region
+        // in the zeros a log extension implies is not what a writer wrote.
+        let regions = table.regions(table_at, backed).map_err(|e| source.err(e))?;
 
         // Metadata: the table, then each system item (each at most 1 MiB).
         let md = regions.metadata;
@@ -187,7 +197,16 @@ impl VhdxImage {
         }
         let bat = read_bat(&source, regions.bat.file_offset, layout)?;
         bat.validate(regions.bat.file_offset, size).map_err(|e| source.err(e))?;
-        check_disjoint(file_spans(&header.header, &regions, &bat), "VHDX BAT").map_err(|e| source.err(e))?;
+        let spans = file_spans(&header.header, &regions, &bat).map_err(|e| source.err(e))?;
+        for span in spans.iter().filter(|s| matches!(s.owner, Owner::Block(_) | Owner::BitmapBlock(_))) {
+            if span.end > backed {
+                warnings.push(format!(
+                    "{} (bytes {}..{}) lies past the end of the file's data: the replayed log extends the file, so it reads as zeros",
+                    span.owner, span.start, span.end
+                ));
+            }
+        }
+        check_disjoint(spans, "VHDX BAT").map_err(|e| source.err(e))?;
 
         let subformat = if metadata.has_parent {
             Subformat::Differencing
@@ -371,24 +390,56 @@ fn read_bat(source: &Source, offset: u64, layout: BatLayout) -> Result<Bat> {
 }
 
 /// Every range of the file something claims: the header section, the log,
-/// both regions, and each allocated payload and sector-bitmap block.
-fn file_spans(h: &vhdx::Header, regions: &Regions, bat: &Bat) -> Vec<Span> {
+/// both regions, and each allocated payload and sector-bitmap block. Fails
+/// before building the list when the blocks claim more bytes than the file
+/// could hold disjointly, so a hostile BAT cannot make this list huge.
+fn file_spans(h: &vhdx::Header, regions: &Regions, bat: &Bat) -> std::result::Result<Vec<Span>, FormatError> {
     let layout = bat.layout();
+    let mut claimed = 0u64;
+    let mut count = 0usize;
+    for block in 0..layout.payload_blocks {
+        if bat.payload(block).0.has_data() {
+            claimed = claimed.saturating_add(layout.block_bytes(block));
+            count += 1;
+        }
+    }
+    if layout.has_parent {
+        for chunk in 0..layout.bitmap_blocks {
+            if bat.bitmap_block(chunk).is_some() {
+                claimed = claimed.saturating_add(SECTOR_BITMAP_BLOCK);
+                count += 1;
+            }
+        }
+    }
+    // Disjoint blocks of at most 256 MiB all lie below the highest block
+    // offset plus one block.
+    let limit =
+        bat.entries().iter().map(|&e| vhdx::BatEntry(e).file_offset()).max().unwrap_or(0).saturating_add(256 * MIB);
+    if claimed > limit {
+        return Err(FormatError::corrupt(
+            "VHDX BAT",
+            regions.bat.file_offset,
+            format!(
+                "{count} allocated blocks claim {claimed} bytes, more than the file's {limit}: blocks must share bytes"
+            ),
+        ));
+    }
     let region = |r: &vhdx::region::RegionEntry, name| Span {
         start: r.file_offset,
         end: r.file_offset + u64::from(r.length),
         owner: Owner::Structure(name),
     };
-    let mut spans = vec![
-        Span { start: 0, end: MIB, owner: Owner::Structure("the header section") },
-        Span {
+    let mut spans = Vec::with_capacity(count + 4);
+    spans.push(Span { start: 0, end: MIB, owner: Owner::Structure("the header section") });
+    if h.log_length > 0 {
+        spans.push(Span {
             start: h.log_offset,
             end: h.log_offset.saturating_add(u64::from(h.log_length)),
             owner: Owner::Structure("the log"),
-        },
-        region(&regions.bat, "the BAT region"),
-        region(&regions.metadata, "the metadata region"),
-    ];
+        });
+    }
+    spans.push(region(&regions.bat, "the BAT region"));
+    spans.push(region(&regions.metadata, "the metadata region"));
     for block in 0..layout.payload_blocks {
         let (state, off) = bat.payload(block);
         if state.has_data() {
@@ -402,5 +453,5 @@ fn file_spans(h: &vhdx::Header, regions: &Regions, bat: &Bat) -> Vec<Span> {
             }
         }
     }
-    spans
+    Ok(spans)
 }

@@ -118,6 +118,9 @@ impl FromStr for Guid {
             return Err(err());
         }
         let hex: String = groups.concat();
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err());
+        }
         let mut out = [0u8; 16];
         for (i, byte) in out.iter_mut().enumerate() {
             let pair = hex.get(i * 2..i * 2 + 2).ok_or_else(err)?;
@@ -175,6 +178,7 @@ mod tests {
         assert!("c82755bc-427f-1245-b72c-da70aaabe03".parse::<Guid>().is_err());
         assert!("zz2755bc-427f-1245-b72c-da70aaabe031".parse::<Guid>().is_err());
         assert!("".parse::<Guid>().is_err());
+        assert!("{+3ed0ec3-24c8-49a6-a959-5e4bf1288bfb}".parse::<Guid>().is_err());
     }
 
     #[test]

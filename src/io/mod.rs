@@ -64,8 +64,22 @@ pub struct FileReader {
 
 impl FileReader {
     /// Opens `path` read-only. A backup tool must never write to its source.
+    ///
+    /// Only regular files are accepted, and the open itself cannot block: a
+    /// FIFO or device named by a hostile parent locator is refused rather
+    /// than hanging the caller.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
+        let mut options = File::options();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NONBLOCK);
+        }
+        let file = options.open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
         Self::new(file)
     }
 

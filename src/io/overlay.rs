@@ -24,6 +24,9 @@ enum Patch {
 #[derive(Debug)]
 pub struct Overlay<R> {
     base: R,
+    /// The base's size when the overlay was made: below it, a short read is
+    /// an error, not zeros.
+    base_size: u64,
     size: u64,
     /// Non-overlapping patches keyed by start offset: (end, content).
     patches: BTreeMap<u64, (u64, Patch)>,
@@ -33,8 +36,8 @@ impl<R: ReadAt> Overlay<R> {
     /// An overlay with no patches over `base`, `size` bytes long (at least
     /// the base's size).
     pub fn new(base: R, size: u64) -> Self {
-        let size = size.max(base.size());
-        Overlay { base, size, patches: BTreeMap::new() }
+        let base_size = base.size();
+        Overlay { base, base_size, size: size.max(base_size), patches: BTreeMap::new() }
     }
 
     /// Lays `bytes` over `offset..offset + bytes.len()`.
@@ -97,16 +100,11 @@ impl<R: ReadAt> ReadAt for Overlay<R> {
         let buf = &mut buf[..len];
         let end = offset + len as u64;
 
-        // The base's bytes, zero-filled past its end.
-        let mut filled = 0usize;
-        while filled < len {
-            let n = self.base.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf[filled..].fill(0);
+        // The base's bytes, zero-filled past its end (a file extended by a
+        // replayed log). Below its end the base must deliver every byte.
+        let from_base = (self.base_size.saturating_sub(offset) as usize).min(len);
+        self.base.read_exact_at(&mut buf[..from_base], offset)?;
+        buf[from_base..].fill(0);
 
         // Patches overlapping [offset, end), in address order.
         let first =

@@ -40,7 +40,10 @@ impl Bat {
     /// Decodes `count` entries from `bytes`, the table read from absolute
     /// offset `offset`. The caller has already bounded `count` by the file size.
     pub fn parse(bytes: &[u8], count: u32, offset: u64) -> Result<Bat> {
-        let len = count as usize * 4;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(4))
+            .ok_or_else(|| FormatError::unsupported("a VHD BAT larger than the address space"))?;
         let table = crate::format::slice_at(bytes, 0, len, "VHD BAT", offset)?;
         let entries = table.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
         Ok(Bat { entries })

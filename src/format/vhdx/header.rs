@@ -65,12 +65,19 @@ pub struct CurrentHeader {
 
 /// Picks the current header from the two slots' parse results.
 ///
-/// The current header is the valid one with the greater sequence number. When
-/// both are valid with equal sequence numbers (Disk2vhd writes exactly that)
-/// the specification is silent; we take the first slot, as DiscUtils does.
+/// The current header is the valid one with the greater sequence number.
+/// Two valid headers with equal sequence numbers leave no current header by
+/// the specification; Disk2vhd writes two identical ones, which are
+/// accepted (as qemu does), while two that differ are corruption: picking
+/// one could skip a log that must be replayed.
 pub fn choose_current(slots: [Result<Header>; 2]) -> Result<CurrentHeader> {
     let [first, second] = slots;
     match (first, second) {
+        (Ok(a), Ok(b)) if a.sequence_number == b.sequence_number && a != b => Err(FormatError::corrupt(
+            "VHDX header",
+            HEADER_OFFSETS[1],
+            format!("both headers carry sequence number {} but differ: neither is current", a.sequence_number),
+        )),
         (Ok(a), Ok(b)) => {
             let (header, slot) = if b.sequence_number > a.sequence_number { (b, 1) } else { (a, 0) };
             Ok(CurrentHeader { header, slot, other_slot_error: None })
@@ -95,10 +102,10 @@ impl Header {
                 self.version
             )));
         }
-        if self.log_guid.is_nil() {
+        if self.log_guid.is_nil() && self.log_length == 0 {
             return Ok(());
         }
-        if self.log_version != 0 {
+        if !self.log_guid.is_nil() && self.log_version != 0 {
             return Err(FormatError::unsupported(format!(
                 "VHDX log version {} (only version 0 is defined)",
                 self.log_version
@@ -158,6 +165,9 @@ mod tests {
         assert_eq!(pick(&a, &b).slot, 1);
         assert_eq!(pick(&b, &a).slot, 0);
         assert_eq!(pick(&a, &a).slot, 0);
+        // Equal sequence numbers, different contents: no current header.
+        let c = sealed(&header(5));
+        assert!(choose_current([parse_header(&a, 65536), parse_header(&c, 131072)]).is_err());
     }
 
     #[test]
@@ -174,10 +184,13 @@ mod tests {
     }
 
     #[test]
-    fn validates_log_placement_only_when_dirty() {
+    fn validates_log_placement() {
         let mut h = header(1);
         h.log_offset = 12345;
+        assert!(h.validate(65536, 4 << 20).is_err());
+        h.log_length = 0;
         h.validate(65536, 4 << 20).unwrap();
+        h.log_length = 1 << 20;
         h.log_guid = Guid::new_random();
         assert!(h.validate(65536, 4 << 20).is_err());
         h.log_offset = 1 << 20;

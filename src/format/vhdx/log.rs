@@ -14,11 +14,8 @@
 //! with the highest head sequence number wins, and replay starts at the entry
 //! the head's Tail names.
 
-use std::borrow::Cow;
-
 use binrw::binrw;
 
-use super::crc::crc32c_zeroed;
 use crate::format::{FormatError, Guid, Result, Structure};
 
 /// Log sectors (and entry alignment) are 4 KiB.
@@ -172,36 +169,31 @@ impl Ring<'_> {
         self.bytes.len() as u64
     }
 
-    /// `len` bytes starting at ring position `pos`, wrapping past the end.
-    fn read(&self, pos: u64, len: u64) -> Option<Cow<'_, [u8]>> {
-        let (pos, len) = (usize::try_from(pos).ok()?, usize::try_from(len).ok()?);
-        if len > self.bytes.len() || pos >= self.bytes.len() {
-            return None;
-        }
-        if let Some(end) = pos.checked_add(len)
-            && end <= self.bytes.len()
-        {
-            return Some(Cow::Borrowed(&self.bytes[pos..end]));
-        }
-        let first = &self.bytes[pos..];
-        let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(first);
-        out.extend_from_slice(&self.bytes[..len - first.len()]);
-        Some(Cow::Owned(out))
+    /// The 4 KiB sector at ring position `pos` (a multiple of 4 KiB),
+    /// wrapping: sectors never straddle the ring's end.
+    fn sector(&self, pos: u64) -> &[u8] {
+        let at = (pos % self.len()) as usize;
+        &self.bytes[at..at + LOG_SECTOR as usize]
     }
 
     fn abs(&self, pos: u64) -> u64 {
-        self.offset.saturating_add(pos)
+        self.offset.saturating_add(pos % self.len())
     }
 }
 
+/// Padding an entry may carry past its descriptor and data sectors
+/// ([MS-VHDX] allows alignment larger than 4 KiB). Bounding it bounds the
+/// bytes a hostile log can make the scan checksum.
+pub const MAX_ENTRY_PADDING: u64 = 64 * 1024;
+
 /// Decodes and validates the entry at ring position `pos` (a multiple of
-/// 4 KiB). Every field is checked, including the CRC and each data sector,
-/// so a torn or stale entry is rejected as a whole.
-fn parse_entry(ring: &Ring<'_>, pos: u64, log_guid: Guid) -> Result<LogEntry> {
+/// 4 KiB). The cheap checks come first (header fields, every descriptor,
+/// every data sector's signature and sequence) and the CRC last, charged to
+/// `budget`; a torn or stale entry is rejected as a whole.
+fn parse_entry(ring: &Ring<'_>, pos: u64, log_guid: Guid, budget: &mut u64) -> Result<LogEntry> {
     let corrupt = |at: u64, reason: String| FormatError::corrupt("VHDX log entry", ring.abs(at), reason);
-    let first = ring.read(pos, LOG_SECTOR).ok_or_else(|| corrupt(pos, "entry header outside the log".into()))?;
-    let header = LogEntryHeader::decode(&first, ring.abs(pos))?;
+    let first = ring.sector(pos);
+    let header = LogEntryHeader::decode(first, ring.abs(pos))?;
     let length = u64::from(header.entry_length);
     if length == 0 || length % LOG_SECTOR != 0 || length > ring.len() {
         return Err(corrupt(pos + 8, format!("entry length {length} is not a multiple of 4 KiB within the log")));
@@ -216,29 +208,25 @@ fn parse_entry(ring: &Ring<'_>, pos: u64, log_guid: Guid) -> Result<LogEntry> {
     if tail % LOG_SECTOR != 0 || tail >= ring.len() {
         return Err(corrupt(pos + 12, format!("tail {tail} is not a 4 KiB position in the log")));
     }
+    for (value, at, name) in [(header.flushed_file_offset, 48, "flushed"), (header.last_file_offset, 56, "last")] {
+        if value % super::MIB != 0 {
+            return Err(corrupt(pos + at, format!("{name} file offset {value} is not a multiple of 1 MiB")));
+        }
+    }
     let count = u64::from(header.descriptor_count);
     let descriptor_bytes = 64 + 32 * count;
     if descriptor_bytes > length {
         return Err(corrupt(pos + 24, format!("{count} descriptors do not fit a {length}-byte entry")));
     }
-    let entry = ring.read(pos, length).ok_or_else(|| corrupt(pos, "entry outside the log".into()))?;
-    let computed = crc32c_zeroed(&entry, 4..8);
-    if computed != header.checksum {
-        return Err(FormatError::BadChecksum {
-            structure: "VHDX log entry",
-            offset: ring.abs(pos),
-            stored: header.checksum,
-            computed,
-        });
-    }
+    let descriptor_sectors = descriptor_bytes.div_ceil(LOG_SECTOR);
 
-    let mut data_at = descriptor_bytes.div_ceil(LOG_SECTOR) * LOG_SECTOR;
-    let mut writes = Vec::with_capacity(count as usize);
+    // Descriptors (they never straddle a sector: 126 in the first, 128 after).
+    let mut descriptors = Vec::with_capacity(count as usize);
     for i in 0..count {
-        let at = 64 + 32 * i as usize;
-        let desc_pos = (pos + at as u64) % ring.len();
-        let raw = &entry[at..at + 32];
-        let (file_offset, seq, write) = match &raw[..4] {
+        let at = 64 + 32 * i;
+        let raw = &ring.sector(pos + at / LOG_SECTOR * LOG_SECTOR)[(at % LOG_SECTOR) as usize..][..32];
+        let desc_pos = pos + at;
+        let d = match &raw[..4] {
             b"zero" => {
                 let z = ZeroDescriptor::decode(raw, ring.abs(desc_pos))?;
                 if z.zero_length % LOG_SECTOR != 0 {
@@ -247,31 +235,11 @@ fn parse_entry(ring: &Ring<'_>, pos: u64, log_guid: Guid) -> Result<LogEntry> {
                         format!("zero length {} is not a multiple of 4 KiB", z.zero_length),
                     ));
                 }
-                let w = LogWrite::Zero { file_offset: z.file_offset, length: z.zero_length };
-                (z.file_offset, z.sequence_number, w)
+                (z.file_offset, z.sequence_number, Err(z.zero_length))
             }
             b"desc" => {
                 let d = DataDescriptor::decode(raw, ring.abs(desc_pos))?;
-                let sector_pos = (pos + data_at) % ring.len();
-                let sector_bytes = usize::try_from(data_at)
-                    .ok()
-                    .and_then(|s| entry.get(s..s + 4096))
-                    .ok_or_else(|| corrupt(pos + 24, format!("data sector {i} lies past the entry's end")))?;
-                let sector = DataSector::decode(sector_bytes, ring.abs(sector_pos))?;
-                let sector_seq = (u64::from(sector.sequence_high) << 32) | u64::from(sector.sequence_low);
-                if sector_seq != header.sequence_number {
-                    return Err(corrupt(
-                        sector_pos + 4,
-                        format!("data sector sequence {sector_seq} is not the entry's"),
-                    ));
-                }
-                data_at += LOG_SECTOR;
-                let mut out = Box::new([0u8; 4096]);
-                out[..8].copy_from_slice(&d.leading_bytes);
-                out[8..4092].copy_from_slice(&sector.data);
-                out[4092..].copy_from_slice(&d.trailing_bytes);
-                let w = LogWrite::Data { file_offset: d.file_offset, sector: out };
-                (d.file_offset, d.sequence_number, w)
+                (d.file_offset, d.sequence_number, Ok(d))
             }
             _ => {
                 return Err(FormatError::BadSignature {
@@ -281,13 +249,81 @@ fn parse_entry(ring: &Ring<'_>, pos: u64, log_guid: Guid) -> Result<LogEntry> {
                 });
             }
         };
+        if d.1 != header.sequence_number {
+            return Err(corrupt(desc_pos + 24, format!("descriptor sequence {} is not the entry's", d.1)));
+        }
+        if d.0 % LOG_SECTOR != 0 {
+            return Err(corrupt(desc_pos + 16, format!("file offset {} is not 4 KiB-aligned", d.0)));
+        }
+        descriptors.push(d);
+    }
+    let data_sectors = descriptors.iter().filter(|d| d.2.is_ok()).count() as u64;
+    let needed = (descriptor_sectors + data_sectors) * LOG_SECTOR;
+    if needed > length || length > needed + MAX_ENTRY_PADDING {
+        return Err(corrupt(
+            pos + 8,
+            format!(
+                "entry length {length} does not fit its {descriptor_sectors} descriptor and {data_sectors} data sectors"
+            ),
+        ));
+    }
+    // Data sectors: signature and sequence, still before any checksum.
+    for j in 0..data_sectors {
+        let sector_pos = pos + (descriptor_sectors + j) * LOG_SECTOR;
+        let sector = ring.sector(sector_pos);
+        if &sector[..4] != b"data" {
+            return Err(FormatError::BadSignature {
+                structure: "VHDX log data sector",
+                offset: ring.abs(sector_pos),
+                expected: "data",
+            });
+        }
+        let high = u32::from_le_bytes([sector[4], sector[5], sector[6], sector[7]]);
+        let low = u32::from_le_bytes([sector[4092], sector[4093], sector[4094], sector[4095]]);
+        let seq = (u64::from(high) << 32) | u64::from(low);
         if seq != header.sequence_number {
-            return Err(corrupt(desc_pos + 24, format!("descriptor sequence {seq} is not the entry's")));
+            return Err(corrupt(sector_pos + 4, format!("data sector sequence {seq} is not the entry's")));
         }
-        if file_offset % LOG_SECTOR != 0 {
-            return Err(corrupt(desc_pos + 16, format!("file offset {file_offset} is not 4 KiB-aligned")));
-        }
-        writes.push(write);
+    }
+    // The checksum, sector by sector (no copy of entries that wrap).
+    if *budget < length {
+        return Err(FormatError::corrupt(
+            "VHDX log",
+            ring.offset,
+            "the log holds far more entry-shaped data than entries: giving up on it",
+        ));
+    }
+    *budget -= length;
+    let mut crc = crc32c::crc32c(&first[..4]);
+    crc = crc32c::crc32c_append(crc, &[0; 4]);
+    crc = crc32c::crc32c_append(crc, &first[8..]);
+    for k in 1..length / LOG_SECTOR {
+        crc = crc32c::crc32c_append(crc, ring.sector(pos + k * LOG_SECTOR));
+    }
+    if crc != header.checksum {
+        return Err(FormatError::BadChecksum {
+            structure: "VHDX log entry",
+            offset: ring.abs(pos),
+            stored: header.checksum,
+            computed: crc,
+        });
+    }
+
+    let mut writes = Vec::with_capacity(descriptors.len());
+    let mut data_index = 0u64;
+    for (file_offset, _, kind) in descriptors {
+        writes.push(match kind {
+            Err(length) => LogWrite::Zero { file_offset, length },
+            Ok(d) => {
+                let sector = ring.sector(pos + (descriptor_sectors + data_index) * LOG_SECTOR);
+                data_index += 1;
+                let mut out = Box::new([0u8; 4096]);
+                out[..8].copy_from_slice(&d.leading_bytes);
+                out[8..4092].copy_from_slice(&sector[8..4092]);
+                out[4092..].copy_from_slice(&d.trailing_bytes);
+                LogWrite::Data { file_offset, sector: out }
+            }
+        });
     }
     Ok(LogEntry { position: pos, header, writes })
 }
@@ -324,12 +360,19 @@ pub fn find_active_sequence(log: &[u8], log_offset: u64, log_guid: Guid) -> Resu
         )));
     }
     let slots = (n / LOG_SECTOR) as usize;
-    // Each position is parsed at most once, so the scan is linear in the log.
+    // Each position is parsed at most once, and checksums are charged to a
+    // budget of a few passes over the log: the scan is linear in the log.
     let mut cache: Vec<Option<Option<Summary>>> = vec![None; slots];
+    let mut budget = 8 * n;
+    let mut exhausted = None;
     let mut summary_at = |pos: u64| -> Option<Summary> {
         let slot = (pos / LOG_SECTOR) as usize;
         *cache[slot].get_or_insert_with(|| {
-            parse_entry(&ring, pos, log_guid).ok().map(|e| Summary {
+            let parsed = parse_entry(&ring, pos, log_guid, &mut budget);
+            if let Err(e @ FormatError::Corrupt { structure: "VHDX log", .. }) = &parsed {
+                exhausted.get_or_insert(e.clone());
+            }
+            parsed.ok().map(|e| Summary {
                 sequence_number: e.header.sequence_number,
                 length: u64::from(e.header.entry_length),
                 tail: u64::from(e.header.tail),
@@ -373,6 +416,9 @@ pub fn find_active_sequence(log: &[u8], log_offset: u64, log_guid: Guid) -> Resu
         old_tail = cur_tail;
     }
 
+    if let Some(e) = exhausted {
+        return Err(e);
+    }
     let Some((_, positions)) = best else {
         return Err(FormatError::corrupt(
             "VHDX log",
@@ -380,7 +426,9 @@ pub fn find_active_sequence(log: &[u8], log_offset: u64, log_guid: Guid) -> Resu
             format!("the header's log GUID {log_guid} is set but the log holds no valid sequence"),
         ));
     };
-    let entries = positions.into_iter().map(|p| parse_entry(&ring, p, log_guid)).collect::<Result<Vec<_>>>()?;
+    let mut budget = u64::MAX;
+    let entries =
+        positions.into_iter().map(|p| parse_entry(&ring, p, log_guid, &mut budget)).collect::<Result<Vec<_>>>()?;
     Ok(Some(ActiveSequence { entries }))
 }
 

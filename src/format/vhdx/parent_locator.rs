@@ -51,6 +51,10 @@ pub struct ParentLocator {
 
 impl ParentLocator {
     /// Decodes the item found at absolute `offset`.
+    ///
+    /// Keys and values must lie after the entry table and together fit the
+    /// item (so decoding costs at most a few times the item's size), hold
+    /// no NUL, and keys must be unique.
     pub fn parse(bytes: &[u8], offset: u64) -> Result<ParentLocator> {
         let header = ParentLocatorHeader::decode(bytes, offset)?;
         if header.locator_type != VHDX_LOCATOR_TYPE {
@@ -61,18 +65,36 @@ impl ParentLocator {
         }
         let count = usize::from(header.key_value_count);
         // Every entry needs 12 bytes inside the item: bounds the loop by the item.
+        let table_end = 20 + count * 12;
         crate::format::slice_at(bytes, 20, count * 12, "VHDX parent locator", offset)?;
         let mut entries: Vec<(String, String)> = Vec::with_capacity(count);
+        let mut keys = std::collections::HashSet::with_capacity(count);
+        let mut total = 0usize;
         for i in 0..count {
             let at = 20 + i * 12;
-            let e = KeyValueEntry::decode(&bytes[at..], offset + at as u64)?;
+            let abs = offset + at as u64;
+            let e = KeyValueEntry::decode(&bytes[at..], abs)?;
+            total += usize::from(e.key_length) + usize::from(e.value_length);
+            if total > bytes.len() - table_end {
+                return Err(FormatError::corrupt(
+                    "VHDX parent locator",
+                    abs,
+                    format!("keys and values claim more than the {}-byte item holds", bytes.len()),
+                ));
+            }
             let text = |off: u32, len: u16, what: &str| -> Result<String> {
-                let abs = offset + at as u64;
-                if len == 0 || !len.is_multiple_of(2) {
+                if len == 0 || len % 2 != 0 {
                     return Err(FormatError::corrupt(
                         "VHDX parent locator entry",
                         abs,
                         format!("{what} length {len} is not a positive even number"),
+                    ));
+                }
+                if (off as usize) < table_end {
+                    return Err(FormatError::corrupt(
+                        "VHDX parent locator entry",
+                        abs,
+                        format!("{what} at item offset {off} lies inside the entry table"),
                     ));
                 }
                 let raw = crate::format::slice_at(
@@ -83,16 +105,19 @@ impl ParentLocator {
                     offset,
                 )?;
                 let units: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                if units.contains(&0) {
+                    return Err(FormatError::corrupt("VHDX parent locator entry", abs, format!("{what} holds a NUL")));
+                }
                 String::from_utf16(&units).map_err(|_| {
                     FormatError::corrupt("VHDX parent locator entry", abs, format!("{what} is not valid UTF-16"))
                 })
             };
             let key = text(e.key_offset, e.key_length, "key")?;
             let value = text(e.value_offset, e.value_length, "value")?;
-            if entries.iter().any(|(k, _)| *k == key) {
+            if !keys.insert(key.clone()) {
                 return Err(FormatError::corrupt(
                     "VHDX parent locator entry",
-                    offset + at as u64,
+                    abs,
                     format!("key {key:?} appears twice"),
                 ));
             }
@@ -186,6 +211,27 @@ mod tests {
         assert_eq!(g.to_string(), "83ed0ec3-24c8-49a6-a959-5e4bf1288bfb");
         assert_eq!(g2, None);
         assert_eq!(back.paths()[0], ("relative_path", "..\\base.vhdx"));
+    }
+
+    #[test]
+    fn rejects_shared_or_overlapping_strings_that_would_multiply_memory() {
+        // Two entries whose values are the same bytes: their lengths add up
+        // to more than the item holds.
+        let loc = ParentLocator {
+            entries: vec![
+                ("parent_linkage".into(), "{83ed0ec3-24c8-49a6-a959-5e4bf1288bfb}".into()),
+                ("k".into(), "v".repeat(30)),
+            ],
+        };
+        let mut bytes = loc.encode();
+        let first_value = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+        bytes[32 + 4..32 + 8].copy_from_slice(&first_value.to_le_bytes());
+        bytes[32 + 10..32 + 12].copy_from_slice(&1000u16.to_le_bytes());
+        assert!(ParentLocator::parse(&bytes, 0).is_err());
+        // A key pointing into the entry table.
+        let mut bytes = loc.encode();
+        bytes[20..24].copy_from_slice(&20u32.to_le_bytes());
+        assert!(ParentLocator::parse(&bytes, 0).is_err());
     }
 
     #[test]
