@@ -83,7 +83,7 @@ impl ParentLocator {
                 ));
             }
             let text = |off: u32, len: u16, what: &str| -> Result<String> {
-                if len == 0 || len % 2 != 0 {
+                if len == 0 || !len.is_multiple_of(2) {
                     return Err(FormatError::corrupt(
                         "VHDX parent locator entry",
                         abs,
