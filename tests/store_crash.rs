@@ -1,0 +1,248 @@
+//! Crash safety: a child process killed at random points of a backup.
+//!
+//! The child runs the operation through a backend that counts every storage
+//! operation (each write, commit, delete and log append) and aborts the
+//! process (no destructors, no flush: as good as SIGKILL for the files) at
+//! a chosen one. Trials pick that point at random over the whole
+//! operation. After every trial the store must verify clean (leftover
+//! garbage allowed) and every listed backup must restore bit-exact.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vhdkit::disk::OpenOptions;
+use vhdkit::export::{ExportOptions, Target};
+use vhdkit::store::{Backend, BackupOptions, InitOptions, LocalDir, LockGuard, LockMode, ObjectWriter, Store};
+
+/// Counts storage operations and aborts the process at the `abort_at`th.
+#[derive(Debug)]
+struct Crashing {
+    inner: LocalDir,
+    count: Arc<AtomicU64>,
+    abort_at: u64,
+}
+
+impl Crashing {
+    fn tick(&self) {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.abort_at {
+            std::process::abort();
+        }
+    }
+}
+
+struct CrashingWriter {
+    inner: Box<dyn ObjectWriter>,
+    count: Arc<AtomicU64>,
+    abort_at: u64,
+}
+
+impl CrashingWriter {
+    fn tick(&self) {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.abort_at {
+            std::process::abort();
+        }
+    }
+}
+
+impl ObjectWriter for CrashingWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.tick();
+        self.inner.write(bytes)
+    }
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+    fn commit(self: Box<Self>) -> std::io::Result<()> {
+        self.tick();
+        let (count, abort_at) = (self.count.clone(), self.abort_at);
+        self.inner.commit()?;
+        if count.fetch_add(1, Ordering::SeqCst) + 1 == abort_at {
+            std::process::abort();
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Crashing {
+    fn describe(&self, key: &str) -> PathBuf {
+        self.inner.describe(key)
+    }
+    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(key, buf, offset)
+    }
+    fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
+        self.inner.read_all(key)
+    }
+    fn size(&self, key: &str) -> std::io::Result<u64> {
+        self.inner.size(key)
+    }
+    fn exists(&self, key: &str) -> bool {
+        self.inner.exists(key)
+    }
+    fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn create(&self, key: &str) -> std::io::Result<Box<dyn ObjectWriter>> {
+        self.tick();
+        let inner = self.inner.create(key)?;
+        Ok(Box::new(CrashingWriter { inner, count: self.count.clone(), abort_at: self.abort_at }))
+    }
+    fn delete(&self, key: &str) -> std::io::Result<()> {
+        self.tick();
+        self.inner.delete(key)?;
+        self.tick();
+        Ok(())
+    }
+    fn append_line(&self, key: &str, line: &str) -> std::io::Result<()> {
+        self.tick();
+        self.inner.append_line(key, line)
+    }
+    fn lock(&self, mode: LockMode, wait: bool) -> std::io::Result<Option<Box<dyn LockGuard>>> {
+        self.inner.lock(mode, wait)
+    }
+    fn total_bytes(&self) -> std::io::Result<u64> {
+        self.inner.total_bytes()
+    }
+}
+
+/// The child side: runs one operation through the crashing backend and
+/// prints how many storage operations it made (when it was not aborted).
+/// Run only by the trials below.
+#[test]
+#[ignore = "run as a child process by the crash trials"]
+fn crash_child() {
+    let Ok(store_dir) = std::env::var("VHDKIT_CRASH_STORE") else { return };
+    let abort_at: u64 = std::env::var("VHDKIT_CRASH_AT").unwrap().parse().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let backend = Arc::new(Crashing { inner: LocalDir::new(&store_dir), count: count.clone(), abort_at });
+    let store = Store::open_backend(backend).unwrap();
+    match std::env::var("VHDKIT_CRASH_OP").unwrap().as_str() {
+        "backup" => {
+            let disk = OpenOptions::new().open_raw(std::env::var("VHDKIT_CRASH_DISK").unwrap()).unwrap();
+            let full = std::env::var("VHDKIT_CRASH_FULL").is_ok();
+            store.backup(&disk, &BackupOptions { name: "b".into(), full, ..Default::default() }).unwrap();
+        }
+        other => panic!("unknown operation {other}"),
+    }
+    println!("OPS {}", count.load(Ordering::SeqCst));
+}
+
+/// Runs the child; returns the operation count if it ran to the end.
+fn run_child(store: &Path, op: &str, abort_at: u64, env: &[(&str, String)]) -> Option<u64> {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("VHDKIT_CRASH_STORE", store)
+        .env("VHDKIT_CRASH_OP", op)
+        .env("VHDKIT_CRASH_AT", abort_at.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        let n = stdout
+            .lines()
+            .find_map(|l| l.split_once("OPS ").map(|(_, n)| n))
+            .expect("the child reports its operations");
+        return Some(n.trim().parse().unwrap());
+    }
+    // An abort is the expected way to die; anything else is a failure.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(6), "the child failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    None
+}
+
+/// A small deterministic generator.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn disk_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    let mut d = vec![0u8; len];
+    for (i, chunk) in d.chunks_mut(64 * 1024).enumerate() {
+        if i % 5 != 2 {
+            chunk.iter_mut().for_each(|b| *b = r.next() as u8);
+        }
+    }
+    d
+}
+
+/// Every listed backup must be one we know, and restore exactly; verify clean.
+fn check_store(dir: &Path, store_dir: &Path, known: &[(String, Vec<u8>)]) {
+    let store = Store::open(store_dir).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.ok, "verify after a crash: {report:?}");
+    for b in store.list().unwrap() {
+        let Some((_, bytes)) = known.iter().find(|(id, _)| *id == b.id) else {
+            panic!("backup {} appeared that no trial committed", b.id);
+        };
+        let out = dir.join("restored.raw");
+        let _ = std::fs::remove_file(&out);
+        store.restore(&b.id, &out, Target::Raw, &ExportOptions::default()).unwrap();
+        assert!(std::fs::read(&out).unwrap() == *bytes, "backup {} restores wrong bytes", b.id);
+    }
+}
+
+#[test]
+fn backups_killed_at_random_points_lose_nothing_committed() {
+    let dir = common::scratch("store-crash-backup");
+    let store_dir = dir.join("store");
+    let store =
+        Store::init(&store_dir, &InitOptions { chunk_size: 64 * 1024, pack_size: 256 * 1024, ..Default::default() })
+            .unwrap();
+    let base = disk_bytes(1, 3 << 20);
+    let base_disk = OpenOptions::new().open_raw_reader(Box::new(base.clone()), "b");
+    let first = store.backup(&base_disk, &BackupOptions { name: "b".into(), ..Default::default() }).unwrap();
+    drop(store);
+    let mut known = vec![(first.id, base.clone())];
+
+    let disk_path = dir.join("disk.raw");
+    let probe = dir.join("probe");
+    let mut rng = Rng(0x5eed);
+    let trials = 40;
+    let (mut killed, mut committed_then_killed) = (0, 0);
+    for trial in 0..trials {
+        // Each trial backs up a different version of the disk (so it has new
+        // chunks to store), full or incremental.
+        let mut bytes = base.clone();
+        let at = (rng.next() % (bytes.len() as u64 - 300_000)) as usize;
+        bytes[at..at + 300_000].copy_from_slice(&disk_bytes(1000 + trial, 300_000));
+        std::fs::write(&disk_path, &bytes).unwrap();
+        let mut env = vec![("VHDKIT_CRASH_DISK", disk_path.display().to_string())];
+        if trial % 3 == 0 {
+            env.push(("VHDKIT_CRASH_FULL", "1".into()));
+        }
+        // This trial's exact number of storage operations, on a copy.
+        let _ = std::fs::remove_dir_all(&probe);
+        common::run(Command::new("cp").arg("-r").arg(&store_dir).arg(&probe));
+        let total = run_child(&probe, "backup", u64::MAX, &env).unwrap();
+        let abort_at = 1 + rng.next() % total;
+        let before: Vec<String> = Store::open(&store_dir).unwrap().list().unwrap().into_iter().map(|b| b.id).collect();
+        let finished = run_child(&store_dir, "backup", abort_at, &env);
+        assert!(finished.is_none(), "trial {trial}: the child outlived its abort point {abort_at} of {total}");
+        killed += 1;
+        // A backup that committed before dying is now listed.
+        for b in Store::open(&store_dir).unwrap().list().unwrap() {
+            if !before.contains(&b.id) {
+                known.push((b.id, bytes.clone()));
+                committed_then_killed += 1;
+            }
+        }
+        check_store(&dir, &store_dir, &known);
+    }
+    eprintln!("{killed} backups killed at random points; {committed_then_killed} had committed first");
+    assert!(committed_then_killed > 0 && committed_then_killed < trials, "the trials never straddled the commit");
+}
