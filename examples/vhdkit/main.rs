@@ -65,6 +65,50 @@ enum Command {
         /// Back up even if the change information does not match the previous backup.
         #[arg(long)]
         force: bool,
+        /// Merge into a full backup when the incremental chain grows past this (default 14).
+        #[arg(long, default_value_t = 14)]
+        max_chain: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make BACKUP a full backup by folding its chain (metadata only).
+    Merge {
+        store: PathBuf,
+        backup: String,
+        /// Wait for running backups instead of failing with "busy".
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop backups of NAME outside the retention policy (kept incrementals are merged first).
+    Prune {
+        store: PathBuf,
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        keep_last: usize,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: usize,
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: usize,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: usize,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete unreferenced chunks, compact packs, and report the bytes reclaimed.
+    Vacuum {
+        store: PathBuf,
+        /// Rewrite packs whose dead bytes exceed this percentage of their live bytes.
+        #[arg(long, default_value_t = 25.0)]
+        threshold: f64,
+        /// Wait for running backups instead of failing with "busy".
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         json: bool,
     },
@@ -166,9 +210,15 @@ fn main() -> ExitCode {
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
         Command::Store(cmd) => store::store_command(cmd),
-        Command::Backup { store, image, name, full, changed, force, json } => {
-            store::backup(&options, &store, &image, name, full, changed, force, json)
+        Command::Backup { store, image, name, full, changed, force, max_chain, json } => {
+            store::backup(&options, &store, &image, store::BackupArgs { name, full, changed, force, max_chain }, json)
         }
+        Command::Merge { store, backup, wait, json } => store::merge(&store, &backup, wait, json),
+        Command::Prune { store, name, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, wait, json } => {
+            let policy = vhdkit::store::Retention { keep_last, keep_daily, keep_weekly, keep_monthly };
+            store::prune(&store, &name, &policy, dry_run, wait, json)
+        }
+        Command::Vacuum { store, threshold, wait, json } => store::vacuum(&store, threshold / 100.0, wait, json),
         Command::List { store, json } => store::list(&store, json),
         Command::Restore { store, backup, output, to, json } => store::restore(&store, &backup, &output, to, json),
         Command::Verify { store, json } => store::verify(&store, json),

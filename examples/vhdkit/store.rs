@@ -128,23 +128,36 @@ fn read_ranges(path: &Path) -> Result<Vec<Range<u64>>, Failure> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What `vhdkit backup` was asked.
+pub(crate) struct BackupArgs {
+    pub(crate) name: String,
+    pub(crate) full: bool,
+    pub(crate) changed: Option<PathBuf>,
+    pub(crate) force: bool,
+    pub(crate) max_chain: usize,
+}
+
 pub(crate) fn backup(
     options: &OpenOptions,
     store: &Path,
     image: &Path,
-    name: String,
-    full: bool,
-    changed: Option<PathBuf>,
-    force: bool,
+    args: BackupArgs,
     json: bool,
 ) -> Result<u8, Failure> {
     let s = Store::open(store)?;
     let disk = options.open(image)?;
-    let changed = changed.map(|p| read_ranges(&p)).transpose()?;
+    let changed = args.changed.map(|p| read_ranges(&p)).transpose()?;
     let line = ProgressLine::new("backup");
     let show = |p: Progress| line.show(p);
-    let opts = BackupOptions { name, full, changed, force, progress: Some(&show), ..Default::default() };
+    let opts = BackupOptions {
+        name: args.name,
+        full: args.full,
+        changed,
+        force: args.force,
+        max_chain: args.max_chain,
+        progress: Some(&show),
+        ..Default::default()
+    };
     let report = s.backup(&disk, &opts)?;
     line.done();
     if json {
@@ -248,6 +261,62 @@ pub(crate) fn stats(store: &Path, json: bool) -> Result<u8, Failure> {
         println!("chunks:            {}", st.chunks);
         println!("dedup ratio:       {:.2}", st.dedup_ratio);
         println!("compression ratio: {:.2}", st.compression_ratio);
+    }
+    Ok(0)
+}
+
+pub(crate) fn merge(store: &Path, backup: &str, wait: bool, json: bool) -> Result<u8, Failure> {
+    let s = Store::open(store)?;
+    let r = s.merge(backup, wait)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        println!("{} is now a full backup ({} manifests folded, {} data slots)", r.id, r.chain_length, r.data_slots);
+    }
+    Ok(0)
+}
+
+pub(crate) fn prune(
+    store: &Path,
+    name: &str,
+    policy: &vhdkit::store::Retention,
+    dry_run: bool,
+    wait: bool,
+    json: bool,
+) -> Result<u8, Failure> {
+    let s = Store::open(store)?;
+    let r = s.prune(name, policy, dry_run, wait)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        let verb = if dry_run { "would" } else { "did" };
+        for id in &r.merged {
+            println!("{verb} merge {id} (its chain runs through a dropped backup)");
+        }
+        for id in &r.dropped {
+            println!("{verb} drop {id}");
+        }
+        println!("{} kept, {} dropped", r.kept.len(), r.dropped.len());
+    }
+    Ok(0)
+}
+
+pub(crate) fn vacuum(store: &Path, threshold: f64, wait: bool, json: bool) -> Result<u8, Failure> {
+    let s = Store::open(store)?;
+    let r = s.vacuum(&vhdkit::store::VacuumOptions { threshold, wait })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        println!(
+            "reclaimed {} bytes ({} -> {}): {} packs deleted, {} rewritten, {} live chunks, {:.2} s",
+            r.bytes_reclaimed,
+            r.bytes_before,
+            r.bytes_after,
+            r.packs_deleted,
+            r.packs_rewritten,
+            r.live_chunks,
+            r.seconds
+        );
     }
     Ok(0)
 }

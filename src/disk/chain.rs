@@ -202,4 +202,8 @@ impl VirtualDisk for Disk {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
         Ok(Disk::read_at(self, buf, offset)?)
     }
+
+    fn own_extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+        Ok(Disk::own_extents(self, range)?)
+    }
 }

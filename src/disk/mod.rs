@@ -51,6 +51,15 @@ pub trait VirtualDisk: Send + Sync {
     /// inside the disk.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()>;
 
+    /// The top image's own allocation of `range`: what it holds itself, with
+    /// what its parent supplies as `Parent` at depth 1. For a disk without
+    /// parents this is [`VirtualDisk::extents`]. For a differencing child it
+    /// is exactly what changed since the parent; reading inside its data
+    /// and zero extents never touches the parent.
+    fn own_extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+        self.extents(range)
+    }
+
     /// The virtual size in bytes.
     fn size(&self) -> u64 {
         self.info().virtual_size

@@ -90,7 +90,13 @@ impl LocalDir {
         self.root.join(key)
     }
 
+    /// An open handle for `key`. Only packs are cached: they are never
+    /// rewritten under the same name, while a manifest can be replaced
+    /// (merge) and a cached handle would go on reading the old file.
     fn handle(&self, key: &str) -> io::Result<Arc<File>> {
+        if !key.starts_with("packs/") {
+            return Ok(Arc::new(File::open(self.path(key))?));
+        }
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = handles.get(key) {
             return Ok(f.clone());

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -28,6 +29,7 @@ use super::error::{Result, StoreError};
 use super::index::{Index, IndexEntry, Location, encode_index, new_index_key};
 use super::manifest::{ChainCursor, Kind, ManifestHeader, ManifestWriter, Resolved, Slot, SourceInfo};
 use super::pack::PackWriter;
+use super::restore::BackupReader;
 use super::time::Moment;
 use super::{Store, new_backup_id};
 use crate::disk::{DiskInfo, ExtentState, VirtualDisk};
@@ -86,7 +88,16 @@ pub struct BackupOptions<'a> {
     pub threads: usize,
     /// Called now and then from the calling thread.
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    /// Longest incremental chain kept before the new backup is merged into
+    /// a full one (0: the default, 14).
+    pub max_chain: usize,
+    /// When the backup was taken (default: now). For importing backups made
+    /// elsewhere, and for testing retention.
+    pub created: Option<Moment>,
 }
+
+/// The default cap on incremental chains.
+pub const DEFAULT_MAX_CHAIN: usize = 14;
 
 /// What a backup did (the JSON keys of the command-line contract).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -111,6 +122,9 @@ pub struct BackupReport {
     /// Bytes written to packs (records with their headers, after compression).
     pub stored_bytes: u64,
     pub seconds: f64,
+    /// The chain grew past its cap and this backup was merged into a full
+    /// one (metadata only), or the merge was deferred because the store was busy.
+    pub merged: Option<bool>,
 }
 
 /// What to do with a slot.
@@ -119,6 +133,21 @@ enum Plan {
     Read,
     Zero,
     Inherit,
+    /// A differencing child holds part of the slot: the previous backup's
+    /// chunk with the child's own bytes laid over it.
+    Partial,
+}
+
+/// What changed since the previous backup.
+#[derive(Debug, Clone)]
+pub(crate) enum ChangeSet {
+    /// Everything allocated (a full backup, or hash comparison).
+    All,
+    /// These slot ranges (sorted, merged); the rest is inherited.
+    Slots(Vec<Range<u64>>),
+    /// The source's own allocation (a differencing child of the previous
+    /// backup's image); the rest is inherited.
+    Own,
 }
 
 /// What the reader and workers send the writer, keyed by first slot.
@@ -139,17 +168,63 @@ struct Job {
 }
 
 /// The slot runs a disk needs, from its allocation map: slots no extent
-/// with data touches are zero; inside `changed` (slot ranges, sorted and
-/// merged) or everywhere when it is `None`; elsewhere inherited.
+/// with data touches are zero; with `ChangeSet::Slots`, slots outside the
+/// change are inherited; with `ChangeSet::Own`, slots the source holds none
+/// of are inherited and slots it holds only part of are partial.
 fn plan_window(
     disk: &dyn VirtualDisk,
     chunk: u64,
     slots: Range<u64>,
-    changed: Option<&[Range<u64>]>,
+    change: &ChangeSet,
     out: &mut Vec<(Plan, u64)>,
 ) -> crate::Result<()> {
     let size = disk.size();
     let bytes = slots.start * chunk..(slots.end * chunk).min(size);
+    let mut push = |p: Plan, n: u64| {
+        if n == 0 {
+            return;
+        }
+        match out.last_mut() {
+            Some((q, m)) if *q == p => *m += n,
+            _ => out.push((p, n)),
+        }
+    };
+    if let ChangeSet::Own = change {
+        // Per slot: how many of its bytes the child holds itself, and
+        // whether any of them is data (rather than explicit zeros).
+        let own = disk.own_extents(bytes.clone())?;
+        let mut held = vec![0u64; (slots.end - slots.start) as usize];
+        let mut data = vec![false; held.len()];
+        for e in own.iter().filter(|e| e.depth == 0 && matches!(e.state, ExtentState::Data | ExtentState::Zero)) {
+            let mut off = e.offset;
+            while off < e.offset + e.length {
+                let slot = off / chunk;
+                let end = ((slot + 1) * chunk).min(e.offset + e.length);
+                let i = (slot - slots.start) as usize;
+                held[i] += end - off;
+                data[i] |= e.state == ExtentState::Data;
+                off = end;
+            }
+        }
+        for (i, (&h, &d)) in held.iter().zip(&data).enumerate() {
+            let slot = slots.start + i as u64;
+            let len = (size - slot * chunk).min(chunk);
+            push(
+                match (h, d) {
+                    (0, _) => Plan::Inherit,
+                    (h, false) if h == len => Plan::Zero,
+                    (h, _) if h == len => Plan::Read,
+                    _ => Plan::Partial,
+                },
+                1,
+            );
+        }
+        return Ok(());
+    }
+    let changed = match change {
+        ChangeSet::Slots(v) => Some(v.as_slice()),
+        _ => None,
+    };
     let mut reads: Vec<Range<u64>> = Vec::new();
     for e in disk.extents(bytes.clone())? {
         if matches!(e.state, ExtentState::Data | ExtentState::Parent) {
@@ -160,15 +235,6 @@ fn plan_window(
             }
         }
     }
-    let mut push = |p: Plan, n: u64| {
-        if n == 0 {
-            return;
-        }
-        match out.last_mut() {
-            Some((q, m)) if *q == p => *m += n,
-            _ => out.push((p, n)),
-        }
-    };
     // Walk the window slot run by slot run, intersecting reads and changes.
     let mut s = slots.start;
     let mut r = reads.iter().peekable();
@@ -207,12 +273,28 @@ fn plan_window(
     Ok(())
 }
 
+/// Fills `buf` with a partial slot: the previous backup's bytes, then the
+/// source's own data over them. Reads inside the source's own extents
+/// never touch its parent.
+fn read_partial(disk: &dyn VirtualDisk, prev: &BackupReader, slot_start: u64, buf: &mut [u8]) -> crate::Result<()> {
+    prev.read_at(buf, slot_start)?;
+    let end = slot_start + buf.len() as u64;
+    for e in disk.own_extents(slot_start..end)? {
+        if e.depth == 0 && matches!(e.state, ExtentState::Data | ExtentState::Zero) {
+            let at = (e.offset - slot_start) as usize;
+            disk.read_at(&mut buf[at..at + e.length as usize], e.offset)?;
+        }
+    }
+    Ok(())
+}
+
 /// The reading stage: plans the disk window by window, sends runs to the
 /// writer and reads to the workers.
 fn read_stage(
     disk: &dyn VirtualDisk,
     chunk: u64,
-    changed: Option<&[Range<u64>]>,
+    change: &ChangeSet,
+    prev: Option<&BackupReader>,
     jobs: Sender<Job>,
     results: Sender<(u64, crate::Result<Item>)>,
     pool: Receiver<Vec<u8>>,
@@ -224,7 +306,7 @@ fn read_stage(
     while slot < slots {
         runs.clear();
         let end = (slot + window).min(slots);
-        if let Err(e) = plan_window(disk, chunk, slot..end, changed, &mut runs) {
+        if let Err(e) = plan_window(disk, chunk, slot..end, change, &mut runs) {
             let _ = results.send((slot, Err(e)));
             return;
         }
@@ -237,12 +319,19 @@ fn read_stage(
                     }
                     slot += n;
                 }
-                Plan::Read => {
+                Plan::Read | Plan::Partial => {
                     for _ in 0..n {
                         let Ok(mut buf) = pool.recv() else { return };
                         let len = (disk.size() - slot * chunk).min(chunk) as usize;
                         buf.resize(len, 0);
-                        if let Err(e) = disk.read_at(&mut buf, slot * chunk) {
+                        let read = match (plan, prev) {
+                            (Plan::Partial, Some(prev)) => read_partial(disk, prev, slot * chunk, &mut buf),
+                            (Plan::Partial, None) => {
+                                Err(StoreError::Invalid("a partial slot without a previous backup".into()).into())
+                            }
+                            _ => disk.read_at(&mut buf, slot * chunk),
+                        };
+                        if let Err(e) = read {
                             let _ = results.send((slot, Err(e)));
                             return;
                         }
@@ -295,21 +384,42 @@ impl Store {
     /// committed.
     pub fn backup(&self, disk: &dyn VirtualDisk, options: &BackupOptions<'_>) -> Result<BackupReport> {
         let started = Instant::now();
+        let mut report = self.backup_shared(disk, options)?;
+        // A chain past its cap is folded into a full backup, under the
+        // exclusive lock; if the store is busy the merge waits for next time.
+        let cap = if options.max_chain == 0 { DEFAULT_MAX_CHAIN } else { options.max_chain };
+        if report.kind == Kind::Incremental && self.chain_length(&report.id)? > cap {
+            report.merged = Some(match self.lock(LockMode::Exclusive, false) {
+                Ok(_lock) => {
+                    self.merge_locked(&report.id)?;
+                    true
+                }
+                Err(StoreError::StoreBusy { .. }) => false,
+                Err(e) => return Err(e),
+            });
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        self.log_job("backup", &serde_json::to_value(&report).unwrap_or_default());
+        Ok(report)
+    }
+
+    /// The backup itself, under the shared lock.
+    fn backup_shared(&self, disk: &dyn VirtualDisk, options: &BackupOptions<'_>) -> Result<BackupReport> {
         if options.name.is_empty() {
             return Err(StoreError::Invalid("a backup needs a name".into()));
         }
         let _lock = self.lock(LockMode::Shared, false)?;
-        let index = Index::load(self.backend())?;
+        let index = Arc::new(Index::load(self.backend())?);
         let info = disk.info().clone();
 
         // The previous backup of this name, and how to find what changed.
         let previous = self.list()?.into_iter().rev().find(|b| b.name == options.name);
         let plan = self.incremental_plan(&info, previous.as_ref().map(|b| b.id.as_str()), options)?;
-        let (kind, parent, source, changed_slots) = match plan {
-            Some(p) => (Kind::Incremental, Some(p.parent), p.source, p.changed),
-            None => (Kind::Full, None, ChangeSource::None, None),
+        let (kind, parent, source, change) = match plan {
+            Some(p) => (Kind::Incremental, Some(p.parent), p.source, p.change),
+            None => (Kind::Full, None, ChangeSource::None, ChangeSet::All),
         };
-        let created = Moment::now();
+        let created = options.created.unwrap_or_else(Moment::now);
         let id = new_backup_id(created);
         let header = ManifestHeader {
             id: id.clone(),
@@ -336,14 +446,32 @@ impl Store {
             zero_chunks: 0,
             stored_bytes: 0,
             seconds: 0.0,
+            merged: None,
         };
         let mut manifest = ManifestWriter::create(self.backend(), &header)?;
         let compare = match (source, &parent) {
             (ChangeSource::Hash, Some(p)) => Some(ChainCursor::open(self.backend(), p)?),
             _ => None,
         };
-        let new_entries =
-            self.run_pipeline(disk, &index, changed_slots.as_deref(), compare, &mut manifest, &mut report, options)?;
+        // A differencing source's partial slots start from the previous
+        // backup's chunks, so its parent image is never read.
+        let prev_reader = match (&change, &parent) {
+            (ChangeSet::Own, Some(p)) => {
+                let lock = self.lock(LockMode::Shared, false)?;
+                Some(self.reader_with(p, index.clone(), lock)?)
+            }
+            _ => None,
+        };
+        let new_entries = self.run_pipeline(
+            disk,
+            &index,
+            &change,
+            prev_reader.as_ref(),
+            compare,
+            &mut manifest,
+            &mut report,
+            options,
+        )?;
 
         // Commit: index file for the new chunks, then the manifest.
         if !new_entries.is_empty() {
@@ -356,8 +484,6 @@ impl Store {
             w.commit().map_err(StoreError::io(&path, "commit index"))?;
         }
         manifest.commit()?;
-        report.seconds = started.elapsed().as_secs_f64();
-        self.log_job("backup", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)
     }
 
@@ -368,7 +494,8 @@ impl Store {
         &self,
         disk: &dyn VirtualDisk,
         index: &Index,
-        changed: Option<&[Range<u64>]>,
+        change: &ChangeSet,
+        prev: Option<&BackupReader>,
         mut compare: Option<ChainCursor<'_>>,
         manifest: &mut ManifestWriter,
         report: &mut BackupReport,
@@ -395,7 +522,7 @@ impl Store {
         std::thread::scope(|scope| -> Result<Vec<IndexEntry>> {
             {
                 let (jobs, results, pool) = (job_tx, res_tx.clone(), pool_rx);
-                scope.spawn(move || read_stage(disk, chunk, changed, jobs, results, pool));
+                scope.spawn(move || read_stage(disk, chunk, change, prev, jobs, results, pool));
             }
             for _ in 0..workers {
                 let (jobs, results) = (job_rx.clone(), res_tx.clone());
@@ -596,13 +723,23 @@ mod erased_name {
 struct IncrementalPlan {
     parent: String,
     source: ChangeSource,
-    /// Slot ranges that changed; `None`: read every allocated slot and compare.
-    changed: Option<Vec<Range<u64>>>,
+    change: ChangeSet,
 }
 
 impl Store {
     /// Decides whether the backup is incremental, against which parent, and
-    /// what changed.
+    /// how to find what changed:
+    ///
+    /// 1. a changed-range list, for the same disk (same disk id) as the
+    ///    previous backup;
+    /// 2. a differencing source whose parent is the image the previous
+    ///    backup captured (its identity): its own allocation;
+    /// 3. otherwise, every allocated chunk compared with the previous backup.
+    ///
+    /// A range list for another disk, or a differencing source whose parent
+    /// is neither the previous backup's image nor shared with it (the same
+    /// disk backed up again), is refused unless `force` (then 3): a wrong
+    /// incremental is worse than none.
     fn incremental_plan(
         &self,
         info: &DiskInfo,
@@ -627,19 +764,33 @@ impl Store {
             return Ok(None);
         }
         let chunk = u64::from(self.config.chunk_size);
+        let plan = |source, change| Ok(Some(IncrementalPlan { parent: prev.to_string(), source, change }));
         if let Some(ranges) = &options.changed {
-            // The ranges are relative to the previous backup's disk: it must
-            // be the same disk (same disk id) for them to mean anything.
             if h.source.disk_id != info.disk_id.to_string() && !options.force {
                 return Err(StoreError::BaselineMismatch(format!(
                     "the changed ranges are for disk {} but the previous backup {prev} captured disk {}",
                     info.disk_id, h.source.disk_id
                 )));
             }
-            let changed = Some(widen(ranges, chunk, info.virtual_size));
-            return Ok(Some(IncrementalPlan { parent: prev.to_string(), source: ChangeSource::Ranges, changed }));
+            return plan(ChangeSource::Ranges, ChangeSet::Slots(widen(ranges, chunk, info.virtual_size)));
         }
-        Ok(Some(IncrementalPlan { parent: prev.to_string(), source: ChangeSource::Hash, changed: None }))
+        if let Some(link) = &info.parent {
+            let parent_ids = [Some(link.expected_identity), link.alternate_identity];
+            let is = |text: &str| parent_ids.iter().flatten().any(|g| g.to_string() == text);
+            if is(&h.source.identity) {
+                return plan(ChangeSource::Differencing, ChangeSet::Own);
+            }
+            let same_disk_again = h.source.parent_identity.as_deref().is_some_and(is)
+                && h.source.file_name == source_info(info).file_name;
+            if !same_disk_again && !options.force {
+                return Err(StoreError::BaselineMismatch(format!(
+                    "the source is a differencing child of {} but the previous backup {prev} captured {}; \
+                     back up with --full, or --force to compare every chunk",
+                    link.expected_identity, h.source.identity
+                )));
+            }
+        }
+        plan(ChangeSource::Hash, ChangeSet::All)
     }
 }
 

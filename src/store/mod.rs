@@ -20,11 +20,14 @@ mod config;
 mod error;
 pub mod index;
 pub mod manifest;
+mod merge;
 pub mod pack;
+mod prune;
 mod reindex;
 mod restore;
 mod stats;
 mod time;
+mod vacuum;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -38,10 +41,13 @@ pub use chunk::{ChunkId, Compression};
 pub use config::{InitOptions, StoreConfig};
 pub use error::{Result, StoreError};
 pub use manifest::Kind;
+pub use merge::MergeReport;
+pub use prune::{PruneReport, Retention};
 pub use reindex::ReindexReport;
 pub use restore::{BackupReader, RestoreReport};
 pub use stats::Stats;
 pub use time::Moment;
+pub use vacuum::{VacuumOptions, VacuumReport};
 pub use verify::{DamagedChunk, VerifyReport};
 
 use manifest::{ManifestHeader, id_from_key, manifest_key};

@@ -32,7 +32,7 @@ use crate::format::Guid;
 /// at 512 KiB chunks: 8 MiB plus its distinct chunks), and the store index.
 pub struct BackupReader {
     backend: Arc<dyn Backend>,
-    index: Index,
+    index: Arc<Index>,
     info: DiskInfo,
     id: String,
     chunk: u64,
@@ -65,7 +65,14 @@ impl Store {
     pub fn reader(&self, spec: &str) -> Result<BackupReader> {
         let lock = self.lock(LockMode::Shared, false)?;
         let id = self.resolve(spec)?.id;
-        let index = Index::load(self.backend())?;
+        let index = Arc::new(Index::load(self.backend())?);
+        self.reader_with(&id, index, lock)
+    }
+
+    /// Opens backup `id` with an index already loaded, under a lock the
+    /// caller holds.
+    pub(crate) fn reader_with(&self, id: &str, index: Arc<Index>, lock: Box<dyn LockGuard>) -> Result<BackupReader> {
+        let id = id.to_string();
         let mut cursor = ChainCursor::open(self.backend(), &id)?;
         let header = cursor.header().clone();
         let chunk = u64::from(header.chunk_size);

@@ -1,0 +1,380 @@
+//! Incremental backups from each change source, their cost, synthetic
+//! merge, retention, vacuum, and how they share the store lock.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+use vhdkit::VirtualDisk;
+use vhdkit::disk::OpenOptions;
+use vhdkit::export::{ExportOptions, Target, export};
+use vhdkit::store::{
+    Backend, BackupOptions, ChangeSource, InitOptions, Kind, LocalDir, LockGuard, LockMode, Moment, ObjectWriter,
+    Retention, Store, StoreError, VacuumOptions,
+};
+
+const MIB: usize = 1 << 20;
+const CHUNK: u64 = 64 * 1024;
+
+fn init(dir: &Path) -> Store {
+    let _ = std::fs::remove_dir_all(dir);
+    Store::init(dir, &InitOptions { chunk_size: CHUNK as u32, pack_size: 1 << 20, ..Default::default() }).unwrap()
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn raw(bytes: &[u8], name: &str) -> vhdkit::Disk {
+    OpenOptions::new().open_raw_reader(Box::new(Arc::new(bytes.to_vec())), name)
+}
+
+fn opts(name: &str) -> BackupOptions<'static> {
+    BackupOptions { name: name.into(), ..Default::default() }
+}
+
+fn restores_to(store: &Store, id: &str, want: &[u8]) {
+    let r = store.reader(id).unwrap();
+    let mut got = vec![0u8; want.len()];
+    r.read_at(&mut got, 0).unwrap();
+    assert!(got == want, "backup {id} restores different bytes");
+}
+
+/// A disk with data and holes.
+fn disk0() -> Vec<u8> {
+    let mut d = noise(1, 16 * MIB);
+    d[3 * MIB..5 * MIB].fill(0);
+    d
+}
+
+#[test]
+fn a_changed_range_list_reads_only_the_changed_chunks() {
+    let dir = common::scratch("inc-ranges");
+    let store = init(&dir.join("s"));
+    let d0 = disk0();
+    store.backup(&raw(&d0, "d"), &opts("d")).unwrap();
+    let mut d1 = d0.clone();
+    let ranges = [(100u64, 10u64), (7 * MIB as u64 + 5, 200_000), (16 * MIB as u64 - 1, 1)];
+    for (i, &(off, len)) in ranges.iter().enumerate() {
+        d1[off as usize..(off + len) as usize].fill(0x30 + i as u8);
+    }
+    let changed = ranges.iter().map(|&(o, l)| o..o + l).collect::<Vec<_>>();
+    let widened: u64 = ranges.iter().map(|&(o, l)| ((o + l).div_ceil(CHUNK) - o / CHUNK) * CHUNK).sum();
+    let r = store.backup(&raw(&d1, "d"), &BackupOptions { changed: Some(changed.clone()), ..opts("d") }).unwrap();
+    assert_eq!((r.kind, r.change_source), (Kind::Incremental, ChangeSource::Ranges));
+    assert!(r.bytes_read <= widened, "read {} bytes for {widened} bytes of changed chunks", r.bytes_read);
+    restores_to(&store, &r.id, &d1);
+    // Ranges for another disk (another disk id) are refused; --force overrides.
+    let other = export_vhdx(&dir, "other.vhdx", &d1);
+    let err = store.backup(&other, &BackupOptions { changed: Some(changed.clone()), ..opts("d") }).unwrap_err();
+    assert!(matches!(err, StoreError::BaselineMismatch(_)), "{err}");
+    let forced = store.backup(&other, &BackupOptions { changed: Some(changed), force: true, ..opts("d") }).unwrap();
+    restores_to(&store, &forced.id, &d1);
+}
+
+fn export_vhdx(dir: &Path, name: &str, bytes: &[u8]) -> vhdkit::Disk {
+    let path = dir.join(name);
+    export(
+        &raw(bytes, "x"),
+        &path,
+        Target::Vhdx,
+        &ExportOptions { block_size: Some(MIB as u32), ..Default::default() },
+    )
+    .unwrap();
+    vhdkit::open(&path).unwrap()
+}
+
+#[test]
+fn hash_comparison_stores_only_what_differs() {
+    let dir = common::scratch("inc-hash");
+    let store = init(&dir.join("s"));
+    let d0 = disk0();
+    let full = store.backup(&raw(&d0, "d"), &opts("d")).unwrap();
+    let mut d1 = d0.clone();
+    d1[9 * MIB + 7..9 * MIB + 20].fill(9);
+    d1[4 * MIB..4 * MIB + 10].fill(1); // inside the hole: a zero slot gains data
+    let r = store.backup(&raw(&d1, "d"), &opts("d")).unwrap();
+    assert_eq!(
+        (r.kind, r.change_source, r.parent.as_deref()),
+        (Kind::Incremental, ChangeSource::Hash, Some(full.id.as_str()))
+    );
+    assert_eq!(r.new_chunks, 2);
+    restores_to(&store, &full.id, &d0);
+    restores_to(&store, &r.id, &d1);
+}
+
+/// A checkpoint: the source is a differencing child of the image the
+/// previous backup captured. Its own allocation is the change set, and its
+/// parent is not read at all: after the chain is opened the parent file is
+/// overwritten with garbage, and the backup still restores to the true view.
+#[test]
+fn a_checkpoint_child_is_backed_up_without_reading_its_parent() {
+    for format in [Target::Vhdx, Target::Vhd] {
+        let dir = common::scratch(&format!("inc-child-{format:?}"));
+        let store = init(&dir.join("s"));
+        let ext = if format == Target::Vhdx { "vhdx" } else { "vhd" };
+        let base_path = dir.join(format!("base.{ext}"));
+        let d0 = disk0();
+        export(
+            &raw(&d0, "b"),
+            &base_path,
+            format,
+            &ExportOptions { block_size: Some(MIB as u32), ..Default::default() },
+        )
+        .unwrap();
+        let base = vhdkit::open(&base_path).unwrap();
+        let first = store.backup(&base, &opts("vm")).unwrap();
+        drop(base);
+        // The checkpoint: a child with scattered changes, some sub-chunk.
+        let mut d1 = d0.clone();
+        d1[512..1024].fill(0xAB);
+        d1[6 * MIB..6 * MIB + 300_000].fill(0xCD);
+        d1[11 * MIB + 4096..11 * MIB + 8192].fill(0);
+        let child_path = dir.join(format!("child.{ext}"));
+        export(
+            &raw(&d1, "c"),
+            &child_path,
+            format,
+            &ExportOptions { parent: Some(base_path.clone()), ..Default::default() },
+        )
+        .unwrap();
+        let child = vhdkit::open(&child_path).unwrap();
+        assert_eq!(child.depth(), 2);
+        let own: u64 =
+            child.own_extents(0..child.size()).unwrap().iter().filter(|e| e.depth == 0).map(|e| e.length).sum();
+        // Ruin the parent's bytes in place (the open chain reads the same inode).
+        let len = std::fs::metadata(&base_path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&base_path).unwrap();
+        let garbage = vec![0x5Au8; 1 << 20];
+        let mut at = if format == Target::Vhdx { 4 << 20 } else { 8192 };
+        while at + (1 << 20) < len - 512 {
+            f.write_all_at(&garbage, at).unwrap();
+            at += 1 << 20;
+        }
+        drop(f);
+        let r = store.backup(&child, &opts("vm")).unwrap();
+        assert_eq!((r.kind, r.change_source), (Kind::Incremental, ChangeSource::Differencing), "{format:?}");
+        assert_eq!(r.parent.as_deref(), Some(first.id.as_str()));
+        let widened_own = own.div_ceil(CHUNK) * CHUNK + 3 * CHUNK;
+        assert!(r.bytes_read <= widened_own + own, "{format:?}: read {} for {own} own bytes", r.bytes_read);
+        restores_to(&store, &r.id, &d1);
+        restores_to(&store, &first.id, &d0);
+    }
+}
+
+#[test]
+fn a_child_of_something_else_is_refused_unless_forced() {
+    let dir = common::scratch("inc-child-mismatch");
+    let store = init(&dir.join("s"));
+    let d0 = disk0();
+    store.backup(&raw(&d0, "vm"), &opts("vm")).unwrap();
+    // A child of an image the store never captured.
+    let base_path = dir.join("elsewhere.vhdx");
+    export(&raw(&d0, "b"), &base_path, Target::Vhdx, &ExportOptions::default()).unwrap();
+    let mut d1 = d0.clone();
+    d1[..4096].fill(7);
+    let child_path = dir.join("child.vhdx");
+    export(&raw(&d1, "c"), &child_path, Target::Vhdx, &ExportOptions { parent: Some(base_path), ..Default::default() })
+        .unwrap();
+    let child = vhdkit::open(&child_path).unwrap();
+    let err = store.backup(&child, &opts("vm")).unwrap_err();
+    assert!(matches!(err, StoreError::BaselineMismatch(_)), "{err}");
+    let forced = store.backup(&child, &BackupOptions { force: true, ..opts("vm") }).unwrap();
+    assert_eq!(forced.change_source, ChangeSource::Hash);
+    restores_to(&store, &forced.id, &d1);
+    // The same child backed up again: not refused, compared by hash.
+    let again = store.backup(&child, &opts("vm")).unwrap();
+    assert_eq!(again.change_source, ChangeSource::Hash);
+    assert_eq!(again.new_chunks, 0);
+}
+
+fn chain_of(store: &Store, id: &str) -> usize {
+    let all = store.list().unwrap();
+    let mut n = 1;
+    let mut next = all.iter().find(|b| b.id == id).and_then(|b| b.parent.clone());
+    while let Some(p) = next {
+        n += 1;
+        next = all.iter().find(|b| b.id == p).and_then(|b| b.parent.clone());
+    }
+    n
+}
+
+#[test]
+fn long_chains_are_merged_and_merges_keep_every_backup_whole() {
+    let dir = common::scratch("inc-chain");
+    let store = init(&dir.join("s"));
+    let mut d = disk0();
+    let mut versions = Vec::new();
+    for i in 0..12u8 {
+        d[i as usize * MIB + 100..i as usize * MIB + 400].fill(i + 1);
+        let r = store.backup(&raw(&d, "d"), &BackupOptions { max_chain: 4, ..opts("d") }).unwrap();
+        assert!(chain_of(&store, &r.id) <= 4, "chain of {} is {}", r.id, chain_of(&store, &r.id));
+        if r.merged.is_some() {
+            assert_eq!(store.list().unwrap().iter().find(|b| b.id == r.id).unwrap().kind, Kind::Full);
+        }
+        versions.push((r.id, d.clone()));
+    }
+    for (id, bytes) in &versions {
+        restores_to(&store, id, bytes);
+    }
+    // An explicit merge in the middle: its descendants still restore.
+    let mid = &versions[6].0;
+    let report = store.merge(mid, false).unwrap();
+    assert!(report.chain_length >= 1);
+    assert_eq!(store.list().unwrap().iter().find(|b| &b.id == mid).unwrap().kind, Kind::Full);
+    for (id, bytes) in &versions {
+        restores_to(&store, id, bytes);
+    }
+}
+
+#[test]
+fn prune_keeps_the_policy_merging_where_needed_and_vacuum_reclaims() {
+    let dir = common::scratch("inc-prune");
+    let store = init(&dir.join("s"));
+    let monday = Moment::parse("2026-01-05T06:00:00Z").unwrap();
+    let mut d = disk0();
+    let mut versions = Vec::new();
+    // Two backups a day for 20 days; each changes a different 1 MiB.
+    for i in 0..40usize {
+        let at = (i * 3 % 16) * MIB;
+        d[at..at + MIB].copy_from_slice(&noise(100 + i as u64, MIB));
+        let created = Moment { secs: monday.secs + (i as i64 / 2) * 86_400 + (i as i64 % 2) * 43_200, micros: 0 };
+        let r = store
+            .backup(&raw(&d, "d"), &BackupOptions { created: Some(created), max_chain: 100, ..opts("d") })
+            .unwrap();
+        versions.push((r.id, d.clone()));
+    }
+    let policy = Retention { keep_last: 3, keep_daily: 5, keep_weekly: 2, keep_monthly: 1 };
+    let dry = store.prune("d", &policy, true, false).unwrap();
+    assert_eq!(store.list().unwrap().len(), 40, "a dry run changed nothing");
+    let report = store.prune("d", &policy, false, false).unwrap();
+    assert_eq!(report.kept, dry.kept);
+    // Newest 3; newest of the 5 latest days (days 15-19); weekly adds the
+    // newest of the previous week (day 13 = Sunday 2026-01-18).
+    let expect: BTreeSet<String> = [39usize, 38, 37, 35, 33, 31, 27].iter().map(|&i| versions[i].0.clone()).collect();
+    assert_eq!(report.kept.iter().cloned().collect::<BTreeSet<_>>(), expect);
+    let listed: BTreeSet<String> = store.list().unwrap().into_iter().map(|b| b.id).collect();
+    assert_eq!(listed, expect);
+    for (id, bytes) in versions.iter().filter(|(id, _)| expect.contains(id)) {
+        restores_to(&store, id, bytes);
+    }
+    // Vacuum: the store shrinks to about the live data.
+    let before = store.stats().unwrap();
+    let v = store.vacuum(&VacuumOptions::default()).unwrap();
+    assert!(v.bytes_reclaimed > 0, "{v:?}");
+    let after = store.stats().unwrap();
+    assert!(after.stored_bytes < before.stored_bytes);
+    let live = after.unique_bytes;
+    assert!(
+        after.stored_bytes as f64 <= 1.25 * live as f64,
+        "stored {} bytes for {live} bytes of live data",
+        after.stored_bytes
+    );
+    assert!(store.verify().unwrap().ok);
+    for (id, bytes) in versions.iter().filter(|(id, _)| expect.contains(id)) {
+        restores_to(&store, id, bytes);
+    }
+}
+
+/// A backend whose lock calls first tell the test they are about to wait.
+#[derive(Debug)]
+struct Announcing {
+    inner: LocalDir,
+    tx: std::sync::Mutex<mpsc::Sender<()>>,
+}
+
+impl Backend for Announcing {
+    fn describe(&self, key: &str) -> PathBuf {
+        self.inner.describe(key)
+    }
+    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(key, buf, offset)
+    }
+    fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
+        self.inner.read_all(key)
+    }
+    fn size(&self, key: &str) -> std::io::Result<u64> {
+        self.inner.size(key)
+    }
+    fn exists(&self, key: &str) -> bool {
+        self.inner.exists(key)
+    }
+    fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn create(&self, key: &str) -> std::io::Result<Box<dyn ObjectWriter>> {
+        self.inner.create(key)
+    }
+    fn delete(&self, key: &str) -> std::io::Result<()> {
+        self.inner.delete(key)
+    }
+    fn append_line(&self, key: &str, line: &str) -> std::io::Result<()> {
+        self.inner.append_line(key, line)
+    }
+    fn lock(&self, mode: LockMode, wait: bool) -> std::io::Result<Option<Box<dyn LockGuard>>> {
+        let _ = self.tx.lock().unwrap().send(());
+        self.inner.lock(mode, wait)
+    }
+    fn total_bytes(&self) -> std::io::Result<u64> {
+        self.inner.total_bytes()
+    }
+}
+
+/// Vacuum waits for the lock while a backup runs; the backup commits while
+/// vacuum waits; vacuum must keep every chunk the new backup references.
+/// Conflicting operations that do not wait get `StoreBusy`.
+#[test]
+fn vacuum_waiting_for_a_backup_keeps_what_the_backup_committed() {
+    let dir = common::scratch("inc-lock");
+    let path = dir.join("s");
+    let store = init(&path);
+    let d0 = disk0();
+    store.backup(&raw(&d0, "d"), &opts("d")).unwrap();
+    let d1 = noise(77, 16 * MIB);
+
+    let (hold_tx, hold_rx) = mpsc::channel::<()>();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (vac_tx, vac_rx) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let backup = scope.spawn(|| {
+            let started = std::sync::Mutex::new(Some(started_tx));
+            let hold = std::sync::Mutex::new(hold_rx);
+            // Pause inside the backup (holding the shared lock) until told.
+            let progress = |_p: vhdkit::store::Progress| {
+                if let Some(tx) = started.lock().unwrap().take() {
+                    let _ = tx.send(());
+                    let _ = hold.lock().unwrap().recv();
+                }
+            };
+            let o = BackupOptions { progress: Some(&progress), full: true, ..opts("d") };
+            store.backup(&raw(&d1, "d"), &o).unwrap()
+        });
+        started_rx.recv().unwrap();
+        // While the backup holds the lock: no waiting means busy.
+        assert!(matches!(store.vacuum(&VacuumOptions::default()), Err(StoreError::StoreBusy { .. })));
+        assert!(matches!(store.merge("d", false), Err(StoreError::StoreBusy { .. })));
+        let vacuum = scope.spawn(|| {
+            let backend = Arc::new(Announcing { inner: LocalDir::new(&path), tx: std::sync::Mutex::new(vac_tx) });
+            Store::open_backend(backend).unwrap().vacuum(&VacuumOptions { wait: true, ..Default::default() }).unwrap()
+        });
+        // Once vacuum is about to wait for the lock, let the backup finish.
+        vac_rx.recv().unwrap();
+        hold_tx.send(()).unwrap();
+        let committed = backup.join().unwrap();
+        let v = vacuum.join().unwrap();
+        assert!(v.live_chunks > 0);
+        restores_to(&store, &committed.id, &d1);
+        assert!(store.verify().unwrap().ok);
+    });
+}
