@@ -152,5 +152,54 @@ for target, templates in (("open_vhd", 3), ("open_vhdx", 4)):
         seed(target, bytes([t]))
         seed(target, bytes([t]) + struct.pack("<IB", 512 + 28, 4) + b"\xff\xff\xff\xff")
         seed(target, bytes([t]) + struct.pack("<IB", 3 * MIB, 8) + bytes.fromhex("0600100000000000"))
+
+
+def store_seeds():
+    """A real store (made with the vhdkit example) cut into seeds."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    binary = os.environ.get("VHDKIT_BIN") or os.path.join(here, "..", "target", "release", "examples", "vhdkit")
+    if not os.path.exists(binary):
+        subprocess.run(["cargo", "build", "-q", "--release", "--example", "vhdkit"], cwd=os.path.join(here, ".."), check=True)
+    tmp = tempfile.mkdtemp()
+    try:
+        disk = os.path.join(tmp, "d.raw")
+        with open(disk, "wb") as f:
+            for i in range(48):
+                f.write((bytes([i]) * 7 + b"vhdkit ") * (32768 // 8) if i % 3 else bytes(32768))
+        for comp in ("none", "zstd"):
+            st = os.path.join(tmp, "store-" + comp)
+            subprocess.run([binary, "store", "init", st, "--chunk-size", "64K", "--compression", comp, "--pack-size", "256K"],
+                           check=True, capture_output=True)
+            vhdx = os.path.join(tmp, "d.vhdx")
+            subprocess.run([binary, "convert", disk, vhdx, "--from", "raw", "--to", "vhdx"], check=True, capture_output=True)
+            subprocess.run([binary, "backup", st, vhdx, "--name", "d"], check=True, capture_output=True)
+            with open(disk, "r+b") as f:
+                f.seek(70000)
+                f.write(b"changed" * 1000)
+            subprocess.run([binary, "convert", disk, vhdx, "--from", "raw", "--to", "vhdx"], check=True, capture_output=True)
+            subprocess.run([binary, "backup", st, vhdx, "--name", "d"], check=True, capture_output=True)
+            for root, _, files in os.walk(st):
+                for name in files:
+                    data = open(os.path.join(root, name), "rb").read()
+                    if name.endswith(".manifest"):
+                        seed("store_manifest", data)
+                        hl = struct.unpack("<I", data[8:12])[0]
+                        seed("store_manifest", data[8:12] + data[12:12 + hl] + data[12 + hl:-56])
+                    elif name.endswith(".idx"):
+                        seed("store_index", data)
+                    elif name.endswith(".pack"):
+                        seed("store_pack", data)
+                        off = 24
+                        while off + 52 <= len(data) and data[off:off + 4] == b"VKCH":
+                            stored = struct.unpack("<I", data[off + 12:off + 16])[0]
+                            seed("store_chunk", data[off:off + 52 + stored])
+                            off += 52 + stored
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"store seeds skipped: {e}", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+store_seeds()
 for target in sorted(os.listdir(out)):
     print(f"{target}: {len(os.listdir(os.path.join(out, target)))} seeds")

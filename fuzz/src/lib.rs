@@ -159,3 +159,96 @@ fn make_dirty(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes.resize(flushed as usize, 0);
     bytes
 }
+
+/// A backend holding one manifest (the fuzz input) in memory.
+#[derive(Debug)]
+struct OneFile(Vec<u8>);
+
+impl vhdkit::store::Backend for OneFile {
+    fn describe(&self, key: &str) -> PathBuf {
+        PathBuf::from(key)
+    }
+    fn read_at(&self, _key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.as_slice().read_exact_at(buf, offset)
+    }
+    fn read_all(&self, _key: &str) -> std::io::Result<Vec<u8>> {
+        Ok(self.0.clone())
+    }
+    fn size(&self, _key: &str) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn exists(&self, _key: &str) -> bool {
+        true
+    }
+    fn list(&self, _prefix: &str) -> std::io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    fn create(&self, _key: &str) -> std::io::Result<Box<dyn vhdkit::store::ObjectWriter>> {
+        Err(std::io::Error::other("read-only"))
+    }
+    fn delete(&self, _key: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn append_line(&self, _key: &str, _line: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn lock(
+        &self,
+        _mode: vhdkit::store::LockMode,
+        _wait: bool,
+    ) -> std::io::Result<Option<Box<dyn vhdkit::store::LockGuard>>> {
+        Ok(None)
+    }
+    fn total_bytes(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
+/// Decodes the fuzz input as a manifest: as it is, and sealed (the input
+/// taken as `[header length u32][header JSON][body]`, wrapped in a valid
+/// trailer and checksum) so the fuzzer gets past the checksum to the
+/// header and record checks.
+pub fn decode_manifest(data: &[u8]) {
+    read_manifest(data);
+    if data.len() < 4 {
+        return;
+    }
+    let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+    let Some(header) = data.get(4..4 + len) else { return };
+    let body = &data[4 + len..];
+    let slots = serde_json::from_slice::<serde_json::Value>(header)
+        .ok()
+        .and_then(|v| Some(v.get("virtual_size")?.as_u64()?.div_ceil(v.get("chunk_size")?.as_u64()?.max(1))))
+        .unwrap_or(0);
+    let mut file = b"VKMANIF1".to_vec();
+    file.extend_from_slice(&(len as u32).to_le_bytes());
+    file.extend_from_slice(header);
+    file.extend_from_slice(body);
+    let hash = blake3::hash(&file);
+    file.extend_from_slice(b"VKMEND01");
+    file.extend_from_slice(&slots.to_le_bytes());
+    file.extend_from_slice(&0u64.to_le_bytes());
+    file.extend_from_slice(hash.as_bytes());
+    read_manifest(&file);
+}
+
+fn read_manifest(file: &[u8]) {
+    // The id the manifest claims, so the reader finds "its" file.
+    let id = file
+        .get(12..)
+        .and_then(|h| {
+            let len = u32::from_le_bytes(file.get(8..12)?.try_into().ok()?) as usize;
+            serde_json::from_slice::<serde_json::Value>(h.get(..len)?).ok()
+        })
+        .and_then(|v| v.get("id")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "x".to_string());
+    let backend = OneFile(file.to_vec());
+    let Ok(mut reader) = vhdkit::store::manifest::ManifestReader::open(&backend, &id) else { return };
+    let mut runs = 0u32;
+    while let Ok(Some(_)) = reader.next_run() {
+        runs += 1;
+        if runs > 1_000_000 {
+            break;
+        }
+    }
+}
