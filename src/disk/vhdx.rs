@@ -17,7 +17,7 @@ use super::open::OpenOptions;
 use super::source::{Source, scan_bitmap};
 use super::spans::{Owner, Span, check_disjoint};
 use super::{DiskInfo, HintKind, ImageFormat, LogReplay, ParentHint, ParentLink, Subformat};
-use crate::format::vhdx::bat::{Bat, BatLayout, PayloadState};
+use crate::format::vhdx::bat::{Bat, BatLayout, BatSlot, PayloadState};
 use crate::format::vhdx::header::{CurrentHeader, HEADER_OFFSETS, HEADER_SIZE, choose_current, parse_header};
 use crate::format::vhdx::log::{LogWrite, MAX_LOG_LENGTH, find_active_sequence};
 use crate::format::vhdx::metadata::{METADATA_TABLE_SIZE, Metadata, MetadataTable};
@@ -395,26 +395,26 @@ fn read_bat(source: &Source, offset: u64, layout: BatLayout) -> Result<Bat> {
 /// could hold disjointly, so a hostile BAT cannot make this list huge.
 fn file_spans(h: &vhdx::Header, regions: &Regions, bat: &Bat) -> std::result::Result<Vec<Span>, FormatError> {
     let layout = bat.layout();
-    let mut claimed = 0u64;
-    let mut count = 0usize;
-    for block in 0..layout.payload_blocks {
-        if bat.payload(block).0.has_data() {
-            claimed = claimed.saturating_add(layout.block_bytes(block));
-            count += 1;
-        }
-    }
-    if layout.has_parent {
-        for chunk in 0..layout.bitmap_blocks {
-            if bat.bitmap_block(chunk).is_some() {
-                claimed = claimed.saturating_add(SECTOR_BITMAP_BLOCK);
-                count += 1;
-            }
-        }
+    // Only allocated entries matter. A first pass counts them without
+    // allocating, so a hostile BAT is refused before any list is built.
+    let allocated = || {
+        bat.nonzero_entries().filter_map(|(slot, _, e)| match slot {
+            BatSlot::Payload(b) => PayloadState::from_bits(e.state_bits())
+                .filter(|s| s.has_data())
+                .map(|_| (Owner::Block(b), e.file_offset(), layout.block_bytes(b))),
+            BatSlot::Bitmap(c) => (e.state_bits() == vhdx::bat::SB_BLOCK_PRESENT)
+                .then(|| (Owner::BitmapBlock(c), e.file_offset(), SECTOR_BITMAP_BLOCK)),
+        })
+    };
+    let (mut count, mut claimed, mut highest) = (0usize, 0u64, 0u64);
+    for (_, start, len) in allocated() {
+        count += 1;
+        claimed = claimed.saturating_add(len);
+        highest = highest.max(start);
     }
     // Disjoint blocks of at most 256 MiB all lie below the highest block
     // offset plus one block.
-    let limit =
-        bat.entries().iter().map(|&e| vhdx::BatEntry(e).file_offset()).max().unwrap_or(0).saturating_add(256 * MIB);
+    let limit = highest.saturating_add(256 * MIB);
     if claimed > limit {
         return Err(FormatError::corrupt(
             "VHDX BAT",
@@ -440,18 +440,6 @@ fn file_spans(h: &vhdx::Header, regions: &Regions, bat: &Bat) -> std::result::Re
     }
     spans.push(region(&regions.bat, "the BAT region"));
     spans.push(region(&regions.metadata, "the metadata region"));
-    for block in 0..layout.payload_blocks {
-        let (state, off) = bat.payload(block);
-        if state.has_data() {
-            spans.push(Span { start: off, end: off + layout.block_bytes(block), owner: Owner::Block(block) });
-        }
-    }
-    if layout.has_parent {
-        for chunk in 0..layout.bitmap_blocks {
-            if let Some(off) = bat.bitmap_block(chunk) {
-                spans.push(Span { start: off, end: off + SECTOR_BITMAP_BLOCK, owner: Owner::BitmapBlock(chunk) });
-            }
-        }
-    }
+    spans.extend(allocated().map(|(owner, start, len)| Span { start, end: start + len, owner }));
     Ok(spans)
 }

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -158,8 +158,14 @@ enum Item {
 
 enum Outcome {
     Zero(Vec<u8>),
+    /// Already stored (before this backup, or by another worker in it).
     Known(ChunkId, Vec<u8>),
-    New { id: ChunkId, compression: Compression, plain_len: u32, stored: Option<Vec<u8>>, plain: Vec<u8> },
+    /// Stored by this backup: the record's length in its pack.
+    Stored {
+        id: ChunkId,
+        plain: Vec<u8>,
+        record_len: u32,
+    },
 }
 
 struct Job {
@@ -346,35 +352,96 @@ fn read_stage(
     }
 }
 
-/// The working stage: zero test, hash, index lookup, compression.
-fn work_stage(
-    index: &Index,
-    compression: Compression,
-    level: i32,
-    jobs: Receiver<Job>,
-    results: Sender<(u64, crate::Result<Item>)>,
-) {
-    let mut compressor = match compression {
-        Compression::Zstd => zstd::bulk::Compressor::new(level).ok(),
+/// What the workers share: which new chunks this backup has claimed (so
+/// each is stored once), and the index entries of sealed packs.
+struct Shared<'s> {
+    store: &'s Store,
+    index: &'s Index,
+    claimed: Mutex<HashSet<ChunkId>>,
+    sealed: Mutex<Vec<IndexEntry>>,
+}
+
+/// One worker's open pack and the entries it has written to it.
+struct WorkerPack {
+    pack: Option<PackWriter>,
+    entries: Vec<IndexEntry>,
+}
+
+impl WorkerPack {
+    fn add(
+        &mut self,
+        shared: &Shared<'_>,
+        id: ChunkId,
+        compression: Compression,
+        plain_len: u32,
+        bytes: &[u8],
+    ) -> Result<u32> {
+        let backend = shared.store.backend();
+        if self.pack.is_none() {
+            self.pack = Some(PackWriter::create(backend)?);
+        }
+        let pack = self.pack.as_mut().ok_or_else(|| StoreError::Invalid("no pack".into()))?;
+        let e = pack
+            .add(id, compression, plain_len, bytes)
+            .map_err(StoreError::io(backend.describe(&pack.id().key()), "write pack"))?;
+        self.entries.push(IndexEntry {
+            id,
+            location: Location { pack: pack.id(), offset: e.offset, length: e.length, plain_len },
+        });
+        if pack.len() >= shared.store.config.pack_size {
+            self.seal(shared)?;
+        }
+        Ok(e.length)
+    }
+
+    /// Seals the pack (flushed, renamed into place) before its entries can
+    /// reach an index file.
+    fn seal(&mut self, shared: &Shared<'_>) -> Result<()> {
+        if let Some(pack) = self.pack.take() {
+            let key = pack.id().key();
+            pack.seal().map_err(StoreError::io(shared.store.backend().describe(&key), "seal pack"))?;
+            shared.sealed.lock().unwrap_or_else(|p| p.into_inner()).append(&mut self.entries);
+        }
+        Ok(())
+    }
+}
+
+/// The working stage: zero test, hash, index lookup, and for chunks new to
+/// the store: claim, compress and append to this worker's own pack, so the
+/// copying into packs runs on every core.
+fn work_stage(shared: &Shared<'_>, jobs: Receiver<Job>, results: Sender<(u64, crate::Result<Item>)>) -> Result<()> {
+    let config = &shared.store.config;
+    let mut compressor = match config.compression {
+        Compression::Zstd => zstd::bulk::Compressor::new(config.zstd_level).ok(),
         Compression::None => None,
     };
+    let mut own = WorkerPack { pack: None, entries: Vec::new() };
     for Job { slot, buf } in jobs {
         let outcome = if is_all_zero(&buf) {
             Outcome::Zero(buf)
         } else {
             let id = ChunkId::of(&buf);
-            if index.contains(&id) {
+            let first =
+                !shared.index.contains(&id) && shared.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+            if !first {
                 Outcome::Known(id, buf)
             } else {
                 let packed = compressor.as_mut().and_then(|c| c.compress(&buf).ok()).filter(|p| p.len() < buf.len());
                 let compression = if packed.is_some() { Compression::Zstd } else { Compression::None };
-                Outcome::New { id, compression, plain_len: buf.len() as u32, stored: packed, plain: buf }
+                match own.add(shared, id, compression, buf.len() as u32, packed.as_deref().unwrap_or(&buf)) {
+                    Ok(record_len) => Outcome::Stored { id, plain: buf, record_len },
+                    Err(e) => {
+                        let _ = results.send((slot, Err(e.into())));
+                        return Ok(());
+                    }
+                }
             }
         };
         if results.send((slot, Ok(Item::Chunk(outcome)))).is_err() {
-            return;
+            return Ok(());
         }
     }
+    own.seal(shared)
 }
 
 impl Store {
@@ -516,22 +583,24 @@ impl Store {
         }
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (res_tx, res_rx) = unbounded::<(u64, crate::Result<Item>)>();
-        let compression = self.config.compression;
-        let level = self.config.zstd_level;
+        let shared = Shared { store: self, index, claimed: Mutex::new(HashSet::new()), sealed: Mutex::new(Vec::new()) };
 
         std::thread::scope(|scope| -> Result<Vec<IndexEntry>> {
             {
                 let (jobs, results, pool) = (job_tx, res_tx.clone(), pool_rx);
                 scope.spawn(move || read_stage(disk, chunk, change, prev, jobs, results, pool));
             }
-            for _ in 0..workers {
-                let (jobs, results) = (job_rx.clone(), res_tx.clone());
-                scope.spawn(move || work_stage(index, compression, level, jobs, results));
-            }
+            let shared = &shared;
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (jobs, results) = (job_rx.clone(), res_tx.clone());
+                    scope.spawn(move || work_stage(shared, jobs, results))
+                })
+                .collect();
             drop(job_rx);
             drop(res_tx);
 
-            let mut writer = Writer::new(self, index);
+            let mut writer = Writer { bytes_read: 0 };
             let mut pending: BTreeMap<u64, Item> = BTreeMap::new();
             let mut next = 0u64;
             let mut last_progress = Instant::now();
@@ -588,7 +657,12 @@ impl Store {
                 p(Progress { bytes_done: size, bytes_total: size });
             }
             report.bytes_read = writer.bytes_read;
-            writer.finish()
+            drop(res_rx);
+            // Every worker seals its last pack before the index is written.
+            for h in handles {
+                h.join().map_err(|_| StoreError::Invalid("a backup worker panicked".into()))??;
+            }
+            Ok(std::mem::take(&mut *shared.sealed.lock().unwrap_or_else(|p| p.into_inner())))
         })
     }
 }
@@ -607,31 +681,13 @@ fn next_resolved(c: &mut ChainCursor<'_>) -> Result<Resolved> {
     c.next_run_limited(1)?.map(|(r, _)| r).ok_or_else(|| StoreError::Invalid("the parent backup is shorter".into()))
 }
 
-/// The writing stage's state: the open pack and what this backup stored.
-struct Writer<'s> {
-    store: &'s Store,
-    index: &'s Index,
-    pack: Option<PackWriter>,
-    session: HashSet<ChunkId>,
-    entries: Vec<IndexEntry>,
-    pack_entries: Vec<IndexEntry>,
+/// The writing stage's accounting (the workers store the chunks).
+struct Writer {
     bytes_read: u64,
 }
 
-impl<'s> Writer<'s> {
-    fn new(store: &'s Store, index: &'s Index) -> Self {
-        Writer {
-            store,
-            index,
-            pack: None,
-            session: HashSet::new(),
-            entries: Vec::new(),
-            pack_entries: Vec::new(),
-            bytes_read: 0,
-        }
-    }
-
-    /// Stores a chunk if new; returns the manifest slot and recycles the buffer.
+impl Writer {
+    /// Counts a chunk's outcome; returns its manifest slot and recycles the buffer.
     fn take(&mut self, outcome: Outcome, report: &mut BackupReport, pool: &Sender<Vec<u8>>) -> Result<Slot> {
         let (slot, buf) = match outcome {
             Outcome::Zero(buf) => {
@@ -642,53 +698,16 @@ impl<'s> Writer<'s> {
                 report.dedup_chunks += 1;
                 (Slot::Data(id), buf)
             }
-            Outcome::New { id, compression, plain_len, stored, plain } => {
-                if self.session.contains(&id) || self.index.contains(&id) {
-                    report.dedup_chunks += 1;
-                } else {
-                    let bytes = stored.as_deref().unwrap_or(&plain);
-                    let backend = self.store.backend();
-                    if self.pack.is_none() {
-                        self.pack = Some(PackWriter::create(backend)?);
-                    }
-                    let pack = self.pack.as_mut().ok_or_else(|| StoreError::Invalid("no pack".into()))?;
-                    let key = pack.id().key();
-                    let e = pack
-                        .add(id, compression, plain_len, bytes)
-                        .map_err(StoreError::io(backend.describe(&key), "write pack"))?;
-                    self.pack_entries.push(IndexEntry {
-                        id,
-                        location: Location { pack: pack.id(), offset: e.offset, length: e.length, plain_len },
-                    });
-                    self.session.insert(id);
-                    report.new_chunks += 1;
-                    report.new_bytes += u64::from(plain_len);
-                    report.stored_bytes += u64::from(e.length);
-                    if pack.len() >= self.store.config.pack_size {
-                        self.seal()?;
-                    }
-                }
+            Outcome::Stored { id, plain, record_len } => {
+                report.new_chunks += 1;
+                report.new_bytes += plain.len() as u64;
+                report.stored_bytes += u64::from(record_len);
                 (Slot::Data(id), plain)
             }
         };
         self.bytes_read += buf.len() as u64;
         let _ = pool.try_send(buf);
         Ok(slot)
-    }
-
-    fn seal(&mut self) -> Result<()> {
-        if let Some(pack) = self.pack.take() {
-            let key = pack.id().key();
-            pack.seal().map_err(StoreError::io(self.store.backend().describe(&key), "seal pack"))?;
-            self.entries.append(&mut self.pack_entries);
-        }
-        Ok(())
-    }
-
-    /// Seals the last pack; returns every new chunk's index entry.
-    fn finish(mut self) -> Result<Vec<IndexEntry>> {
-        self.seal()?;
-        Ok(self.entries)
     }
 }
 

@@ -221,6 +221,26 @@ impl Bat {
         (e.state_bits() == SB_BLOCK_PRESENT).then(|| e.file_offset())
     }
 
+    /// Every entry that is not all zero, as (payload block or sector-bitmap
+    /// chunk, entry index, entry). All-zero entries (NOT_PRESENT with no
+    /// offset: nearly every entry of a sparse disk) are skipped at the cost
+    /// of one comparison each.
+    pub fn nonzero_entries(&self) -> impl Iterator<Item = (BatSlot, u64, BatEntry)> + '_ {
+        let l = self.layout;
+        let stride = l.chunk_ratio + 1;
+        self.entries.iter().enumerate().filter(|(_, e)| **e != 0).filter_map(move |(i, &e)| {
+            let i = i as u64;
+            let slot = if (i + 1).is_multiple_of(stride) {
+                let chunk = i / stride;
+                (chunk < l.bitmap_blocks && l.has_parent).then_some(BatSlot::Bitmap(chunk))?
+            } else {
+                let block = i - i / stride;
+                (block < l.payload_blocks).then_some(BatSlot::Payload(block))?
+            };
+            Some((slot, i, BatEntry(e)))
+        })
+    }
+
     /// Checks every entry against the format's rules and a file of
     /// `file_size` bytes: valid states, PARTIALLY_PRESENT only with a parent
     /// and a present bitmap, data blocks 1 MiB-aligned past the header
@@ -228,41 +248,37 @@ impl Bat {
     pub fn validate(&self, offset: u64, file_size: u64) -> Result<()> {
         let l = &self.layout;
         let at = |index: u64| offset + index * 8;
-        for block in 0..l.payload_blocks {
-            let index = l.payload_index(block);
-            let e = self.entry(index);
-            let Some(state) = PayloadState::from_bits(e.state_bits()) else {
-                return Err(FormatError::corrupt(
-                    "VHDX BAT",
-                    at(index),
-                    format!("block {block} has reserved state {}", e.state_bits()),
-                ));
-            };
-            if state == PayloadState::PartiallyPresent {
-                if !l.has_parent {
-                    return Err(FormatError::corrupt(
-                        "VHDX BAT",
-                        at(index),
-                        format!("block {block} is partially present in a disk without a parent"),
-                    ));
+        for (slot, index, e) in self.nonzero_entries() {
+            match slot {
+                BatSlot::Payload(block) => {
+                    let Some(state) = PayloadState::from_bits(e.state_bits()) else {
+                        return Err(FormatError::corrupt(
+                            "VHDX BAT",
+                            at(index),
+                            format!("block {block} has reserved state {}", e.state_bits()),
+                        ));
+                    };
+                    if state == PayloadState::PartiallyPresent {
+                        if !l.has_parent {
+                            return Err(FormatError::corrupt(
+                                "VHDX BAT",
+                                at(index),
+                                format!("block {block} is partially present in a disk without a parent"),
+                            ));
+                        }
+                        if self.bitmap_block(block / l.chunk_ratio).is_none() {
+                            return Err(FormatError::corrupt(
+                                "VHDX BAT",
+                                at(l.bitmap_index(block / l.chunk_ratio)),
+                                format!("block {block} is partially present but its sector bitmap is not"),
+                            ));
+                        }
+                    }
+                    if state.has_data() {
+                        check_place(e.file_offset(), l.block_bytes(block), file_size, at(index), "block", block)?;
+                    }
                 }
-                if self.bitmap_block(block / l.chunk_ratio).is_none() {
-                    return Err(FormatError::corrupt(
-                        "VHDX BAT",
-                        at(l.bitmap_index(block / l.chunk_ratio)),
-                        format!("block {block} is partially present but its sector bitmap is not"),
-                    ));
-                }
-            }
-            if state.has_data() {
-                check_place(e.file_offset(), l.block_bytes(block), file_size, at(index), "block", block)?;
-            }
-        }
-        if l.has_parent {
-            for chunk in 0..l.bitmap_blocks {
-                let index = l.bitmap_index(chunk);
-                let e = self.entry(index);
-                match e.state_bits() {
+                BatSlot::Bitmap(chunk) => match e.state_bits() {
                     SB_BLOCK_NOT_PRESENT => {}
                     SB_BLOCK_PRESENT => {
                         check_place(e.file_offset(), MIB, file_size, at(index), "sector bitmap", chunk)?
@@ -274,11 +290,20 @@ impl Bat {
                             format!("sector bitmap {chunk} has reserved state {other}"),
                         ));
                     }
-                }
+                },
             }
         }
         Ok(())
     }
+}
+
+/// What a BAT entry describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatSlot {
+    /// Payload block `n`.
+    Payload(u64),
+    /// The sector-bitmap block of chunk `n`.
+    Bitmap(u64),
 }
 
 fn check_place(file_offset: u64, len: u64, file_size: u64, at: u64, what: &str, index: u64) -> Result<()> {

@@ -1,0 +1,248 @@
+//! The store, each measurement beside its baseline on the same bytes:
+//!
+//! - backup into a fresh store, and of data the store already holds,
+//!   against BLAKE3 over the same bytes on every core;
+//! - backup into a zstd store against zstd level 1 alone on every core;
+//! - an incremental of 1 % scattered changes (range list) against a full backup;
+//! - restore to raw against copying the raw bytes with plain reads and writes;
+//! - vacuum at several chunk counts.
+//!
+//! `scripts/bench-ratios.py` prints the ratios from criterion's output.
+
+mod common;
+
+use std::hint::black_box;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use vhdkit::disk::OpenOptions;
+use vhdkit::export::{ExportOptions, Target};
+use vhdkit::store::{BackupOptions, Compression, InitOptions, Retention, Store, VacuumOptions};
+
+const CHUNK: usize = 512 * 1024;
+
+fn fresh(dir: &Path, name: &str, compression: Compression) -> Store {
+    let path = dir.join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    Store::init(&path, &InitOptions { compression, zstd_level: 1, ..Default::default() }).unwrap()
+}
+
+fn backup(c: &mut Criterion) {
+    let dir = common::scratch("backup");
+    let bytes = common::noise(1, common::DENSE);
+    let (vhdx, _) = common::dense_images(&dir, &bytes);
+    let disk = vhdkit::open(&vhdx).unwrap();
+    let mut g = c.benchmark_group("backup");
+    g.throughput(Throughput::Bytes(common::DENSE as u64));
+    g.sample_size(10);
+    g.bench_function("baseline_blake3_all_cores", |b| b.iter(|| black_box(common::blake3_all_cores(&bytes, CHUNK))));
+    g.bench_function("full_into_fresh_store", |b| {
+        b.iter_batched(
+            || fresh(&dir, "fresh", Compression::None),
+            |store| {
+                black_box(
+                    store.backup(&disk, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap().new_chunks,
+                )
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let warm = fresh(&dir, "warm", Compression::None);
+    warm.backup(&disk, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap();
+    g.bench_function("full_of_stored_data", |b| {
+        b.iter(|| {
+            black_box(
+                warm.backup(&disk, &BackupOptions { name: "d".into(), full: true, ..Default::default() })
+                    .unwrap()
+                    .dedup_chunks,
+            )
+        })
+    });
+    g.finish();
+
+    // zstd: against compressing the same chunks at level 1 on every core.
+    let text = common::mixed(2, common::DENSE);
+    let (zvhdx, _) = common::dense_images(&dir, &text);
+    let zdisk = vhdkit::open(&zvhdx).unwrap();
+    let mut g = c.benchmark_group("backup_zstd");
+    g.throughput(Throughput::Bytes(common::DENSE as u64));
+    g.sample_size(10);
+    g.bench_function("baseline_zstd1_all_cores", |b| {
+        b.iter(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let per = text.len().div_ceil(threads).div_ceil(CHUNK) * CHUNK;
+            std::thread::scope(|s| {
+                let hs: Vec<_> = text
+                    .chunks(per)
+                    .map(|part| {
+                        s.spawn(move || {
+                            let mut z = zstd::bulk::Compressor::new(1).unwrap();
+                            part.chunks(CHUNK).map(|c| z.compress(c).unwrap().len()).sum::<usize>()
+                        })
+                    })
+                    .collect();
+                black_box(hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>())
+            })
+        })
+    });
+    g.bench_function("full_into_fresh_zstd1_store", |b| {
+        b.iter_batched(
+            || fresh(&dir, "zfresh", Compression::Zstd),
+            |store| {
+                black_box(
+                    store
+                        .backup(&zdisk, &BackupOptions { name: "d".into(), ..Default::default() })
+                        .unwrap()
+                        .stored_bytes,
+                )
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn incremental(c: &mut Criterion) {
+    let dir = common::scratch("incremental");
+    let base = common::noise(3, common::DENSE);
+    // 1 % of the disk changed, in 64 KiB pieces scattered across it.
+    let mut changed = base.clone();
+    let mut ranges = Vec::new();
+    let pieces = common::DENSE / 100 / 65536;
+    for i in 0..pieces {
+        let at = (i * 7919 * 65536 + 12345) % (common::DENSE - 65536) / 4096 * 4096;
+        changed[at..at + 65536].copy_from_slice(&common::noise(100 + i as u64, 65536));
+        ranges.push(at as u64..at as u64 + 65536);
+    }
+    let (v0, _) = common::dense_images(&dir, &base);
+    let v1 = dir.join("changed.vhdx");
+    let changed_disk = OpenOptions::new().open_raw_reader(Box::new(changed), "changed");
+    vhdkit::export::export(&changed_disk, &v1, Target::Vhdx, &ExportOptions { sync: false, ..Default::default() })
+        .unwrap();
+    let (d0, d1) = (vhdkit::open(&v0).unwrap(), vhdkit::open(&v1).unwrap());
+    let mut g = c.benchmark_group("incremental");
+    g.sample_size(10);
+    g.bench_function("full_backup", |b| {
+        b.iter_batched(
+            || fresh(&dir, "full", Compression::None),
+            |store| {
+                black_box(
+                    store.backup(&d1, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap().new_chunks,
+                )
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let pristine = dir.join("pristine");
+    let store = Store::init(&pristine, &InitOptions::default()).unwrap();
+    store.backup(&d0, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap();
+    drop(store);
+    g.bench_function("ranges_1pct", |b| {
+        b.iter_batched(
+            || {
+                let work = dir.join("work");
+                let _ = std::fs::remove_dir_all(&work);
+                copy_dir(&pristine, &work);
+                Store::open(&work).unwrap()
+            },
+            |store| {
+                let o = BackupOptions { name: "d".into(), changed: Some(ranges.clone()), ..Default::default() };
+                black_box(store.backup(&d1, &o).unwrap().bytes_read)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let t = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
+}
+
+fn restore(c: &mut Criterion) {
+    let dir = common::scratch("restore");
+    let bytes = common::noise(4, common::DENSE);
+    let (vhdx, raw) = common::dense_images(&dir, &bytes);
+    drop(bytes);
+    let store = fresh(&dir, "s", Compression::None);
+    let id = store
+        .backup(&vhdkit::open(&vhdx).unwrap(), &BackupOptions { name: "d".into(), ..Default::default() })
+        .unwrap()
+        .id;
+    let out = dir.join("out.raw");
+    let mut g = c.benchmark_group("restore");
+    g.throughput(Throughput::Bytes(common::DENSE as u64));
+    g.sample_size(10);
+    g.bench_function("restore_to_raw", |b| {
+        b.iter(|| {
+            let _ = std::fs::remove_file(&out);
+            let o = ExportOptions { sync: false, ..Default::default() };
+            black_box(store.restore(&id, &out, Target::Raw, &o).unwrap().export.bytes_written)
+        })
+    });
+    let src = std::fs::File::open(&raw).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    g.bench_function("baseline_copy_raw", |b| {
+        b.iter(|| {
+            let _ = std::fs::remove_file(&out);
+            let dst = std::fs::File::create(&out).unwrap();
+            for off in (0..common::DENSE as u64).step_by(buf.len()) {
+                src.read_exact_at(&mut buf, off).unwrap();
+                dst.write_all_at(&buf, off).unwrap();
+            }
+            black_box(buf[0])
+        })
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn vacuum(c: &mut Criterion) {
+    let dir = common::scratch("vacuum");
+    let mut g = c.benchmark_group("vacuum");
+    g.sample_size(10);
+    for chunks in [1024usize, 4096, 16384] {
+        // `chunks` 64 KiB chunks over four backups; prune keeps the newest
+        // two, so vacuum has dead chunks to drop and packs to rewrite.
+        let pristine = dir.join(format!("p{chunks}"));
+        let store =
+            Store::init(&pristine, &InitOptions { chunk_size: 64 * 1024, pack_size: 4 << 20, ..Default::default() })
+                .unwrap();
+        let size = chunks / 4 * 64 * 1024;
+        for v in 0..4u64 {
+            let d = OpenOptions::new().open_raw_reader(Box::new(common::noise(10 + v, size)), "d");
+            store.backup(&d, &BackupOptions { name: "d".into(), full: true, ..Default::default() }).unwrap();
+        }
+        store.prune("d", &Retention { keep_last: 2, ..Default::default() }, false, false).unwrap();
+        drop(store);
+        g.throughput(Throughput::Elements(chunks as u64));
+        g.bench_with_input(BenchmarkId::new("chunks", chunks), &chunks, |b, _| {
+            b.iter_batched(
+                || {
+                    let work = dir.join("work");
+                    let _ = std::fs::remove_dir_all(&work);
+                    copy_dir(&pristine, &work);
+                    Store::open(&work).unwrap()
+                },
+                |store| black_box(store.vacuum(&VacuumOptions::default()).unwrap().bytes_reclaimed),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+criterion_group!(benches, backup, incremental, restore, vacuum);
+criterion_main!(benches);
