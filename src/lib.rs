@@ -1,32 +1,34 @@
 //! vhdkit: read Microsoft virtual disks (VHD and VHDX: fixed, dynamic,
-//! differencing, dirty logs) and write them back in any of those formats.
+//! differencing, dirty logs), write them in any of those formats, and keep
+//! small, verifiable backups of them in a content-addressed chunk store.
 //!
 //! ```no_run
-//! use vhdkit::export::{ExportOptions, Target, export};
-//! use vhdkit::ExtentState;
+//! use vhdkit::store::{BackupOptions, InitOptions, Store};
+//! use vhdkit::export::{ExportOptions, Target};
 //!
 //! # fn main() -> vhdkit::Result<()> {
 //! // Read-only; parents found and identity-checked; a dirty log replayed in memory.
 //! let disk = vhdkit::open("vm/disk.avhdx")?;
-//! let info = disk.info();
-//! println!("{:?} {:?}, {} bytes", info.format, info.subformat, disk.size());
+//! println!("{:?}, {} bytes in {} image(s)", disk.info().format, disk.size(), disk.depth());
 //!
-//! // Only ranges that hold data need reading.
-//! let data: u64 = disk.extents(0..disk.size())?.iter()
-//!     .filter(|e| e.state == ExtentState::Data)
-//!     .map(|e| e.length)
-//!     .sum();
-//! println!("{data} bytes of data");
+//! // A store; the first backup of a name is full, the next ones incremental
+//! // (a checkpoint child of the last image backed up reads only its own blocks).
+//! let store = Store::init("backups", &InitOptions::default())?;
+//! let report = store.backup(&disk, &BackupOptions { name: "vm-disk".into(), ..Default::default() })?;
+//! println!("{} new chunks, {} deduplicated", report.new_chunks, report.dedup_chunks);
 //!
-//! // Flatten the chain into one dynamic VHDX.
-//! export(&disk, "flat.vhdx".as_ref(), Target::Vhdx, &ExportOptions::default())?;
+//! // Every chunk is verified as it is read back; restore as VHDX.
+//! store.restore(&report.id, "restored.vhdx".as_ref(), Target::Vhdx, &ExportOptions::default())?;
+//! assert!(store.verify()?.ok);
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! Layers: [`format`] parses bytes into structures (no I/O), [`disk`] opens
-//! files and chains as one [`Disk`], [`io`] is the positional-read trait
-//! everything reads through, and [`export`] writes images.
+//! Layers, each with its own error type: [`format`] parses bytes into
+//! structures (no I/O, [`FormatError`]); [`disk`] opens files and chains as
+//! one [`Disk`] ([`DiskError`]); [`io`] is the positional-read trait
+//! everything reads through; [`export`] writes images; [`store`] keeps
+//! backups ([`store::StoreError`]). [`Error`] wraps them all.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod disk;
