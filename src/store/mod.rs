@@ -68,6 +68,7 @@ pub struct BackupSummary {
 pub struct Store {
     backend: Arc<dyn Backend>,
     config: StoreConfig,
+    limits: backup::Limits,
 }
 
 const FOLDERS: [&str; 6] = ["packs", "index", "manifests", "damaged", "log", "tmp"];
@@ -91,7 +92,7 @@ impl Store {
         let mut w = backend.create("config").map_err(StoreError::io(path.join("config"), "create config"))?;
         w.write(&config.encode()).map_err(StoreError::io(path.join("config"), "write config"))?;
         w.commit().map_err(StoreError::io(path.join("config"), "commit config"))?;
-        let store = Store { backend, config };
+        let store = Store { backend, config, limits: backup::Limits::DEFAULT };
         store.log_job("init", &serde_json::json!({ "config": store.config }));
         Ok(store)
     }
@@ -110,7 +111,7 @@ impl Store {
         let bytes = backend.read_all("config").map_err(StoreError::io(backend.describe("config"), "read config"))?;
         let config = StoreConfig::decode(&bytes)
             .map_err(|reason| StoreError::NotAStore { path: backend.describe("config"), reason })?;
-        Ok(Store { backend, config })
+        Ok(Store { backend, config, limits: backup::Limits::DEFAULT })
     }
 
     /// The store's settings.

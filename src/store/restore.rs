@@ -153,20 +153,12 @@ impl BackupReader {
 
     /// Reads and verifies chunk `id` (slot `slot`, for messages) into `out`.
     fn fetch(&self, slot: u64, id: ChunkId, out: &mut Vec<u8>, record: &mut Vec<u8>) -> Result<()> {
-        let mut last_error = String::from("no stored copy");
-        for loc in self.index.locations(&id) {
-            let key = PackId::key(&loc.pack);
-            record.resize(loc.length as usize, 0);
-            if let Err(e) = self.backend.read_at(&key, record, loc.offset) {
-                last_error = format!("{}: {e}", self.backend.describe(&key).display());
-                continue;
-            }
-            match decode_record(record, id, out) {
-                Ok(()) => return Ok(()),
-                Err(e) => last_error = format!("{} at byte {}: {e}", self.backend.describe(&key).display(), loc.offset),
-            }
-        }
-        Err(StoreError::ChunkUnavailable { id: id.to_hex(), backup: self.id.clone(), slot, reason: last_error })
+        fetch_chunk(&*self.backend, &self.index, id, out, record).map_err(|reason| StoreError::ChunkUnavailable {
+            id: id.to_hex(),
+            backup: self.id.clone(),
+            slot,
+            reason,
+        })
     }
 
     /// Fills `dst` with bytes `within..` of slot `slot`.
@@ -201,6 +193,32 @@ impl BackupReader {
         }
         Ok(())
     }
+}
+
+/// Reads chunk `id` into `out` from the first stored copy that verifies
+/// (record CRC, decompression, length, BLAKE3); `record` is scratch space.
+/// On failure, says why the last copy failed.
+pub(crate) fn fetch_chunk(
+    backend: &dyn Backend,
+    index: &Index,
+    id: ChunkId,
+    out: &mut Vec<u8>,
+    record: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    let mut last_error = String::from("no stored copy");
+    for loc in index.locations(&id) {
+        let key = PackId::key(&loc.pack);
+        record.resize(loc.length as usize, 0);
+        if let Err(e) = backend.read_at(&key, record, loc.offset) {
+            last_error = format!("{}: {e}", backend.describe(&key).display());
+            continue;
+        }
+        match decode_record(record, id, out) {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = format!("{} at byte {}: {e}", backend.describe(&key).display(), loc.offset),
+        }
+    }
+    Err(last_error)
 }
 
 impl VirtualDisk for BackupReader {
