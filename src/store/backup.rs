@@ -6,14 +6,20 @@
 //! 1. a reader walks the disk's allocation map and reads only slots that
 //!    may hold data (and, for an incremental, only slots that changed);
 //! 2. workers on every core test for zeros, hash with BLAKE3, look the id
-//!    up in the store's index and compress new chunks;
-//! 3. the writer (the calling thread) takes results back into slot order,
-//!    appends new chunks to packs, and streams the manifest.
+//!    up in the store's index, compress new chunks and append them to packs
+//!    of their own;
+//! 3. the writer (the calling thread) takes results back into slot order
+//!    and streams the manifest.
 //!
-//! Write order (docs/store-format.md): packs sealed and flushed, then one
-//! index file for the new chunks, then the manifest, whose commit is the
-//! backup's. A process killed earlier leaves unreferenced files that vacuum
-//! removes, never a backup that fails to restore.
+//! Write order (docs/store-format.md): packs sealed and flushed, then
+//! index files for their chunks (one every `Limits::index_flush` entries and
+//! one at the end), then the manifest, whose commit is the backup's. A
+//! process killed earlier leaves unreferenced files that vacuum removes,
+//! never a backup that fails to restore.
+//!
+//! Memory: the buffer pool, the claim set and pending index entries are
+//! bounded; what grows is the store's index (64 bytes per stored chunk,
+//! loaded once), which depends on the store, not on the disk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
