@@ -28,16 +28,20 @@ use crate::format::Guid;
 /// A backup opened for reading. Holds the store lock shared while it lives,
 /// so vacuum cannot remove what it reads.
 ///
-/// Memory: 4 bytes per chunk slot plus 32 per distinct chunk (a 1 TiB disk
-/// at 512 KiB chunks: 8 MiB plus its distinct chunks), and the store index.
+/// Memory: 12 bytes per run of slots holding one chunk or zeros, 32 per
+/// distinct chunk, and the store index. It grows with what the manifest
+/// records, never with the size its header claims: a sparse 64 TiB backup
+/// costs what its few runs cost.
 pub struct BackupReader {
     backend: Arc<dyn Backend>,
     index: Arc<Index>,
     info: DiskInfo,
     id: String,
     chunk: u64,
-    /// Per slot: 0 for zeros, else 1 + an index into `ids`.
-    slots: Vec<u32>,
+    /// First slot of each run, ascending from 0.
+    run_starts: Vec<u64>,
+    /// Per run: 0 for zeros, else 1 + an index into `ids`.
+    run_values: Vec<u32>,
     ids: Vec<ChunkId>,
     /// The most recently decoded chunk, for reads smaller than a chunk.
     last: Mutex<Option<(u64, Vec<u8>)>>,
@@ -76,8 +80,8 @@ impl Store {
         let mut cursor = ChainCursor::open(self.backend(), &id)?;
         let header = cursor.header().clone();
         let chunk = u64::from(header.chunk_size);
-        let total = header.slots();
-        let mut slots = Vec::with_capacity(total as usize);
+        let (mut run_starts, mut run_values) = (Vec::new(), Vec::new());
+        let mut next = 0u64;
         let mut ids = Vec::new();
         let mut seen: HashMap<ChunkId, u32> = HashMap::new();
         while let Some((r, n)) = cursor.next_run()? {
@@ -88,7 +92,11 @@ impl Store {
                     ids.len() as u32
                 }),
             };
-            slots.extend(std::iter::repeat_n(v, n as usize));
+            if run_values.last() != Some(&v) {
+                run_starts.push(next);
+                run_values.push(v);
+            }
+            next += n;
         }
         drop(seen);
         let source = &header.source;
@@ -115,7 +123,8 @@ impl Store {
             info,
             id,
             chunk,
-            slots,
+            run_starts,
+            run_values,
             ids,
             last: Mutex::new(None),
             _lock: lock,
@@ -146,9 +155,16 @@ impl BackupReader {
         &self.id
     }
 
+    /// The run holding `slot`: its index and the slot after it.
+    fn run_of(&self, slot: u64) -> Option<(usize, u64)> {
+        let run = self.run_starts.partition_point(|&s| s <= slot).checked_sub(1)?;
+        let end = self.run_starts.get(run + 1).copied().unwrap_or(self.info.virtual_size.div_ceil(self.chunk));
+        Some((run, end))
+    }
+
     fn chunk_of(&self, slot: u64) -> Option<ChunkId> {
-        let v = *self.slots.get(slot as usize)?;
-        (v != 0).then(|| self.ids[v as usize - 1])
+        let v = *self.run_values.get(self.run_of(slot)?.0)?;
+        (v != 0).then(|| self.ids.get(v as usize - 1).copied()).flatten()
     }
 
     /// Reads and verifies chunk `id` (slot `slot`, for messages) into `out`.
@@ -232,9 +248,9 @@ impl VirtualDisk for BackupReader {
         let mut out = Vec::new();
         let mut off = range.start;
         while off < range.end {
-            let slot = off / self.chunk;
-            let end = ((slot + 1) * self.chunk).min(range.end);
-            let state = if self.chunk_of(slot).is_some() { ExtentState::Data } else { ExtentState::Unallocated };
+            let Some((run, next)) = self.run_of(off / self.chunk) else { break };
+            let end = next.saturating_mul(self.chunk).min(range.end);
+            let state = if self.run_values[run] != 0 { ExtentState::Data } else { ExtentState::Unallocated };
             push_extent(&mut out, Extent { offset: off, length: end - off, state, depth: 0 });
             off = end;
         }
