@@ -167,7 +167,10 @@ pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Traile
     let crc = u32::from_le_bytes(bytes[20..24].try_into().unwrap_or_default());
     let index_len = u64::from(count) * ENTRY as u64;
     let fits = index_offset >= PACK_HEADER
-        && index_offset.checked_add(index_len).is_some_and(|end| end + TRAILER as u64 == pack_len);
+        && index_offset
+            .checked_add(index_len)
+            .and_then(|end| end.checked_add(TRAILER as u64))
+            .is_some_and(|end| end == pack_len);
     if !fits {
         return Err(format!("pack index at {index_offset} with {count} entries does not fit the {pack_len}-byte pack"));
     }

@@ -1,0 +1,143 @@
+//! Fixtures shared by the benchmarks: generated disks and scratch folders.
+#![allow(dead_code)]
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use vhdkit::disk::{DiskInfo, Extent, ExtentState, ImageFormat, OpenOptions, Subformat, VirtualDisk};
+use vhdkit::export::{ExportOptions, Target, export};
+use vhdkit::format::Guid;
+
+/// Bytes of the dense benchmark disk (small enough for CI's quick runs).
+pub const DENSE: usize = 256 << 20;
+
+/// A scratch folder for this benchmark run, under `CARGO_TARGET_TMPDIR`
+/// when set, else the system's.
+pub fn scratch(name: &str) -> PathBuf {
+    let base = std::env::var_os("VHDKIT_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("vhdkit-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Incompressible, non-repeating bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = vec![0u8; len];
+    for c in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        c.copy_from_slice(&b[..c.len()]);
+    }
+    out
+}
+
+/// Half noise, half text: something zstd can shrink.
+pub fn mixed(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = noise(seed, len);
+    for (i, c) in out.chunks_mut(64 * 1024).enumerate() {
+        if i % 2 == 1 {
+            for (j, b) in c.iter_mut().enumerate() {
+                *b = b"backup software keeps small copies of large disks "[j % 50];
+            }
+        }
+    }
+    out
+}
+
+/// Writes `bytes` as a dynamic VHDX and a raw file; returns both paths.
+pub fn dense_images(dir: &Path, bytes: &[u8]) -> (PathBuf, PathBuf) {
+    let raw = dir.join("dense.raw");
+    std::fs::write(&raw, bytes).unwrap();
+    let vhdx = dir.join("dense.vhdx");
+    let disk = OpenOptions::new().open_raw(&raw).unwrap();
+    export(&disk, &vhdx, Target::Vhdx, &ExportOptions { sync: false, ..Default::default() }).unwrap();
+    (vhdx, raw)
+}
+
+/// A huge disk with a few megabytes of data: what a fresh 64 TiB VM disk is.
+pub struct SparseDisk {
+    info: DiskInfo,
+    data: Vec<(u64, Vec<u8>)>,
+}
+
+impl SparseDisk {
+    pub fn new(size: u64) -> SparseDisk {
+        let info = DiskInfo {
+            format: ImageFormat::Raw,
+            subformat: Subformat::Dynamic,
+            virtual_size: size,
+            block_size: None,
+            logical_sector_size: 512,
+            physical_sector_size: 4096,
+            disk_id: Guid::new_random(),
+            identity: Guid::new_random(),
+            file_size: 0,
+            path: PathBuf::from("sparse"),
+            creator: String::new(),
+            parent: None,
+            log_replay: None,
+            warnings: Vec::new(),
+        };
+        let data = [0, size / 2, size - (1 << 20)].into_iter().map(|at| (at, noise(at, 1 << 20))).collect();
+        SparseDisk { info, data }
+    }
+}
+
+impl VirtualDisk for SparseDisk {
+    fn info(&self) -> &DiskInfo {
+        &self.info
+    }
+
+    fn extents(&self, range: Range<u64>) -> vhdkit::Result<Vec<Extent>> {
+        let mut out = Vec::new();
+        let mut at = range.start;
+        for (start, bytes) in &self.data {
+            let (s, e) = (*start, start + bytes.len() as u64);
+            if e <= range.start || s >= range.end {
+                continue;
+            }
+            let (s, e) = (s.max(range.start), e.min(range.end));
+            if s > at {
+                out.push(Extent { offset: at, length: s - at, state: ExtentState::Unallocated, depth: 0 });
+            }
+            out.push(Extent { offset: s, length: e - s, state: ExtentState::Data, depth: 0 });
+            at = e;
+        }
+        if at < range.end {
+            out.push(Extent { offset: at, length: range.end - at, state: ExtentState::Unallocated, depth: 0 });
+        }
+        Ok(out)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::Result<()> {
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        for (start, bytes) in &self.data {
+            let (s, e) = (*start, start + bytes.len() as u64);
+            let (a, b) = (s.max(offset), e.min(end));
+            if a < b {
+                buf[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&bytes[(a - s) as usize..(b - s) as usize]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hashes `bytes` as `chunk`-sized pieces on every core, as a backup must:
+/// the baseline a backup's throughput is measured against.
+pub fn blake3_all_cores(bytes: &[u8], chunk: usize) -> u8 {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per = bytes.len().div_ceil(threads).div_ceil(chunk) * chunk;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bytes
+            .chunks(per)
+            .map(|part| s.spawn(move || part.chunks(chunk).fold(0u8, |acc, c| acc ^ blake3::hash(c).as_bytes()[0])))
+            .collect();
+        handles.into_iter().fold(0u8, |acc, h| acc ^ h.join().unwrap())
+    })
+}

@@ -1,0 +1,43 @@
+//! Inputs the fuzzers found crashes with, replayed through the same calls
+//! as their fuzz target. Each must now be refused with an error (or parsed),
+//! never panic; these run in debug builds, so arithmetic overflow panics.
+
+use vhdkit::store::pack::{PACK_HEADER, TRAILER, decode_pack_index, decode_trailer};
+
+/// store_pack, 2026-11-23: a trailer whose index offset is 30 bytes short of
+/// 2^64 with zero entries; adding the trailer's length to the index end
+/// overflowed instead of failing the "does it fit the pack" check.
+#[test]
+fn pack_trailer_with_an_index_offset_near_u64_max() {
+    let data: [u8; 36] = [
+        0x30, 0x31, 0x40, 0x00, // four bytes of "records"
+        b'V', b'K', b'P', b'I', b'D', b'X', b'0', b'1', // index magic
+        0xe2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // index offset
+        0x00, 0x00, 0x00, 0x00, // entry count
+        0x00, 0x00, 0x00, 0x38, // index CRC
+        b'V', b'K', b'P', b'E', b'N', b'D', b'0', b'1', // end magic
+    ];
+    let err = decode_trailer(&data[data.len() - TRAILER..], data.len() as u64).unwrap_err();
+    assert!(err.contains("does not fit"), "{err}");
+}
+
+/// The same check holds at the edges that are valid: an empty index right
+/// after the header decodes, one byte further does not.
+#[test]
+fn pack_trailer_fit_is_exact() {
+    let header = PACK_HEADER;
+    let trailer = |offset: u64| {
+        let mut t = Vec::new();
+        t.extend_from_slice(b"VKPIDX01");
+        t.extend_from_slice(&offset.to_le_bytes());
+        t.extend_from_slice(&0u32.to_le_bytes());
+        t.extend_from_slice(&crc32c::crc32c(&[]).to_le_bytes());
+        t.extend_from_slice(b"VKPEND01");
+        t
+    };
+    let len = header + TRAILER as u64;
+    let t = decode_trailer(&trailer(header), len).unwrap();
+    assert!(decode_pack_index(&[], &t).unwrap().is_empty());
+    assert!(decode_trailer(&trailer(header + 1), len).is_err());
+    assert!(decode_trailer(&trailer(u64::MAX), len).is_err());
+}
