@@ -117,10 +117,12 @@ fn incremental(c: &mut Criterion) {
         ranges.push(at as u64..at as u64 + 65536);
     }
     let (v0, _) = common::dense_images(&dir, &base);
+    // The same disk later: the range list is checked against its disk id.
+    let disk_id = Some(vhdkit::open(&v0).unwrap().info().disk_id);
     let v1 = dir.join("changed.vhdx");
     let changed_disk = OpenOptions::new().open_raw_reader(Box::new(changed), "changed");
-    vhdkit::export::export(&changed_disk, &v1, Target::Vhdx, &ExportOptions { sync: false, ..Default::default() })
-        .unwrap();
+    let o = ExportOptions { sync: false, disk_id, ..Default::default() };
+    vhdkit::export::export(&changed_disk, &v1, Target::Vhdx, &o).unwrap();
     let (d0, d1) = (vhdkit::open(&v0).unwrap(), vhdkit::open(&v1).unwrap());
     let mut g = c.benchmark_group("incremental");
     g.sample_size(10);
