@@ -43,18 +43,18 @@ fn open(c: &mut Criterion) {
 
 fn read(c: &mut Criterion) {
     let dir = common::scratch("read");
-    let bytes = common::noise(7, common::DENSE);
+    let bytes = common::noise(7, common::dense());
     let (vhdx, raw) = common::dense_images(&dir, &bytes);
     drop(bytes);
     let disk = vhdkit::open(&vhdx).unwrap();
     let file = std::fs::File::open(&raw).unwrap();
     let mut buf = vec![0u8; 4 << 20];
     let mut g = c.benchmark_group("read");
-    g.throughput(Throughput::Bytes(common::DENSE as u64));
+    g.throughput(Throughput::Bytes(common::dense() as u64));
     g.sample_size(10);
     g.bench_function("vhdx_read_at_4mib", |b| {
         b.iter(|| {
-            for off in (0..common::DENSE as u64).step_by(buf.len()) {
+            for off in (0..common::dense() as u64).step_by(buf.len()) {
                 disk.read_at(&mut buf, off).unwrap();
             }
             black_box(buf[0])
@@ -62,7 +62,7 @@ fn read(c: &mut Criterion) {
     });
     g.bench_function("baseline_raw_pread_4mib", |b| {
         b.iter(|| {
-            for off in (0..common::DENSE as u64).step_by(buf.len()) {
+            for off in (0..common::dense() as u64).step_by(buf.len()) {
                 file.read_exact_at(&mut buf, off).unwrap();
             }
             black_box(buf[0])

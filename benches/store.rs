@@ -30,11 +30,11 @@ fn fresh(dir: &Path, name: &str, compression: Compression) -> Store {
 
 fn backup(c: &mut Criterion) {
     let dir = common::scratch("backup");
-    let bytes = common::noise(1, common::DENSE);
+    let bytes = common::noise(1, common::dense());
     let (vhdx, _) = common::dense_images(&dir, &bytes);
     let disk = vhdkit::open(&vhdx).unwrap();
     let mut g = c.benchmark_group("backup");
-    g.throughput(Throughput::Bytes(common::DENSE as u64));
+    g.throughput(Throughput::Bytes(common::dense() as u64));
     g.sample_size(10);
     g.bench_function("baseline_blake3_all_cores", |b| b.iter(|| black_box(common::blake3_all_cores(&bytes, CHUNK))));
     g.bench_function("full_into_fresh_store", |b| {
@@ -62,11 +62,11 @@ fn backup(c: &mut Criterion) {
     g.finish();
 
     // zstd: against compressing the same chunks at level 1 on every core.
-    let text = common::mixed(2, common::DENSE);
+    let text = common::mixed(2, common::dense());
     let (zvhdx, _) = common::dense_images(&dir, &text);
     let zdisk = vhdkit::open(&zvhdx).unwrap();
     let mut g = c.benchmark_group("backup_zstd");
-    g.throughput(Throughput::Bytes(common::DENSE as u64));
+    g.throughput(Throughput::Bytes(common::dense() as u64));
     g.sample_size(10);
     g.bench_function("baseline_zstd1_all_cores", |b| {
         b.iter(|| {
@@ -106,13 +106,13 @@ fn backup(c: &mut Criterion) {
 
 fn incremental(c: &mut Criterion) {
     let dir = common::scratch("incremental");
-    let base = common::noise(3, common::DENSE);
+    let base = common::noise(3, common::dense());
     // 1 % of the disk changed, in 64 KiB pieces scattered across it.
     let mut changed = base.clone();
     let mut ranges = Vec::new();
-    let pieces = common::DENSE / 100 / 65536;
+    let pieces = common::dense() / 100 / 65536;
     for i in 0..pieces {
-        let at = (i * 7919 * 65536 + 12345) % (common::DENSE - 65536) / 4096 * 4096;
+        let at = (i * 7919 * 65536 + 12345) % (common::dense() - 65536) / 4096 * 4096;
         changed[at..at + 65536].copy_from_slice(&common::noise(100 + i as u64, 65536));
         ranges.push(at as u64..at as u64 + 65536);
     }
@@ -174,7 +174,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn restore(c: &mut Criterion) {
     let dir = common::scratch("restore");
-    let bytes = common::noise(4, common::DENSE);
+    let bytes = common::noise(4, common::dense());
     let (vhdx, raw) = common::dense_images(&dir, &bytes);
     drop(bytes);
     let store = fresh(&dir, "s", Compression::None);
@@ -184,7 +184,7 @@ fn restore(c: &mut Criterion) {
         .id;
     let out = dir.join("out.raw");
     let mut g = c.benchmark_group("restore");
-    g.throughput(Throughput::Bytes(common::DENSE as u64));
+    g.throughput(Throughput::Bytes(common::dense() as u64));
     g.sample_size(10);
     g.bench_function("restore_to_raw", |b| {
         b.iter(|| {
@@ -199,7 +199,7 @@ fn restore(c: &mut Criterion) {
         b.iter(|| {
             let _ = std::fs::remove_file(&out);
             let dst = std::fs::File::create(&out).unwrap();
-            for off in (0..common::DENSE as u64).step_by(buf.len()) {
+            for off in (0..common::dense() as u64).step_by(buf.len()) {
                 src.read_exact_at(&mut buf, off).unwrap();
                 dst.write_all_at(&buf, off).unwrap();
             }

@@ -95,20 +95,28 @@ pub struct RecordHeader {
 
 /// Encodes a record for `id` whose stored bytes are `stored`.
 pub fn encode_record(id: ChunkId, compression: Compression, plain_len: u32, stored: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.push(match compression {
+    out.extend_from_slice(&record_header(id, compression, plain_len, stored));
+    out.extend_from_slice(stored);
+}
+
+/// The header of the record [`encode_record`] makes; the stored bytes follow
+/// it. Writers that already hold the stored bytes write the two pieces
+/// without copying the chunk into one buffer first.
+pub fn record_header(id: ChunkId, compression: Compression, plain_len: u32, stored: &[u8]) -> [u8; RECORD_HEADER] {
+    let mut h = [0u8; RECORD_HEADER];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = VERSION;
+    h[5] = match compression {
         Compression::None => 0,
         Compression::Zstd => 1,
-    });
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&plain_len.to_le_bytes());
-    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
-    out.extend_from_slice(&id.0);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), stored);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(stored);
+    };
+    // h[6..8]: reserved, zero.
+    h[8..12].copy_from_slice(&plain_len.to_le_bytes());
+    h[12..16].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+    h[16..48].copy_from_slice(&id.0);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..48]), stored);
+    h[48..52].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// Why a record could not be decoded.

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::backend::{Backend, ObjectWriter};
-use super::chunk::{ChunkId, Compression, RECORD_HEADER, encode_record, parse_hex};
+use super::chunk::{ChunkId, Compression, RECORD_HEADER, parse_hex, record_header};
 use super::error::{Result, StoreError};
 
 const HEADER_MAGIC: &[u8; 8] = b"VKPACK01";
@@ -80,7 +80,6 @@ pub struct PackWriter {
     id: PackId,
     writer: Box<dyn ObjectWriter>,
     entries: Vec<PackEntry>,
-    record: Vec<u8>,
 }
 
 impl PackWriter {
@@ -92,7 +91,7 @@ impl PackWriter {
         let mut header = HEADER_MAGIC.to_vec();
         header.extend_from_slice(&id.0);
         writer.write(&header).map_err(StoreError::io(backend.describe(&key), "write pack"))?;
-        Ok(PackWriter { id, writer, entries: Vec::new(), record: Vec::new() })
+        Ok(PackWriter { id, writer, entries: Vec::new() })
     }
 
     /// The pack's id.
@@ -118,10 +117,11 @@ impl PackWriter {
         plain_len: u32,
         stored: &[u8],
     ) -> std::io::Result<PackEntry> {
-        self.record.clear();
-        encode_record(id, compression, plain_len, stored, &mut self.record);
-        let entry = PackEntry { id, offset: self.writer.position(), length: self.record.len() as u32 };
-        self.writer.write(&self.record)?;
+        let header = record_header(id, compression, plain_len, stored);
+        let length = u32::try_from(header.len() + stored.len()).map_err(std::io::Error::other)?;
+        let entry = PackEntry { id, offset: self.writer.position(), length };
+        self.writer.write(&header)?;
+        self.writer.write(stored)?;
         self.entries.push(entry);
         Ok(entry)
     }
