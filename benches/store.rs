@@ -1,7 +1,8 @@
 //! The store, each measurement beside its baseline on the same bytes:
 //!
 //! - backup into a fresh store, and of data the store already holds,
-//!   against BLAKE3 over the same bytes on every core;
+//!   against BLAKE3 over the same bytes on every core, and the fresh store
+//!   also against writing the same bytes to a file and flushing it;
 //! - backup into a zstd store against zstd level 1 alone on every core;
 //! - an incremental of 1 % scattered changes (range list) against a full backup;
 //! - restore to raw against copying the raw bytes with plain reads and writes;
@@ -37,6 +38,19 @@ fn backup(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(common::dense() as u64));
     g.sample_size(10);
     g.bench_function("baseline_blake3_all_cores", |b| b.iter(|| black_box(common::blake3_all_cores(&bytes, CHUNK))));
+    // What a fresh store cannot beat: writing the same bytes to a file and
+    // flushing them to the device, as sealing packs must.
+    let sink = dir.join("sink");
+    g.bench_function("baseline_write_and_fsync", |b| {
+        b.iter(|| {
+            let _ = std::fs::remove_file(&sink);
+            let mut f = std::fs::File::create(&sink).unwrap();
+            for piece in bytes.chunks(CHUNK) {
+                std::io::Write::write_all(&mut f, piece).unwrap();
+            }
+            f.sync_all().unwrap();
+        })
+    });
     g.bench_function("full_into_fresh_store", |b| {
         b.iter_batched(
             || fresh(&dir, "fresh", Compression::None),

@@ -15,6 +15,7 @@ PAIRS = [
     ("open", "vhdx_64tib_sparse", "baseline_read_bat_bytes", "open time / reading the BAT's bytes"),
     ("read", "baseline_raw_pread_4mib", "vhdx_read_at_4mib", "VHDX read throughput / raw pread throughput"),
     ("backup", "baseline_blake3_all_cores", "full_into_fresh_store", "fresh-store backup throughput / BLAKE3 on all cores"),
+    ("backup", "baseline_write_and_fsync", "full_into_fresh_store", "fresh-store backup throughput / write + fsync of the same bytes"),
     ("backup", "baseline_blake3_all_cores", "full_of_stored_data", "backup of stored data throughput / BLAKE3 on all cores"),
     ("backup_zstd", "baseline_zstd1_all_cores", "full_into_fresh_zstd1_store", "zstd-1 backup throughput / zstd-1 alone"),
     ("incremental", "ranges_1pct", "full_backup", "1 % incremental time / full backup time"),
