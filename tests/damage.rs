@@ -171,8 +171,16 @@ fn truncations(image: &Arc<Vec<u8>>, boundaries: &[u64], label: &str) {
     }
 }
 
+/// A number no other call in this process gets: tests run in parallel and
+/// build their images in folders of their own (a shared folder let one test
+/// empty it while another was reading its image back).
+fn unique() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn vhd_image(parent: bool) -> Arc<Vec<u8>> {
-    let dir = common::scratch(&format!("damage-vhd-{parent}"));
+    let dir = common::scratch(&format!("damage-vhd-{parent}-{}", unique()));
     let path = dir.join("d.vhd");
     let bs = 512 * 1024;
     let mut blocks = BTreeMap::new();
@@ -247,7 +255,7 @@ fn damaged_fixed_vhds() {
 }
 
 fn vhdx_image(parent: bool, dirty: bool) -> Arc<Vec<u8>> {
-    let dir = common::scratch(&format!("damage-vhdx-{parent}-{dirty}"));
+    let dir = common::scratch(&format!("damage-vhdx-{parent}-{dirty}-{}", unique()));
     let path = dir.join("d.vhdx");
     let mut blocks = BTreeMap::new();
     blocks.insert(0, Block::Full(vec![0x5a; MIB as usize]));
