@@ -17,6 +17,7 @@ PAIRS = [
     ("backup", "baseline_blake3_all_cores", "full_into_fresh_store", "fresh-store backup throughput / BLAKE3 on all cores"),
     ("backup", "baseline_write_and_fsync", "full_into_fresh_store", "fresh-store backup throughput / write + fsync of the same bytes"),
     ("backup", "baseline_blake3_all_cores", "full_of_stored_data", "backup of stored data throughput / BLAKE3 on all cores"),
+    ("backup", "baseline_blake3_all_cores", "full_of_stored_data_mmap", "same, image memory-mapped (--mmap) / BLAKE3 on all cores"),
     ("backup_zstd", "baseline_zstd1_all_cores", "full_into_fresh_zstd1_store", "zstd-1 backup throughput / zstd-1 alone"),
     ("incremental", "ranges_1pct", "full_backup", "1 % incremental time / full backup time"),
     ("restore", "baseline_copy_raw", "restore_to_raw", "restore throughput / plain raw copy throughput"),

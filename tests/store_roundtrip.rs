@@ -47,6 +47,56 @@ fn same(a: &dyn VirtualDisk, b: &dyn VirtualDisk) -> bool {
     true
 }
 
+/// Backing up the image opened through a memory map (chunks hashed in place)
+/// stores nothing new and gives the same backup as `pread` did.
+fn mapped_backup_matches(store: &Store, image: &Path, plain: &vhdkit::store::BackupReport) {
+    let mapped = OpenOptions::new().mmap(true).open(image).unwrap();
+    let name = format!("{} (mmap)", image.display());
+    let report = store.backup(&mapped, &BackupOptions { name, ..Default::default() }).unwrap();
+    let what = image.display();
+    assert_eq!(report.new_chunks, 0, "{what}: the mapped backup found chunks the plain one did not");
+    assert_eq!((report.bytes_read, report.zero_chunks), (plain.bytes_read, plain.zero_chunks), "{what}");
+    let (a, b) = (store.reader(&plain.id).unwrap(), store.reader(&report.id).unwrap());
+    let map = a.extents(0..a.size()).unwrap();
+    assert_eq!(map, b.extents(0..b.size()).unwrap(), "{what}: the backups' maps differ");
+    // The chunks are known; check they sit in the same places.
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for e in map.iter().filter(|e| e.state == vhdkit::ExtentState::Data) {
+        let mut off = e.offset;
+        while off < e.offset + e.length {
+            let n = (e.offset + e.length - off).min(x.len() as u64) as usize;
+            a.read_at(&mut x[..n], off).unwrap();
+            b.read_at(&mut y[..n], off).unwrap();
+            assert!(x[..n] == y[..n], "{what}: the mapped backup differs at {off}");
+            off += n as u64;
+        }
+    }
+}
+
+/// Wherever an image lends its bytes, they are the bytes a read returns;
+/// it lends them for whole stored runs and never for zeros or holes.
+fn borrowed_bytes_match_reads(image: &Path) {
+    let disk = OpenOptions::new().mmap(true).open(image).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut lent = 0;
+    for e in disk.extents(0..disk.size()).unwrap() {
+        let mut off = e.offset;
+        while off < e.offset + e.length {
+            let n = (e.offset + e.length - off).min(buf.len() as u64) as usize;
+            let view = disk.borrow_at(off, n).unwrap();
+            if e.state != vhdkit::ExtentState::Data {
+                assert!(view.is_none(), "{}: lent bytes of a {:?} extent at {off}", image.display(), e.state);
+            } else if let Some(view) = view {
+                disk.read_at(&mut buf[..n], off).unwrap();
+                assert!(view == &buf[..n], "{}: lent bytes differ from a read at {off}", image.display());
+                lent += 1;
+            }
+            off += n as u64;
+        }
+    }
+    assert!(lent > 0, "{}: a mapped image lent nothing", image.display());
+}
+
 /// Every corpus image: back up, restore to raw (checked against
 /// corpus.json), VHD and VHDX (checked by qemu against the raw restore).
 #[test]
@@ -75,6 +125,7 @@ fn every_corpus_image_restores_bit_exact() {
         let disk = vhdkit::open(common::corpus_image(&corpus, rel)).unwrap();
         let report = backup(&store, &disk, rel);
         assert_eq!(report.kind, Kind::Full);
+        mapped_backup_matches(&store, &common::corpus_image(&corpus, rel), &report);
         let raw = dir.join("restored.raw");
         store.restore(&report.id, &raw, Target::Raw, &ExportOptions::default()).unwrap();
         common::assert_raw_file_matches(&raw, &extents, size);
@@ -127,6 +178,8 @@ fn qemu_written_images_restore_as_qemu_reads_them() {
             .arg(&src));
         let disk = vhdkit::open(&src).unwrap();
         let report = backup(&store, &disk, &format!("disk{i}"));
+        mapped_backup_matches(&store, &src, &report);
+        borrowed_bytes_match_reads(&src);
         for (target, ext, out_format) in [
             (Target::Raw, "raw", "raw"),
             (Target::Vhd, "vhd", "vpc"),

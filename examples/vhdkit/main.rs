@@ -22,6 +22,12 @@ struct Cli {
     /// Accept VHD footers and headers whose checksum does not match (with a warning).
     #[arg(long, global = true)]
     lenient: bool,
+    /// Read images through a memory map: a backup hashes allocated blocks in
+    /// place instead of copying them first. Only for images nothing writes
+    /// or truncates meanwhile: a file cut short under the map kills the
+    /// process (SIGBUS) instead of failing with an error.
+    #[arg(long, global = true)]
+    mmap: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -202,8 +208,9 @@ impl From<vhdkit::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let options =
-        OpenOptions::new().checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict });
+    let options = OpenOptions::new()
+        .checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict })
+        .mmap(cli.mmap);
     let result = match cli.command {
         Command::Demo { dir } => demo::run(dir),
         Command::Info { image, json } => info(&options, &image, json),

@@ -80,6 +80,33 @@ impl Disk {
         self.read_layer(0, buf, offset)
     }
 
+    /// The disk's `len` bytes at `offset` without copying them, when one
+    /// image of the chain stores all of them contiguously and its reader
+    /// holds them in memory (a memory map or a byte slice); `None` when they
+    /// must be read with [`Disk::read_at`]: zeros, runs that cross a block
+    /// or an image, a replayed log, or a `pread` reader.
+    pub fn borrow_at(&self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
+        self.check_range(offset, len as u64)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        for layer in &self.layers {
+            if offset.checked_add(len as u64).is_none_or(|end| end > layer.info().virtual_size) {
+                return Ok(None);
+            }
+            let run = layer.run_at(offset, len as u64)?;
+            if run.len < len as u64 {
+                return Ok(None);
+            }
+            match run.kind {
+                RunKind::Data { file_offset } => return Ok(layer.data_bytes(file_offset, len)),
+                RunKind::Parent => continue,
+                RunKind::Zero | RunKind::Unallocated => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
     fn read_layer(&self, depth: usize, buf: &mut [u8], offset: u64) -> Result<()> {
         let layer = &self.layers[depth];
         let size = layer.info().virtual_size;
@@ -205,5 +232,9 @@ impl VirtualDisk for Disk {
 
     fn own_extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
         Ok(Disk::own_extents(self, range)?)
+    }
+
+    fn borrow_at(&self, offset: u64, len: usize) -> crate::Result<Option<&[u8]>> {
+        Ok(Disk::borrow_at(self, offset, len)?)
     }
 }

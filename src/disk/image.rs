@@ -67,6 +67,14 @@ impl Layer {
         }
     }
 
+    pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
+        match self {
+            Layer::Vhd(i) => i.data_bytes(file_offset, len),
+            Layer::Vhdx(i) => i.data_bytes(file_offset, len),
+            Layer::Raw(i) => i.data_bytes(file_offset, len),
+        }
+    }
+
     pub(crate) fn check(&self) -> Vec<String> {
         match self {
             Layer::Vhd(i) => i.check(),

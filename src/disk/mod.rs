@@ -51,6 +51,15 @@ pub trait VirtualDisk: Send + Sync {
     /// inside the disk.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()>;
 
+    /// The `len` bytes at `offset` borrowed instead of copied, where the disk
+    /// holds them contiguously in memory (an image opened with
+    /// [`OpenOptions::mmap`], or from a byte slice); `Ok(None)` means: use
+    /// [`VirtualDisk::read_at`]. A backup hashes borrowed chunks in place.
+    fn borrow_at(&self, offset: u64, len: usize) -> crate::Result<Option<&[u8]>> {
+        let _ = (offset, len);
+        Ok(None)
+    }
+
     /// The top image's own allocation of `range`: what it holds itself, with
     /// what its parent supplies as `Parent` at depth 1. For a disk without
     /// parents this is [`VirtualDisk::extents`]. For a differencing child it

@@ -50,4 +50,9 @@ impl RawImage {
     pub(crate) fn read_data(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
         self.source.read_exact(buf, file_offset)
     }
+
+    /// The file bytes of a `Data` run, borrowed where the reader can.
+    pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
+        self.source.bytes_at(file_offset, len)
+    }
 }

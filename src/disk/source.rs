@@ -39,6 +39,12 @@ impl Source {
     }
 
     /// Fills `buf` from `offset`.
+    /// The file's bytes at `offset`, borrowed, where the reader holds them
+    /// in memory (see [`ReadAt::bytes_at`]).
+    pub(crate) fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        self.reader.bytes_at(offset, len)
+    }
+
     pub(crate) fn read_exact(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.reader.read_exact_at(buf, offset).map_err(|e| DiskError::io(&self.path, offset, e))
     }

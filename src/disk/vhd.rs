@@ -170,6 +170,11 @@ impl VhdImage {
         self.source.read_exact(buf, file_offset)
     }
 
+    /// The file bytes of a `Data` run, borrowed where the reader can.
+    pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
+        self.source.bytes_at(file_offset, len)
+    }
+
     /// Structural problems that did not prevent opening (for `check`).
     pub(crate) fn check(&self) -> Vec<String> {
         self.info.warnings.clone()

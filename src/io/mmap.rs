@@ -37,4 +37,8 @@ impl ReadAt for MmapReader {
     fn size(&self) -> u64 {
         self.map.len() as u64
     }
+
+    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        self.map[..].bytes_at(offset, len)
+    }
 }

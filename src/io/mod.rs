@@ -29,6 +29,15 @@ pub trait ReadAt: Send + Sync {
     /// The size of the source in bytes, as seen when it was opened.
     fn size(&self) -> u64;
 
+    /// The `len` bytes at `offset` without copying them, where the source
+    /// already holds them in memory (a memory map, a byte slice); `None`
+    /// where it does not or the range is not all inside it. Hashing a chunk
+    /// in place saves a copy that costs as much as the hash itself.
+    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let _ = (offset, len);
+        None
+    }
+
     /// Fills `buf` from `offset`, failing with `UnexpectedEof` if the source
     /// ends first. Retries short reads and `Interrupted`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
@@ -129,6 +138,11 @@ impl ReadAt for [u8] {
     fn size(&self) -> u64 {
         self.len() as u64
     }
+
+    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.get(start..start.checked_add(len)?)
+    }
 }
 
 impl ReadAt for Vec<u8> {
@@ -138,6 +152,10 @@ impl ReadAt for Vec<u8> {
 
     fn size(&self) -> u64 {
         self.len() as u64
+    }
+
+    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        self.as_slice().bytes_at(offset, len)
     }
 }
 
@@ -149,6 +167,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     fn size(&self) -> u64 {
         (**self).size()
     }
+
+    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        (**self).bytes_at(offset, len)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -159,6 +181,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     fn size(&self) -> u64 {
         (**self).size()
     }
+
+    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        (**self).bytes_at(offset, len)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for &T {
@@ -168,6 +194,10 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
 
     fn size(&self) -> u64 {
         (**self).size()
+    }
+
+    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        (**self).bytes_at(offset, len)
     }
 }
 

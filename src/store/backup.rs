@@ -156,26 +156,40 @@ pub(crate) enum ChangeSet {
 }
 
 /// What the reader and workers send the writer, keyed by first slot.
-enum Item {
+enum Item<'d> {
     Run(Slot, u64),
-    Chunk(Outcome),
+    Chunk(Outcome<'d>),
 }
 
-enum Outcome {
-    Zero(Vec<u8>),
+enum Outcome<'d> {
+    Zero(Chunk<'d>),
     /// Already stored (before this backup, or by another worker in it).
-    Known(ChunkId, Vec<u8>),
+    Known(ChunkId, Chunk<'d>),
     /// Stored by this backup: the record's length in its pack.
     Stored {
         id: ChunkId,
-        plain: Vec<u8>,
+        plain: Chunk<'d>,
         record_len: u32,
     },
 }
 
-struct Job {
-    slot: u64,
+/// One slot's bytes: read into a pool buffer, or borrowed from the disk
+/// (a memory-mapped image) and hashed in place. Either way it holds a pool
+/// buffer, so the pool still bounds how far reading runs ahead.
+struct Chunk<'d> {
     buf: Vec<u8>,
+    view: Option<&'d [u8]>,
+}
+
+impl Chunk<'_> {
+    fn bytes(&self) -> &[u8] {
+        self.view.unwrap_or(&self.buf)
+    }
+}
+
+struct Job<'d> {
+    slot: u64,
+    chunk: Chunk<'d>,
 }
 
 /// The slot runs a disk needs, from its allocation map: slots no extent
@@ -357,13 +371,13 @@ fn read_partial(
 
 /// The reading stage: plans the disk window by window, sends runs to the
 /// writer and reads to the workers.
-fn read_stage(
-    disk: &dyn VirtualDisk,
+fn read_stage<'d>(
+    disk: &'d dyn VirtualDisk,
     chunk: u64,
     change: &ChangeSet,
     mut prev: Option<PrevChunks<'_>>,
-    jobs: Sender<Job>,
-    results: Sender<(u64, crate::Result<Item>)>,
+    jobs: Sender<Job<'d>>,
+    results: Sender<(u64, crate::Result<Item<'d>>)>,
     pool: Receiver<Vec<u8>>,
 ) {
     let slots = disk.size().div_ceil(chunk);
@@ -391,19 +405,33 @@ fn read_stage(
                     for _ in 0..n {
                         let Ok(mut buf) = pool.recv() else { return };
                         let len = (disk.size() - slot * chunk).min(chunk) as usize;
-                        buf.resize(len, 0);
-                        let read = match (plan, prev.as_mut()) {
-                            (Plan::Partial, Some(prev)) => read_partial(disk, prev, slot * chunk, &mut buf),
-                            (Plan::Partial, None) => {
+                        let view = match plan {
+                            Plan::Read => disk.borrow_at(slot * chunk, len),
+                            _ => Ok(None),
+                        };
+                        let read = match (view, plan, prev.as_mut()) {
+                            (Err(e), ..) => Err(e),
+                            (Ok(Some(view)), ..) => Ok(Some(view)),
+                            (Ok(None), Plan::Partial, Some(prev)) => {
+                                buf.resize(len, 0);
+                                read_partial(disk, prev, slot * chunk, &mut buf).map(|()| None)
+                            }
+                            (Ok(None), Plan::Partial, None) => {
                                 Err(StoreError::Invalid("a partial slot without a previous backup".into()).into())
                             }
-                            _ => disk.read_at(&mut buf, slot * chunk),
+                            (Ok(None), ..) => {
+                                buf.resize(len, 0);
+                                disk.read_at(&mut buf, slot * chunk).map(|()| None)
+                            }
                         };
-                        if let Err(e) = read {
-                            let _ = results.send((slot, Err(e)));
-                            return;
-                        }
-                        if jobs.send(Job { slot, buf }).is_err() {
+                        let view = match read {
+                            Ok(view) => view,
+                            Err(e) => {
+                                let _ = results.send((slot, Err(e)));
+                                return;
+                            }
+                        };
+                        if jobs.send(Job { slot, chunk: Chunk { buf, view } }).is_err() {
                             return;
                         }
                         slot += 1;
@@ -501,26 +529,31 @@ impl WorkerPack {
 /// The working stage: zero test, hash, index lookup, and for chunks new to
 /// the store: claim, compress and append to this worker's own pack, so the
 /// copying into packs runs on every core.
-fn work_stage(shared: &Shared<'_>, jobs: Receiver<Job>, results: Sender<(u64, crate::Result<Item>)>) -> Result<()> {
+fn work_stage<'d>(
+    shared: &Shared<'_>,
+    jobs: Receiver<Job<'d>>,
+    results: Sender<(u64, crate::Result<Item<'d>>)>,
+) -> Result<()> {
     let config = &shared.store.config;
     let mut compressor = match config.compression {
         Compression::Zstd => zstd::bulk::Compressor::new(config.zstd_level).ok(),
         Compression::None => None,
     };
     let mut own = WorkerPack { pack: None, entries: Vec::new() };
-    for Job { slot, buf } in jobs {
-        let outcome = if is_all_zero(&buf) {
-            Outcome::Zero(buf)
+    for Job { slot, chunk } in jobs {
+        let bytes = chunk.bytes();
+        let outcome = if is_all_zero(bytes) {
+            Outcome::Zero(chunk)
         } else {
-            let id = ChunkId::of(&buf);
+            let id = ChunkId::of(bytes);
             let first = !shared.index.contains(&id) && shared.claim(id);
             if !first {
-                Outcome::Known(id, buf)
+                Outcome::Known(id, chunk)
             } else {
-                let packed = compressor.as_mut().and_then(|c| c.compress(&buf).ok()).filter(|p| p.len() < buf.len());
+                let packed = compressor.as_mut().and_then(|c| c.compress(bytes).ok()).filter(|p| p.len() < bytes.len());
                 let compression = if packed.is_some() { Compression::Zstd } else { Compression::None };
-                match own.add(shared, id, compression, buf.len() as u32, packed.as_deref().unwrap_or(&buf)) {
-                    Ok(record_len) => Outcome::Stored { id, plain: buf, record_len },
+                match own.add(shared, id, compression, bytes.len() as u32, packed.as_deref().unwrap_or(bytes)) {
+                    Ok(record_len) => Outcome::Stored { id, plain: chunk, record_len },
                     Err(e) => {
                         let _ = results.send((slot, Err(e.into())));
                         return Ok(());
@@ -790,25 +823,25 @@ struct Writer {
 
 impl Writer {
     /// Counts a chunk's outcome; returns its manifest slot and recycles the buffer.
-    fn take(&mut self, outcome: Outcome, report: &mut BackupReport, pool: &Sender<Vec<u8>>) -> Result<Slot> {
-        let (slot, buf) = match outcome {
-            Outcome::Zero(buf) => {
+    fn take(&mut self, outcome: Outcome<'_>, report: &mut BackupReport, pool: &Sender<Vec<u8>>) -> Result<Slot> {
+        let (slot, chunk) = match outcome {
+            Outcome::Zero(chunk) => {
                 report.zero_chunks += 1;
-                (Slot::Zero, buf)
+                (Slot::Zero, chunk)
             }
-            Outcome::Known(id, buf) => {
+            Outcome::Known(id, chunk) => {
                 report.dedup_chunks += 1;
-                (Slot::Data(id), buf)
+                (Slot::Data(id), chunk)
             }
             Outcome::Stored { id, plain, record_len } => {
                 report.new_chunks += 1;
-                report.new_bytes += plain.len() as u64;
+                report.new_bytes += plain.bytes().len() as u64;
                 report.stored_bytes += u64::from(record_len);
                 (Slot::Data(id), plain)
             }
         };
-        self.bytes_read += buf.len() as u64;
-        let _ = pool.try_send(buf);
+        self.bytes_read += chunk.bytes().len() as u64;
+        let _ = pool.try_send(chunk.buf);
         Ok(slot)
     }
 }
