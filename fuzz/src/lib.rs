@@ -17,7 +17,8 @@ pub fn open_and_walk(reader: Box<dyn ReadAt>) {
     let _ = disk.check();
 }
 
-/// Maps a disk and reads the first and last 4 KiB of every data extent.
+/// Maps a disk and reads the first and last 4 KiB of every data extent,
+/// checking what it lends (`borrow_at`) against what it reads.
 pub fn walk(disk: &Disk) {
     let size = disk.size();
     let Ok(extents) = disk.extents(0..size) else { return };
@@ -25,7 +26,13 @@ pub fn walk(disk: &Disk) {
     for e in extents.iter().take(4096) {
         if matches!(e.state, ExtentState::Data | ExtentState::Zero | ExtentState::Unallocated) {
             let n = e.length.min(buf.len() as u64) as usize;
-            let _ = disk.read_at(&mut buf[..n], e.offset);
+            let read = disk.read_at(&mut buf[..n], e.offset);
+            // Bytes the disk lends must be the bytes it reads, and it lends
+            // only stored data.
+            if let Ok(Some(view)) = disk.borrow_at(e.offset, n) {
+                assert!(e.state == ExtentState::Data, "lent bytes of a {:?} extent", e.state);
+                assert!(read.is_ok() && view == &buf[..n], "lent bytes differ from a read");
+            }
             let _ = disk.read_at(&mut buf[..n], e.offset + e.length - n as u64);
         }
     }
