@@ -171,6 +171,17 @@ pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
 /// the caller asked for.
 pub fn decode_record(record: &[u8], expected: ChunkId, out: &mut Vec<u8>) -> Result<(), RecordError> {
     let h = decode_header(record)?;
+    out.clear();
+    out.resize(h.plain_len as usize, 0);
+    decode_record_into(record, expected, out)
+}
+
+/// Checks a whole record like [`decode_record`], writing the plain bytes
+/// straight into `dst`, which must be exactly as long as the chunk: a
+/// restore decodes into its output buffer without an intermediate copy.
+/// On error `dst` holds unspecified bytes.
+pub fn decode_record_into(record: &[u8], expected: ChunkId, dst: &mut [u8]) -> Result<(), RecordError> {
+    let h = decode_header(record)?;
     let stored = record
         .get(RECORD_HEADER..RECORD_HEADER + h.stored_len as usize)
         .ok_or_else(|| bad(RECORD_HEADER as u64, "stored bytes cut short"))?;
@@ -181,25 +192,31 @@ pub fn decode_record(record: &[u8], expected: ChunkId, out: &mut Vec<u8>) -> Res
     if h.id != expected {
         return Err(bad(16, format!("record holds chunk {} not {}", h.id, expected)));
     }
+    if dst.len() != h.plain_len as usize {
+        return Err(bad(8, format!("the chunk holds {} bytes, {} were expected", h.plain_len, dst.len())));
+    }
     match h.compression {
         Compression::None => {
             if h.stored_len != h.plain_len {
                 return Err(bad(12, "uncompressed record with differing lengths"));
             }
-            out.clear();
-            out.extend_from_slice(stored);
+            // Hash where the bytes already are, then copy once.
+            let actual = ChunkId::of(stored);
+            if actual != expected {
+                return Err(bad(RECORD_HEADER as u64, format!("contents hash to {actual}, not the chunk id")));
+            }
+            dst.copy_from_slice(stored);
+            return Ok(());
         }
         Compression::Zstd => {
-            out.clear();
-            out.resize(h.plain_len as usize, 0);
-            let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..])
+            let n = zstd::bulk::decompress_to_buffer(stored, dst)
                 .map_err(|e| bad(RECORD_HEADER as u64, format!("zstd: {e}")))?;
             if n != h.plain_len as usize {
                 return Err(bad(8, format!("decompressed to {n} bytes, not {}", h.plain_len)));
             }
         }
     }
-    let actual = ChunkId::of(out);
+    let actual = ChunkId::of(dst);
     if actual != expected {
         return Err(bad(RECORD_HEADER as u64, format!("contents hash to {actual}, not the chunk id")));
     }
@@ -221,9 +238,15 @@ mod tests {
             let mut out = Vec::new();
             decode_record(&rec, id, &mut out).unwrap();
             assert_eq!(out, plain);
+            // Straight into a buffer of the chunk's length, and only that.
+            let mut dst = vec![0u8; plain.len()];
+            decode_record_into(&rec, id, &mut dst).unwrap();
+            assert_eq!(dst, plain);
+            assert!(decode_record_into(&rec, id, &mut dst[1..]).is_err());
             for i in (0..rec.len()).step_by(7) {
                 rec[i] ^= 0x10;
                 assert!(decode_record(&rec, id, &mut out).is_err(), "flip at {i} went unnoticed");
+                assert!(decode_record_into(&rec, id, &mut dst).is_err(), "flip at {i} went unnoticed (into)");
                 rec[i] ^= 0x10;
             }
         }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::backend::{Backend, LockGuard, LockMode};
-use super::chunk::{ChunkId, decode_record};
+use super::chunk::{ChunkId, RecordError, decode_record, decode_record_into};
 use super::error::{Result, StoreError};
 use super::index::Index;
 use super::manifest::{ChainCursor, Resolved};
@@ -191,6 +191,13 @@ impl BackupReader {
             return Ok(());
         }
         let (plain, record) = scratch;
+        let slot_len = self.chunk.min(self.info.virtual_size - slot * self.chunk) as usize;
+        if within == 0 && dst.len() == slot_len {
+            // The whole slot: decode straight into the caller's buffer.
+            return fetch_chunk_into(&*self.backend, &self.index, id, dst, record).map_err(|reason| {
+                StoreError::ChunkUnavailable { id: id.to_hex(), backup: self.id.clone(), slot, reason }
+            });
+        }
         self.fetch(slot, id, plain, record)?;
         let end = within + dst.len();
         if plain.len() < end {
@@ -221,6 +228,28 @@ pub(crate) fn fetch_chunk(
     out: &mut Vec<u8>,
     record: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
+    fetch_with(backend, index, id, record, |r| decode_record(r, id, out))
+}
+
+/// [`fetch_chunk`] into `dst`, which must be exactly the chunk's length.
+pub(crate) fn fetch_chunk_into(
+    backend: &dyn Backend,
+    index: &Index,
+    id: ChunkId,
+    dst: &mut [u8],
+    record: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    fetch_with(backend, index, id, record, |r| decode_record_into(r, id, dst))
+}
+
+/// Tries each stored copy of `id` in turn until `decode` accepts one.
+fn fetch_with(
+    backend: &dyn Backend,
+    index: &Index,
+    id: ChunkId,
+    record: &mut Vec<u8>,
+    mut decode: impl FnMut(&[u8]) -> std::result::Result<(), RecordError>,
+) -> std::result::Result<(), String> {
     let mut last_error = String::from("no stored copy");
     for loc in index.locations(&id) {
         let key = PackId::key(&loc.pack);
@@ -229,7 +258,7 @@ pub(crate) fn fetch_chunk(
             last_error = format!("{}: {e}", backend.describe(&key).display());
             continue;
         }
-        match decode_record(record, id, out) {
+        match decode(record) {
             Ok(()) => return Ok(()),
             Err(e) => last_error = format!("{} at byte {}: {e}", backend.describe(&key).display(), loc.offset),
         }
