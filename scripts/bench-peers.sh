@@ -40,6 +40,9 @@ for ((r = 0; r < rounds; r++)); do
     rm -rf "$dir/store"
     "$vhdkit" store init "$dir/store" >/dev/null
     run "vhdkit backup (full)" "$vhdkit" backup "$dir/store" "$disk" --name disk
+    rm -rf "$dir/store-mmap"
+    "$vhdkit" store init "$dir/store-mmap" >/dev/null
+    run "vhdkit backup --mmap (full)" "$vhdkit" backup --mmap "$dir/store-mmap" "$disk" --name disk
     run "vhdkit backup (1% ranges)" "$vhdkit" backup "$dir/store" "$disk2" --name disk --changed "$dir/ranges.json" --force
     run "vhdkit backup (1% hash)" "$vhdkit" backup "$dir/store" "$disk2" --name disk
     rm -f "$dir/restored.raw" "$dir/qemu.raw"
@@ -61,7 +64,7 @@ cmp -s "$dir/restored.raw" "$dir/qemu.raw" && echo "(restore checked: equal to q
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A med
 printf '\n%-28s %10s %12s\n' tool "median s" "peak RSS MiB"
-for name in "b3sum (2 threads)" "vhdkit backup (full)" "vhdkit backup (1% ranges)" "vhdkit backup (1% hash)" \
+for name in "b3sum (2 threads)" "vhdkit backup (full)" "vhdkit backup --mmap (full)" "vhdkit backup (1% ranges)" "vhdkit backup (1% hash)" \
     "vhdkit restore to raw" "qemu-img convert -O raw" "restic backup" "borg create"; do
     [ -n "${times[$name]:-}" ] || continue
     med[$name]=$(echo "${times[$name]}" | median)
@@ -72,6 +75,8 @@ echo
 ratio "restic backup" "vhdkit backup (full)" "full backup: restic time / vhdkit time (target >= 15)"
 ratio "borg create" "vhdkit backup (full)" "full backup: borg time / vhdkit time (target >= 15)"
 ratio "b3sum (2 threads)" "vhdkit backup (full)" "full backup: b3sum time / vhdkit time (hash-rate share)"
+ratio "restic backup" "vhdkit backup --mmap (full)" "full backup --mmap: restic time / vhdkit time"
+ratio "borg create" "vhdkit backup --mmap (full)" "full backup --mmap: borg time / vhdkit time"
 ratio "vhdkit backup (1% ranges)" "vhdkit backup (full)" "incremental (ranges) time / full time (target < 0.05)"
 ratio "vhdkit backup (1% hash)" "vhdkit backup (full)" "incremental (hash) time / full time"
 ratio "qemu-img convert -O raw" "vhdkit restore to raw" "restore: qemu-img convert time / vhdkit restore time (target >= 1)"
