@@ -29,8 +29,12 @@ run() {
     local name=$1
     shift
     sync
-    local out
-    out=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n 1)
+    local log out
+    log=$(mktemp)
+    # -o: the tool's own stderr is discarded, time's report is kept apart.
+    /usr/bin/time -o "$log" -f '%e %M' "$@" >/dev/null 2>&1
+    out=$(tail -n 1 "$log")
+    rm -f "$log"
     times[$name]="${times[$name]:-} ${out% *}"
     rss[$name]="${rss[$name]:-} ${out#* }"
 }
