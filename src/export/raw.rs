@@ -17,6 +17,21 @@ pub fn write_raw(disk: &dyn VirtualDisk, out: &Path, options: &ExportOptions) ->
     // Sized first: writes then fill a file rather than extend it.
     pending.file().set_len(size).map_err(pending.io_err("set length"))?;
     let mut report = ExportReport { virtual_size: size, file_size: size, ..Default::default() };
+    write_flat(disk, &pending, &mut report)?;
+    pending.commit(options.sync)?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes the disk's bytes at offset 0 of `pending`, one for one, leaving
+/// zero runs as holes: the body of a raw image and of a fixed VHD. Adds the
+/// bytes read and written to `report`.
+pub(crate) fn write_flat(
+    disk: &dyn VirtualDisk,
+    pending: &PendingFile,
+    report: &mut ExportReport,
+) -> crate::Result<()> {
+    let size = disk.size();
     let window = 16 * STEP;
     Scanner::run(disk, None, 512, window, |scanner| {
         let mut off = 0u64;
@@ -28,10 +43,7 @@ pub fn write_raw(disk: &dyn VirtualDisk, out: &Path, options: &ExportOptions) ->
             })?;
             off += len;
         }
-        report.bytes_read = scanner.bytes_read;
+        report.bytes_read += scanner.bytes_read;
         Ok(())
-    })?;
-    pending.commit(options.sync)?;
-    report.seconds = start.elapsed().as_secs_f64();
-    Ok(report)
+    })
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::output::PendingFile;
 use super::parent::ParentRef;
-use super::scan::{STEP, Scanner};
+use super::scan::Scanner;
 use super::{ExportError, ExportOptions, ExportReport};
 use crate::disk::{ImageFormat, VirtualDisk};
 use crate::format::bits::{self, BitOrder};
@@ -80,20 +80,7 @@ pub(crate) fn write_fixed(
     check_size(size)?;
     let pending = PendingFile::create(out)?;
     let mut report = ExportReport { virtual_size: size, ..Default::default() };
-    let window = 16 * STEP;
-    Scanner::run(disk, None, 512, window, |scanner| {
-        let mut off = 0u64;
-        while off < size {
-            let len = (size - off).min(window);
-            scanner.block(off, len, |within, bytes| {
-                report.bytes_written += bytes.len() as u64;
-                pending.write_at(bytes, off + within).map_err(Into::into)
-            })?;
-            off += len;
-        }
-        report.bytes_read = scanner.bytes_read;
-        Ok(())
-    })?;
+    super::raw::write_flat(disk, &pending, &mut report)?;
     let id = options.disk_id.unwrap_or_else(Guid::new_random);
     pending.write_at(&footer(size, vhd::DiskType::Fixed, NO_DATA_OFFSET, id), size)?;
     report.file_size = size + FOOTER_SIZE as u64;
