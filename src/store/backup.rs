@@ -32,7 +32,7 @@ use serde::Serialize;
 use super::backend::LockMode;
 use super::chunk::{ChunkId, Compression};
 use super::error::{Result, StoreError};
-use super::index::{Index, IndexEntry, Location, encode_index, new_index_key};
+use super::index::{Index, IndexEntry, Location, write_index_file};
 use super::manifest::{ChainCursor, Kind, ManifestHeader, ManifestWriter, Resolved, Slot, SourceInfo};
 use super::pack::PackWriter;
 use super::time::Moment;
@@ -793,12 +793,7 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let bytes = encode_index(&mut entries);
-        let key = new_index_key();
-        let path = self.backend().describe(&key);
-        let mut w = self.backend().create(&key).map_err(StoreError::io(&path, "create index"))?;
-        w.write(&bytes).map_err(StoreError::io(&path, "write index"))?;
-        w.commit().map_err(StoreError::io(&path, "commit index"))
+        write_index_file(self.backend(), &mut entries)
     }
 }
 

@@ -96,6 +96,17 @@ pub fn new_index_key() -> String {
     format!("index/{}.idx", PackId::new_random().to_hex())
 }
 
+/// Writes `entries` as a new index file and commits it (flushed, renamed
+/// into place, folder synced). Every pack it names must already be sealed.
+pub fn write_index_file(backend: &dyn Backend, entries: &mut [IndexEntry]) -> Result<()> {
+    let bytes = encode_index(entries);
+    let key = new_index_key();
+    let path = backend.describe(&key);
+    let mut w = backend.create(&key).map_err(StoreError::io(&path, "create index"))?;
+    w.write(&bytes).map_err(StoreError::io(&path, "write index"))?;
+    w.commit().map_err(StoreError::io(&path, "commit index"))
+}
+
 /// The global index: every committed index file, merged.
 #[derive(Debug, Default)]
 pub struct Index {

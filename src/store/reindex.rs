@@ -13,7 +13,7 @@ use super::Store;
 use super::backend::LockMode;
 use super::chunk::{RECORD_HEADER, decode_header};
 use super::error::{Result, StoreError};
-use super::index::{IndexEntry, Location, encode_index, new_index_key};
+use super::index::{IndexEntry, Location, write_index_file};
 use super::pack::{PackId, read_pack_index};
 
 /// What reindex did.
@@ -61,12 +61,7 @@ impl Store {
             }
         }
         let chunks = entries.len() as u64;
-        let bytes = encode_index(&mut entries);
-        let key = new_index_key();
-        let path = backend.describe(&key);
-        let mut w = backend.create(&key).map_err(StoreError::io(&path, "create index"))?;
-        w.write(&bytes).map_err(StoreError::io(&path, "write index"))?;
-        w.commit().map_err(StoreError::io(&path, "commit index"))?;
+        write_index_file(backend, &mut entries)?;
         for k in &old {
             backend.delete(k).map_err(StoreError::io(backend.describe(k), "delete old index"))?;
         }

@@ -30,7 +30,7 @@ use super::Store;
 use super::backend::LockMode;
 use super::chunk::{ChunkId, RECORD_HEADER, decode_header, decode_record};
 use super::error::{Result, StoreError};
-use super::index::{Index, IndexEntry, Location, encode_index, new_index_key};
+use super::index::{Index, IndexEntry, Location, write_index_file};
 use super::manifest::{ManifestReader, Slot, id_from_key};
 use super::pack::{PackEntry, PackId, PackWriter, read_pack_index};
 
@@ -221,12 +221,7 @@ impl Store {
         entries.extend(index.entries().iter().filter(|e| lost_set.contains(&e.id)).copied());
         let referenced: HashSet<PackId> = entries.iter().map(|e| e.location.pack).collect();
         let delete: Vec<PackId> = delete.into_iter().filter(|p| !referenced.contains(p)).collect();
-        let bytes = encode_index(&mut entries);
-        let key = new_index_key();
-        let path = backend.describe(&key);
-        let mut w = backend.create(&key).map_err(StoreError::io(&path, "create index"))?;
-        w.write(&bytes).map_err(StoreError::io(&path, "write index"))?;
-        w.commit().map_err(StoreError::io(&path, "commit index"))?;
+        write_index_file(backend, &mut entries)?;
 
         // 5. Delete: old index files first, then packs and leftovers.
         let del = |k: &str| backend.delete(k).map_err(StoreError::io(backend.describe(k), "delete"));
