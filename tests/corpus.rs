@@ -12,9 +12,7 @@ use vhdkit::disk::{ChecksumPolicy, ExtentState, OpenOptions};
 use vhdkit::{DiskError, FormatError, VirtualDisk};
 
 fn manifest(corpus: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(corpus.join("corpus.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["images"].as_array().unwrap().clone()
+    common::corpus_manifest(corpus)
 }
 
 /// Checks our view of `disk` against qemu's as corpus.json records it: every
@@ -23,12 +21,7 @@ fn manifest(corpus: &Path) -> Vec<Value> {
 fn assert_matches_qemu(disk: &dyn VirtualDisk, image: &Value) {
     let name = image["path"].as_str().unwrap();
     assert_eq!(disk.size(), image["virtual_size"].as_u64().unwrap(), "{name}: virtual size");
-    let extents: Vec<(u64, u64, String)> = image["data_extents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e[0].as_u64().unwrap(), e[1].as_u64().unwrap(), e[2].as_str().unwrap().to_string()))
-        .collect();
+    let extents: Vec<(u64, u64, String)> = common::data_extents(image);
     for (off, len, sha) in &extents {
         let mut buf = vec![0u8; *len as usize];
         disk.read_at(&mut buf, *off).unwrap();

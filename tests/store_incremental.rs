@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::noise;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -22,18 +24,6 @@ const CHUNK: u64 = 64 * 1024;
 fn init(dir: &Path) -> Store {
     let _ = std::fs::remove_dir_all(dir);
     Store::init(dir, &InitOptions { chunk_size: CHUNK as u32, pack_size: 1 << 20, ..Default::default() }).unwrap()
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn raw(bytes: &[u8], name: &str) -> vhdkit::Disk {

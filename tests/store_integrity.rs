@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::noise;
+
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -26,19 +28,6 @@ const CHUNK: u32 = 64 * 1024;
 fn init(dir: &Path, compression: Compression) -> Store {
     let _ = std::fs::remove_dir_all(dir);
     Store::init(dir, &InitOptions { chunk_size: CHUNK, compression, zstd_level: 3, pack_size: 1 << 20 }).unwrap()
-}
-
-/// Deterministic non-repeating bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn raw(bytes: Vec<u8>, name: &str) -> vhdkit::Disk {

@@ -107,21 +107,14 @@ fn every_corpus_image_restores_bit_exact() {
     }
     let dir = common::scratch("store-corpus");
     let store = init(&dir.join("store"), Compression::Zstd, 512 * 1024);
-    let text = std::fs::read_to_string(corpus.join("corpus.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut n = 0;
-    for image in v["images"].as_array().unwrap() {
+    for image in &common::corpus_manifest(&corpus) {
         let rel = image["path"].as_str().unwrap();
         if image.get("virtual_size").is_none() || rel.contains("differential") {
             continue;
         }
         let size = image["virtual_size"].as_u64().unwrap();
-        let extents: Vec<(u64, u64, String)> = image["data_extents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e[0].as_u64().unwrap(), e[1].as_u64().unwrap(), e[2].as_str().unwrap().to_string()))
-            .collect();
+        let extents: Vec<(u64, u64, String)> = common::data_extents(image);
         let disk = vhdkit::open(common::corpus_image(&corpus, rel)).unwrap();
         let report = backup(&store, &disk, rel);
         assert_eq!(report.kind, Kind::Full);

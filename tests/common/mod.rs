@@ -264,3 +264,34 @@ pub fn qemu_read(image: &Path, format: &str, offset: u64, len: u64, scratch: &Pa
     let _ = fs::remove_file(&out);
     bytes
 }
+
+/// Every image `corpus.json` lists, with qemu's view of it.
+pub fn corpus_manifest(corpus: &Path) -> Vec<serde_json::Value> {
+    let text = fs::read_to_string(corpus.join("corpus.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["images"].as_array().unwrap().clone()
+}
+
+/// The ranges qemu found non-zero in one `corpus.json` image: offset,
+/// length and the SHA-256 of their bytes.
+pub fn data_extents(image: &serde_json::Value) -> Vec<(u64, u64, String)> {
+    image["data_extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e[0].as_u64().unwrap(), e[1].as_u64().unwrap(), e[2].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Deterministic non-repeating bytes (xorshift).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
