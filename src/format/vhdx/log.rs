@@ -186,6 +186,10 @@ impl Ring<'_> {
 /// bytes a hostile log can make the scan checksum.
 pub const MAX_ENTRY_PADDING: u64 = 64 * 1024;
 
+/// No log write may end past this file offset: 4 PiB, far beyond the
+/// largest VHDX (64 TiB of payload plus its BAT and metadata).
+pub const MAX_FILE_OFFSET: u64 = 1 << 52;
+
 /// Decodes and validates the entry at ring position `pos` (a multiple of
 /// 4 KiB). The cheap checks come first (header fields, every descriptor,
 /// every data sector's signature and sequence) and the CRC last, charged to
@@ -254,6 +258,19 @@ fn parse_entry(ring: &Ring<'_>, pos: u64, log_guid: Guid, budget: &mut u64) -> R
         }
         if d.0 % LOG_SECTOR != 0 {
             return Err(corrupt(desc_pos + 16, format!("file offset {} is not 4 KiB-aligned", d.0)));
+        }
+        // A write must land inside a file a VHDX can be: otherwise the
+        // replayed file's size would reach 2^64 and every later bounds check
+        // against it would pass.
+        let len = match &d.2 {
+            Ok(_) => LOG_SECTOR,
+            Err(zero_length) => *zero_length,
+        };
+        if d.0.checked_add(len).is_none_or(|end| end > MAX_FILE_OFFSET) {
+            return Err(corrupt(
+                desc_pos + 16,
+                format!("a write of {len} bytes at file offset {} lies past any VHDX file's end", d.0),
+            ));
         }
         descriptors.push(d);
     }
@@ -537,6 +554,29 @@ mod tests {
         assert_eq!(seq.writes().cloned().collect::<Vec<_>>(), writes);
         assert_eq!(seq.head().sequence_number, 7);
         assert_eq!(seq.replayed_size(16 << 20), 20 << 20);
+    }
+
+    /// Review finding: a zero write near 2^64 made the replayed file's size
+    /// saturate at 2^64, so every later bounds check against it passed.
+    #[test]
+    fn a_write_past_any_vhdx_file_is_refused() {
+        let g = Guid::new_random();
+        for writes in [
+            vec![LogWrite::Zero { file_offset: u64::MAX - 4095, length: 1 << 20 }],
+            vec![LogWrite::Zero { file_offset: MAX_FILE_OFFSET, length: 4096 }],
+            vec![LogWrite::Data { file_offset: MAX_FILE_OFFSET, sector: sector(1) }],
+        ] {
+            let e = build_entry(7, 0, g, 1 << 20, 1 << 20, &writes);
+            let mut log = vec![0u8; LOG];
+            place(&mut log, 0, &e);
+            assert!(find_active_sequence(&log, 1 << 20, g).is_err(), "{writes:?} accepted");
+        }
+        // The largest write that fits is accepted.
+        let fits = vec![LogWrite::Zero { file_offset: MAX_FILE_OFFSET - 4096, length: 4096 }];
+        let e = build_entry(7, 0, g, 1 << 20, 1 << 20, &fits);
+        let mut log = vec![0u8; LOG];
+        place(&mut log, 0, &e);
+        assert!(find_active_sequence(&log, 1 << 20, g).unwrap().is_some());
     }
 
     #[test]
