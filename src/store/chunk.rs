@@ -13,6 +13,11 @@ const MAGIC: &[u8; 4] = b"VKCH";
 const VERSION: u8 = 1;
 /// The largest chunk a store may use.
 pub const MAX_CHUNK: u32 = 4 << 20;
+/// The most stored bytes a record may hold: zstd's worst case for a
+/// largest chunk, with room to spare.
+pub const MAX_STORED: u32 = MAX_CHUNK + (MAX_CHUNK >> 7) + 1024;
+/// The longest record: header and the most stored bytes.
+pub const MAX_RECORD: u32 = RECORD_HEADER as u32 + MAX_STORED;
 
 /// A chunk's name: the BLAKE3 hash of its plain bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -158,7 +163,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
     if plain_len == 0 || plain_len > MAX_CHUNK {
         return Err(bad(8, format!("plain length {plain_len}")));
     }
-    if stored_len > MAX_CHUNK + (MAX_CHUNK >> 7) + 1024 {
+    if stored_len > MAX_STORED {
         return Err(bad(12, format!("stored length {stored_len}")));
     }
     let mut id = [0u8; 32];

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use super::backend::Backend;
-use super::chunk::ChunkId;
+use super::chunk::{ChunkId, MAX_CHUNK, MAX_RECORD, RECORD_HEADER};
 use super::error::{Result, StoreError};
 use super::pack::PackId;
 
@@ -83,6 +83,13 @@ pub fn decode_index(bytes: &[u8]) -> std::result::Result<Vec<IndexEntry>, (u64, 
                 plain_len: u32::from_le_bytes(e[60..64].try_into().unwrap_or_default()),
             },
         };
+        // Lengths bound what a reader allocates for the record: check them
+        // before anything trusts them.
+        let l = &entry.location;
+        if !(RECORD_HEADER as u32..=MAX_RECORD).contains(&l.length) || !(1..=MAX_CHUNK).contains(&l.plain_len) {
+            let at = 16 + (i * ENTRY) as u64 + 56;
+            return Err((at, format!("record length {} or chunk length {} out of range", l.length, l.plain_len)));
+        }
         if out.last().is_some_and(|p: &IndexEntry| p.id > entry.id) {
             return Err((16 + (i * ENTRY) as u64, "entries out of order".into()));
         }
@@ -218,5 +225,22 @@ mod tests {
             assert!(decode_index(&b).is_err(), "flip at {i}");
         }
         assert!(decode_index(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Review finding: a record length from an index file sized a read
+    /// buffer unchecked (up to 4 GiB per reading thread). A checksummed file
+    /// with out-of-range lengths is refused.
+    #[test]
+    fn lengths_out_of_range_are_refused() {
+        let entry = |length, plain_len| IndexEntry {
+            id: ChunkId::of(b"x"),
+            location: Location { pack: PackId([1; 16]), offset: 24, length, plain_len },
+        };
+        for (length, plain_len) in [(u32::MAX, 512), (MAX_RECORD + 1, 512), (10, 512), (100, 0), (100, MAX_CHUNK + 1)] {
+            let bytes = encode_index(&mut [entry(length, plain_len)]);
+            assert!(decode_index(&bytes).is_err(), "length {length}, chunk {plain_len} accepted");
+        }
+        let bytes = encode_index(&mut [entry(MAX_RECORD, MAX_CHUNK)]);
+        assert_eq!(decode_index(&bytes).unwrap().len(), 1);
     }
 }
