@@ -186,8 +186,9 @@ impl BackupReader {
         if let Ok(last) = self.last.lock()
             && let Some((s, bytes)) = last.as_ref()
             && *s == slot
+            && let Some(cached) = bytes.get(within..within + dst.len())
         {
-            dst.copy_from_slice(&bytes[within..within + dst.len()]);
+            dst.copy_from_slice(cached);
             return Ok(());
         }
         let (plain, record) = scratch;
@@ -199,20 +200,25 @@ impl BackupReader {
             });
         }
         self.fetch(slot, id, plain, record)?;
+        // A chunk is exactly its slot's length; anything else is a damaged
+        // manifest, and the cache below relies on it.
         let end = within + dst.len();
-        if plain.len() < end {
+        if plain.len() != slot_len || end > slot_len {
             return Err(StoreError::ChunkUnavailable {
                 id: id.to_hex(),
                 backup: self.id.clone(),
                 slot,
-                reason: format!("the chunk holds {} bytes, the slot needs {end}", plain.len()),
+                reason: format!("the chunk holds {} bytes, the slot {slot_len}", plain.len()),
             });
         }
         dst.copy_from_slice(&plain[within..end]);
-        if dst.len() < plain.len()
-            && let Ok(mut last) = self.last.lock()
-        {
-            *last = Some((slot, plain.clone()));
+        if let Ok(mut last) = self.last.lock() {
+            // Keep the chunk for the next piece of the slot; its buffer
+            // trades places with the one cached before, no copy.
+            let previous = last.replace((slot, std::mem::take(plain)));
+            if let Some((_, buf)) = previous {
+                *plain = buf;
+            }
         }
         Ok(())
     }
