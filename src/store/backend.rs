@@ -150,12 +150,19 @@ impl ObjectWriter for LocalWriter {
         let file = self.file.take().ok_or_else(|| io::Error::other("object already committed"))?;
         file.sync_all()?;
         drop(file);
-        if let Some(dir) = self.target.parent() {
+        let dir = self.target.parent();
+        // A folder made here (packs/XX) must itself reach the disk, or a
+        // crash could lose it with the pack an index already names.
+        let made = dir.filter(|d| !d.is_dir());
+        if let Some(dir) = dir {
             fs::create_dir_all(dir)?;
         }
         fs::rename(&self.temp, &self.target)?;
-        if let Some(dir) = self.target.parent() {
+        if let Some(dir) = dir {
             sync_dir(dir)?;
+        }
+        if let Some(parent) = made.and_then(Path::parent) {
+            sync_dir(parent)?;
         }
         Ok(())
     }
