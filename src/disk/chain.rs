@@ -83,11 +83,13 @@ impl Disk {
     /// The disk's `len` bytes at `offset` without copying them, when one
     /// image of the chain stores all of them contiguously and its reader
     /// holds them in memory (a memory map or a byte slice); `None` when they
-    /// must be read with [`Disk::read_at`]: zeros, runs that cross a block
-    /// or an image, a replayed log, or a `pread` reader.
+    /// must be read with [`Disk::read_at`]: zeros, runs not contiguous in
+    /// one image's file, a replayed log, or a `pread` reader.
     pub fn borrow_at(&self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
         self.check_range(offset, len as u64)?;
-        if len == 0 {
+        // Most disks read through pread: skip the block lookups (and the
+        // bitmap reads of a child) that a read is about to repeat.
+        if len == 0 || !self.layers.iter().any(Layer::lends) {
             return Ok(None);
         }
         for layer in &self.layers {

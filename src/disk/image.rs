@@ -75,6 +75,15 @@ impl Layer {
         }
     }
 
+    /// Whether this image's reader can lend bytes (see `Disk::borrow_at`).
+    pub(crate) fn lends(&self) -> bool {
+        match self {
+            Layer::Vhd(i) => i.lends(),
+            Layer::Vhdx(i) => i.lends(),
+            Layer::Raw(i) => i.lends(),
+        }
+    }
+
     pub(crate) fn check(&self) -> Vec<String> {
         match self {
             Layer::Vhd(i) => i.check(),

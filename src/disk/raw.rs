@@ -55,4 +55,8 @@ impl RawImage {
     pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
         self.source.bytes_at(file_offset, len)
     }
+
+    pub(crate) fn lends(&self) -> bool {
+        self.source.lends()
+    }
 }

@@ -38,13 +38,18 @@ impl Source {
         self.reader = f(old);
     }
 
-    /// Fills `buf` from `offset`.
     /// The file's bytes at `offset`, borrowed, where the reader holds them
     /// in memory (see [`ReadAt::bytes_at`]).
     pub(crate) fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
         self.reader.bytes_at(offset, len)
     }
 
+    /// Whether the reader can lend bytes at all.
+    pub(crate) fn lends(&self) -> bool {
+        self.reader.lends()
+    }
+
+    /// Fills `buf` from `offset`.
     pub(crate) fn read_exact(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.reader.read_exact_at(buf, offset).map_err(|e| DiskError::io(&self.path, offset, e))
     }

@@ -175,6 +175,10 @@ impl VhdImage {
         self.source.bytes_at(file_offset, len)
     }
 
+    pub(crate) fn lends(&self) -> bool {
+        self.source.lends()
+    }
+
     /// Structural problems that did not prevent opening (for `check`).
     pub(crate) fn check(&self) -> Vec<String> {
         self.info.warnings.clone()

@@ -359,6 +359,10 @@ impl VhdxImage {
         self.source.bytes_at(file_offset, len)
     }
 
+    pub(crate) fn lends(&self) -> bool {
+        self.source.lends()
+    }
+
     /// Structural problems that did not prevent opening (for `check`).
     pub(crate) fn check(&self) -> Vec<String> {
         let mut problems = self.info.warnings.clone();

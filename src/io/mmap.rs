@@ -41,4 +41,8 @@ impl ReadAt for MmapReader {
     fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
         self.map[..].bytes_at(offset, len)
     }
+
+    fn lends(&self) -> bool {
+        true
+    }
 }

@@ -38,6 +38,12 @@ pub trait ReadAt: Send + Sync {
         None
     }
 
+    /// Whether [`ReadAt::bytes_at`] can ever return bytes: callers skip the
+    /// lookup for sources that never lend (`pread` files, the log overlay).
+    fn lends(&self) -> bool {
+        false
+    }
+
     /// Fills `buf` from `offset`, failing with `UnexpectedEof` if the source
     /// ends first. Retries short reads and `Interrupted`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
@@ -143,6 +149,10 @@ impl ReadAt for [u8] {
         let start = usize::try_from(offset).ok()?;
         self.get(start..start.checked_add(len)?)
     }
+
+    fn lends(&self) -> bool {
+        true
+    }
 }
 
 impl ReadAt for Vec<u8> {
@@ -156,6 +166,10 @@ impl ReadAt for Vec<u8> {
 
     fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
         self.as_slice().bytes_at(offset, len)
+    }
+
+    fn lends(&self) -> bool {
+        true
     }
 }
 
@@ -171,6 +185,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
         (**self).bytes_at(offset, len)
     }
+
+    fn lends(&self) -> bool {
+        (**self).lends()
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -185,6 +203,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
         (**self).bytes_at(offset, len)
     }
+
+    fn lends(&self) -> bool {
+        (**self).lends()
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for &T {
@@ -198,6 +220,10 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
 
     fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
         (**self).bytes_at(offset, len)
+    }
+
+    fn lends(&self) -> bool {
+        (**self).lends()
     }
 }
 
