@@ -10,6 +10,8 @@ pub(crate) struct PendingFile {
     file: Option<File>,
     temp: PathBuf,
     target: PathBuf,
+    /// Set once the rename succeeded: until then, dropping removes the temp.
+    committed: bool,
 }
 
 impl PendingFile {
@@ -27,7 +29,7 @@ impl PendingFile {
             .create_new(true)
             .open(&temp)
             .map_err(|source| ExportError::Io { path: temp.clone(), action: "create", source })?;
-        Ok(PendingFile { file: Some(file), temp, target: target.to_path_buf() })
+        Ok(PendingFile { file: Some(file), temp, target: target.to_path_buf(), committed: false })
     }
 
     pub(crate) fn file(&self) -> &File {
@@ -57,10 +59,14 @@ impl PendingFile {
             action: "rename into place",
             source,
         })?;
-        if let Some(dir) = self.target.parent().filter(|p| !p.as_os_str().is_empty())
-            && let Ok(d) = File::open(dir)
-        {
-            let _ = d.sync_all();
+        self.committed = true;
+        if sync {
+            let dir = self.target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            crate::io::sync_dir(dir).map_err(|source| ExportError::Io {
+                path: dir.to_path_buf(),
+                action: "sync folder",
+                source,
+            })?;
         }
         Ok(())
     }
@@ -68,7 +74,8 @@ impl PendingFile {
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if !self.committed {
+            drop(self.file.take());
             let _ = fs::remove_file(&self.temp);
         }
     }

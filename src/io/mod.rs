@@ -67,6 +67,20 @@ pub trait ReadAt: Send + Sync {
     }
 }
 
+/// Flushes a folder so a rename inside it is durable (a no-op where the
+/// platform cannot open folders).
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
 /// A read-only file read with positional reads (`pread` on Unix).
 ///
 /// The size is taken once at open: a file that grows later is read as it was,

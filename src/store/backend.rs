@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use crate::io::sync_dir;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -111,19 +113,6 @@ impl LocalDir {
 
     fn forget(&self, key: &str) {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-}
-
-/// Flushes a folder so a rename inside it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
     }
 }
 
