@@ -56,7 +56,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// Starts writing object `key`.
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
-    /// Deletes an object (no error if it is already gone).
+    /// Deletes an object (no error if it is already gone); the delete is
+    /// durable when this returns, so deletes land in the order they are made.
     fn delete(&self, key: &str) -> io::Result<()>;
     /// Appends one line to a log object, atomically with respect to other appenders.
     fn append_line(&self, key: &str, line: &str) -> io::Result<()>;
@@ -247,8 +248,12 @@ impl Backend for LocalDir {
 
     fn delete(&self, key: &str) -> io::Result<()> {
         self.forget(key);
-        match fs::remove_file(self.path(key)) {
-            Ok(()) => Ok(()),
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            // The folder is flushed so deletes reach the disk in the order
+            // they were made: vacuum drops old index files before the packs
+            // they name, prune drops children before parents.
+            Ok(()) => path.parent().map_or(Ok(()), sync_dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
