@@ -206,22 +206,29 @@ fn long_chains_are_merged_and_merges_keep_every_backup_whole() {
     let store = init(&dir.join("s"));
     let mut d = disk0();
     let mut versions = Vec::new();
+    let mut merges = 0;
     for i in 0..12u8 {
         d[i as usize * MIB + 100..i as usize * MIB + 400].fill(i + 1);
         let r = store.backup(&raw(&d, "d"), &BackupOptions { max_chain: 4, ..opts("d") }).unwrap();
         assert!(chain_of(&store, &r.id) <= 4, "chain of {} is {}", r.id, chain_of(&store, &r.id));
         if r.merged.is_some() {
+            merges += 1;
             assert_eq!(store.list().unwrap().iter().find(|b| b.id == r.id).unwrap().kind, Kind::Full);
         }
         versions.push((r.id, d.clone()));
     }
+    // Twelve backups under a cap of four cannot all chain.
+    assert!(merges >= 2, "only {merges} automatic merges");
     for (id, bytes) in &versions {
         restores_to(&store, id, bytes);
     }
-    // An explicit merge in the middle: its descendants still restore.
+    // An explicit merge in the middle folds exactly the chain the listing
+    // shows, and its descendants still restore.
     let mid = &versions[6].0;
+    let before = chain_of(&store, mid);
+    assert!(before > 1, "backup 6 should be an incremental");
     let report = store.merge(mid, false).unwrap();
-    assert!(report.chain_length >= 1);
+    assert_eq!(report.chain_length, before);
     assert_eq!(store.list().unwrap().iter().find(|b| &b.id == mid).unwrap().kind, Kind::Full);
     for (id, bytes) in &versions {
         restores_to(&store, id, bytes);
