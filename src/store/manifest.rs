@@ -398,8 +398,14 @@ impl<'a> ChainCursor<'a> {
     /// Opens the chain of backup `id` (every manifest is checked).
     pub fn open(backend: &'a dyn Backend, id: &str) -> Result<ChainCursor<'a>> {
         let mut levels = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut next = Some(id.to_string());
         while let Some(id) = next {
+            // A loop of parent links would otherwise open the same
+            // manifests until the level cap.
+            if !seen.insert(id.clone()) {
+                return Err(StoreError::Invalid(format!("backup chain loops at {id}")));
+            }
             if levels.len() > 10_000 {
                 return Err(StoreError::Invalid(format!("backup chain through {id} does not end")));
             }

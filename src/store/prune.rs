@@ -100,7 +100,13 @@ impl Store {
         let mut merged = Vec::new();
         for id in &keep {
             let mut next = self.header(id)?.parent;
+            let mut seen = std::collections::HashSet::new();
             while let Some(p) = next {
+                // Parent links that loop (a damaged or hostile store) would
+                // walk forever.
+                if !seen.insert(p.clone()) {
+                    return Err(StoreError::Invalid(format!("the chain of backup {id} loops at {p}")));
+                }
                 if keep.contains(&p) {
                     break;
                 }
