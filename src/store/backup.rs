@@ -535,6 +535,7 @@ fn work_stage<'d>(
     results: Sender<(u64, crate::Result<Item<'d>>)>,
 ) -> Result<()> {
     let config = &shared.store.config;
+    let mut packed_buf = Vec::new();
     let mut compressor = match config.compression {
         Compression::Zstd => zstd::bulk::Compressor::new(config.zstd_level).ok(),
         Compression::None => None,
@@ -550,9 +551,15 @@ fn work_stage<'d>(
             if !first {
                 Outcome::Known(id, chunk)
             } else {
-                let packed = compressor.as_mut().and_then(|c| c.compress(bytes).ok()).filter(|p| p.len() < bytes.len());
+                // One compression buffer per worker, reused for every chunk.
+                let packed = compressor.as_mut().and_then(|c| {
+                    packed_buf.clear();
+                    packed_buf.reserve(zstd::zstd_safe::compress_bound(bytes.len()));
+                    let n = c.compress_to_buffer(bytes, &mut packed_buf).ok()?;
+                    (n < bytes.len()).then_some(&packed_buf[..n])
+                });
                 let compression = if packed.is_some() { Compression::Zstd } else { Compression::None };
-                match own.add(shared, id, compression, bytes.len() as u32, packed.as_deref().unwrap_or(bytes)) {
+                match own.add(shared, id, compression, bytes.len() as u32, packed.unwrap_or(bytes)) {
                     Ok(record_len) => Outcome::Stored { id, plain: chunk, record_len },
                     Err(e) => {
                         let _ = results.send((slot, Err(e.into())));
