@@ -4,7 +4,6 @@
 //! process while mapped raises SIGBUS on access, which no error type can report.
 //! Use it only for files nothing else writes.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 
@@ -21,10 +20,12 @@ pub struct MmapReader {
 impl MmapReader {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
+        // Opened like every image: non-blocking, regular files only, so a
+        // FIFO named by a parent locator cannot hang the open.
+        let reader = super::FileReader::open(path)?;
         // SAFETY: the map is read-only; the caller accepts (see the module doc)
         // that truncation by another process is outside what Rust can guard.
-        let map = unsafe { Mmap::map(&file)? };
+        let map = unsafe { Mmap::map(reader.file())? };
         Ok(Self { map })
     }
 }
