@@ -128,6 +128,7 @@ fn file_url_to_path(url: &str) -> Option<String> {
         if bytes[i] == b'%'
             && let Some(v) = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
@@ -163,6 +164,9 @@ mod tests {
         let url = b"file://localhost/Users/me/Disk%20One.vhd";
         assert_eq!(decode_locator_path(Platform::MacFileUrl, url).as_deref(), Some("/Users/me/Disk One.vhd"));
         assert_eq!(decode_locator_path(Platform::MacAlias, b"alias"), None);
+        // Only two hex digits are an escape: "%+1" stays as written.
+        let url = b"file://localhost/a%+1b";
+        assert_eq!(decode_locator_path(Platform::MacFileUrl, url).as_deref(), Some("/a%+1b"));
     }
 
     #[test]
