@@ -241,20 +241,23 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
         let total = run_child(&probe, "backup", u64::MAX, &env).unwrap();
         let abort_at = 1 + rng.next() % total;
         let before: Vec<String> = Store::open(&store_dir).unwrap().list().unwrap().into_iter().map(|b| b.id).collect();
-        let finished = run_child(&store_dir, "backup", abort_at, &env);
-        assert!(finished.is_none(), "trial {trial}: the child outlived its abort point {abort_at} of {total}");
-        killed += 1;
-        // A backup that committed before dying is now listed.
+        // Workers split chunks between their own packs differently from run
+        // to run, so a run may need fewer operations than the probe counted
+        // and finish before its abort point: then its backup is committed.
+        let was_killed = run_child(&store_dir, "backup", abort_at, &env).is_none();
+        killed += u64::from(was_killed);
+        // A backup that committed (before dying, or by finishing) is listed.
         for b in Store::open(&store_dir).unwrap().list().unwrap() {
             if !before.contains(&b.id) {
                 known.push((b.id, bytes.clone()));
-                committed_then_killed += 1;
+                committed_then_killed += u64::from(was_killed);
             }
         }
         check_store(&dir, &store_dir, &known);
     }
     eprintln!("{killed} backups killed at random points; {committed_then_killed} had committed first");
-    assert!(committed_then_killed > 0 && committed_then_killed < trials, "the trials never straddled the commit");
+    assert!(killed >= trials * 3 / 4, "only {killed} of {trials} trials were killed");
+    assert!(committed_then_killed > 0 && committed_then_killed < killed, "the trials never straddled the commit");
 }
 
 /// A store with an incremental chain of eight backups of "b" (each changing
