@@ -49,26 +49,17 @@ impl Guid {
         self.0 == [0; 16]
     }
 
-    /// A fresh random (version 4) GUID from the operating system's entropy.
+    /// A fresh random (version 4) GUID from the operating system's CSPRNG
+    /// (`getrandom`): VHDX identities, pack and index ids and the random part
+    /// of backup ids all come from here, and encryption will rely on it.
     ///
-    /// Uses the standard library's randomly keyed hasher as the entropy source,
-    /// mixed with the time and a counter, so no extra dependency is needed; the
-    /// result is unique, not cryptographic.
+    /// # Panics
+    /// If the operating system cannot supply random bytes at all (no
+    /// `getrandom(2)`, no `/dev/urandom`): an id that is not random would
+    /// silently break uniqueness, which is worse than stopping.
     pub fn new_random() -> Self {
-        use std::collections::hash_map::RandomState;
-        use std::hash::{BuildHasher, Hasher};
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let mut out = [0u8; 16];
-        for half in 0..2 {
-            let mut h = RandomState::new().build_hasher();
-            h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-            h.write_u128(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
-            );
-            h.write_usize(half);
-            out[half * 8..half * 8 + 8].copy_from_slice(&h.finish().to_le_bytes());
-        }
+        getrandom::fill(&mut out).expect("the operating system's random number generator failed");
         out[6] = (out[6] & 0x0f) | 0x40;
         out[8] = (out[8] & 0x3f) | 0x80;
         Guid(out)
