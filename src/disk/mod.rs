@@ -79,8 +79,11 @@ pub trait VirtualDisk: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageFormat {
+    /// A Virtual Hard Disk (VHD) image.
     Vhd,
+    /// A VHDX image.
     Vhdx,
+    /// A raw disk image: the bytes as the guest sees them.
     Raw,
     /// A backup in a vhdkit store.
     Backup,
@@ -149,13 +152,17 @@ pub struct LogReplay {
 /// Everything a caller may want to know about one image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DiskInfo {
+    /// Container format.
     pub format: ImageFormat,
+    /// Fixed, dynamic or differencing.
     pub subformat: Subformat,
     /// Bytes the guest sees.
     pub virtual_size: u64,
     /// Allocation unit; `None` for fixed VHD and raw.
     pub block_size: Option<u32>,
+    /// Logical sector size in bytes (512 or 4096).
     pub logical_sector_size: u32,
+    /// Physical sector size in bytes (512 or 4096).
     pub physical_sector_size: u32,
     /// The disk's own id: VHDX virtual disk id (SCSI page 83), VHD unique id.
     pub disk_id: Guid,
@@ -198,6 +205,7 @@ pub struct Extent {
     pub offset: u64,
     /// Bytes in the run.
     pub length: u64,
+    /// What the run holds.
     pub state: ExtentState,
     /// Which layer supplies the run: 0 is the image opened, 1 its parent...
     pub depth: u32,

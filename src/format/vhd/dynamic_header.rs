@@ -29,15 +29,19 @@ pub struct DynamicHeader {
     pub max_table_entries: u32,
     /// Bytes of disk data per block (a power of two; 2 MiB by default).
     pub block_size: u32,
+    /// The structure's checksum, as stored.
     pub checksum: u32,
     /// The parent's footer unique id (differencing disks).
     pub parent_unique_id: Guid,
     /// The parent's modification time, seconds since 2000-01-01 UTC.
     pub parent_timestamp: u32,
+    /// Reserved, zero.
     pub reserved1: u32,
     /// The parent's file name in UTF-16 big-endian, NUL-padded.
     pub parent_unicode_name: [u8; 512],
+    /// Where a differencing disk's parent may be, by platform.
     pub parent_locators: [LocatorEntry; 8],
+    /// Reserved, zero.
     pub reserved2: [u8; 256],
 }
 

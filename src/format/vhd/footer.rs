@@ -31,17 +31,25 @@ pub struct Footer {
     pub timestamp: u32,
     /// Four-character creator application ("win ", "vpc ", "qemu", "d2v\0"...).
     pub creator_app: [u8; 4],
+    /// Version of the program that made the image.
     pub creator_version: u32,
     /// "Wi2k" or "Mac " in practice; some tools leave it zero.
     pub creator_host_os: [u8; 4],
+    /// The size in bytes when the image was created.
     pub original_size: u64,
     /// The disk's size in bytes as the creator meant it.
     pub current_size: u64,
+    /// Cylinders, heads and sectors per track.
     pub geometry: Geometry,
+    /// 2 fixed, 3 dynamic, 4 differencing.
     pub disk_type: u32,
+    /// The structure's checksum, as stored.
     pub checksum: u32,
+    /// The image's unique id (what a child links to).
     pub unique_id: Guid,
+    /// 1 if the image is in a saved state.
     pub saved_state: u8,
+    /// Reserved, zero.
     pub reserved: [u8; 427],
 }
 

@@ -12,8 +12,11 @@ pub const MAX_GEOMETRY: Geometry = Geometry { cylinders: 65535, heads: 16, secto
 #[brw(big)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Geometry {
+    /// Cylinders.
     pub cylinders: u16,
+    /// Heads per cylinder.
     pub heads: u8,
+    /// Sectors per track.
     pub sectors_per_track: u8,
 }
 

@@ -26,6 +26,7 @@ pub struct LocatorEntry {
     pub data_space: u32,
     /// Length of the blob in bytes.
     pub data_length: u32,
+    /// Reserved, zero.
     pub reserved: u32,
     /// Absolute file offset of the blob.
     pub data_offset: u64,

@@ -97,9 +97,13 @@ pub const SB_BLOCK_NOT_PRESENT: u8 = 0;
 /// The arithmetic of a BAT: how many entries and which index holds what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatLayout {
+    /// Bytes per payload block.
     pub block_size: u64,
+    /// Logical sector size in bytes.
     pub logical_sector_size: u64,
+    /// Bytes of the virtual disk.
     pub virtual_size: u64,
+    /// Whether the image is a differencing disk.
     pub has_parent: bool,
     /// Payload blocks per sector-bitmap block.
     pub chunk_ratio: u64,

@@ -28,10 +28,15 @@ pub struct Header {
     pub data_write_guid: Guid,
     /// Non-zero when the log holds entries that must be replayed.
     pub log_guid: Guid,
+    /// Log format version (0).
     pub log_version: u16,
+    /// VHDX version (1).
     pub version: u16,
+    /// Bytes of the log region.
     pub log_length: u32,
+    /// File offset of the log region.
     pub log_offset: u64,
+    /// Reserved, zero.
     pub reserved: [u8; 4016],
 }
 
@@ -56,6 +61,7 @@ pub fn parse_header(bytes: &[u8], offset: u64) -> Result<Header> {
 /// Which header slot is current, and whether the other one was valid too.
 #[derive(Debug, Clone)]
 pub struct CurrentHeader {
+    /// The header's fields.
     pub header: Header,
     /// 0 for the copy at 64 KiB, 1 for the copy at 128 KiB.
     pub slot: usize,

@@ -35,9 +35,13 @@ pub struct LogEntryHeader {
     pub entry_length: u32,
     /// Log offset of the oldest entry of the sequence this entry ends.
     pub tail: u32,
+    /// The sequence number: entries of one log run count up.
     pub sequence_number: u64,
+    /// Descriptors in the entry.
     pub descriptor_count: u32,
+    /// Reserved, zero.
     pub reserved: u32,
+    /// The log GUID the entry belongs to (the header's LogGuid).
     pub log_guid: Guid,
     /// The file size that was stable when the entry was written.
     pub flushed_file_offset: u64,
@@ -56,9 +60,13 @@ impl Structure for LogEntryHeader {
 #[brw(little, magic = b"zero")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ZeroDescriptor {
+    /// Reserved, zero.
     pub reserved: u32,
+    /// Bytes to zero.
     pub zero_length: u64,
+    /// Where in the file the write lands.
     pub file_offset: u64,
+    /// The sequence number: entries of one log run count up.
     pub sequence_number: u64,
 }
 
@@ -75,9 +83,13 @@ impl Structure for ZeroDescriptor {
 #[brw(little, magic = b"desc")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataDescriptor {
+    /// The last 4 bytes of the sector (the data sector keeps 4084 in the middle).
     pub trailing_bytes: [u8; 4],
+    /// The first 8 bytes of the sector.
     pub leading_bytes: [u8; 8],
+    /// Where in the file the write lands.
     pub file_offset: u64,
+    /// The sequence number: entries of one log run count up.
     pub sequence_number: u64,
 }
 
@@ -92,8 +104,11 @@ impl Structure for DataDescriptor {
 #[brw(little, magic = b"data")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataSector {
+    /// High half of the entry's sequence number.
     pub sequence_high: u32,
+    /// The sector's bytes 8..4092.
     pub data: [u8; 4084],
+    /// Low half of the entry's sequence number.
     pub sequence_low: u32,
 }
 
@@ -107,9 +122,19 @@ impl Structure for DataSector {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogWrite {
     /// Write this 4 KiB sector at `file_offset`.
-    Data { file_offset: u64, sector: Box<[u8; 4096]> },
+    Data {
+        /// Where the sector lands in the file.
+        file_offset: u64,
+        /// The sector's bytes.
+        sector: Box<[u8; 4096]>,
+    },
     /// Write `length` zero bytes at `file_offset`.
-    Zero { file_offset: u64, length: u64 },
+    Zero {
+        /// Where the zeros start in the file.
+        file_offset: u64,
+        /// How many bytes.
+        length: u64,
+    },
 }
 
 impl LogWrite {
@@ -127,6 +152,7 @@ impl LogWrite {
 pub struct LogEntry {
     /// Offset of the entry from the start of the log.
     pub position: u64,
+    /// The entry header.
     pub header: LogEntryHeader,
     /// The entry's writes in descriptor order.
     pub writes: Vec<LogWrite>,
@@ -135,6 +161,7 @@ pub struct LogEntry {
 /// The sequence to replay, oldest entry first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveSequence {
+    /// The entries to replay, oldest first.
     pub entries: Vec<LogEntry>,
 }
 

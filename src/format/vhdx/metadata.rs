@@ -47,8 +47,11 @@ pub const PARENT_LOCATOR: Guid = Guid::from_canonical([
 #[brw(little, magic = b"metadata")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetadataTableHeader {
+    /// Reserved, zero.
     pub reserved: u16,
+    /// Entries in the table.
     pub entry_count: u16,
+    /// Reserved, zero.
     pub reserved2: [u8; 20],
 }
 
@@ -63,12 +66,15 @@ impl Structure for MetadataTableHeader {
 #[brw(little)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetadataEntry {
+    /// Which metadata item.
     pub item_id: Guid,
     /// Offset of the item from the start of the metadata region.
     pub offset: u32,
+    /// Bytes of the item.
     pub length: u32,
     /// Bit 0 IsUser, bit 1 IsVirtualDisk, bit 2 IsRequired.
     pub flags: u32,
+    /// Reserved, zero.
     pub reserved: u32,
 }
 
@@ -95,6 +101,7 @@ impl MetadataEntry {
 #[brw(little)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileParameters {
+    /// Bytes per payload block.
     pub block_size: u32,
     /// Bit 0 LeaveBlocksAllocated (fixed), bit 1 HasParent (differencing).
     pub flags: u32,
@@ -109,7 +116,9 @@ impl Structure for FileParameters {
 /// A decoded metadata table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetadataTable {
+    /// The table header.
     pub header: MetadataTableHeader,
+    /// The table's entries.
     pub entries: Vec<MetadataEntry>,
 }
 
@@ -189,15 +198,21 @@ impl MetadataTable {
 /// The values of the system metadata items.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {
+    /// Bytes per payload block.
     pub block_size: u32,
     /// A fixed disk: blocks stay allocated.
     pub leave_blocks_allocated: bool,
     /// A differencing disk.
     pub has_parent: bool,
+    /// Bytes of the virtual disk.
     pub virtual_size: u64,
+    /// The virtual disk id (SCSI page 83).
     pub disk_id: Guid,
+    /// Logical sector size in bytes (512 or 4096).
     pub logical_sector_size: u32,
+    /// Physical sector size in bytes (512 or 4096).
     pub physical_sector_size: u32,
+    /// For a differencing disk: where its parent is.
     pub parent_locator: Option<ParentLocator>,
 }
 

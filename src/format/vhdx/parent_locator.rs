@@ -15,8 +15,11 @@ pub const VHDX_LOCATOR_TYPE: Guid = Guid::from_canonical([
 #[brw(little)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParentLocatorHeader {
+    /// The locator type (the VHDX parent locator GUID).
     pub locator_type: Guid,
+    /// Reserved, zero.
     pub reserved: u16,
+    /// Key-value pairs that follow.
     pub key_value_count: u16,
 }
 
@@ -31,9 +34,13 @@ impl Structure for ParentLocatorHeader {
 #[brw(little)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyValueEntry {
+    /// Offset of the key from the start of the locator.
     pub key_offset: u32,
+    /// Offset of the value from the start of the locator.
     pub value_offset: u32,
+    /// Bytes of the key (UTF-16LE).
     pub key_length: u16,
+    /// Bytes of the value (UTF-16LE).
     pub value_length: u16,
 }
 
@@ -46,6 +53,7 @@ impl Structure for KeyValueEntry {
 /// The decoded key/value pairs, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct ParentLocator {
+    /// The key-value pairs, decoded.
     pub entries: Vec<(String, String)>,
 }
 

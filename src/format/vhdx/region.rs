@@ -29,8 +29,11 @@ pub const METADATA_REGION: Guid = Guid::from_canonical([
 #[brw(little, magic = b"regi")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionTableHeader {
+    /// The structure's checksum, as stored.
     pub checksum: u32,
+    /// Entries in the table.
     pub entry_count: u32,
+    /// Reserved, zero.
     pub reserved: u32,
 }
 
@@ -45,8 +48,11 @@ impl Structure for RegionTableHeader {
 #[brw(little)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegionEntry {
+    /// Which region.
     pub guid: Guid,
+    /// Where in the file the write lands.
     pub file_offset: u64,
+    /// Bytes of the item.
     pub length: u32,
     /// Bit 0: the region is required to read the file.
     pub flags: u32,
@@ -73,14 +79,18 @@ impl RegionEntry {
 /// A decoded, checksum-verified region table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionTable {
+    /// The table header.
     pub header: RegionTableHeader,
+    /// The table's entries.
     pub entries: Vec<RegionEntry>,
 }
 
 /// The two regions every VHDX has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Regions {
+    /// The BAT region.
     pub bat: RegionEntry,
+    /// The metadata region.
     pub metadata: RegionEntry,
 }
 
