@@ -8,18 +8,17 @@ use std::hint::black_box;
 use std::os::unix::fs::FileExt;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vhdkit::export::{ExportOptions, Target, export};
+use vhdkit::export::{Target, export};
 
 fn open(c: &mut Criterion) {
     let dir = common::scratch("open");
     let path = dir.join("64t.vhdx");
     let disk = common::SparseDisk::new(64 << 40);
-    export(
-        &disk,
-        &path,
-        Target::Vhdx,
-        &ExportOptions { block_size: Some(32 << 20), sync: false, ..Default::default() },
-    )
+    export(&disk, &path, Target::Vhdx, &{
+        let mut o = common::no_sync();
+        o.block_size = Some(32 << 20);
+        o
+    })
     .unwrap();
     let opened = vhdkit::open(&path).unwrap();
     let bat = opened.as_vhdx().unwrap().regions().bat;

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vhdkit::disk::OpenOptions;
-use vhdkit::export::{ExportOptions, Target};
+use vhdkit::export::Target;
 use vhdkit::store::{BackupOptions, Compression, InitOptions, Retention, Store, VacuumOptions};
 
 const CHUNK: usize = 512 * 1024;
@@ -26,7 +26,13 @@ const CHUNK: usize = 512 * 1024;
 fn fresh(dir: &Path, name: &str, compression: Compression) -> Store {
     let path = dir.join(name);
     let _ = std::fs::remove_dir_all(&path);
-    Store::init(&path, &InitOptions { compression, zstd_level: 1, ..Default::default() }).unwrap()
+    Store::init(&path, &{
+        let mut o = InitOptions::default();
+        o.compression = compression;
+        o.zstd_level = 1;
+        o
+    })
+    .unwrap()
 }
 
 fn backup(c: &mut Criterion) {
@@ -54,36 +60,20 @@ fn backup(c: &mut Criterion) {
     g.bench_function("full_into_fresh_store", |b| {
         b.iter_batched(
             || fresh(&dir, "fresh", Compression::None),
-            |store| {
-                black_box(
-                    store.backup(&disk, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap().new_chunks,
-                )
-            },
+            |store| black_box(store.backup(&disk, &BackupOptions::new("d")).unwrap().new_chunks),
             BatchSize::PerIteration,
         )
     });
     let warm = fresh(&dir, "warm", Compression::None);
-    warm.backup(&disk, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap();
+    warm.backup(&disk, &BackupOptions::new("d")).unwrap();
     g.bench_function("full_of_stored_data", |b| {
-        b.iter(|| {
-            black_box(
-                warm.backup(&disk, &BackupOptions { name: "d".into(), full: true, ..Default::default() })
-                    .unwrap()
-                    .dedup_chunks,
-            )
-        })
+        b.iter(|| black_box(warm.backup(&disk, &common::full("d")).unwrap().dedup_chunks))
     });
     // The same through a memory map: chunks are hashed in place, without
     // the copy a read makes.
     let mapped = OpenOptions::new().mmap(true).open(&vhdx).unwrap();
     g.bench_function("full_of_stored_data_mmap", |b| {
-        b.iter(|| {
-            black_box(
-                warm.backup(&mapped, &BackupOptions { name: "d".into(), full: true, ..Default::default() })
-                    .unwrap()
-                    .dedup_chunks,
-            )
-        })
+        b.iter(|| black_box(warm.backup(&mapped, &common::full("d")).unwrap().dedup_chunks))
     });
     g.finish();
 
@@ -115,14 +105,7 @@ fn backup(c: &mut Criterion) {
     g.bench_function("full_into_fresh_zstd1_store", |b| {
         b.iter_batched(
             || fresh(&dir, "zfresh", Compression::Zstd),
-            |store| {
-                black_box(
-                    store
-                        .backup(&zdisk, &BackupOptions { name: "d".into(), ..Default::default() })
-                        .unwrap()
-                        .stored_bytes,
-                )
-            },
+            |store| black_box(store.backup(&zdisk, &BackupOptions::new("d")).unwrap().stored_bytes),
             BatchSize::PerIteration,
         )
     });
@@ -147,7 +130,8 @@ fn incremental(c: &mut Criterion) {
     let disk_id = Some(vhdkit::open(&v0).unwrap().info().disk_id);
     let v1 = dir.join("changed.vhdx");
     let changed_disk = OpenOptions::new().open_raw_reader(Box::new(changed), "changed");
-    let o = ExportOptions { sync: false, disk_id, ..Default::default() };
+    let mut o = common::no_sync();
+    o.disk_id = disk_id;
     vhdkit::export::export(&changed_disk, &v1, Target::Vhdx, &o).unwrap();
     let (d0, d1) = (vhdkit::open(&v0).unwrap(), vhdkit::open(&v1).unwrap());
     let mut g = c.benchmark_group("incremental");
@@ -155,17 +139,13 @@ fn incremental(c: &mut Criterion) {
     g.bench_function("full_backup", |b| {
         b.iter_batched(
             || fresh(&dir, "full", Compression::None),
-            |store| {
-                black_box(
-                    store.backup(&d1, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap().new_chunks,
-                )
-            },
+            |store| black_box(store.backup(&d1, &BackupOptions::new("d")).unwrap().new_chunks),
             BatchSize::PerIteration,
         )
     });
     let pristine = dir.join("pristine");
     let store = Store::init(&pristine, &InitOptions::default()).unwrap();
-    store.backup(&d0, &BackupOptions { name: "d".into(), ..Default::default() }).unwrap();
+    store.backup(&d0, &BackupOptions::new("d")).unwrap();
     drop(store);
     g.bench_function("ranges_1pct", |b| {
         b.iter_batched(
@@ -176,7 +156,8 @@ fn incremental(c: &mut Criterion) {
                 Store::open(&work).unwrap()
             },
             |store| {
-                let o = BackupOptions { name: "d".into(), changed: Some(ranges.clone()), ..Default::default() };
+                let mut o = BackupOptions::new("d");
+                o.changes = Some(ranges.clone().into());
                 black_box(store.backup(&d1, &o).unwrap().bytes_read)
             },
             BatchSize::PerIteration,
@@ -204,10 +185,7 @@ fn restore(c: &mut Criterion) {
     let (vhdx, raw) = common::dense_images(&dir, &bytes);
     drop(bytes);
     let store = fresh(&dir, "s", Compression::None);
-    let id = store
-        .backup(&vhdkit::open(&vhdx).unwrap(), &BackupOptions { name: "d".into(), ..Default::default() })
-        .unwrap()
-        .id;
+    let id = store.backup(&vhdkit::open(&vhdx).unwrap(), &BackupOptions::new("d")).unwrap().id;
     let out = dir.join("out.raw");
     let mut g = c.benchmark_group("restore");
     g.throughput(Throughput::Bytes(common::dense() as u64));
@@ -215,7 +193,8 @@ fn restore(c: &mut Criterion) {
     g.bench_function("restore_to_raw", |b| {
         b.iter(|| {
             let _ = std::fs::remove_file(&out);
-            let o = ExportOptions { sync: false, ..Default::default() };
+            let mut o = vhdkit::store::RestoreOptions::default();
+            o.export = common::no_sync();
             black_box(store.restore(&id, &out, Target::Raw, &o).unwrap().export.bytes_written)
         })
     });
@@ -244,15 +223,13 @@ fn vacuum(c: &mut Criterion) {
         // `chunks` 64 KiB chunks over four backups; prune keeps the newest
         // two, so vacuum has dead chunks to drop and packs to rewrite.
         let pristine = dir.join(format!("p{chunks}"));
-        let store =
-            Store::init(&pristine, &InitOptions { chunk_size: 64 * 1024, pack_size: 4 << 20, ..Default::default() })
-                .unwrap();
+        let store = Store::init(&pristine, &common::init_options(64 * 1024, 4 << 20)).unwrap();
         let size = chunks / 4 * 64 * 1024;
         for v in 0..4u64 {
             let d = OpenOptions::new().open_raw_reader(Box::new(common::noise(10 + v, size)), "d");
-            store.backup(&d, &BackupOptions { name: "d".into(), full: true, ..Default::default() }).unwrap();
+            store.backup(&d, &common::full("d")).unwrap();
         }
-        store.prune("d", &Retention { keep_last: 2, ..Default::default() }, false, false).unwrap();
+        store.prune("d", &vhdkit::store::PruneOptions::new(Retention::keep_last(2))).unwrap();
         drop(store);
         g.throughput(Throughput::Elements(chunks as u64));
         g.bench_with_input(BenchmarkId::new("chunks", chunks), &chunks, |b, _| {

@@ -3,8 +3,8 @@
 //! small, verifiable backups of them in a content-addressed chunk store.
 //!
 //! ```no_run
-//! use vhdkit::store::{BackupOptions, InitOptions, Store};
-//! use vhdkit::export::{ExportOptions, Target};
+//! use vhdkit::export::Target;
+//! use vhdkit::store::{BackupOptions, InitOptions, RestoreOptions, Store, VerifyOptions};
 //!
 //! # fn main() -> vhdkit::Result<()> {
 //! // Read-only; parents found and identity-checked; a dirty log replayed in memory.
@@ -14,12 +14,12 @@
 //! // A store; the first backup of a name is full, the next ones incremental
 //! // (a checkpoint child of the last image backed up reads only its own blocks).
 //! let store = Store::init("backups", &InitOptions::default())?;
-//! let report = store.backup(&disk, &BackupOptions { name: "vm-disk".into(), ..Default::default() })?;
+//! let report = store.backup(&disk, &BackupOptions::new("vm-disk"))?;
 //! println!("{} new chunks, {} deduplicated", report.new_chunks, report.dedup_chunks);
 //!
 //! // Every chunk is verified as it is read back; restore as VHDX.
-//! store.restore(&report.id, "restored.vhdx".as_ref(), Target::Vhdx, &ExportOptions::default())?;
-//! assert!(store.verify()?.ok);
+//! store.restore(report.id.as_str(), "restored.vhdx".as_ref(), Target::Vhdx, &RestoreOptions::default())?;
+//! assert!(store.verify(&VerifyOptions::default())?.ok);
 //! # Ok(())
 //! # }
 //! ```
@@ -28,38 +28,27 @@
 //! structures (no I/O, [`FormatError`]); [`disk`] opens files and chains as
 //! one [`Disk`] ([`DiskError`]); [`io`] is the positional-read trait
 //! everything reads through; [`export`] writes images; [`store`] keeps
-//! backups ([`store::StoreError`]). [`Error`] wraps them all.
+//! backups ([`store::StoreError`]). [`Error`] wraps them all, and
+//! [`Error::kind`] sorts any of them into an [`ErrorKind`] a product can
+//! act on. Long operations take a [`CancelToken`] and report to a
+//! [`ProgressSink`].
 #![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
+pub mod cancel;
 pub mod disk;
+mod error;
 pub mod export;
 pub mod format;
 pub mod io;
+pub mod progress;
 pub mod store;
 mod zero;
 
 pub use zero::is_all_zero;
 
+pub use cancel::CancelToken;
 pub use disk::{Disk, DiskError, DiskInfo, Extent, ExtentState, OpenOptions, VirtualDisk, open};
+pub use error::{Error, ErrorKind, Result};
 pub use format::{FormatError, Guid};
-
-/// Any error this crate returns, by layer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A damaged or unsupported structure, outside any file context.
-    #[error(transparent)]
-    Format(#[from] FormatError),
-    /// Opening or reading a virtual disk failed.
-    #[error(transparent)]
-    Disk(#[from] DiskError),
-    /// Writing an output image failed.
-    #[error(transparent)]
-    Export(#[from] export::ExportError),
-    /// A chunk store operation failed.
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-}
-
-/// Result alias for the crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use progress::{Progress, ProgressSink};

@@ -248,15 +248,9 @@ fn a_written_chain_reads_back_as_the_newest_source() {
 
         let opts = OpenOptions::new();
         let base = dir.join(format!("base.{ext}"));
-        export(
-            &opts.open_raw(&raw0).unwrap(),
-            &base,
-            target,
-            &ExportOptions { block_size: Some(MIB as u32 * 2), ..Default::default() },
-        )
-        .unwrap();
+        export(&opts.open_raw(&raw0).unwrap(), &base, target, &common::block_size(MIB as u32 * 2)).unwrap();
         let child = dir.join(format!("child.{ext}"));
-        let with_parent = |p: &Path| ExportOptions { parent: Some(p.to_path_buf()), ..Default::default() };
+        let with_parent = |p: &Path| common::child_of(p);
         export(&opts.open_raw(&raw1).unwrap(), &child, target, &with_parent(&base)).unwrap();
         let grandchild = dir.join(format!("grandchild.{ext}"));
         export(&opts.open_raw(&raw2).unwrap(), &grandchild, target, &with_parent(&child)).unwrap();
@@ -289,11 +283,9 @@ fn mismatched_parents_are_refused() {
     let base = dir.join("base.vhdx");
     export(&a, &base, Target::Vhdx, &ExportOptions::default()).unwrap();
     let child = dir.join("child.vhdx");
-    let err = export(&b, &child, Target::Vhdx, &ExportOptions { parent: Some(base.clone()), ..Default::default() })
-        .unwrap_err();
+    let err = export(&b, &child, Target::Vhdx, &common::child_of(&base.clone())).unwrap_err();
     assert!(err.to_string().contains("size"), "{err}");
-    let err = export(&a, &dir.join("c.vhd"), Target::Vhd, &ExportOptions { parent: Some(base), ..Default::default() })
-        .unwrap_err();
+    let err = export(&a, &dir.join("c.vhd"), Target::Vhd, &common::child_of(&base)).unwrap_err();
     assert!(err.to_string().contains("parent"), "{err}");
     assert!(!child.exists(), "a failed export left its output");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a failed export left a temporary file");
@@ -333,7 +325,7 @@ proptest! {
         let disk = OpenOptions::new().open_raw_reader(Box::new(source.clone()), "random");
         for (target, ext, _) in TARGETS {
             let out = dir.join(format!("r.{ext}"));
-            let opts = ExportOptions { block_size: Some(block << 20), ..Default::default() };
+            let opts = common::block_size(block << 20);
             export(&disk, &out, target, &opts).unwrap();
             let back = if target == Target::Raw { OpenOptions::new().open_raw(&out).unwrap() } else { vhdkit::open(&out).unwrap() };
             prop_assert_eq!(back.size(), source.len() as u64);
@@ -358,9 +350,9 @@ proptest! {
         let new_disk = OpenOptions::new().open_raw_reader(Box::new(changed.clone()), "new");
         for (target, ext) in [(Target::Vhdx, "vhdx"), (Target::Vhd, "vhd")] {
             let base = dir.join(format!("b.{ext}"));
-            export(&base_disk, &base, target, &ExportOptions { block_size: Some(if ext == "vhd" { 512 << 10 } else { 1 << 20 }), ..Default::default() }).unwrap();
+            export(&base_disk, &base, target, &common::block_size(if ext == "vhd" { 512 << 10 } else { 1 << 20 })).unwrap();
             let child = dir.join(format!("c.{ext}"));
-            export(&new_disk, &child, target, &ExportOptions { parent: Some(base.clone()), ..Default::default() }).unwrap();
+            export(&new_disk, &child, target, &common::child_of(&base.clone())).unwrap();
             let c = vhdkit::open(&child).unwrap();
             prop_assert!(read_all(&c) == changed, "{:?} child differs", target);
             prop_assert_eq!(own_sectors(&c, 512), differing_sectors(&new_disk, &base_disk, 512));

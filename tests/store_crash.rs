@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use vhdkit::disk::OpenOptions;
-use vhdkit::export::{ExportOptions, Target};
-use vhdkit::store::{Backend, BackupOptions, InitOptions, LocalDir, LockGuard, LockMode, ObjectWriter, Store};
+use vhdkit::export::Target;
+use vhdkit::store::{Backend, BackupId, BackupOptions, LocalDir, LockGuard, LockMode, ObjectWriter, Store};
 
 /// Counts storage operations and aborts the process at the `abort_at`th.
 #[derive(Debug)]
@@ -126,14 +126,22 @@ fn crash_child() {
         "backup" => {
             let disk = OpenOptions::new().open_raw(std::env::var("VHDKIT_CRASH_DISK").unwrap()).unwrap();
             let full = std::env::var("VHDKIT_CRASH_FULL").is_ok();
-            store.backup(&disk, &BackupOptions { name: "b".into(), full, ..Default::default() }).unwrap();
+            store
+                .backup(&disk, &{
+                    let mut o = BackupOptions::new("b");
+                    o.full = full;
+                    o
+                })
+                .unwrap();
         }
         "merge" => {
-            store.merge(&std::env::var("VHDKIT_CRASH_BACKUP").unwrap(), false).unwrap();
+            store
+                .merge(std::env::var("VHDKIT_CRASH_BACKUP").unwrap(), &vhdkit::store::MergeOptions::default())
+                .unwrap();
         }
         "prune" => {
-            let policy = vhdkit::store::Retention { keep_last: 3, ..Default::default() };
-            store.prune("b", &policy, false, false).unwrap();
+            let policy = vhdkit::store::Retention::keep_last(3);
+            store.prune("b", &vhdkit::store::PruneOptions::new(policy)).unwrap();
         }
         "vacuum" => {
             store.vacuum(&vhdkit::store::VacuumOptions::default()).unwrap();
@@ -191,9 +199,9 @@ fn disk_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Every listed backup must be one we know, and restore exactly; verify clean.
-fn check_store(dir: &Path, store_dir: &Path, known: &[(String, Vec<u8>)]) {
+fn check_store(dir: &Path, store_dir: &Path, known: &[(BackupId, Vec<u8>)]) {
     let store = Store::open(store_dir).unwrap();
-    let report = store.verify().unwrap();
+    let report = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
     assert!(report.ok, "verify after a crash: {report:?}");
     for b in store.list().unwrap() {
         let Some((_, bytes)) = known.iter().find(|(id, _)| *id == b.id) else {
@@ -201,7 +209,7 @@ fn check_store(dir: &Path, store_dir: &Path, known: &[(String, Vec<u8>)]) {
         };
         let out = dir.join("restored.raw");
         let _ = std::fs::remove_file(&out);
-        store.restore(&b.id, &out, Target::Raw, &ExportOptions::default()).unwrap();
+        store.restore(&b.id, &out, Target::Raw, &vhdkit::store::RestoreOptions::default()).unwrap();
         assert!(std::fs::read(&out).unwrap() == *bytes, "backup {} restores wrong bytes", b.id);
     }
 }
@@ -210,12 +218,10 @@ fn check_store(dir: &Path, store_dir: &Path, known: &[(String, Vec<u8>)]) {
 fn backups_killed_at_random_points_lose_nothing_committed() {
     let dir = common::scratch("store-crash-backup");
     let store_dir = dir.join("store");
-    let store =
-        Store::init(&store_dir, &InitOptions { chunk_size: 64 * 1024, pack_size: 256 * 1024, ..Default::default() })
-            .unwrap();
+    let store = Store::init(&store_dir, &common::init_options(64 * 1024, 256 * 1024)).unwrap();
     let base = disk_bytes(1, 3 << 20);
     let base_disk = OpenOptions::new().open_raw_reader(Box::new(base.clone()), "b");
-    let first = store.backup(&base_disk, &BackupOptions { name: "b".into(), ..Default::default() }).unwrap();
+    let first = store.backup(&base_disk, &BackupOptions::new("b")).unwrap();
     drop(store);
     let mut known = vec![(first.id, base.clone())];
 
@@ -240,7 +246,8 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
         common::run(Command::new("cp").arg("-r").arg(&store_dir).arg(&probe));
         let total = run_child(&probe, "backup", u64::MAX, &env).unwrap();
         let abort_at = 1 + rng.next() % total;
-        let before: Vec<String> = Store::open(&store_dir).unwrap().list().unwrap().into_iter().map(|b| b.id).collect();
+        let before: Vec<BackupId> =
+            Store::open(&store_dir).unwrap().list().unwrap().into_iter().map(|b| b.id).collect();
         // Workers split chunks between their own packs differently from run
         // to run, so a run may need fewer operations than the probe counted
         // and finish before its abort point: then its backup is committed.
@@ -263,28 +270,22 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
 /// A store with an incremental chain of eight backups of "b" (each changing
 /// a different part) and one full backup of "c"; returns it and what each
 /// backup holds.
-fn chain_store(dir: &Path) -> (PathBuf, Vec<(String, Vec<u8>)>) {
+fn chain_store(dir: &Path) -> (PathBuf, Vec<(BackupId, Vec<u8>)>) {
     let store_dir = dir.join("pristine");
     let _ = std::fs::remove_dir_all(&store_dir);
-    let store =
-        Store::init(&store_dir, &InitOptions { chunk_size: 64 * 1024, pack_size: 256 * 1024, ..Default::default() })
-            .unwrap();
+    let store = Store::init(&store_dir, &common::init_options(64 * 1024, 256 * 1024)).unwrap();
     let mut known = Vec::new();
     let mut bytes = disk_bytes(3, 2 << 20);
     for i in 0..8u64 {
         let at = (i as usize * 250_000) % (bytes.len() - 200_000);
         bytes[at..at + 200_000].copy_from_slice(&disk_bytes(50 + i, 200_000));
         let disk = OpenOptions::new().open_raw_reader(Box::new(bytes.clone()), "b");
-        let r = store.backup(&disk, &BackupOptions { name: "b".into(), max_chain: 100, ..Default::default() }).unwrap();
+        let r = store.backup(&disk, &common::tweak(BackupOptions::new("b"), |o| o.max_chain = 100)).unwrap();
         known.push((r.id, bytes.clone()));
     }
     let c = disk_bytes(9, 1 << 20);
-    let r = store
-        .backup(
-            &OpenOptions::new().open_raw_reader(Box::new(c.clone()), "c"),
-            &BackupOptions { name: "c".into(), ..Default::default() },
-        )
-        .unwrap();
+    let r =
+        store.backup(&OpenOptions::new().open_raw_reader(Box::new(c.clone()), "c"), &BackupOptions::new("c")).unwrap();
     known.push((r.id, c));
     (store_dir, known)
 }
@@ -297,7 +298,7 @@ fn kill_trials(
     pristine: &Path,
     op: &str,
     env: &[(&str, String)],
-    known: &[(String, Vec<u8>)],
+    known: &[(BackupId, Vec<u8>)],
     trials: u64,
 ) {
     let work = dir.join("work");
@@ -322,7 +323,7 @@ fn kill_trials(
 fn merges_killed_at_random_points_lose_nothing() {
     let dir = common::scratch("store-crash-merge");
     let (pristine, known) = chain_store(&dir);
-    let newest = known[7].0.clone();
+    let newest = known[7].0.to_string();
     kill_trials(&dir, &pristine, "merge", &[("VHDKIT_CRASH_BACKUP", newest)], &known, 30);
 }
 
@@ -339,9 +340,9 @@ fn vacuums_killed_at_random_points_lose_nothing() {
     let (pristine, known) = chain_store(&dir);
     // Give vacuum work: drop most of the chain first (merging the kept).
     let store = Store::open(&pristine).unwrap();
-    store.prune("b", &vhdkit::store::Retention { keep_last: 2, ..Default::default() }, false, false).unwrap();
-    let kept: Vec<(String, Vec<u8>)> = {
-        let listed: Vec<String> = store.list().unwrap().into_iter().map(|b| b.id).collect();
+    store.prune("b", &vhdkit::store::PruneOptions::new(vhdkit::store::Retention::keep_last(2))).unwrap();
+    let kept: Vec<(BackupId, Vec<u8>)> = {
+        let listed: Vec<BackupId> = store.list().unwrap().into_iter().map(|b| b.id).collect();
         known.into_iter().filter(|(id, _)| listed.contains(id)).collect()
     };
     drop(store);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::noise;
+use common::{block_size, child_of, init_options, noise, tweak};
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
@@ -14,8 +14,8 @@ use vhdkit::VirtualDisk;
 use vhdkit::disk::OpenOptions;
 use vhdkit::export::{ExportOptions, Target, export};
 use vhdkit::store::{
-    Backend, BackupOptions, ChangeSource, InitOptions, Kind, LocalDir, LockGuard, LockMode, Moment, ObjectWriter,
-    Retention, Store, StoreError, VacuumOptions,
+    Backend, BackupOptions, ChangeSource, Kind, LocalDir, LockGuard, LockMode, MergeOptions, Moment, ObjectWriter,
+    ProgressSink, PruneOptions, Retention, Store, StoreError, VacuumOptions, VerifyOptions,
 };
 
 const MIB: usize = 1 << 20;
@@ -23,18 +23,19 @@ const CHUNK: u64 = 64 * 1024;
 
 fn init(dir: &Path) -> Store {
     let _ = std::fs::remove_dir_all(dir);
-    Store::init(dir, &InitOptions { chunk_size: CHUNK as u32, pack_size: 1 << 20, ..Default::default() }).unwrap()
+    Store::init(dir, &init_options(CHUNK as u32, 1 << 20)).unwrap()
 }
 
 fn raw(bytes: &[u8], name: &str) -> vhdkit::Disk {
     OpenOptions::new().open_raw_reader(Box::new(Arc::new(bytes.to_vec())), name)
 }
 
-fn opts(name: &str) -> BackupOptions<'static> {
-    BackupOptions { name: name.into(), ..Default::default() }
+fn opts(name: &str) -> BackupOptions {
+    BackupOptions::new(name)
 }
 
-fn restores_to(store: &Store, id: &str, want: &[u8]) {
+fn restores_to(store: &Store, id: impl AsRef<str>, want: &[u8]) {
+    let id = id.as_ref();
     let r = store.reader(id).unwrap();
     let mut got = vec![0u8; want.len()];
     r.read_at(&mut got, 0).unwrap();
@@ -59,29 +60,31 @@ fn a_changed_range_list_reads_only_the_changed_chunks() {
     for (i, &(off, len)) in ranges.iter().enumerate() {
         d1[off as usize..(off + len) as usize].fill(0x30 + i as u8);
     }
-    let changed = ranges.iter().map(|&(o, l)| o..o + l).collect::<Vec<_>>();
+    let changed: vhdkit::store::ChangeList = ranges.iter().map(|&(o, l)| o..o + l).collect::<Vec<_>>().into();
     let widened: u64 = ranges.iter().map(|&(o, l)| ((o + l).div_ceil(CHUNK) - o / CHUNK) * CHUNK).sum();
-    let r = store.backup(&raw(&d1, "d"), &BackupOptions { changed: Some(changed.clone()), ..opts("d") }).unwrap();
+    let r = store.backup(&raw(&d1, "d"), &tweak(opts("d"), |o| o.changes = Some(changed.clone()))).unwrap();
     assert_eq!((r.kind, r.change_source), (Kind::Incremental, ChangeSource::Ranges));
     assert!(r.bytes_read <= widened, "read {} bytes for {widened} bytes of changed chunks", r.bytes_read);
     restores_to(&store, &r.id, &d1);
     // Ranges for another disk (another disk id) are refused; --force overrides.
     let other = export_vhdx(&dir, "other.vhdx", &d1);
-    let err = store.backup(&other, &BackupOptions { changed: Some(changed.clone()), ..opts("d") }).unwrap_err();
+    let err = store.backup(&other, &tweak(opts("d"), |o| o.changes = Some(changed.clone()))).unwrap_err();
     assert!(matches!(err, StoreError::BaselineMismatch(_)), "{err}");
-    let forced = store.backup(&other, &BackupOptions { changed: Some(changed), force: true, ..opts("d") }).unwrap();
+    let forced = store
+        .backup(
+            &other,
+            &tweak(opts("d"), |o| {
+                o.changes = Some(changed);
+                o.force = true;
+            }),
+        )
+        .unwrap();
     restores_to(&store, &forced.id, &d1);
 }
 
 fn export_vhdx(dir: &Path, name: &str, bytes: &[u8]) -> vhdkit::Disk {
     let path = dir.join(name);
-    export(
-        &raw(bytes, "x"),
-        &path,
-        Target::Vhdx,
-        &ExportOptions { block_size: Some(MIB as u32), ..Default::default() },
-    )
-    .unwrap();
+    export(&raw(bytes, "x"), &path, Target::Vhdx, &block_size(MIB as u32)).unwrap();
     vhdkit::open(&path).unwrap()
 }
 
@@ -96,7 +99,7 @@ fn hash_comparison_stores_only_what_differs() {
     d1[4 * MIB..4 * MIB + 10].fill(1); // inside the hole: a zero slot gains data
     let r = store.backup(&raw(&d1, "d"), &opts("d")).unwrap();
     assert_eq!(
-        (r.kind, r.change_source, r.parent.as_deref()),
+        (r.kind, r.change_source, r.parent.as_ref().map(|p| p.as_str())),
         (Kind::Incremental, ChangeSource::Hash, Some(full.id.as_str()))
     );
     assert_eq!(r.new_chunks, 2);
@@ -116,13 +119,7 @@ fn a_checkpoint_child_is_backed_up_without_reading_its_parent() {
         let ext = if format == Target::Vhdx { "vhdx" } else { "vhd" };
         let base_path = dir.join(format!("base.{ext}"));
         let d0 = disk0();
-        export(
-            &raw(&d0, "b"),
-            &base_path,
-            format,
-            &ExportOptions { block_size: Some(MIB as u32), ..Default::default() },
-        )
-        .unwrap();
+        export(&raw(&d0, "b"), &base_path, format, &block_size(MIB as u32)).unwrap();
         let base = vhdkit::open(&base_path).unwrap();
         let first = store.backup(&base, &opts("vm")).unwrap();
         drop(base);
@@ -132,13 +129,7 @@ fn a_checkpoint_child_is_backed_up_without_reading_its_parent() {
         d1[6 * MIB..6 * MIB + 300_000].fill(0xCD);
         d1[11 * MIB + 4096..11 * MIB + 8192].fill(0);
         let child_path = dir.join(format!("child.{ext}"));
-        export(
-            &raw(&d1, "c"),
-            &child_path,
-            format,
-            &ExportOptions { parent: Some(base_path.clone()), ..Default::default() },
-        )
-        .unwrap();
+        export(&raw(&d1, "c"), &child_path, format, &child_of(&base_path)).unwrap();
         let child = vhdkit::open(&child_path).unwrap();
         assert_eq!(child.depth(), 2);
         let own: u64 =
@@ -155,7 +146,7 @@ fn a_checkpoint_child_is_backed_up_without_reading_its_parent() {
         drop(f);
         let r = store.backup(&child, &opts("vm")).unwrap();
         assert_eq!((r.kind, r.change_source), (Kind::Incremental, ChangeSource::Differencing), "{format:?}");
-        assert_eq!(r.parent.as_deref(), Some(first.id.as_str()));
+        assert_eq!(r.parent.as_ref().map(|p| p.as_str()), Some(first.id.as_str()));
         let widened_own = own.div_ceil(CHUNK) * CHUNK + 3 * CHUNK;
         assert!(r.bytes_read <= widened_own + own, "{format:?}: read {} for {own} own bytes", r.bytes_read);
         restores_to(&store, &r.id, &d1);
@@ -175,12 +166,11 @@ fn a_child_of_something_else_is_refused_unless_forced() {
     let mut d1 = d0.clone();
     d1[..4096].fill(7);
     let child_path = dir.join("child.vhdx");
-    export(&raw(&d1, "c"), &child_path, Target::Vhdx, &ExportOptions { parent: Some(base_path), ..Default::default() })
-        .unwrap();
+    export(&raw(&d1, "c"), &child_path, Target::Vhdx, &child_of(&base_path)).unwrap();
     let child = vhdkit::open(&child_path).unwrap();
     let err = store.backup(&child, &opts("vm")).unwrap_err();
     assert!(matches!(err, StoreError::BaselineMismatch(_)), "{err}");
-    let forced = store.backup(&child, &BackupOptions { force: true, ..opts("vm") }).unwrap();
+    let forced = store.backup(&child, &tweak(opts("vm"), |o| o.force = true)).unwrap();
     assert_eq!(forced.change_source, ChangeSource::Hash);
     restores_to(&store, &forced.id, &d1);
     // The same child backed up again: not refused, compared by hash.
@@ -189,10 +179,10 @@ fn a_child_of_something_else_is_refused_unless_forced() {
     assert_eq!(again.new_chunks, 0);
 }
 
-fn chain_of(store: &Store, id: &str) -> usize {
+fn chain_of(store: &Store, id: &vhdkit::store::BackupId) -> usize {
     let all = store.list().unwrap();
     let mut n = 1;
-    let mut next = all.iter().find(|b| b.id == id).and_then(|b| b.parent.clone());
+    let mut next = all.iter().find(|b| &b.id == id).and_then(|b| b.parent.clone());
     while let Some(p) = next {
         n += 1;
         next = all.iter().find(|b| b.id == p).and_then(|b| b.parent.clone());
@@ -209,7 +199,7 @@ fn long_chains_are_merged_and_merges_keep_every_backup_whole() {
     let mut merges = 0;
     for i in 0..12u8 {
         d[i as usize * MIB + 100..i as usize * MIB + 400].fill(i + 1);
-        let r = store.backup(&raw(&d, "d"), &BackupOptions { max_chain: 4, ..opts("d") }).unwrap();
+        let r = store.backup(&raw(&d, "d"), &tweak(opts("d"), |o| o.max_chain = 4)).unwrap();
         assert!(chain_of(&store, &r.id) <= 4, "chain of {} is {}", r.id, chain_of(&store, &r.id));
         if r.merged.is_some() {
             merges += 1;
@@ -227,7 +217,7 @@ fn long_chains_are_merged_and_merges_keep_every_backup_whole() {
     let mid = &versions[6].0;
     let before = chain_of(&store, mid);
     assert!(before > 1, "backup 6 should be an incremental");
-    let report = store.merge(mid, false).unwrap();
+    let report = store.merge(mid, &MergeOptions::default()).unwrap();
     assert_eq!(report.chain_length, before);
     assert_eq!(store.list().unwrap().iter().find(|b| &b.id == mid).unwrap().kind, Kind::Full);
     for (id, bytes) in &versions {
@@ -246,22 +236,29 @@ fn prune_keeps_the_policy_merging_where_needed_and_vacuum_reclaims() {
     for i in 0..40usize {
         let at = (i * 3 % 16) * MIB;
         d[at..at + MIB].copy_from_slice(&noise(100 + i as u64, MIB));
-        let created = Moment { secs: monday.secs + (i as i64 / 2) * 86_400 + (i as i64 % 2) * 43_200, micros: 0 };
-        let r = store
-            .backup(&raw(&d, "d"), &BackupOptions { created: Some(created), max_chain: 100, ..opts("d") })
-            .unwrap();
+        let created = monday.add_secs((i as i64 / 2) * 86_400 + (i as i64 % 2) * 43_200);
+        let o = tweak(opts("d"), |o| {
+            o.created = Some(created);
+            o.max_chain = 100;
+        });
+        let r = store.backup(&raw(&d, "d"), &o).unwrap();
         versions.push((r.id, d.clone()));
     }
-    let policy = Retention { keep_last: 3, keep_daily: 5, keep_weekly: 2, keep_monthly: 1 };
-    let dry = store.prune("d", &policy, true, false).unwrap();
+    let policy = tweak(Retention::keep_last(3), |r| {
+        r.keep_daily = 5;
+        r.keep_weekly = 2;
+        r.keep_monthly = 1;
+    });
+    let dry = store.prune("d", &tweak(PruneOptions::new(policy), |o| o.dry_run = true)).unwrap();
     assert_eq!(store.list().unwrap().len(), 40, "a dry run changed nothing");
-    let report = store.prune("d", &policy, false, false).unwrap();
+    let report = store.prune("d", &PruneOptions::new(policy)).unwrap();
     assert_eq!(report.kept, dry.kept);
     // Newest 3; newest of the 5 latest days (days 15-19); weekly adds the
     // newest of the previous week (day 13 = Sunday 2026-01-18).
-    let expect: BTreeSet<String> = [39usize, 38, 37, 35, 33, 31, 27].iter().map(|&i| versions[i].0.clone()).collect();
+    let expect: BTreeSet<vhdkit::store::BackupId> =
+        [39usize, 38, 37, 35, 33, 31, 27].iter().map(|&i| versions[i].0.clone()).collect();
     assert_eq!(report.kept.iter().cloned().collect::<BTreeSet<_>>(), expect);
-    let listed: BTreeSet<String> = store.list().unwrap().into_iter().map(|b| b.id).collect();
+    let listed: BTreeSet<vhdkit::store::BackupId> = store.list().unwrap().into_iter().map(|b| b.id).collect();
     assert_eq!(listed, expect);
     for (id, bytes) in versions.iter().filter(|(id, _)| expect.contains(id)) {
         restores_to(&store, id, bytes);
@@ -278,7 +275,7 @@ fn prune_keeps_the_policy_merging_where_needed_and_vacuum_reclaims() {
         "stored {} bytes for {live} bytes of live data",
         after.stored_bytes
     );
-    assert!(store.verify().unwrap().ok);
+    assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
     for (id, bytes) in versions.iter().filter(|(id, _)| expect.contains(id)) {
         restores_to(&store, id, bytes);
     }
@@ -348,22 +345,25 @@ fn vacuum_waiting_for_a_backup_keeps_what_the_backup_committed() {
             let started = std::sync::Mutex::new(Some(started_tx));
             let hold = std::sync::Mutex::new(hold_rx);
             // Pause inside the backup (holding the shared lock) until told.
-            let progress = |_p: vhdkit::store::Progress| {
+            let progress = ProgressSink::new(move |_p| {
                 if let Some(tx) = started.lock().unwrap().take() {
                     let _ = tx.send(());
                     let _ = hold.lock().unwrap().recv();
                 }
-            };
-            let o = BackupOptions { progress: Some(&progress), full: true, ..opts("d") };
+            });
+            let o = tweak(opts("d"), |o| {
+                o.progress = progress;
+                o.full = true;
+            });
             store.backup(&raw(&d1, "d"), &o).unwrap()
         });
         started_rx.recv().unwrap();
         // While the backup holds the lock: no waiting means busy.
         assert!(matches!(store.vacuum(&VacuumOptions::default()), Err(StoreError::StoreBusy { .. })));
-        assert!(matches!(store.merge("d", false), Err(StoreError::StoreBusy { .. })));
+        assert!(matches!(store.merge("d", &MergeOptions::default()), Err(StoreError::StoreBusy { .. })));
         let vacuum = scope.spawn(|| {
             let backend = Arc::new(Announcing { inner: LocalDir::new(&path), tx: std::sync::Mutex::new(vac_tx) });
-            Store::open_backend(backend).unwrap().vacuum(&VacuumOptions { wait: true, ..Default::default() }).unwrap()
+            Store::open_backend(backend).unwrap().vacuum(&tweak(VacuumOptions::default(), |o| o.wait = true)).unwrap()
         });
         // Once vacuum is about to wait for the lock, let the backup finish.
         vac_rx.recv().unwrap();
@@ -372,6 +372,6 @@ fn vacuum_waiting_for_a_backup_keeps_what_the_backup_committed() {
         let v = vacuum.join().unwrap();
         assert!(v.live_chunks > 0);
         restores_to(&store, &committed.id, &d1);
-        assert!(store.verify().unwrap().ok);
+        assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
     });
 }

@@ -17,17 +17,17 @@ use std::sync::Arc;
 
 use vhdkit::VirtualDisk;
 use vhdkit::disk::OpenOptions;
-use vhdkit::export::{ExportOptions, Target};
-use vhdkit::store::manifest::{ChainCursor, Resolved};
+use vhdkit::export::Target;
+use vhdkit::store::chain::{ChainCursor, Resolved};
 use vhdkit::store::pack::{PackId, read_pack_index};
-use vhdkit::store::{BackupOptions, ChunkId, Compression, InitOptions, Store};
+use vhdkit::store::{BackupId, BackupOptions, ChunkId, Compression, Store};
 
 const MIB: usize = 1 << 20;
 const CHUNK: u32 = 64 * 1024;
 
 fn init(dir: &Path, compression: Compression) -> Store {
     let _ = std::fs::remove_dir_all(dir);
-    Store::init(dir, &InitOptions { chunk_size: CHUNK, compression, zstd_level: 3, pack_size: 1 << 20 }).unwrap()
+    Store::init(dir, &common::tweak(common::init_options(CHUNK, 1 << 20), |o| o.compression = compression)).unwrap()
 }
 
 fn raw(bytes: Vec<u8>, name: &str) -> vhdkit::Disk {
@@ -35,7 +35,7 @@ fn raw(bytes: Vec<u8>, name: &str) -> vhdkit::Disk {
 }
 
 fn backup(store: &Store, disk: &dyn VirtualDisk, name: &str) -> vhdkit::store::BackupReport {
-    store.backup(disk, &BackupOptions { name: name.into(), ..Default::default() }).unwrap()
+    store.backup(disk, &BackupOptions::new(name)).unwrap()
 }
 
 fn dir_bytes(dir: &Path, sub: &str) -> u64 {
@@ -90,8 +90,8 @@ fn two_similar_disks_cost_about_their_union() {
 }
 
 /// Which backups each chunk id appears in (through their chains).
-fn users(store: &Store) -> HashMap<ChunkId, BTreeSet<String>> {
-    let mut out: HashMap<ChunkId, BTreeSet<String>> = HashMap::new();
+fn users(store: &Store) -> HashMap<ChunkId, BTreeSet<BackupId>> {
+    let mut out: HashMap<ChunkId, BTreeSet<BackupId>> = HashMap::new();
     for b in store.list().unwrap() {
         let mut c = ChainCursor::open(store.backend(), &b.id).unwrap();
         while let Some((r, _)) = c.next_run().unwrap() {
@@ -105,7 +105,7 @@ fn users(store: &Store) -> HashMap<ChunkId, BTreeSet<String>> {
 
 /// A store of three backups (full, incremental, another disk) and what it
 /// should hold; copies of it are damaged one byte at a time.
-fn fixture(dir: &Path, compression: Compression) -> (PathBuf, Vec<(String, Vec<u8>)>) {
+fn fixture(dir: &Path, compression: Compression) -> (PathBuf, Vec<(BackupId, Vec<u8>)>) {
     let path = dir.join("pristine");
     let store = init(&path, compression);
     let mut a = noise(11, 3 * MIB);
@@ -117,7 +117,7 @@ fn fixture(dir: &Path, compression: Compression) -> (PathBuf, Vec<(String, Vec<u
     let r1 = backup(&store, &raw(a.clone(), "a"), "a");
     let r2 = backup(&store, &raw(a2.clone(), "a"), "a");
     let r3 = backup(&store, &raw(text.clone(), "t"), "t");
-    assert!(store.verify().unwrap().ok);
+    assert!(store.verify(&vhdkit::store::VerifyOptions::default()).unwrap().ok);
     (path, vec![(r1.id, a), (r2.id, a2), (r3.id, text)])
 }
 
@@ -172,7 +172,7 @@ fn verify_flips(compression: Compression) {
             copy_dir(&pristine, &work);
             flip(&work.join(pack.key()), at);
             let damaged = Store::open(&work).unwrap();
-            let report = damaged.verify().unwrap();
+            let report = damaged.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
             assert!(!report.ok, "pack {pack} byte {at}: damage went unnoticed");
             // Which chunks the flip hit: the record it fell in, or every
             // record of the pack when it hit the header, index or trailer.
@@ -181,8 +181,9 @@ fn verify_flips(compression: Compression) {
                 Some(e) => vec![e.id],
                 None => entries.iter().map(|e| e.id).collect(),
             };
-            let want: BTreeSet<String> = hit.iter().flat_map(|id| users.get(id).cloned().unwrap_or_default()).collect();
-            let got: BTreeSet<String> = report.damaged_backups.iter().cloned().collect();
+            let want: BTreeSet<BackupId> =
+                hit.iter().flat_map(|id| users.get(id).cloned().unwrap_or_default()).collect();
+            let got: BTreeSet<BackupId> = report.damaged_backups.iter().cloned().collect();
             assert_eq!(got, want, "pack {pack} byte {at}: affected backups");
             let named: BTreeSet<String> = report.damaged_chunks.iter().map(|d| d.chunk.clone()).collect();
             for id in &hit {
@@ -192,7 +193,7 @@ fn verify_flips(compression: Compression) {
             for (id, bytes) in &expected {
                 let out = dir.join("restored.raw");
                 let _ = std::fs::remove_file(&out);
-                let result = damaged.restore(id, &out, Target::Raw, &ExportOptions::default());
+                let result = damaged.restore(id, &out, Target::Raw, &vhdkit::store::RestoreOptions::default());
                 if want.contains(id) {
                     assert!(result.is_err(), "restore of damaged backup {id} succeeded");
                     assert!(!out.exists(), "a failed restore left its output");
@@ -212,7 +213,7 @@ fn verify_flips(compression: Compression) {
         for at in (0..len).step_by((len / 23).max(1) as usize).chain([len - 1]) {
             copy_dir(&pristine, &work);
             flip(&work.join(&key), at);
-            let report = Store::open(&work).unwrap().verify().unwrap();
+            let report = Store::open(&work).unwrap().verify(&vhdkit::store::VerifyOptions::default()).unwrap();
             assert!(!report.ok, "manifest {id} byte {at}: damage went unnoticed");
             assert!(report.damaged_backups.contains(id), "manifest {id} byte {at}: not attributed");
             let unrelated = &expected[2].0;
@@ -246,18 +247,17 @@ fn a_damaged_chunk_is_stored_again_by_the_next_backup() {
     let pack = store.backend().list("packs").unwrap()[0].clone();
     let e = read_pack_index(store.backend(), PackId::from_key(&pack).unwrap()).unwrap()[3];
     flip(&dir.join("s").join(&pack), e.offset + 100);
-    let report = store.verify().unwrap();
+    let report = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
     assert_eq!(report.damaged_backups, vec![first.id.clone()]);
-    let second = store
-        .backup(&raw(bytes.clone(), "d"), &BackupOptions { name: "d".into(), full: true, ..Default::default() })
-        .unwrap();
+    let second =
+        store.backup(&raw(bytes.clone(), "d"), &common::tweak(BackupOptions::new("d"), |o| o.full = true)).unwrap();
     assert_eq!(second.new_chunks, 1, "exactly the damaged chunk is stored again");
     let out = dir.join("r.raw");
-    store.restore(&second.id, &out, Target::Raw, &ExportOptions::default()).unwrap();
+    store.restore(&second.id, &out, Target::Raw, &vhdkit::store::RestoreOptions::default()).unwrap();
     assert!(std::fs::read(&out).unwrap() == bytes);
     // The old backup heals too: its chunk now has a sound copy.
-    store.restore(&first.id, &out, Target::Raw, &ExportOptions::default()).unwrap();
+    store.restore(&first.id, &out, Target::Raw, &vhdkit::store::RestoreOptions::default()).unwrap();
     assert!(std::fs::read(&out).unwrap() == bytes);
-    let after = store.verify().unwrap();
+    let after = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
     assert!(after.damaged_backups.is_empty(), "{after:?}");
 }

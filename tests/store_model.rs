@@ -8,12 +8,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use common::tweak;
 use proptest::prelude::*;
 use vhdkit::VirtualDisk;
 use vhdkit::disk::OpenOptions;
 use vhdkit::export::{ExportOptions, Target, export};
 use vhdkit::format::Guid;
-use vhdkit::store::{BackupOptions, ChangeSource, InitOptions, Retention, Store, VacuumOptions};
+use vhdkit::store::{BackupId, BackupOptions, ChangeSource, PruneOptions, Retention, Store, VacuumOptions};
 
 const SIZE: usize = 2 << 20;
 const NAMES: [&str; 2] = ["alpha", "beta"];
@@ -83,18 +84,14 @@ struct World {
     store: Store,
     sources: Vec<Source>,
     /// What the model says the store holds: backup id → (name, bytes).
-    backups: BTreeMap<String, (String, Vec<u8>)>,
+    backups: BTreeMap<BackupId, (String, Vec<u8>)>,
     /// Whether the newest backup of each disk captured its current image.
     captured_current: Vec<bool>,
 }
 
 impl World {
     fn new(dir: &Path) -> World {
-        let store = Store::init(
-            dir.join("store"),
-            &InitOptions { chunk_size: 64 * 1024, pack_size: 512 * 1024, ..Default::default() },
-        )
-        .unwrap();
+        let store = Store::init(dir.join("store"), &common::init_options(64 * 1024, 512 * 1024)).unwrap();
         let mut sources = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
             let mut bytes = vec![0u8; SIZE];
@@ -121,7 +118,7 @@ impl World {
         s.image = image;
     }
 
-    fn backup(&mut self, disk: usize, options: BackupOptions<'_>) -> vhdkit::store::BackupReport {
+    fn backup(&mut self, disk: usize, options: BackupOptions) -> vhdkit::store::BackupReport {
         let d = vhdkit::open(&self.sources[disk].image).unwrap();
         let r = self.store.backup(&d, &options).unwrap();
         self.backups.insert(r.id.clone(), (NAMES[disk].to_string(), self.sources[disk].bytes.clone()));
@@ -134,27 +131,24 @@ impl World {
             Op::Backup { disk, change, full } => {
                 self.apply_change(*disk, change);
                 self.new_standalone(*disk);
-                let r =
-                    self.backup(*disk, BackupOptions { name: NAMES[*disk].into(), full: *full, ..Default::default() });
+                let r = self.backup(*disk, tweak(BackupOptions::new(NAMES[*disk]), |o| o.full = *full));
                 prop_assert!(*full || r.change_source != ChangeSource::Differencing);
             }
             Op::Ranges { disk, change } => {
                 let range = self.apply_change(*disk, change);
                 self.new_standalone(*disk);
                 let had_previous = self.backups.values().any(|(n, _)| n == NAMES[*disk]);
-                let options = BackupOptions {
-                    name: NAMES[*disk].into(),
-                    changed: Some(vec![range]),
-                    force: !had_previous,
-                    ..Default::default()
-                };
+                let options = tweak(BackupOptions::new(NAMES[*disk]), |o| {
+                    o.changes = Some(vec![range].into());
+                    o.force = !had_previous;
+                });
                 // Ranges are only right when the previous backup captured the
                 // disk just before this change.
                 if self.captured_current[*disk] || !had_previous {
                     let r = self.backup(*disk, options);
                     prop_assert!(!had_previous || r.change_source == ChangeSource::Ranges);
                 } else {
-                    self.backup(*disk, BackupOptions { name: NAMES[*disk].into(), ..Default::default() });
+                    self.backup(*disk, BackupOptions::new(NAMES[*disk]));
                 }
             }
             Op::Checkpoint { disk, change } => {
@@ -165,7 +159,7 @@ impl World {
                 let image = self.dir.join(format!("{}-{}.avhdx", NAMES[*disk], s.version));
                 write_image(&s.bytes, &image, s.disk_id, Some(&parent));
                 s.image = image;
-                let options = BackupOptions { name: NAMES[*disk].into(), force: true, ..Default::default() };
+                let options = tweak(BackupOptions::new(NAMES[*disk]), |o| o.force = true);
                 let r = self.backup(*disk, options);
                 if captured {
                     prop_assert_eq!(r.change_source, ChangeSource::Differencing);
@@ -174,18 +168,15 @@ impl World {
             Op::Merge { pick } => {
                 if !self.backups.is_empty() {
                     let id = self.backups.keys().nth(pick % self.backups.len()).unwrap().clone();
-                    self.store.merge(&id, false).unwrap();
+                    self.store.merge(&id, &vhdkit::store::MergeOptions::default()).unwrap();
                 }
             }
             Op::Prune { disk, keep } => {
                 let name = NAMES[*disk];
-                let mine: Vec<String> =
+                let mine: Vec<BackupId> =
                     self.backups.iter().filter(|(_, (n, _))| n == name).map(|(id, _)| id.clone()).collect();
                 if !mine.is_empty() {
-                    let report = self
-                        .store
-                        .prune(name, &Retention { keep_last: *keep, ..Default::default() }, false, false)
-                        .unwrap();
+                    let report = self.store.prune(name, &PruneOptions::new(Retention::keep_last(*keep))).unwrap();
                     let expect_dropped = mine.len().saturating_sub(*keep);
                     prop_assert_eq!(report.dropped.len(), expect_dropped);
                     for id in &report.dropped {
@@ -202,7 +193,7 @@ impl World {
 
     /// The store holds exactly the model's backups, each restoring exactly.
     fn check(&self) -> Result<(), TestCaseError> {
-        let listed: Vec<String> = self.store.list().unwrap().into_iter().map(|b| b.id).collect();
+        let listed: Vec<BackupId> = self.store.list().unwrap().into_iter().map(|b| b.id).collect();
         prop_assert_eq!(listed, self.backups.keys().cloned().collect::<Vec<_>>());
         for (id, (_, bytes)) in &self.backups {
             let r = self.store.reader(id).unwrap();
@@ -216,13 +207,12 @@ impl World {
 
 fn write_image(bytes: &[u8], path: &Path, disk_id: Guid, parent: Option<&Path>) {
     let disk = OpenOptions::new().open_raw_reader(Box::new(bytes.to_vec()), "model");
-    let options = ExportOptions {
-        block_size: Some(1 << 20),
-        parent: parent.map(Path::to_path_buf),
-        disk_id: Some(disk_id),
-        sync: false,
-        ..Default::default()
-    };
+    let options = tweak(ExportOptions::default(), |o| {
+        o.block_size = Some(1 << 20);
+        o.parent = parent.map(Path::to_path_buf);
+        o.disk_id = Some(disk_id);
+        o.sync = false;
+    });
     export(&disk, path, Target::Vhdx, &options).unwrap();
 }
 
@@ -237,6 +227,6 @@ proptest! {
             world.step(op)?;
             world.check()?;
         }
-        prop_assert!(world.store.verify().unwrap().ok);
+        prop_assert!(world.store.verify(&vhdkit::store::VerifyOptions::default()).unwrap().ok);
     }
 }

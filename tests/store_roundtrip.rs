@@ -12,20 +12,18 @@ use common::run;
 use proptest::prelude::*;
 use vhdkit::VirtualDisk;
 use vhdkit::disk::OpenOptions;
-use vhdkit::export::{ExportOptions, Target};
-use vhdkit::store::{BackupOptions, Compression, InitOptions, Kind, Store};
+use vhdkit::export::Target;
+use vhdkit::store::{BackupOptions, Compression, Kind, Store};
 
 const MIB: u64 = 1 << 20;
 
 fn init(dir: &Path, compression: Compression, chunk: u32) -> Store {
     let _ = std::fs::remove_dir_all(dir);
-    Store::init(dir, &InitOptions { chunk_size: chunk, compression, zstd_level: 3, pack_size: 8 << 20 }).unwrap()
+    Store::init(dir, &common::tweak(common::init_options(chunk, 8 << 20), |o| o.compression = compression)).unwrap()
 }
 
 fn backup(store: &Store, disk: &dyn VirtualDisk, name: &str) -> vhdkit::store::BackupReport {
-    store
-        .backup(disk, &BackupOptions { name: name.into(), ..Default::default() })
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    store.backup(disk, &BackupOptions::new(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn same(a: &dyn VirtualDisk, b: &dyn VirtualDisk) -> bool {
@@ -52,7 +50,7 @@ fn same(a: &dyn VirtualDisk, b: &dyn VirtualDisk) -> bool {
 fn mapped_backup_matches(store: &Store, image: &Path, plain: &vhdkit::store::BackupReport) {
     let mapped = OpenOptions::new().mmap(true).open(image).unwrap();
     let name = format!("{} (mmap)", image.display());
-    let report = store.backup(&mapped, &BackupOptions { name, ..Default::default() }).unwrap();
+    let report = store.backup(&mapped, &BackupOptions::new(name)).unwrap();
     let what = image.display();
     assert_eq!(report.new_chunks, 0, "{what}: the mapped backup found chunks the plain one did not");
     assert_eq!((report.bytes_read, report.zero_chunks), (plain.bytes_read, plain.zero_chunks), "{what}");
@@ -120,14 +118,14 @@ fn every_corpus_image_restores_bit_exact() {
         assert_eq!(report.kind, Kind::Full);
         mapped_backup_matches(&store, &common::corpus_image(&corpus, rel), &report);
         let raw = dir.join("restored.raw");
-        store.restore(&report.id, &raw, Target::Raw, &ExportOptions::default()).unwrap();
+        store.restore(&report.id, &raw, Target::Raw, &vhdkit::store::RestoreOptions::default()).unwrap();
         common::assert_raw_file_matches(&raw, &extents, size);
         for (target, ext, format) in [(Target::Vhd, "vhd", "vpc"), (Target::Vhdx, "vhdx", "vhdx")] {
             if format == "vhdx" && size > 2 << 30 {
                 continue; // qemu reads VHDX without block status: covered by the export tests
             }
             let out = dir.join(format!("restored.{ext}"));
-            store.restore(&report.id, &out, target, &ExportOptions::default()).unwrap();
+            store.restore(&report.id, &out, target, &vhdkit::store::RestoreOptions::default()).unwrap();
             let status = Command::new("qemu-img")
                 .args(["compare", "-q", "-f", "raw", "-F", format])
                 .arg(&raw)
@@ -141,7 +139,7 @@ fn every_corpus_image_restores_bit_exact() {
         n += 1;
     }
     assert_eq!(n, 21);
-    assert!(store.verify().unwrap().ok);
+    assert!(store.verify(&vhdkit::store::VerifyOptions::default()).unwrap().ok);
 }
 
 /// Images qemu wrote across the read-path matrix: back up, restore in each
@@ -181,7 +179,7 @@ fn qemu_written_images_restore_as_qemu_reads_them() {
             (Target::VhdxFixed, "vhdx", "vhdx"),
         ] {
             let out = dir.join(format!("r{i}-{target:?}.{ext}"));
-            store.restore(&report.id, &out, target, &ExportOptions::default()).unwrap();
+            store.restore(&report.id, &out, target, &vhdkit::store::RestoreOptions::default()).unwrap();
             if out_format == "vhdx" {
                 run(Command::new("qemu-img").args(["check", "-q", "-f", "vhdx"]).arg(&out));
             }
@@ -267,6 +265,6 @@ proptest! {
         prop_assert_eq!(r2.kind, Kind::Incremental);
         prop_assert!(same(&store.reader(&r1.id).unwrap(), &d1));
         prop_assert!(same(&store.reader(&r2.id).unwrap(), &d2));
-        prop_assert!(store.verify().unwrap().ok);
+        prop_assert!(store.verify(&vhdkit::store::VerifyOptions::default()).unwrap().ok);
     }
 }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use vhdkit::disk::{DiskInfo, Extent, ExtentState, ImageFormat, OpenOptions, Subformat, VirtualDisk};
-use vhdkit::export::{ExportOptions, Target, export};
+use vhdkit::export::{Target, export};
 use vhdkit::format::Guid;
 
 /// Bytes of the dense benchmark disk: 256 MiB by default, small enough for
@@ -58,7 +58,7 @@ pub fn dense_images(dir: &Path, bytes: &[u8]) -> (PathBuf, PathBuf) {
     std::fs::write(&raw, bytes).unwrap();
     let vhdx = dir.join("dense.vhdx");
     let disk = OpenOptions::new().open_raw(&raw).unwrap();
-    export(&disk, &vhdx, Target::Vhdx, &ExportOptions { sync: false, ..Default::default() }).unwrap();
+    export(&disk, &vhdx, Target::Vhdx, &no_sync()).unwrap();
     (vhdx, raw)
 }
 
@@ -144,4 +144,26 @@ pub fn blake3_all_cores(bytes: &[u8], chunk: usize) -> u8 {
             .collect();
         handles.into_iter().fold(0u8, |acc, h| acc ^ h.join().unwrap())
     })
+}
+
+/// Export options that skip the final flush (benchmarks measure the writes).
+pub fn no_sync() -> vhdkit::export::ExportOptions {
+    let mut o = vhdkit::export::ExportOptions::default();
+    o.sync = false;
+    o
+}
+
+/// Store settings with a chunk and pack size.
+pub fn init_options(chunk_size: u32, pack_size: u64) -> vhdkit::store::InitOptions {
+    let mut o = vhdkit::store::InitOptions::default();
+    o.chunk_size = chunk_size;
+    o.pack_size = pack_size;
+    o
+}
+
+/// A full backup named `name`.
+pub fn full(name: &str) -> vhdkit::store::BackupOptions {
+    let mut o = vhdkit::store::BackupOptions::new(name);
+    o.full = true;
+    o
 }

@@ -44,9 +44,10 @@ fn make_disk(size: u64) -> Vec<u8> {
     d
 }
 
-fn step(n: &mut u32, what: &str) {
+fn step(n: &mut u32, what: &str) -> Result<(), Failure> {
     *n += 1;
-    println!("\n[{n}] {what}");
+    out!("\n[{n}] {what}");
+    Ok(())
 }
 
 fn same(a: &dyn VirtualDisk, b: &dyn VirtualDisk) -> Result<bool, Failure> {
@@ -82,7 +83,7 @@ fn summary(disk: &Disk) -> Result<String, Failure> {
 
 fn check(ok: bool, what: &str) -> Result<(), Failure> {
     if ok {
-        println!("    ok: {what}");
+        out!("    ok: {what}");
         Ok(())
     } else {
         Err(Failure { code: 1, message: format!("demo check failed: {what}") })
@@ -101,7 +102,7 @@ pub(crate) fn run(dir: Option<PathBuf>) -> Result<u8, Failure> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result?;
-    println!(
+    out!(
         "\ndemo finished in {:.1} s{}",
         started.elapsed().as_secs_f64(),
         if keep { format!("; files in {}", dir.display()) } else { String::new() }
@@ -109,20 +110,26 @@ pub(crate) fn run(dir: Option<PathBuf>) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn report(label: &str, value: &impl serde::Serialize) {
-    println!("    {label}: {}", serde_json::to_string(value).unwrap_or_default());
+fn report(label: &str, value: &impl serde::Serialize) -> Result<(), Failure> {
+    out!("    {label}: {}", serde_json::to_string(value).unwrap_or_default());
+    Ok(())
 }
 
 fn story(dir: &Path) -> Result<(), Failure> {
-    use vhdkit::store::{BackupOptions, InitOptions, Retention, Store, VacuumOptions};
+    use vhdkit::store::{
+        BackupOptions, InitOptions, MergeOptions, PruneOptions, RestoreOptions, Retention, Store, VacuumOptions,
+        VerifyOptions,
+    };
     let mut n = 0;
     let options = OpenOptions::new();
-    step(&mut n, "make a 256 MiB disk and write it as a dynamic VHDX with vhdkit's own writer");
+    step(&mut n, "make a 256 MiB disk and write it as a dynamic VHDX with vhdkit's own writer")?;
     let v1 = make_disk(256 * MIB);
     let source = options.open_raw_reader(Box::new(v1.clone()), "day1");
     let base = dir.join("disk.vhdx");
-    let r = export(&source, &base, Target::Vhdx, &ExportOptions { block_size: Some(2 << 20), ..Default::default() })?;
-    println!(
+    let mut two_mib = ExportOptions::default();
+    two_mib.block_size = Some(2 << 20);
+    let r = export(&source, &base, Target::Vhdx, &two_mib)?;
+    out!(
         "    wrote {} ({} MiB of data in a {} MiB file, {:.2} s)",
         base.display(),
         r.bytes_written / MIB,
@@ -130,17 +137,17 @@ fn story(dir: &Path) -> Result<(), Failure> {
         r.seconds
     );
     let disk = vhdkit::open(&base)?;
-    println!("    {}", summary(&disk)?);
+    out!("    {}", summary(&disk)?);
     check(same(&disk, &source)?, "the VHDX reads back as the disk")?;
 
-    step(&mut n, "create a chunk store and take a full backup");
+    step(&mut n, "create a chunk store and take a full backup")?;
     let store_dir = dir.join("store");
     let store = Store::init(&store_dir, &InitOptions::default())?;
-    let full = store.backup(&disk, &BackupOptions { name: "disk".into(), ..Default::default() })?;
-    report("backup", &full);
+    let full = store.backup(&disk, &BackupOptions::new("disk"))?;
+    report("backup", &full)?;
     drop(disk);
 
-    step(&mut n, "change 1 % of the disk as a checkpoint: a differencing child of the image just backed up");
+    step(&mut n, "change 1 % of the disk as a checkpoint: a differencing child of the image just backed up")?;
     let mut v2 = v1.clone();
     for i in 0..32u64 {
         let at = (i * 7_919_993 % (255 * MIB)) as usize / 4096 * 4096;
@@ -148,49 +155,51 @@ fn story(dir: &Path) -> Result<(), Failure> {
     }
     let day2 = options.open_raw_reader(Box::new(v2.clone()), "day2");
     let child = dir.join("disk-day2.avhdx");
-    let r = export(&day2, &child, Target::Vhdx, &ExportOptions { parent: Some(base.clone()), ..Default::default() })?;
-    println!("    wrote {} holding {} KiB of changes", child.display(), r.bytes_written / 1024);
+    let mut as_child = ExportOptions::default();
+    as_child.parent = Some(base.clone());
+    let r = export(&day2, &child, Target::Vhdx, &as_child)?;
+    out!("    wrote {} holding {} KiB of changes", child.display(), r.bytes_written / 1024);
     let chain = vhdkit::open(&child)?;
-    println!("    chain of {} images; {}", chain.depth(), summary(&chain)?);
+    out!("    chain of {} images; {}", chain.depth(), summary(&chain)?);
     check(same(&chain, &day2)?, "the chain reads as the changed disk")?;
 
-    step(&mut n, "incremental backup of the checkpoint: only the child's own allocation is read");
-    let inc = store.backup(&chain, &BackupOptions { name: "disk".into(), ..Default::default() })?;
-    report("backup", &inc);
+    step(&mut n, "incremental backup of the checkpoint: only the child's own allocation is read")?;
+    let inc = store.backup(&chain, &BackupOptions::new("disk"))?;
+    report("backup", &inc)?;
     check(inc.bytes_read <= full.bytes_read / 10, "the incremental read a fraction of what the full read")?;
 
-    step(&mut n, "synthetic merge: the incremental becomes a full backup, without reading chunk data");
-    let merged = store.merge(&inc.id, false)?;
-    report("merge", &merged);
+    step(&mut n, "synthetic merge: the incremental becomes a full backup, without reading chunk data")?;
+    let merged = store.merge(inc.id.as_str(), &MergeOptions::default())?;
+    report("merge", &merged)?;
 
-    step(&mut n, "prune to the newest backup, then vacuum what nothing references");
-    let pruned = store.prune("disk", &Retention { keep_last: 1, ..Default::default() }, false, false)?;
-    report("prune", &pruned);
+    step(&mut n, "prune to the newest backup, then vacuum what nothing references")?;
+    let pruned = store.prune("disk", &PruneOptions::new(Retention::keep_last(1)))?;
+    report("prune", &pruned)?;
     let vacuumed = store.vacuum(&VacuumOptions::default())?;
-    report("vacuum", &vacuumed);
+    report("vacuum", &vacuumed)?;
 
-    step(&mut n, "verify every pack, chunk and manifest");
-    let verified = store.verify()?;
+    step(&mut n, "verify every pack, chunk and manifest")?;
+    let verified = store.verify(&VerifyOptions::default())?;
     report(
         "verify",
         &serde_json::json!({
             "ok": verified.ok, "chunks_checked": verified.chunks_checked,
             "damaged_chunks": verified.damaged_chunks.len(), "damaged_backups": verified.damaged_backups
         }),
-    );
+    )?;
     check(verified.ok, "the store verifies clean")?;
 
-    step(&mut n, "restore the backup to raw and to VHDX, and compare with the disk it captured");
+    step(&mut n, "restore the backup to raw and to VHDX, and compare with the disk it captured")?;
     let raw = dir.join("restored.raw");
-    let rr = store.restore(&inc.id, &raw, Target::Raw, &ExportOptions::default())?;
-    report("restore", &rr);
+    let rr = store.restore(inc.id.as_str(), &raw, Target::Raw, &RestoreOptions::default())?;
+    report("restore", &rr)?;
     check(same(&options.open_raw(&raw)?, &day2)?, "the raw restore equals the changed disk")?;
     let vhdx = dir.join("restored.vhdx");
-    store.restore(&inc.id, &vhdx, Target::Vhdx, &ExportOptions::default())?;
+    store.restore(inc.id.as_str(), &vhdx, Target::Vhdx, &RestoreOptions::default())?;
     check(same(&vhdkit::open(&vhdx)?, &day2)?, "the VHDX restore equals the changed disk")?;
     check(vhdkit::open(&vhdx)?.check().is_empty(), "the restored VHDX is structurally clean")?;
 
-    step(&mut n, "what the store holds");
-    report("stats", &store.stats()?);
+    step(&mut n, "what the store holds")?;
+    report("stats", &store.stats()?)?;
     Ok(())
 }

@@ -1,17 +1,37 @@
-//! `vhdkit`: inspect, check and convert VHD/VHDX images.
+//! `vhdkit`: inspect, check, convert and back up VHD/VHDX images.
 //!
 //! Names and exit codes follow the command-line contract in DESIGN.md:
 //! 0 success (and "clean" for `check`), 1 damage or failure, 2 usage errors
-//! and unsupported images.
+//! and unsupported images, 130 cancelled (SIGINT or SIGTERM). A closed
+//! output pipe (`vhdkit info IMAGE | head -1`) ends the command quietly.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use vhdkit::disk::{ChecksumPolicy, DiskInfo, Extent, ExtentState, OpenOptions};
 use vhdkit::export::{ExportOptions, Target};
-use vhdkit::{Disk, DiskError};
+use vhdkit::{CancelToken, Disk, DiskError, ErrorKind};
+
+/// Writes a line to stdout. A closed pipe becomes a quiet [`Failure`], so
+/// `vhdkit ... | head` ends the command instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::Failure::from)?
+    }};
+}
+
+/// Writes a line to stderr; if stderr is gone there is no one to tell.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 mod demo;
 mod store;
@@ -56,38 +76,23 @@ enum Command {
     /// Store administration: init, reindex.
     #[command(subcommand)]
     Store(store::StoreCommand),
-    /// Back up IMAGE into STORE; prints the backup id (or, with --json, the report).
-    Backup {
-        store: PathBuf,
-        image: PathBuf,
-        #[arg(long)]
-        name: String,
-        /// A full backup even if an incremental is possible.
-        #[arg(long)]
-        full: bool,
-        /// Changed byte ranges since the previous backup: [{"offset": N, "length": N}, ...].
-        #[arg(long)]
-        changed: Option<PathBuf>,
-        /// Back up even if the change information does not match the previous backup.
-        #[arg(long)]
-        force: bool,
-        /// Merge into a full backup when the incremental chain grows past this (default 14).
-        #[arg(long, default_value_t = 14)]
-        max_chain: usize,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Back up IMAGE (or several disks of one VM, as one restore point) into STORE.
+    Backup(store::BackupArgs),
     /// Make BACKUP a full backup by folding its chain (metadata only).
     Merge {
         store: PathBuf,
         backup: String,
+        /// Which disk, when BACKUP names a restore point with several.
+        #[arg(long)]
+        disk: Option<String>,
         /// Wait for running backups instead of failing with "busy".
         #[arg(long)]
         wait: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Drop backups of NAME outside the retention policy (kept incrementals are merged first).
+    /// Drop backups of NAME outside the retention policy (kept incrementals
+    /// are merged first; a restore point goes whole).
     Prune {
         store: PathBuf,
         name: String,
@@ -118,26 +123,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List backups, oldest first.
+    /// List backups (one per disk), oldest first; with --points, restore points.
     List {
         store: PathBuf,
         #[arg(long)]
-        json: bool,
-    },
-    /// Restore BACKUP (id, id prefix, or name for the newest) to OUT.
-    Restore {
-        store: PathBuf,
-        backup: String,
-        output: PathBuf,
-        /// raw, vhd, vhd-fixed, vhdx or vhdx-fixed.
-        #[arg(long = "to")]
-        to: Target,
+        points: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Check every pack, chunk and manifest: exit 0 clean, 1 damage found.
+    /// Restore BACKUP (id, name for the newest, or id prefix) to OUT.
+    Restore(store::RestoreArgs),
+    /// Check every pack, chunk and manifest (or only what BACKUP needs):
+    /// exit 0 clean, 1 damage found.
     Verify {
         store: PathBuf,
+        /// A backup or restore point (id, name or id prefix): check only what it needs.
+        backup: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -171,7 +172,7 @@ enum Command {
 }
 
 /// `512`, `64K`, `2M`, `1G` (powers of 1024).
-fn parse_size(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
     let (digits, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
     let n: u64 = digits.parse().map_err(|_| format!("not a size: {s:?}"))?;
     let mult = match unit.to_ascii_uppercase().as_str() {
@@ -184,30 +185,75 @@ fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
 }
 
-/// A failure with its exit code.
-struct Failure {
+/// A failure with its exit code; an empty message prints nothing.
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
 
+impl Failure {
+    /// Exit code for an error of `kind`.
+    fn code(kind: ErrorKind) -> u8 {
+        match kind {
+            ErrorKind::Cancelled => 130,
+            ErrorKind::Unsupported => 2,
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Failure {
+        Failure { code: 2, message: message.into() }
+    }
+}
+
 impl From<DiskError> for Failure {
     fn from(e: DiskError) -> Self {
-        Failure { code: if e.is_unsupported() { 2 } else { 1 }, message: e.to_string() }
+        Failure { code: Failure::code(e.kind()), message: e.to_string() }
     }
 }
 
 impl From<vhdkit::Error> for Failure {
     fn from(e: vhdkit::Error) -> Self {
-        match e {
-            vhdkit::Error::Disk(d) => d.into(),
-            vhdkit::Error::Store(s) => s.into(),
-            other => Failure { code: 1, message: other.to_string() },
-        }
+        Failure { code: Failure::code(e.kind()), message: e.to_string() }
     }
+}
+
+impl From<vhdkit::store::StoreError> for Failure {
+    fn from(e: vhdkit::store::StoreError) -> Self {
+        Failure { code: Failure::code(e.kind()), message: e.to_string() }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // The reader went away (`| head`): stop quietly, as Unix tools do.
+            return Failure { code: 0, message: String::new() };
+        }
+        Failure { code: 1, message: format!("writing the output: {e}") }
+    }
+}
+
+/// JSON for the output, pretty-printed.
+pub(crate) fn to_json(value: &impl Serialize) -> Result<String, Failure> {
+    serde_json::to_string_pretty(value).map_err(|e| Failure { code: 1, message: e.to_string() })
+}
+
+/// SIGINT and SIGTERM cancel the running operation (exit 130); a second
+/// SIGINT ends the process at once.
+fn cancel_on_signals() -> CancelToken {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
+        let _ = signal_hook::flag::register(signal, flag.clone());
+    }
+    CancelToken::from_flag(flag)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cancel = cancel_on_signals();
     let options = OpenOptions::new()
         .checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict })
         .mmap(cli.mmap);
@@ -217,29 +263,38 @@ fn main() -> ExitCode {
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
         Command::Store(cmd) => store::store_command(cmd),
-        Command::Backup { store, image, name, full, changed, force, max_chain, json } => {
-            store::backup(&options, &store, &image, store::BackupArgs { name, full, changed, force, max_chain }, json)
-        }
-        Command::Merge { store, backup, wait, json } => store::merge(&store, &backup, wait, json),
+        Command::Backup(args) => store::backup(&options, args, &cancel),
+        Command::Merge { store, backup, disk, wait, json } => store::merge(&store, &backup, disk, wait, json),
         Command::Prune { store, name, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, wait, json } => {
-            let policy = vhdkit::store::Retention { keep_last, keep_daily, keep_weekly, keep_monthly };
-            store::prune(&store, &name, &policy, dry_run, wait, json)
+            let mut policy = vhdkit::store::Retention::keep_last(keep_last);
+            policy.keep_daily = keep_daily;
+            policy.keep_weekly = keep_weekly;
+            policy.keep_monthly = keep_monthly;
+            store::prune(&store, &name, policy, dry_run, wait, json)
         }
-        Command::Vacuum { store, threshold, wait, json } => store::vacuum(&store, threshold / 100.0, wait, json),
-        Command::List { store, json } => store::list(&store, json),
-        Command::Restore { store, backup, output, to, json } => store::restore(&store, &backup, &output, to, json),
-        Command::Verify { store, json } => store::verify(&store, json),
+        Command::Vacuum { store, threshold, wait, json } => {
+            store::vacuum(&store, threshold / 100.0, wait, json, &cancel)
+        }
+        Command::List { store, points, json } => store::list(&store, points, json),
+        Command::Restore(args) => store::restore(args, &cancel),
+        Command::Verify { store, backup, json } => store::verify(&store, backup, json, &cancel),
         Command::Stats { store, json } => store::stats(&store, json),
         Command::Convert { input, output, to, block_size, parent, from, no_sync } => {
-            let export =
-                ExportOptions { block_size, parent, open: options.clone(), sync: !no_sync, ..Default::default() };
+            let mut export = ExportOptions::default();
+            export.block_size = block_size;
+            export.parent = parent;
+            export.open = options.clone();
+            export.sync = !no_sync;
+            export.cancel = cancel.clone();
             convert(&options, &input, &output, to, export, from.is_some())
         }
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("vhdkit: {}", f.message);
+            if !f.message.is_empty() {
+                note!("vhdkit: {}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }
@@ -280,51 +335,55 @@ fn info(options: &OpenOptions, image: &Path, json: bool) -> Result<u8, Failure> 
     let report =
         InfoReport { info: disk.info(), chain: disk.chain().skip(1).collect(), allocation: allocation(&disk)? };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure { code: 1, message: e.to_string() })?);
+        out!("{}", to_json(&report)?);
         return Ok(0);
     }
-    print_info(disk.info(), "");
+    print_info(disk.info(), "")?;
     for (depth, parent) in report.chain.iter().enumerate() {
-        println!("parent (depth {}):", depth + 1);
-        print_info(parent, "  ");
+        out!("parent (depth {}):", depth + 1);
+        print_info(parent, "  ")?;
     }
     let a = &report.allocation;
-    println!(
+    out!(
         "allocation:     {} data, {} zero, {} unallocated, {} from parents",
-        a.data_bytes, a.zero_bytes, a.unallocated_bytes, a.parent_bytes
+        a.data_bytes,
+        a.zero_bytes,
+        a.unallocated_bytes,
+        a.parent_bytes
     );
     Ok(0)
 }
 
-fn print_info(i: &DiskInfo, pad: &str) {
+fn print_info(i: &DiskInfo, pad: &str) -> Result<(), Failure> {
     let name = |v: &dyn erased::Name| v.name();
-    println!("{pad}path:           {}", i.path.display());
-    println!("{pad}format:         {} ({})", name(&i.format), name(&i.subformat));
-    println!("{pad}virtual size:   {} bytes ({})", i.virtual_size, human(i.virtual_size));
+    out!("{pad}path:           {}", i.path.display());
+    out!("{pad}format:         {} ({})", name(&i.format), name(&i.subformat));
+    out!("{pad}virtual size:   {} bytes ({})", i.virtual_size, human(i.virtual_size));
     if let Some(b) = i.block_size {
-        println!("{pad}block size:     {b} bytes ({})", human(u64::from(b)));
+        out!("{pad}block size:     {b} bytes ({})", human(u64::from(b)));
     }
-    println!("{pad}sector size:    {} logical, {} physical", i.logical_sector_size, i.physical_sector_size);
-    println!("{pad}disk id:        {}", i.disk_id);
-    println!("{pad}identity:       {}", i.identity);
-    println!("{pad}file size:      {} bytes", i.file_size);
-    println!("{pad}creator:        {}", i.creator);
+    out!("{pad}sector size:    {} logical, {} physical", i.logical_sector_size, i.physical_sector_size);
+    out!("{pad}disk id:        {}", i.disk_id);
+    out!("{pad}identity:       {}", i.identity);
+    out!("{pad}file size:      {} bytes", i.file_size);
+    out!("{pad}creator:        {}", i.creator);
     if let Some(p) = &i.parent {
-        println!("{pad}parent id:      {}", p.expected_identity);
+        out!("{pad}parent id:      {}", p.expected_identity);
         for h in &p.hints {
-            println!("{pad}parent hint:    {:?} {}", h.kind, h.path);
+            out!("{pad}parent hint:    {:?} {}", h.kind, h.path);
         }
         match &p.resolved {
-            Some(r) => println!("{pad}parent file:    {}", r.display()),
-            None => println!("{pad}parent file:    (not opened)"),
+            Some(r) => out!("{pad}parent file:    {}", r.display()),
+            None => out!("{pad}parent file:    (not opened)"),
         }
     }
     if let Some(l) = &i.log_replay {
-        println!("{pad}log replayed:   {} entries, {} writes, head sequence {}", l.entries, l.writes, l.head_sequence);
+        out!("{pad}log replayed:   {} entries, {} writes, head sequence {}", l.entries, l.writes, l.head_sequence);
     }
     for w in &i.warnings {
-        println!("{pad}warning:        {w}");
+        out!("{pad}warning:        {w}");
     }
+    Ok(())
 }
 
 mod erased {
@@ -374,14 +433,11 @@ fn map(options: &OpenOptions, image: &Path, json: bool, shallow: bool) -> Result
     let extents = if shallow { disk.own_extents(0..disk.size())? } else { disk.extents(0..disk.size())? };
     let entries: Vec<MapEntry> = extents.iter().map(map_entry).collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&entries).map_err(|e| Failure { code: 1, message: e.to_string() })?
-        );
+        out!("{}", to_json(&entries)?);
     } else {
-        println!("{:>16} {:>16} {:<12} depth", "start", "length", "state");
+        out!("{:>16} {:>16} {:<12} depth", "start", "length", "state");
         for e in &entries {
-            println!("{:>16} {:>16} {:<12} {}", e.start, e.length, e.state, e.depth);
+            out!("{:>16} {:>16} {:<12} {}", e.start, e.length, e.state, e.depth);
         }
     }
     Ok(0)
@@ -391,11 +447,11 @@ fn check(options: &OpenOptions, image: &Path) -> Result<u8, Failure> {
     let disk = match options.open(image) {
         Ok(d) => d,
         Err(e) if e.is_unsupported() => {
-            println!("unsupported: {e}");
+            out!("unsupported: {e}");
             return Ok(2);
         }
         Err(e) => {
-            println!("corrupt: {e}");
+            out!("corrupt: {e}");
             return Ok(1);
         }
     };
@@ -406,11 +462,11 @@ fn check(options: &OpenOptions, image: &Path) -> Result<u8, Failure> {
         problems.push(e.to_string());
     }
     if problems.is_empty() {
-        println!("clean: {} ({} bytes, {} image(s) in the chain)", image.display(), disk.size(), disk.depth());
+        out!("clean: {} ({} bytes, {} image(s) in the chain)", image.display(), disk.size(), disk.depth());
         Ok(0)
     } else {
         for p in &problems {
-            println!("problem: {p}");
+            out!("problem: {p}");
         }
         Ok(1)
     }
@@ -426,7 +482,7 @@ fn convert(
 ) -> Result<u8, Failure> {
     let disk = if raw_input { options.open_raw(input)? } else { options.open(input)? };
     let report = vhdkit::export::export(&disk, output, to, &export)?;
-    eprintln!(
+    note!(
         "wrote {} ({} bytes virtual, {} bytes of data, {} bytes on file) in {:.2} s",
         output.display(),
         report.virtual_size,

@@ -1,17 +1,22 @@
-//! The store commands: init, backup, list, restore, verify, stats, reindex.
+//! The store commands: init, backup, list, restore, verify, stats, merge,
+//! prune, vacuum, reindex.
 
-use std::io::{IsTerminal, Write};
-use std::ops::Range;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
-use clap::Subcommand;
-use serde::Deserialize;
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vhdkit::disk::OpenOptions;
-use vhdkit::export::{ExportOptions, Target};
-use vhdkit::store::{BackupOptions, Compression, InitOptions, Progress, Store, StoreError};
+use vhdkit::export::Target;
+use vhdkit::store::{
+    Attachment, BackupOptions, ChangeList, Compression, DiskJob, InitOptions, MergeOptions, Operation, Progress,
+    ProgressSink, PruneOptions, ReindexOptions, RestoreOptions, Retention, Store, VacuumOptions, VerifyOptions,
+};
+use vhdkit::{CancelToken, export::InPlace};
 
-use super::{Failure, parse_size};
+use super::{Failure, parse_size, to_json as json};
 
 /// `vhdkit store ...`
 #[derive(Subcommand)]
@@ -33,22 +38,23 @@ pub(crate) enum StoreCommand {
         pack_size: u32,
     },
     /// Rebuild the global index from the packs alone.
-    Reindex { store: PathBuf },
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        Failure { code: 1, message: e.to_string() }
-    }
+    Reindex {
+        store: PathBuf,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
     match cmd {
         StoreCommand::Init { store, chunk_size, compression, zstd_level, pack_size } => {
-            let compression = if compression == "zstd" { Compression::Zstd } else { Compression::None };
-            let options = InitOptions { chunk_size, compression, zstd_level, pack_size: u64::from(pack_size) };
+            let mut options = InitOptions::default();
+            options.chunk_size = chunk_size;
+            options.compression = if compression == "zstd" { Compression::Zstd } else { Compression::None };
+            options.zstd_level = zstd_level;
+            options.pack_size = u64::from(pack_size);
             let s = Store::init(&store, &options)?;
-            println!(
+            out!(
                 "initialised {} (chunks {} KiB, compression {:?}, store id {})",
                 store.display(),
                 s.config().chunk_size / 1024,
@@ -57,163 +63,322 @@ pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
             );
             Ok(0)
         }
-        StoreCommand::Reindex { store } => {
+        StoreCommand::Reindex { store, wait } => {
             let s = Store::open(&store)?;
-            let r = s.reindex(false)?;
-            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            let mut options = ReindexOptions::default();
+            options.wait = wait;
+            out!("{}", json(&s.reindex(&options)?)?);
             Ok(0)
         }
     }
 }
 
-/// A progress line on stderr, only when stderr is a terminal.
-pub(crate) struct ProgressLine {
-    started: Instant,
-    what: String,
-    enabled: bool,
+/// Progress bars on stderr, one per disk of a job, only on a terminal.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<BTreeMap<usize, ProgressBar>>,
+    labels: Vec<String>,
 }
 
-impl ProgressLine {
-    pub(crate) fn new(what: &str) -> Self {
-        ProgressLine { started: Instant::now(), what: what.to_string(), enabled: std::io::stderr().is_terminal() }
+impl Bars {
+    /// A sink that draws bars labelled `labels` (one per item).
+    fn sink(labels: Vec<String>) -> (ProgressSink, Arc<Bars>) {
+        let target =
+            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bars = Arc::new(Bars { multi: MultiProgress::with_draw_target(target), bars: Mutex::default(), labels });
+        let b = bars.clone();
+        (ProgressSink::new(move |p| b.show(p)), bars)
     }
 
-    pub(crate) fn show(&self, p: Progress) {
-        if !self.enabled || p.bytes_total == 0 {
-            return;
+    fn show(&self, p: Progress) {
+        let Ok(mut bars) = self.bars.lock() else { return };
+        let bar = bars.entry(p.item).or_insert_with(|| {
+            let bar = self.multi.add(ProgressBar::new(p.bytes_total));
+            let style = ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            let what = match p.operation {
+                Operation::Backup => "backup",
+                Operation::Restore => "restore",
+                Operation::Verify => "verify",
+                Operation::Vacuum => "vacuum",
+                _ => "export",
+            };
+            bar.set_style(style);
+            bar.set_prefix(self.labels.get(p.item).cloned().unwrap_or_else(|| what.to_string()));
+            bar
+        });
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_done);
+        if p.bytes_done >= p.bytes_total && p.bytes_total > 0 {
+            bar.finish();
         }
-        let frac = p.bytes_done as f64 / p.bytes_total as f64;
-        let width = 30;
-        let filled = (frac * width as f64) as usize;
-        let rate = p.bytes_done as f64 / self.started.elapsed().as_secs_f64().max(1e-3) / (1 << 20) as f64;
-        eprint!(
-            "\r{} [{}{}] {:5.1}% {:.1}/{:.1} GiB {:.0} MiB/s ",
-            self.what,
-            "=".repeat(filled),
-            " ".repeat(width - filled),
-            frac * 100.0,
-            p.bytes_done as f64 / (1u64 << 30) as f64,
-            p.bytes_total as f64 / (1u64 << 30) as f64,
-            rate
-        );
-        let _ = std::io::stderr().flush();
     }
 
-    pub(crate) fn done(&self) {
-        if self.enabled {
-            eprintln!();
-        }
+    fn clear(&self) {
+        let _ = self.multi.clear();
     }
 }
 
-#[derive(Deserialize)]
-struct RangeJson {
-    offset: u64,
-    length: u64,
-}
-
-/// Reads `[{"offset": N, "length": N}, ...]`.
-fn read_ranges(path: &Path) -> Result<Vec<Range<u64>>, Failure> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Failure { code: 2, message: format!("{}: {e}", path.display()) })?;
-    let list: Vec<RangeJson> = serde_json::from_str(&text)
-        .map_err(|e| Failure { code: 2, message: format!("{}: not a range list: {e}", path.display()) })?;
-    list.into_iter()
-        .map(|r| {
-            r.offset.checked_add(r.length).map(|end| r.offset..end).ok_or_else(|| Failure {
-                code: 2,
-                message: format!("{}: range at {} overflows", path.display(), r.offset),
-            })
-        })
-        .collect()
-}
-
-/// What `vhdkit backup` was asked.
+/// `vhdkit backup`.
+#[derive(Args)]
 pub(crate) struct BackupArgs {
-    pub(crate) name: String,
-    pub(crate) full: bool,
-    pub(crate) changed: Option<PathBuf>,
-    pub(crate) force: bool,
-    pub(crate) max_chain: usize,
+    store: PathBuf,
+    /// The disk image(s). Several disks of one VM make one restore point.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long)]
+    name: String,
+    /// A full backup even if an incremental is possible.
+    #[arg(long)]
+    full: bool,
+    /// Changed byte ranges since the previous backup: our [{"offset","length"}], Hyper-V's
+    /// {"ChangedByteOffsets","ChangedByteLengths"} or VMware's {"changedArea"}. Once per image, in order.
+    #[arg(long)]
+    changed: Vec<PathBuf>,
+    /// The change tracker's token for the disk's state now (RCT id, CBT change id). Once per image.
+    #[arg(long)]
+    change_id: Vec<String>,
+    /// Refuse the range list unless the previous backup stored this token. Once per image.
+    #[arg(long)]
+    since: Vec<String>,
+    /// Back up even if the change information does not match the previous backup.
+    #[arg(long)]
+    force: bool,
+    /// Merge into a full backup when the incremental chain grows past this.
+    #[arg(long, default_value_t = 14)]
+    max_chain: usize,
+    /// A tag kept with the restore point: key=value (repeat for more).
+    #[arg(long, value_parser = parse_tag)]
+    tag: Vec<(String, String)>,
+    /// A small file kept with the restore point (a VM's configuration); repeat for more.
+    #[arg(long)]
+    attach: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
-pub(crate) fn backup(
-    options: &OpenOptions,
-    store: &Path,
-    image: &Path,
-    args: BackupArgs,
-    json: bool,
-) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
-    let disk = options.open(image)?;
-    let changed = args.changed.map(|p| read_ranges(&p)).transpose()?;
-    let line = ProgressLine::new("backup");
-    let show = |p: Progress| line.show(p);
-    let opts = BackupOptions {
-        name: args.name,
-        full: args.full,
-        changed,
-        force: args.force,
-        max_chain: args.max_chain,
-        progress: Some(&show),
-        ..Default::default()
-    };
-    let report = s.backup(&disk, &opts)?;
-    line.done();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// The `n`th of a per-image option given `count` times for `images` images.
+fn per_image<T: Clone>(values: &[T], images: usize, what: &str) -> Result<Vec<Option<T>>, Failure> {
+    match values.len() {
+        0 => Ok(vec![None; images]),
+        n if n == images => Ok(values.iter().cloned().map(Some).collect()),
+        n => Err(Failure::usage(format!("{what} given {n} times for {images} images: once per image, in order"))),
+    }
+}
+
+pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelToken) -> Result<u8, Failure> {
+    let n = args.images.len();
+    let changed = per_image(&args.changed, n, "--changed")?;
+    let change_ids = per_image(&args.change_id, n, "--change-id")?;
+    let sinces = per_image(&args.since, n, "--since")?;
+    let lists = changed
+        .into_iter()
+        .map(|p| {
+            p.map(|p| {
+                let text = std::fs::read(&p).map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
+                ChangeList::from_json(&text).map_err(|e| Failure::usage(format!("{}: {e}", p.display())))
+            })
+            .transpose()
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let s = Store::open(&args.store)?;
+    let disks = args.images.iter().map(|i| options.open(i)).collect::<Result<Vec<_>, _>>()?;
+    let labels: Vec<String> = args
+        .images
+        .iter()
+        .map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect();
+    let (sink, bars) = Bars::sink(labels.clone());
+    let mut opts = BackupOptions::new(args.name);
+    opts.full = args.full;
+    opts.force = args.force;
+    opts.max_chain = args.max_chain;
+    opts.tags = args.tag.into_iter().collect();
+    opts.attachments = args.attach.iter().map(Attachment::from_file).collect::<Result<Vec<_>, _>>()?;
+    opts.cancel = cancel.clone();
+    opts.progress = sink;
+    if n == 1 {
+        opts.changes = lists.into_iter().next().flatten();
+        opts.change_id = change_ids.into_iter().next().flatten();
+        opts.since = sinces.into_iter().next().flatten();
+        let result = s.backup(&disks[0], &opts);
+        bars.clear();
+        let report = result?;
+        if args.json {
+            out!("{}", json(&report)?);
+        } else {
+            note!(
+                "{:?} backup ({:?}): read {} MiB, {} new chunks ({} MiB), {} deduplicated, {} zero, stored {} MiB in {:.2} s",
+                report.kind,
+                report.change_source,
+                report.bytes_read >> 20,
+                report.new_chunks,
+                report.new_bytes >> 20,
+                report.dedup_chunks,
+                report.zero_chunks,
+                report.stored_bytes >> 20,
+                report.seconds
+            );
+            out!("{}", report.id);
+        }
+        return Ok(0);
+    }
+    let mut jobs = Vec::with_capacity(n);
+    for (((disk, label), changes), (change_id, since)) in
+        disks.iter().zip(labels).zip(lists).zip(change_ids.into_iter().zip(sinces))
+    {
+        let mut job = DiskJob::new(label, disk);
+        job.changes = changes;
+        job.change_id = change_id;
+        job.since = since;
+        jobs.push(job);
+    }
+    let result = s.backup_point(&jobs, &opts);
+    bars.clear();
+    let report = result?;
+    if args.json {
+        out!("{}", json(&report)?);
     } else {
-        eprintln!(
-            "{:?} backup ({}): read {} MiB, {} new chunks ({} MiB), {} deduplicated, {} zero, stored {} MiB in {:.2} s",
-            report.kind,
-            serde_json::to_value(report.change_source)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            report.bytes_read >> 20,
-            report.new_chunks,
-            report.new_bytes >> 20,
-            report.dedup_chunks,
-            report.zero_chunks,
-            report.stored_bytes >> 20,
-            report.seconds
-        );
-        println!("{}", report.id);
+        for (job, r) in jobs.iter().zip(&report.disks) {
+            note!(
+                "{}: {:?} backup {} ({:?}): read {} MiB, {} new chunks, {} deduplicated",
+                job.label,
+                r.kind,
+                r.id,
+                r.change_source,
+                r.bytes_read >> 20,
+                r.new_chunks,
+                r.dedup_chunks
+            );
+        }
+        out!("{}", report.point.map(|p| p.to_string()).unwrap_or_default());
     }
     Ok(0)
 }
 
-pub(crate) fn list(store: &Path, json: bool) -> Result<u8, Failure> {
+pub(crate) fn list(store: &Path, points: bool, json_out: bool) -> Result<u8, Failure> {
     let s = Store::open(store)?;
-    let backups = s.list()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&backups).unwrap_or_default());
+    if points {
+        let points = s.points()?;
+        if json_out {
+            out!("{}", json(&points)?);
+            return Ok(0);
+        }
+        out!("{:<33} {:<20} {:>5} {:>11} tags", "point", "name", "disks", "attachments");
+        for p in points {
+            let tags: Vec<String> = p.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out!("{:<33} {:<20} {:>5} {:>11} {}", p.id, p.name, p.disks.len(), p.attachments.len(), tags.join(" "));
+        }
         return Ok(0);
     }
-    println!("{:<33} {:<20} {:<12} {:>16} parent", "id", "name", "kind", "virtual size");
+    let backups = s.list()?;
+    if json_out {
+        out!("{}", json(&backups)?);
+        return Ok(0);
+    }
+    out!("{:<33} {:<20} {:<12} {:>16} {:<16} parent", "id", "name", "kind", "virtual size", "disk");
     for b in backups {
-        println!(
-            "{:<33} {:<20} {:<12} {:>16} {}",
+        out!(
+            "{:<33} {:<20} {:<12} {:>16} {:<16} {}",
             b.id,
             b.name,
             format!("{:?}", b.kind).to_lowercase(),
             b.virtual_size,
-            b.parent.unwrap_or_default()
+            b.disk.unwrap_or_default(),
+            b.parent.map(|p| p.to_string()).unwrap_or_default()
         );
     }
     Ok(0)
 }
 
-pub(crate) fn restore(store: &Path, backup: &str, out: &Path, to: Target, json: bool) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
-    let r = s.restore(backup, out, to, &ExportOptions::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+/// `vhdkit restore`.
+#[derive(Args)]
+pub(crate) struct RestoreArgs {
+    store: PathBuf,
+    /// A backup or restore point: id, name (the newest), or id prefix.
+    backup: String,
+    /// The output file; `-` streams raw to stdout; with --point, a folder.
+    output: PathBuf,
+    /// raw, vhd, vhd-fixed, vhdx or vhdx-fixed.
+    #[arg(long = "to")]
+    to: Target,
+    /// Which disk of a restore point (its label).
+    #[arg(long)]
+    disk: Option<String>,
+    /// Restore every disk and attachment of the restore point into the folder OUT.
+    #[arg(long, conflicts_with_all = ["disk", "in_place"])]
+    point: bool,
+    /// Write raw over the existing file or block device OUT (every byte, zeros included).
+    #[arg(long)]
+    in_place: bool,
+    /// With --in-place: the target already reads as zeros; write only data.
+    #[arg(long, requires = "in_place")]
+    assume_zeroed: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Failure> {
+    let s = Store::open(&args.store)?;
+    let (sink, bars) = Bars::sink(Vec::new());
+    let mut options = RestoreOptions::default();
+    options.disk = args.disk.clone();
+    options.export.cancel = cancel.clone();
+    options.export.progress = sink;
+    let stream = args.output.as_os_str() == "-";
+    if (stream || args.in_place) && args.to != Target::Raw {
+        return Err(Failure::usage("streaming to stdout and --in-place write raw images: use --to raw"));
+    }
+    if args.point {
+        let result = s.restore_point(&args.backup, &args.output, args.to, &options);
+        bars.clear();
+        let r = result?;
+        if args.json {
+            out!("{}", json(&r)?);
+        } else {
+            for d in &r.disks {
+                note!("restored {} to {}", d.id, d.output.display());
+            }
+            for a in &r.attachments {
+                note!("wrote attachment {}", a.display());
+            }
+        }
+        return Ok(0);
+    }
+    let result = if stream {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        s.restore_to_writer(&args.backup, &mut lock, Path::new("<stdout>"), &options)
+    } else if args.in_place {
+        options.in_place = if args.assume_zeroed { InPlace::AssumeZeroed } else { InPlace::WriteAll };
+        s.restore_in_place(&args.backup, &args.output, &options)
     } else {
-        eprintln!(
+        s.restore(&args.backup, &args.output, args.to, &options)
+    };
+    bars.clear();
+    let r = match result {
+        // The reader of a stream went away: stop quietly.
+        Err(e) if e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe) => return Ok(0),
+        other => other?,
+    };
+    if args.json && !stream {
+        out!("{}", json(&r)?);
+    } else {
+        note!(
             "restored {} to {} ({} bytes virtual, {} bytes of data) in {:.2} s",
             r.id,
-            out.display(),
+            r.output.display(),
             r.export.virtual_size,
             r.export.bytes_written,
             r.export.seconds
@@ -222,22 +387,32 @@ pub(crate) fn restore(store: &Path, backup: &str, out: &Path, to: Target, json: 
     Ok(0)
 }
 
-pub(crate) fn verify(store: &Path, json: bool) -> Result<u8, Failure> {
+pub(crate) fn verify(store: &Path, only: Option<String>, json_out: bool, cancel: &CancelToken) -> Result<u8, Failure> {
     let s = Store::open(store)?;
-    let r = s.verify()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    let (sink, bars) = Bars::sink(Vec::new());
+    let mut options = VerifyOptions::default();
+    options.only = only;
+    options.cancel = cancel.clone();
+    options.progress = sink;
+    let result = s.verify(&options);
+    bars.clear();
+    let r = result?;
+    if json_out {
+        out!("{}", json(&r)?);
     } else {
         for d in &r.damaged_chunks {
-            println!("damaged chunk {} in pack {}: {}", d.chunk, d.pack, d.reason);
+            out!("damaged chunk {} in pack {}: {}", d.chunk, d.pack, d.reason);
         }
         for p in &r.problems {
-            println!("problem: {p}");
+            out!("problem: {p}");
         }
         for b in &r.damaged_backups {
-            println!("damaged backup: {b}");
+            out!("damaged backup: {b}");
         }
-        println!(
+        for p in &r.damaged_points {
+            out!("damaged restore point: {p}");
+        }
+        out!(
             "{}: {} packs, {} chunks, {} backups checked in {:.2} s",
             if r.ok { "ok" } else { "DAMAGE FOUND" },
             r.packs_checked,
@@ -249,29 +424,39 @@ pub(crate) fn verify(store: &Path, json: bool) -> Result<u8, Failure> {
     Ok(if r.ok { 0 } else { 1 })
 }
 
-pub(crate) fn stats(store: &Path, json: bool) -> Result<u8, Failure> {
+pub(crate) fn stats(store: &Path, json_out: bool) -> Result<u8, Failure> {
     let s = Store::open(store)?;
     let st = s.stats()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+    if json_out {
+        out!("{}", json(&st)?);
     } else {
-        println!("backups:           {}", st.backups);
-        println!("logical bytes:     {}", st.logical_bytes);
-        println!("stored bytes:      {}", st.stored_bytes);
-        println!("chunks:            {}", st.chunks);
-        println!("dedup ratio:       {:.2}", st.dedup_ratio);
-        println!("compression ratio: {:.2}", st.compression_ratio);
+        out!("backups:           {}", st.backups);
+        out!("restore points:    {}", st.points);
+        out!("logical bytes:     {}", st.logical_bytes);
+        out!("stored bytes:      {}", st.stored_bytes);
+        out!("chunks:            {}", st.chunks);
+        out!("dedup ratio:       {:.2}", st.dedup_ratio);
+        out!("compression ratio: {:.2}", st.compression_ratio);
     }
     Ok(0)
 }
 
-pub(crate) fn merge(store: &Path, backup: &str, wait: bool, json: bool) -> Result<u8, Failure> {
+pub(crate) fn merge(
+    store: &Path,
+    backup: &str,
+    disk: Option<String>,
+    wait: bool,
+    json_out: bool,
+) -> Result<u8, Failure> {
     let s = Store::open(store)?;
-    let r = s.merge(backup, wait)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    let mut options = MergeOptions::default();
+    options.disk = disk;
+    options.wait = wait;
+    let r = s.merge(backup, &options)?;
+    if json_out {
+        out!("{}", json(&r)?);
     } else {
-        println!("{} is now a full backup ({} manifests folded, {} data slots)", r.id, r.chain_length, r.data_slots);
+        out!("{} is now a full backup ({} manifests folded, {} data slots)", r.id, r.chain_length, r.data_slots);
     }
     Ok(0)
 }
@@ -279,35 +464,55 @@ pub(crate) fn merge(store: &Path, backup: &str, wait: bool, json: bool) -> Resul
 pub(crate) fn prune(
     store: &Path,
     name: &str,
-    policy: &vhdkit::store::Retention,
+    policy: Retention,
     dry_run: bool,
     wait: bool,
-    json: bool,
+    json_out: bool,
 ) -> Result<u8, Failure> {
     let s = Store::open(store)?;
-    let r = s.prune(name, policy, dry_run, wait)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    let mut options = PruneOptions::new(policy);
+    options.dry_run = dry_run;
+    options.wait = wait;
+    let r = s.prune(name, &options)?;
+    if json_out {
+        out!("{}", json(&r)?);
     } else {
         let verb = if dry_run { "would" } else { "did" };
         for id in &r.merged {
-            println!("{verb} merge {id} (its chain runs through a dropped backup)");
+            out!("{verb} merge {id} (its chain runs through a dropped backup)");
+        }
+        for p in &r.dropped_points {
+            out!("{verb} drop restore point {p}");
         }
         for id in &r.dropped {
-            println!("{verb} drop {id}");
+            out!("{verb} drop {id}");
         }
-        println!("{} kept, {} dropped", r.kept.len(), r.dropped.len());
+        out!("{} kept, {} dropped", r.kept.len(), r.dropped.len());
     }
     Ok(0)
 }
 
-pub(crate) fn vacuum(store: &Path, threshold: f64, wait: bool, json: bool) -> Result<u8, Failure> {
+pub(crate) fn vacuum(
+    store: &Path,
+    threshold: f64,
+    wait: bool,
+    json_out: bool,
+    cancel: &CancelToken,
+) -> Result<u8, Failure> {
     let s = Store::open(store)?;
-    let r = s.vacuum(&vhdkit::store::VacuumOptions { threshold, wait })?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    let (sink, bars) = Bars::sink(Vec::new());
+    let mut options = VacuumOptions::default();
+    options.threshold = threshold;
+    options.wait = wait;
+    options.cancel = cancel.clone();
+    options.progress = sink;
+    let result = s.vacuum(&options);
+    bars.clear();
+    let r = result?;
+    if json_out {
+        out!("{}", json(&r)?);
     } else {
-        println!(
+        out!(
             "reclaimed {} bytes ({} -> {}): {} packs deleted, {} rewritten, {} live chunks, {:.2} s",
             r.bytes_reclaimed,
             r.bytes_before,

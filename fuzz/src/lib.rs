@@ -103,7 +103,10 @@ fn write(target: Target, name: &str, bytes: Vec<u8>, block: u32, parent: Option<
     let dir = scratch();
     let disk = OpenOptions::new().open_raw_reader(Box::new(bytes), name);
     let out = dir.join(name);
-    let options = ExportOptions { block_size: Some(block), parent, sync: false, ..Default::default() };
+    let mut options = ExportOptions::default();
+    options.block_size = Some(block);
+    options.parent = parent;
+    options.sync = false;
     export(&disk, &out, target, &options).expect("template export");
     let bytes = std::fs::read(&out).expect("template read");
     (out, bytes)
@@ -247,8 +250,8 @@ fn read_manifest(file: &[u8]) {
             let len = u32::from_le_bytes(file.get(8..12)?.try_into().ok()?) as usize;
             serde_json::from_slice::<serde_json::Value>(h.get(..len)?).ok()
         })
-        .and_then(|v| v.get("id")?.as_str().map(str::to_string))
-        .unwrap_or_else(|| "x".to_string());
+        .and_then(|v| v.get("id")?.as_str()?.parse::<vhdkit::store::BackupId>().ok())
+        .unwrap_or_else(|| "x".parse().expect("a valid id"));
     let backend = OneFile(file.to_vec());
     let Ok(mut reader) = vhdkit::store::manifest::ManifestReader::open(&backend, &id) else { return };
     let mut runs = 0u32;

@@ -15,7 +15,9 @@ pub enum DiskError {
     /// A structure in `path` is damaged or unsupported.
     #[error("{}: {source}", path.display())]
     Format {
+        /// The image file.
         path: PathBuf,
+        /// What is wrong, and at which byte.
         #[source]
         source: FormatError,
     },
@@ -23,19 +25,32 @@ pub enum DiskError {
     /// Reading `path` failed at byte `offset`.
     #[error("{}: read of byte {offset} failed: {source}", path.display())]
     Io {
+        /// The image file.
         path: PathBuf,
+        /// Where the read started.
         offset: u64,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
 
     /// The file is neither a VHD nor a VHDX.
     #[error("{}: not a VHD or VHDX image: {reason}", path.display())]
-    UnknownFormat { path: PathBuf, reason: String },
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
 
     /// No candidate path for a differencing disk's parent exists.
     #[error("{}: parent not found; tried {}", child.display(), list(tried))]
-    ParentNotFound { child: PathBuf, tried: Vec<PathBuf> },
+    ParentNotFound {
+        /// The differencing image.
+        child: PathBuf,
+        /// Every path tried, in order.
+        tried: Vec<PathBuf>,
+    },
 
     /// Files were found where the parent should be, but none is the image the
     /// child was made against.
@@ -45,23 +60,56 @@ pub enum DiskError {
         alternate.map(|g| format!(" (or {g})")).unwrap_or_default(),
         found.iter().map(|(p, g)| format!("{} has {g}", p.display())).collect::<Vec<_>>().join(", ")
     )]
-    ParentMismatch { child: PathBuf, expected: Guid, alternate: Option<Guid>, found: Vec<(PathBuf, Guid)> },
+    ParentMismatch {
+        /// The differencing image.
+        child: PathBuf,
+        /// The identity the parent must have.
+        expected: Guid,
+        /// A second identity also accepted (VHDX `parent_linkage2`).
+        alternate: Option<Guid>,
+        /// The files found and their identities.
+        found: Vec<(PathBuf, Guid)>,
+    },
 
     /// The parent exists and matches, but cannot serve as this child's parent.
     #[error("{}: parent {} cannot be used: {reason}", child.display(), parent.display())]
-    ParentIncompatible { child: PathBuf, parent: PathBuf, reason: String },
+    ParentIncompatible {
+        /// The differencing image.
+        child: PathBuf,
+        /// The parent found.
+        parent: PathBuf,
+        /// Why it cannot serve (another size, sector size...).
+        reason: String,
+    },
 
     /// The chain is deeper than allowed, or loops back on itself.
     #[error("{}: differencing chain {reason}", child.display())]
-    BadChain { child: PathBuf, reason: String },
+    BadChain {
+        /// The image whose chain it is.
+        child: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// A read or map request outside the virtual disk.
     #[error("request for {len} bytes at byte {offset} lies outside the {size}-byte disk")]
-    OutOfRange { offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The disk's size.
+        size: u64,
+    },
 
     /// A read needed a parent that was not opened.
     #[error("{}: bytes at {offset} come from a parent that was not opened", child.display())]
-    ParentNotOpened { child: PathBuf, offset: u64 },
+    ParentNotOpened {
+        /// The image opened without its parents.
+        child: PathBuf,
+        /// The virtual disk offset that needed the parent.
+        offset: u64,
+    },
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -81,6 +129,29 @@ impl DiskError {
     /// unsupported, missing parents, or I/O failure).
     pub fn is_corruption(&self) -> bool {
         matches!(self, DiskError::Format { source, .. } if !source.is_unsupported())
+    }
+
+    /// The crate-wide kind of this error.
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind as K;
+        match self {
+            DiskError::Format { source, .. } => source.kind(),
+            DiskError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => K::NotFound,
+            DiskError::Io { .. } => K::Io,
+            DiskError::UnknownFormat { .. } => K::InvalidInput,
+            DiskError::ParentNotFound { .. } | DiskError::ParentMismatch { .. } => K::NotFound,
+            DiskError::ParentIncompatible { .. } => K::InvalidInput,
+            DiskError::BadChain { .. } => K::Corrupt,
+            DiskError::OutOfRange { .. } | DiskError::ParentNotOpened { .. } => K::InvalidInput,
+        }
+    }
+
+    /// The operating system's error kind, for a failed read.
+    pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            DiskError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
     }
 
     pub(crate) fn format(path: &std::path::Path, source: FormatError) -> Self {

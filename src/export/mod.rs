@@ -14,6 +14,7 @@ mod output;
 mod parent;
 mod raw;
 mod scan;
+mod stream;
 mod vhd;
 mod vhdx;
 
@@ -24,11 +25,14 @@ use serde::Serialize;
 
 pub use error::ExportError;
 pub use raw::write_raw;
+pub use stream::{InPlace, write_raw_in_place, write_raw_to};
 pub use vhd::{DEFAULT_VHD_BLOCK, MAX_VHD_SIZE};
 pub use vhdx::DEFAULT_VHDX_BLOCK;
 
+use crate::cancel::CancelToken;
 use crate::disk::{OpenOptions, VirtualDisk};
 use crate::format::Guid;
+use crate::progress::{Operation, ProgressSink};
 
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,8 +69,31 @@ impl FromStr for Target {
     }
 }
 
-/// How to write an output.
+impl Target {
+    /// The file extension for this format.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Target::Raw => "raw",
+            Target::Vhd | Target::VhdFixed => "vhd",
+            Target::Vhdx | Target::VhdxFixed => "vhdx",
+        }
+    }
+}
+
+/// Writes `bytes` to `out` under a temporary name, renamed into place when
+/// complete (and flushed first when `sync`): small files such as a restore
+/// point's attachments.
+pub fn write_file_atomically(out: &Path, bytes: &[u8], sync: bool) -> crate::Result<()> {
+    let pending = output::PendingFile::create(out)?;
+    pending.write_at(bytes, 0)?;
+    pending.commit(sync)?;
+    Ok(())
+}
+
+/// How to write an output. Build it with `ExportOptions::default()` and set
+/// the fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ExportOptions {
     /// Block size of a VHD or VHDX output (defaults: 2 MiB and 32 MiB).
     pub block_size: Option<u32>,
@@ -84,16 +111,32 @@ pub struct ExportOptions {
     /// (default). Turning it off is for benchmarks and scratch copies: a
     /// crash may then leave a complete-looking file with missing data.
     pub sync: bool,
+    /// Checked every few MiB; a cancelled export leaves no output file.
+    pub cancel: CancelToken,
+    /// Receives progress.
+    pub progress: ProgressSink,
+    /// How progress reports name the operation (restore sets `Restore`).
+    pub(crate) operation: Operation,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { block_size: None, parent: None, disk_id: None, open: OpenOptions::default(), sync: true }
+        ExportOptions {
+            block_size: None,
+            parent: None,
+            disk_id: None,
+            open: OpenOptions::default(),
+            sync: true,
+            cancel: CancelToken::default(),
+            progress: ProgressSink::default(),
+            operation: Operation::Export,
+        }
     }
 }
 
 /// What an export did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ExportReport {
     /// Virtual size of the disk exported.
     pub virtual_size: u64,

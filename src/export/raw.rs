@@ -17,7 +17,7 @@ pub fn write_raw(disk: &dyn VirtualDisk, out: &Path, options: &ExportOptions) ->
     // Sized first: writes then fill a file rather than extend it.
     pending.file().set_len(size).map_err(pending.io_err("set length"))?;
     let mut report = ExportReport { virtual_size: size, file_size: size, ..Default::default() };
-    write_flat(disk, &pending, &mut report)?;
+    write_flat(disk, &pending, &mut report, options)?;
     pending.commit(options.sync)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -30,10 +30,11 @@ pub(crate) fn write_flat(
     disk: &dyn VirtualDisk,
     pending: &PendingFile,
     report: &mut ExportReport,
+    options: &ExportOptions,
 ) -> crate::Result<()> {
     let size = disk.size();
     let window = 16 * STEP;
-    Scanner::run(disk, None, 512, window, |scanner| {
+    Scanner::run(disk, None, 512, window, options, |scanner| {
         let mut off = 0u64;
         while off < size {
             let len = (size - off).min(window);

@@ -13,7 +13,10 @@
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use super::ExportOptions;
+use crate::cancel::CancelToken;
 use crate::disk::{Extent, ExtentState, VirtualDisk};
+use crate::progress::Throttled;
 use crate::zero::is_all_zero;
 
 /// Bytes read per step.
@@ -152,7 +155,7 @@ fn read_ahead(
 /// Walks a source (and optionally a base of the same size) block by block,
 /// with reads running ahead on a second thread. Create it with
 /// [`Scanner::run`].
-pub(crate) struct Scanner {
+pub(crate) struct Scanner<'o> {
     base: bool,
     sector: u64,
     steps: Receiver<crate::Result<Step>>,
@@ -162,18 +165,22 @@ pub(crate) struct Scanner {
     zeros: Vec<u8>,
     /// Bytes read from the source (and base).
     pub(crate) bytes_read: u64,
+    cancel: &'o CancelToken,
+    progress: Throttled<'o>,
 }
 
-impl Scanner {
+impl<'o> Scanner<'o> {
     /// Runs `body` with a scanner over `src` (and `base`), whose blocks of
     /// `block` bytes must then be scanned in order with [`Scanner::block`].
-    /// `sector` is the granularity of a differencing bitmap.
+    /// `sector` is the granularity of a differencing bitmap. The options'
+    /// cancel token is checked, and progress reported, at every step.
     pub(crate) fn run<T>(
         src: &dyn VirtualDisk,
         base: Option<&dyn VirtualDisk>,
         sector: u64,
         block: u64,
-        body: impl FnOnce(&mut Scanner) -> crate::Result<T>,
+        options: &'o ExportOptions,
+        body: impl FnOnce(&mut Scanner<'o>) -> crate::Result<T>,
     ) -> crate::Result<T> {
         let buffers = (DEPTH + 1) * if base.is_some() { 2 } else { 1 };
         let (step_tx, step_rx) = sync_channel(DEPTH);
@@ -191,9 +198,15 @@ impl Scanner {
                 free: free_tx,
                 zeros: vec![0u8; STEP as usize],
                 bytes_read: 0,
+                cancel: &options.cancel,
+                progress: options.progress.throttled(options.operation, src.size()),
             };
             // Dropping the scanner (even on error) stops the reader.
-            body(&mut scanner)
+            let result = body(&mut scanner);
+            if result.is_ok() {
+                scanner.progress.finish();
+            }
+            result
         })
     }
 
@@ -209,6 +222,10 @@ impl Scanner {
         let mut plan = BlockPlan { source_zero: true, ..Default::default() };
         let mut done = 0u64;
         while done < len {
+            if self.cancel.is_cancelled() {
+                return Err(crate::export::ExportError::Cancelled.into());
+            }
+            self.progress.tick(start + done);
             if let Some(h) = self.hole.take() {
                 debug_assert_eq!(h.start, start + done, "steps arrive in schedule order");
                 let n = (h.end - h.start).min(len - done);
@@ -421,7 +438,8 @@ mod tests {
             disk.reads.store(0, std::sync::atomic::Ordering::Relaxed);
             let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut stored_blocks = Vec::new();
-            Scanner::run(&disk, None, 512, block, |scanner| {
+            let options = ExportOptions::default();
+            Scanner::run(&disk, None, 512, block, &options, |scanner| {
                 for b in 0..size.div_ceil(block) {
                     let start = b * block;
                     let len = block.min(size - start);

@@ -80,7 +80,7 @@ pub(crate) fn write_fixed(
     check_size(size)?;
     let pending = PendingFile::create(out)?;
     let mut report = ExportReport { virtual_size: size, ..Default::default() };
-    super::raw::write_flat(disk, &pending, &mut report)?;
+    super::raw::write_flat(disk, &pending, &mut report, options)?;
     let id = options.disk_id.unwrap_or_else(Guid::new_random);
     pending.write_at(&footer(size, vhd::DiskType::Fixed, NO_DATA_OFFSET, id), size)?;
     report.file_size = size + FOOTER_SIZE as u64;
@@ -154,7 +154,7 @@ pub(crate) fn write_dynamic(
     let mut bat = vec![vhd::UNALLOCATED; blocks as usize];
     let mut report = ExportReport { virtual_size: size, ..Default::default() };
     let base = parent.as_ref().map(|p| &p.disk as &dyn VirtualDisk);
-    Scanner::run(disk, base, 512, block, |scanner| {
+    Scanner::run(disk, base, 512, block, options, |scanner| {
         let mut bitmap = vec![0u8; bitmap_size as usize];
         for b in 0..blocks {
             let block_start = b * block;

@@ -85,7 +85,7 @@ pub(crate) fn write(
     let mut chunk_bitmap = vec![0u8; if parent.is_some() { MIB as usize } else { 0 }];
     let mut chunk_dirty = false;
     let spb = layout.sectors_per_block();
-    Scanner::run(disk, base, u64::from(logical), block, |scanner| {
+    Scanner::run(disk, base, u64::from(logical), block, options, |scanner| {
         for b in 0..layout.payload_blocks {
             let block_start = b * block;
             let len = layout.block_bytes(b);

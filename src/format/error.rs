@@ -12,24 +12,59 @@ use thiserror::Error;
 pub enum FormatError {
     /// A structure's signature (magic) is not what the format requires.
     #[error("{structure} at byte {offset}: bad signature (expected {expected:?})")]
-    BadSignature { structure: &'static str, offset: u64, expected: &'static str },
+    BadSignature {
+        /// Which structure (`vhd footer`, `vhdx header`...).
+        structure: &'static str,
+        /// Absolute byte offset in the image file.
+        offset: u64,
+        /// The signature the format requires.
+        expected: &'static str,
+    },
 
     /// A structure's stored checksum does not match its contents.
     #[error("{structure} at byte {offset}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    BadChecksum { structure: &'static str, offset: u64, stored: u32, computed: u32 },
+    BadChecksum {
+        /// Which structure (`vhd footer`, `vhdx header`...).
+        structure: &'static str,
+        /// Absolute byte offset in the image file.
+        offset: u64,
+        /// The checksum the structure carries.
+        stored: u32,
+        /// The checksum of its contents.
+        computed: u32,
+    },
 
     /// A structure extends past the end of the bytes available.
     #[error("{structure} at byte {offset}: needs {needed} bytes, only {available} available")]
-    Truncated { structure: &'static str, offset: u64, needed: u64, available: u64 },
+    Truncated {
+        /// Which structure (`vhd footer`, `vhdx header`...).
+        structure: &'static str,
+        /// Absolute byte offset in the image file.
+        offset: u64,
+        /// Bytes the structure needs.
+        needed: u64,
+        /// Bytes there are.
+        available: u64,
+    },
 
     /// A field holds a value the format does not allow.
     #[error("{structure} at byte {offset}: {reason}")]
-    Corrupt { structure: &'static str, offset: u64, reason: String },
+    Corrupt {
+        /// Which structure (`vhd footer`, `vhdx header`...).
+        structure: &'static str,
+        /// Absolute byte offset in the image file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// The image uses a feature this crate does not implement. Distinct from
     /// corruption: the file may be fine, we just cannot read it faithfully.
     #[error("unsupported: {feature}")]
-    Unsupported { feature: String },
+    Unsupported {
+        /// The feature, as the format names it.
+        feature: String,
+    },
 }
 
 impl FormatError {
@@ -46,6 +81,11 @@ impl FormatError {
     /// Whether this error means "valid but not implemented" rather than damage.
     pub fn is_unsupported(&self) -> bool {
         matches!(self, FormatError::Unsupported { .. })
+    }
+
+    /// The crate-wide kind: unsupported, or else corrupt.
+    pub fn kind(&self) -> crate::ErrorKind {
+        if self.is_unsupported() { crate::ErrorKind::Unsupported } else { crate::ErrorKind::Corrupt }
     }
 
     /// The byte offset the error points at, when it points at one.

@@ -13,7 +13,7 @@ use std::io::{Read, Seek, Write};
 use std::str::FromStr;
 
 use binrw::{BinRead, BinResult, BinWrite, Endian};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A 128-bit identifier in canonical (textual) field order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -87,6 +87,13 @@ impl fmt::Debug for Guid {
 impl Serialize for Guid {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

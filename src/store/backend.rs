@@ -52,7 +52,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn size(&self, key: &str) -> io::Result<u64>;
     /// Whether the object exists.
     fn exists(&self, key: &str) -> bool;
-    /// Keys under `prefix` (a folder), recursively, sorted.
+    /// Keys under `prefix` (a folder), recursively, sorted. A prefix that
+    /// does not exist is an error (`NotFound`), not an empty list.
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// Starts writing object `key`.
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
@@ -230,8 +231,14 @@ impl Backend for LocalDir {
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        // A store's folders exist from init on: a missing one is a damaged
+        // or unmounted store, never an empty listing.
+        let top = self.path(prefix);
+        if !top.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not a folder", top.display())));
+        }
         let mut out = Vec::new();
-        walk(&self.path(prefix), prefix.trim_end_matches('/'), &mut out)?;
+        walk(&top, prefix.trim_end_matches('/'), &mut out)?;
         out.sort();
         Ok(out)
     }
@@ -294,7 +301,12 @@ impl Backend for LocalDir {
         walk(&self.root, "", &mut keys)?;
         let mut total = 0;
         for k in keys {
-            total += fs::metadata(self.path(&k)).map(|m| m.len()).unwrap_or(0);
+            match fs::metadata(self.path(&k)) {
+                Ok(m) => total += m.len(),
+                // Deleted since the walk (a vacuum, a finished temp file).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(total)
     }

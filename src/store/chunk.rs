@@ -84,21 +84,29 @@ pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
+    /// Stored as is.
     None,
+    /// Compressed with zstd.
     Zstd,
 }
 
 /// A decoded record header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// How the stored bytes are encoded.
     pub compression: Compression,
+    /// The chunk's length.
     pub plain_len: u32,
+    /// Bytes after the header.
     pub stored_len: u32,
+    /// The chunk the record claims to hold.
     pub id: ChunkId,
+    /// CRC-32C of the header (this field as zero) and the stored bytes.
     pub crc: u32,
 }
 
 /// Encodes a record for `id` whose stored bytes are `stored`.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn encode_record(id: ChunkId, compression: Compression, plain_len: u32, stored: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&record_header(id, compression, plain_len, stored));
     out.extend_from_slice(stored);
@@ -128,7 +136,12 @@ pub fn record_header(id: ChunkId, compression: Compression, plain_len: u32, stor
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordError {
     /// At this offset within the record.
-    Bad { offset: u64, reason: String },
+    Bad {
+        /// Byte offset within the record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl fmt::Display for RecordError {

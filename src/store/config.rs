@@ -1,37 +1,56 @@
 //! The store's settings, fixed at init: chunk size, compression, pack size.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use super::chunk::Compression;
 use super::error::{Result, StoreError};
+use super::time::Moment;
 
 /// The format name in every config.
 pub const FORMAT: &str = "vhdkit-store";
-/// The store format version this crate writes and reads.
-pub const VERSION: u32 = 1;
 
-/// The store's settings.
+/// The store format version this crate writes, and the only one it reads.
+/// docs/store-format.md specifies it; a change that an older reader would
+/// misread bumps it.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+/// The store's settings, as its `config` file holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StoreConfig {
+    /// Always [`FORMAT`].
     pub format: String,
+    /// The format version, [`STORE_FORMAT_VERSION`].
     pub version: u32,
+    /// A random id, fixed at init.
     pub store_id: String,
     /// Bytes per chunk: a power of two from 64 KiB to 4 MiB.
     pub chunk_size: u32,
+    /// How new chunks are compressed.
     pub compression: Compression,
+    /// The zstd level (1 to 22) when compressing.
     pub zstd_level: i32,
     /// Target bytes per pack.
     pub pack_size: u64,
-    pub created: String,
+    /// When the store was created.
+    pub created: Moment,
+    /// BLAKE3 of the compact JSON with this field empty.
     pub checksum: String,
 }
 
 /// Settings for a new store.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InitOptions {
+    /// Bytes per chunk: a power of two from 64 KiB to 4 MiB (default 512 KiB).
     pub chunk_size: u32,
+    /// How new chunks are compressed (default none).
     pub compression: Compression,
+    /// zstd level, 1 to 22 (default 3).
     pub zstd_level: i32,
+    /// Target bytes per pack (default 64 MiB; at most 4 GiB).
     pub pack_size: u64,
 }
 
@@ -41,27 +60,29 @@ impl Default for InitOptions {
     }
 }
 
+/// Why settings are out of range, if they are.
+fn check(chunk_size: u32, zstd_level: i32, pack_size: u64) -> std::result::Result<(), String> {
+    if !chunk_size.is_power_of_two() || !(64 * 1024..=4 << 20).contains(&chunk_size) {
+        return Err(format!("chunk size {chunk_size} is not a power of two from 64 KiB to 4 MiB"));
+    }
+    if !(1..=22).contains(&zstd_level) {
+        return Err(format!("zstd level {zstd_level} is not 1..=22"));
+    }
+    if pack_size < u64::from(chunk_size) || pack_size > 4 << 30 {
+        return Err(format!("pack size {pack_size} is not between a chunk and 4 GiB"));
+    }
+    Ok(())
+}
+
 impl StoreConfig {
     /// A new config from `options`, checked.
-    pub fn new(options: &InitOptions, store_id: String, created: String) -> Result<StoreConfig> {
-        let c = options.chunk_size;
-        if !c.is_power_of_two() || !(64 * 1024..=4 << 20).contains(&c) {
-            return Err(StoreError::Invalid(format!("chunk size {c} is not a power of two from 64 KiB to 4 MiB")));
-        }
-        if !(1..=22).contains(&options.zstd_level) {
-            return Err(StoreError::Invalid(format!("zstd level {} is not 1..=22", options.zstd_level)));
-        }
-        if options.pack_size < u64::from(c) || options.pack_size > 4 << 30 {
-            return Err(StoreError::Invalid(format!(
-                "pack size {} is not between a chunk and 4 GiB",
-                options.pack_size
-            )));
-        }
+    pub fn new(options: &InitOptions, store_id: String, created: Moment) -> Result<StoreConfig> {
+        check(options.chunk_size, options.zstd_level, options.pack_size).map_err(StoreError::Invalid)?;
         let mut config = StoreConfig {
             format: FORMAT.into(),
-            version: VERSION,
+            version: STORE_FORMAT_VERSION,
             store_id,
-            chunk_size: c,
+            chunk_size: options.chunk_size,
             compression: options.compression,
             zstd_level: options.zstd_level,
             pack_size: options.pack_size,
@@ -86,22 +107,24 @@ impl StoreConfig {
         bytes
     }
 
-    /// Decodes and checks a `config` file.
-    pub fn decode(bytes: &[u8]) -> std::result::Result<StoreConfig, String> {
-        let config: StoreConfig = serde_json::from_slice(bytes).map_err(|e| format!("not a store config: {e}"))?;
+    /// Decodes and checks a `config` file read from `path`: the same checks
+    /// as [`StoreConfig::new`], plus format, version and checksum.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<StoreConfig> {
+        let config: StoreConfig = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::NotAStore { path: path.to_path_buf(), reason: format!("bad config: {e}") })?;
         if config.format != FORMAT {
-            return Err(format!("format {:?} is not {FORMAT:?}", config.format));
+            let reason = format!("format {:?} is not {FORMAT:?}", config.format);
+            return Err(StoreError::NotAStore { path: path.to_path_buf(), reason });
         }
-        if config.version != VERSION {
-            return Err(format!("store format version {} (this vhdkit reads {VERSION})", config.version));
+        if config.version != STORE_FORMAT_VERSION {
+            let reason = format!("store format version {} (this vhdkit reads {STORE_FORMAT_VERSION})", config.version);
+            return Err(StoreError::UnsupportedStore { path: path.to_path_buf(), reason });
         }
         if config.checksum != config.compute_checksum() {
-            return Err("config checksum mismatch: the file was changed or damaged".into());
+            return Err(StoreError::corrupt(path, "config", 0, "checksum mismatch: the file was changed or damaged"));
         }
-        let c = config.chunk_size;
-        if !c.is_power_of_two() || !(64 * 1024..=4 << 20).contains(&c) || config.pack_size < u64::from(c) {
-            return Err(format!("chunk size {c} or pack size {} out of range", config.pack_size));
-        }
+        check(config.chunk_size, config.zstd_level, config.pack_size)
+            .map_err(|r| StoreError::UnsupportedStore { path: path.to_path_buf(), reason: r })?;
         Ok(config)
     }
 }

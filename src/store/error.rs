@@ -1,54 +1,173 @@
 //! The store layer's error.
+//!
+//! Three sides can fail in a store operation, and they stay apart: the
+//! store's own files ([`StoreError::Io`], [`StoreError::Corrupt`]), the
+//! disk being backed up ([`StoreError::Source`]) and the file a restore
+//! writes ([`StoreError::Output`]). Each carries the path or key, the
+//! operation and the underlying error unflattened.
 
 use std::io;
 use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::ErrorKind;
+
 /// An error from the chunk store.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// Reading or writing a store file failed.
+    /// Reading or writing one of the store's own files failed.
     #[error("{}: {action} failed: {source}", path.display())]
     Io {
+        /// The store file (or the store folder, for a listing).
         path: PathBuf,
+        /// What was being done: `write pack`, `commit manifest`, `list`...
         action: &'static str,
+        /// What the operating system said ([`io::Error::kind`] tells a full
+        /// disk from a permission problem).
         #[source]
         source: io::Error,
     },
 
     /// A store file is damaged: what, where (file and byte offset), and why.
     #[error("{}: {structure} at byte {offset}: {reason}", path.display())]
-    Corrupt { path: PathBuf, structure: &'static str, offset: u64, reason: String },
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Which structure: `manifest`, `pack trailer`, `index file`...
+        structure: &'static str,
+        /// Byte offset in the file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
 
-    /// The folder is not a store, or one of a format or version we do not read.
+    /// The location holds no store.
+    #[error("{}: not a vhdkit store: {reason}", path.display())]
+    NotAStore {
+        /// Where a store was looked for.
+        path: PathBuf,
+        /// Why it is not one.
+        reason: String,
+    },
+
+    /// A store of a format version (or with a setting) this crate does not read.
     #[error("{}: {reason}", path.display())]
-    NotAStore { path: PathBuf, reason: String },
+    UnsupportedStore {
+        /// The store's config file.
+        path: PathBuf,
+        /// What is not supported.
+        reason: String,
+    },
 
     /// Another process holds a lock this operation conflicts with.
     #[error("the store at {} is busy: {holder} holds a conflicting lock; try again when it finishes", path.display())]
-    StoreBusy { path: PathBuf, holder: &'static str },
+    StoreBusy {
+        /// The store.
+        path: PathBuf,
+        /// Who holds it, as far as we know.
+        holder: &'static str,
+    },
 
-    /// No backup matches what was asked for.
+    /// No backup or restore point matches what was asked for.
     #[error("no backup {0:?} in the store")]
     NoSuchBackup(String),
 
+    /// A backup spec matches several backups.
+    #[error("{spec:?} matches {} backups ({}); give more of the id", candidates.len(), list(candidates))]
+    Ambiguous {
+        /// What was asked for.
+        spec: String,
+        /// Every backup it matches.
+        candidates: Vec<String>,
+    },
+
     /// A chunk a backup needs is missing or every stored copy is damaged.
     #[error("chunk {id} (slot {slot} of backup {backup}) cannot be read: {reason}")]
-    ChunkUnavailable { id: String, backup: String, slot: u64, reason: String },
+    ChunkUnavailable {
+        /// The chunk id (hex).
+        id: String,
+        /// The backup being read.
+        backup: String,
+        /// The slot of the backup that needs it.
+        slot: u64,
+        /// Why the last copy tried failed.
+        reason: String,
+    },
 
     /// The change information offered for an incremental does not match the
     /// previous backup's source: storing it could record a wrong disk.
     #[error("refusing an incremental: {0} (use --force to back up anyway)")]
     BaselineMismatch(String),
 
-    /// A request the store cannot carry out as asked.
+    /// A changed-range list that cannot be this disk's (a range past its
+    /// end, an overflow) or that is not one of the shapes we read.
+    #[error("bad changed-range list: {0}")]
+    BadChangeList(String),
+
+    /// Reading the disk being backed up failed (not the store).
+    #[error("reading the source {}: {source}", path.display())]
+    Source {
+        /// The source image (the top of its chain).
+        path: PathBuf,
+        /// The disk layer's error.
+        #[source]
+        source: Box<crate::Error>,
+    },
+
+    /// Writing a restore's output failed (not the store).
+    #[error("writing the output {}: {source}", path.display())]
+    Output {
+        /// The output file, device or stream.
+        path: PathBuf,
+        /// The export layer's error.
+        #[source]
+        source: Box<crate::Error>,
+    },
+
+    /// The caller cancelled the operation. Nothing was committed; what was
+    /// written is unreferenced and vacuum removes it.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// A request the store cannot carry out as asked (bad options).
     #[error("{0}")]
     Invalid(String),
 }
 
+fn list(ids: &[String]) -> String {
+    ids.join(", ")
+}
+
 impl StoreError {
+    /// The crate-wide kind of this error; for a source or output error, the
+    /// kind of what failed there.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Io { .. } => ErrorKind::Io,
+            StoreError::Corrupt { .. } | StoreError::ChunkUnavailable { .. } => ErrorKind::Corrupt,
+            StoreError::NotAStore { .. } | StoreError::NoSuchBackup(_) => ErrorKind::NotFound,
+            StoreError::UnsupportedStore { .. } => ErrorKind::Unsupported,
+            StoreError::StoreBusy { .. } => ErrorKind::Busy,
+            StoreError::Ambiguous { .. }
+            | StoreError::BaselineMismatch(_)
+            | StoreError::BadChangeList(_)
+            | StoreError::Invalid(_) => ErrorKind::InvalidInput,
+            StoreError::Source { source, .. } | StoreError::Output { source, .. } => source.kind(),
+            StoreError::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+
+    /// The operating system's error kind, when an I/O call failed on any side.
+    pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            StoreError::Io { source, .. } => Some(source.kind()),
+            StoreError::Source { source, .. } | StoreError::Output { source, .. } => source.io_error_kind(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { path, action, source }
@@ -61,6 +180,17 @@ impl StoreError {
         reason: impl Into<String>,
     ) -> Self {
         StoreError::Corrupt { path: path.into(), structure, offset, reason: reason.into() }
+    }
+
+    /// A failure of the disk being backed up. A store error that reached
+    /// us through the source (a backup read back as a source) stays what it
+    /// is only when it is a cancellation.
+    pub(crate) fn source(path: impl Into<PathBuf>) -> impl FnOnce(crate::Error) -> StoreError {
+        let path = path.into();
+        move |e| match e {
+            crate::Error::Store(StoreError::Cancelled) => StoreError::Cancelled,
+            other => StoreError::Source { path, source: Box::new(other) },
+        }
     }
 }
 

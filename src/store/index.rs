@@ -19,6 +19,7 @@ pub const ENTRY: usize = 64;
 /// Where a chunk's record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
+    /// The pack holding the record.
     pub pack: PackId,
     /// Offset of the record in the pack.
     pub offset: u64,
@@ -31,7 +32,9 @@ pub struct Location {
 /// One chunk at one location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
+    /// The chunk.
     pub id: ChunkId,
+    /// Where its record is.
     pub location: Location,
 }
 
@@ -175,6 +178,7 @@ impl Index {
     }
 
     /// Number of distinct chunks.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn chunk_count(&self) -> u64 {
         let mut n = 0;
         let mut last = None;
@@ -185,13 +189,6 @@ impl Index {
             }
         }
         n
-    }
-
-    /// Adds entries (chunks stored by this process).
-    pub fn extend(&mut self, new: &[IndexEntry]) {
-        self.entries.extend_from_slice(new);
-        self.entries.sort_unstable_by_key(|e| (e.id, e.location.pack, e.location.offset));
-        self.entries.dedup();
     }
 }
 

@@ -5,11 +5,16 @@
 //! memory; a manifest is checked end to end (BLAKE3 over header and body,
 //! slot counts) before any of it is used.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, ObjectWriter};
 use super::chunk::ChunkId;
 use super::error::{Result, StoreError};
+use super::id::{BackupId, PointId};
+use super::time::Moment;
+use crate::format::Guid;
 
 const MAGIC: &[u8; 8] = b"VKMANIF1";
 const END: &[u8; 8] = b"VKMEND01";
@@ -30,33 +35,74 @@ pub enum Kind {
     Incremental,
 }
 
+/// How an incremental found what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeSource {
+    /// A full backup: everything allocated was read.
+    None,
+    /// The source is a differencing child of the previous backup's image:
+    /// its own allocation is the change set.
+    Differencing,
+    /// A changed-range list from the caller (RCT, CBT, any tracker).
+    Ranges,
+    /// Every allocated chunk read and compared with the previous backup.
+    Hash,
+}
+
 /// What was backed up, as the source described itself at the time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceInfo {
+    /// `vhd`, `vhdx`, `raw` or `backup`.
     pub format: String,
+    /// `fixed`, `dynamic` or `differencing`.
     pub subformat: String,
+    /// Logical sector size in bytes.
     pub logical_sector_size: u32,
+    /// Physical sector size in bytes.
     pub physical_sector_size: u32,
-    pub disk_id: String,
+    /// The disk's own id (VHDX virtual disk id, VHD unique id).
+    pub disk_id: Guid,
     /// VHDX DataWriteGuid / VHD unique id at backup time.
-    pub identity: String,
+    pub identity: Guid,
     /// For a differencing source: its parent's identity.
-    pub parent_identity: Option<String>,
+    pub parent_identity: Option<Guid>,
+    /// The image's file name.
     pub file_name: String,
 }
 
 /// A manifest's header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestHeader {
-    pub id: String,
+    /// The backup's id (also the manifest's name).
+    pub id: BackupId,
+    /// The backup's name; incrementals continue the newest of a name.
     pub name: String,
+    /// Full or incremental.
     pub kind: Kind,
-    pub parent: Option<String>,
-    pub created: String,
+    /// The parent backup (incrementals only).
+    pub parent: Option<BackupId>,
+    /// When the backup was taken.
+    pub created: Moment,
+    /// Bytes per slot.
     pub chunk_size: u32,
+    /// Bytes of the disk.
     pub virtual_size: u64,
-    pub change_source: String,
+    /// How the change set was found.
+    pub change_source: ChangeSource,
+    /// The source's identity.
     pub source: SourceInfo,
+    /// The change tracker's token for this state of the disk (an RCT id,
+    /// a CBT change id), when the caller gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
+    /// The restore point this backup belongs to: then it is committed only
+    /// once `points/<point>.point` exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<PointId>,
+    /// The disk's label within its restore point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
 }
 
 impl ManifestHeader {
@@ -68,7 +114,7 @@ impl ManifestHeader {
     /// Bytes of slot `slot` (the last may be short).
     pub fn slot_len(&self, slot: u64) -> u64 {
         let c = u64::from(self.chunk_size);
-        self.virtual_size.saturating_sub(slot * c).min(c)
+        self.virtual_size.saturating_sub(slot.saturating_mul(c)).min(c)
     }
 }
 
@@ -84,18 +130,76 @@ pub enum Slot {
 }
 
 /// The key of backup `id`'s manifest.
-pub fn manifest_key(id: &str) -> String {
+pub fn manifest_key(id: &BackupId) -> String {
     format!("manifests/{id}.manifest")
 }
 
-/// The backup id in a manifest key.
-pub fn id_from_key(key: &str) -> Option<&str> {
-    key.strip_prefix("manifests/")?.strip_suffix(".manifest")
+/// The backup id in a manifest key, if the key is one.
+pub fn id_from_key(key: &str) -> Option<BackupId> {
+    key.strip_prefix("manifests/")?.strip_suffix(".manifest")?.parse().ok()
 }
 
-/// Whether `id` has the shape of a backup id (safe as a file name).
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+/// Decodes the first 12 bytes: the signature and the header's length.
+fn parse_head(head: &[u8; 12], path: &Path) -> Result<u32> {
+    if &head[..8] != MAGIC {
+        return Err(StoreError::corrupt(path, "manifest", 0, "not a manifest (bad signature)"));
+    }
+    let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if len > MAX_HEADER {
+        return Err(StoreError::corrupt(path, "manifest", 8, format!("header length {len}")));
+    }
+    Ok(len)
+}
+
+/// Decodes and checks a header: the one place a manifest header is parsed.
+/// It must name the backup it was opened as, use a chunk size a store may
+/// have, and link to a parent exactly when it is incremental.
+fn decode_header(json: &[u8], path: &Path, expected: &BackupId) -> Result<ManifestHeader> {
+    let corrupt = |reason: String| StoreError::corrupt(path, "manifest header", 12, reason);
+    let h: ManifestHeader = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
+    if &h.id != expected {
+        return Err(corrupt(format!("the manifest of {expected} says it is {}", h.id)));
+    }
+    if !h.chunk_size.is_power_of_two() || !(64 * 1024..=4 << 20).contains(&h.chunk_size) {
+        return Err(corrupt(format!("chunk size {}", h.chunk_size)));
+    }
+    match (h.kind, &h.parent) {
+        (Kind::Incremental, None) => return Err(corrupt("an incremental without a parent".into())),
+        (Kind::Full, Some(p)) => return Err(corrupt(format!("a full backup with a parent ({p})"))),
+        (Kind::Incremental, Some(p)) if p == &h.id => return Err(corrupt("a backup that is its own parent".into())),
+        _ => {}
+    }
+    Ok(h)
+}
+
+fn not_found_or_io(id: &BackupId, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let (id, path) = (id.clone(), path.to_path_buf());
+    move |e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::NoSuchBackup(id.to_string())
+        } else {
+            StoreError::Io { path, action: "read manifest", source: e }
+        }
+    }
+}
+
+/// Reads backup `id`'s header only (one small read, the body unchecked):
+/// for listing. Everything that uses the body opens a [`ManifestReader`].
+pub fn read_header(backend: &dyn Backend, id: &BackupId) -> Result<ManifestHeader> {
+    let key = manifest_key(id);
+    let path = backend.describe(&key);
+    let mut head = [0u8; 12];
+    backend.read_at(&key, &mut head, 0).map_err(not_found_or_io(id, &path))?;
+    let len = parse_head(&head, &path)?;
+    let mut json = vec![0u8; len as usize];
+    backend.read_at(&key, &mut json, 12).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            StoreError::corrupt(&path, "manifest", 12, "the file ends inside the header")
+        } else {
+            StoreError::Io { path: path.clone(), action: "read manifest", source: e }
+        }
+    })?;
+    decode_header(&json, &path, id)
 }
 
 /// Writes a manifest as a stream of slots.
@@ -245,16 +349,10 @@ pub struct ManifestReader<'a> {
 impl<'a> ManifestReader<'a> {
     /// Opens backup `id`'s manifest: reads its header, checks its checksum
     /// and trailer over the whole file, and positions at the first slot.
-    pub fn open(backend: &'a dyn Backend, id: &str) -> Result<ManifestReader<'a>> {
+    pub fn open(backend: &'a dyn Backend, id: &BackupId) -> Result<ManifestReader<'a>> {
         let key = manifest_key(id);
         let path = backend.describe(&key);
-        let len = backend.size(&key).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::NoSuchBackup(id.to_string())
-            } else {
-                StoreError::Io { path: path.clone(), action: "read manifest", source: e }
-            }
-        })?;
+        let len = backend.size(&key).map_err(not_found_or_io(id, &path))?;
         let corrupt = |offset: u64, reason: String| StoreError::corrupt(&path, "manifest", offset, reason);
         if len < 12 + TRAILER as u64 {
             return Err(corrupt(0, format!("{len} bytes is too short")));
@@ -263,22 +361,13 @@ impl<'a> ManifestReader<'a> {
             |buf: &mut [u8], at: u64| backend.read_at(&key, buf, at).map_err(StoreError::io(&path, "read manifest"));
         let mut head = [0u8; 12];
         read(&mut head, 0)?;
-        if &head[..8] != MAGIC {
-            return Err(corrupt(0, "not a manifest".into()));
-        }
-        let header_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if header_len > MAX_HEADER || 12 + u64::from(header_len) + TRAILER as u64 > len {
-            return Err(corrupt(8, format!("header length {header_len}")));
+        let header_len = parse_head(&head, &path)?;
+        if 12 + u64::from(header_len) + TRAILER as u64 > len {
+            return Err(corrupt(8, format!("header length {header_len} does not fit the {len}-byte file")));
         }
         let mut json = vec![0u8; header_len as usize];
         read(&mut json, 12)?;
-        let header: ManifestHeader = serde_json::from_slice(&json).map_err(|e| corrupt(12, format!("header: {e}")))?;
-        if header.id != id {
-            return Err(corrupt(12, format!("the manifest of {id} says it is {}", header.id)));
-        }
-        if !header.chunk_size.is_power_of_two() || !(64 * 1024..=4 << 20).contains(&header.chunk_size) {
-            return Err(corrupt(12, format!("chunk size {}", header.chunk_size)));
-        }
+        let header = decode_header(&json, &path, id)?;
         // Whole-file check before anything is used.
         let body_end = len - TRAILER as u64;
         let mut hasher = blake3::Hasher::new();
@@ -378,122 +467,5 @@ impl<'a> ManifestReader<'a> {
         }
         self.slots += n;
         Ok(Some((slot, n)))
-    }
-}
-
-/// What a slot of a backup's effective map holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolved {
-    Data(ChunkId),
-    Zero,
-}
-
-/// Walks a backup's effective map: its own manifest over its parent's,
-/// down the chain to a full manifest, run by run.
-pub struct ChainCursor<'a> {
-    levels: Vec<(ManifestReader<'a>, Option<(Slot, u64)>)>,
-}
-
-impl<'a> ChainCursor<'a> {
-    /// Opens the chain of backup `id` (every manifest is checked).
-    pub fn open(backend: &'a dyn Backend, id: &str) -> Result<ChainCursor<'a>> {
-        let mut levels = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut next = Some(id.to_string());
-        while let Some(id) = next {
-            // A loop of parent links would otherwise open the same
-            // manifests until the level cap.
-            if !seen.insert(id.clone()) {
-                return Err(StoreError::Invalid(format!("backup chain loops at {id}")));
-            }
-            if levels.len() > 10_000 {
-                return Err(StoreError::Invalid(format!("backup chain through {id} does not end")));
-            }
-            let reader = ManifestReader::open(backend, &id)?;
-            next = reader.header().parent.clone().filter(|_| reader.header().kind == Kind::Incremental);
-            if let Some((top, _)) = levels.first() {
-                let t: &ManifestHeader = ManifestReader::header(top);
-                if (t.virtual_size, t.chunk_size) != (reader.header().virtual_size, reader.header().chunk_size) {
-                    return Err(StoreError::Invalid(format!(
-                        "backup {} has another size or chunk size than its descendant {}",
-                        reader.header().id,
-                        t.id
-                    )));
-                }
-            }
-            levels.push((reader, None));
-        }
-        Ok(ChainCursor { levels })
-    }
-
-    /// The header of the backup whose map this is.
-    pub fn header(&self) -> &ManifestHeader {
-        self.levels[0].0.header()
-    }
-
-    /// Ids of the chain, newest first.
-    pub fn chain(&self) -> Vec<String> {
-        self.levels.iter().map(|(r, _)| r.header().id.clone()).collect()
-    }
-
-    fn peek(&mut self, level: usize) -> Result<Option<(Slot, u64)>> {
-        let (reader, pending) = &mut self.levels[level];
-        if pending.is_none() {
-            *pending = reader.next_run()?;
-        }
-        Ok(*pending)
-    }
-
-    /// The next run of the effective map: what it holds and how many slots.
-    pub fn next_run(&mut self) -> Result<Option<(Resolved, u64)>> {
-        self.next_run_limited(u64::MAX)
-    }
-
-    /// Like [`ChainCursor::next_run`], but at most `max` slots long.
-    pub fn next_run_limited(&mut self, max: u64) -> Result<Option<(Resolved, u64)>> {
-        let mut len = max.max(1);
-        let mut level = 0;
-        let resolved = loop {
-            let Some((slot, n)) = self.peek(level)? else {
-                if level == 0 {
-                    return Ok(None);
-                }
-                return Err(StoreError::Invalid("a parent manifest ends before its child".into()));
-            };
-            len = len.min(n);
-            match slot {
-                Slot::Data(id) => break Resolved::Data(id),
-                Slot::Zero => break Resolved::Zero,
-                Slot::Inherit if level + 1 < self.levels.len() => level += 1,
-                Slot::Inherit => return Err(StoreError::Invalid("the chain's full manifest inherits slots".into())),
-            }
-        };
-        for (_, pending) in &mut self.levels[..=level] {
-            if let Some((_, n)) = pending {
-                *n -= len;
-                if *n == 0 {
-                    *pending = None;
-                }
-            }
-        }
-        // Levels below `level` that were not consulted still cover these
-        // slots: advance them too.
-        for l in level + 1..self.levels.len() {
-            let mut left = len;
-            while left > 0 {
-                let Some((_, n)) = self.peek(l)? else {
-                    return Err(StoreError::Invalid("a parent manifest ends before its child".into()));
-                };
-                let take = n.min(left);
-                if let Some((_, m)) = &mut self.levels[l].1 {
-                    *m -= take;
-                    if *m == 0 {
-                        self.levels[l].1 = None;
-                    }
-                }
-                left -= take;
-            }
-        }
-        Ok(Some((resolved, len)))
     }
 }

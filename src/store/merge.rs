@@ -13,40 +13,58 @@ use serde::Serialize;
 
 use super::Store;
 use super::backend::LockMode;
+use super::chain::{ChainCursor, Resolved};
 use super::error::Result;
-use super::manifest::{ChainCursor, Kind, ManifestWriter, Resolved, Slot};
+use super::id::BackupId;
+use super::manifest::{Kind, ManifestWriter, Slot};
+
+/// How to merge.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct MergeOptions {
+    /// The disk's label, when the backup is named by a restore point.
+    pub disk: Option<String>,
+    /// Wait for running backups instead of failing with `StoreBusy`.
+    pub wait: bool,
+}
 
 /// What a merge did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct MergeReport {
-    pub id: String,
+    /// The backup, now full.
+    pub id: BackupId,
     /// Manifests folded (1 when the backup was already full).
     pub chain_length: usize,
+    /// Slots of the disk.
     pub slots: u64,
+    /// Slots holding data.
     pub data_slots: u64,
+    /// Wall-clock seconds.
     pub seconds: f64,
 }
 
 impl Store {
-    /// Makes backup `spec` a full backup (exclusive lock; waits for it when
-    /// `wait`). Metadata only: no chunk is read.
-    pub fn merge(&self, spec: &str, wait: bool) -> Result<MergeReport> {
-        let _lock = self.lock(LockMode::Exclusive, wait)?;
-        let id = self.resolve(spec)?.id;
+    /// Makes backup `spec` (see [`Store::resolve_backup`]) a full backup
+    /// (exclusive lock). Metadata only: no chunk is read.
+    pub fn merge(&self, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
+        let spec = spec.as_ref();
+        let _lock = self.lock(LockMode::Exclusive, options.wait)?;
+        let id = self.resolve_backup(spec, options.disk.as_deref())?.id;
         let report = self.merge_locked(&id)?;
         self.log_job("merge", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)
     }
 
     /// The merge itself; the caller holds the exclusive lock.
-    pub(crate) fn merge_locked(&self, id: &str) -> Result<MergeReport> {
+    pub(crate) fn merge_locked(&self, id: &BackupId) -> Result<MergeReport> {
         let started = Instant::now();
         let mut cursor = ChainCursor::open(self.backend(), id)?;
         let chain_length = cursor.chain().len();
         let mut header = cursor.header().clone();
         let slots = header.slots();
         if header.kind == Kind::Full {
-            return Ok(MergeReport { id: id.to_string(), chain_length, slots, data_slots: 0, seconds: 0.0 });
+            return Ok(MergeReport { id: id.clone(), chain_length, slots, data_slots: 0, seconds: 0.0 });
         }
         header.kind = Kind::Full;
         header.parent = None;
@@ -63,25 +81,6 @@ impl Store {
         }
         drop(cursor);
         writer.commit()?;
-        Ok(MergeReport {
-            id: id.to_string(),
-            chain_length,
-            slots,
-            data_slots,
-            seconds: started.elapsed().as_secs_f64(),
-        })
-    }
-
-    /// Manifests in backup `id`'s chain (itself included), by following
-    /// parent links in the headers.
-    pub(crate) fn chain_length(&self, id: &str) -> Result<usize> {
-        let mut n = 0;
-        let mut next = Some(id.to_string());
-        while let Some(id) = next {
-            n += 1;
-            let h = self.header(&id)?;
-            next = h.parent.filter(|_| h.kind == Kind::Incremental && n < 100_000);
-        }
-        Ok(n)
+        Ok(MergeReport { id: id.clone(), chain_length, slots, data_slots, seconds: started.elapsed().as_secs_f64() })
     }
 }

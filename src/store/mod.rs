@@ -15,13 +15,13 @@
 
 mod backend;
 mod backup;
-pub mod chunk;
+mod catalog;
+mod changes;
 mod config;
 mod error;
-pub mod index;
-pub mod manifest;
+mod id;
 mod merge;
-pub mod pack;
+mod point;
 mod prune;
 mod reindex;
 mod restore;
@@ -30,38 +30,55 @@ mod time;
 mod vacuum;
 mod verify;
 
+// The codecs are the store's own business; fuzz targets and tests reach
+// them through the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub mod chain;
+#[cfg(not(feature = "fuzzing"))]
+mod chain;
+#[cfg(feature = "fuzzing")]
+pub mod chunk;
+#[cfg(not(feature = "fuzzing"))]
+mod chunk;
+#[cfg(feature = "fuzzing")]
+pub mod index;
+#[cfg(not(feature = "fuzzing"))]
+mod index;
+#[cfg(feature = "fuzzing")]
+pub mod manifest;
+#[cfg(not(feature = "fuzzing"))]
+mod manifest;
+#[cfg(feature = "fuzzing")]
+pub mod pack;
+#[cfg(not(feature = "fuzzing"))]
+mod pack;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
-
 pub use backend::{Backend, LocalDir, LockGuard, LockMode, ObjectWriter};
-pub use backup::{BackupOptions, BackupReport, ChangeSource, Progress};
+pub use backup::{
+    Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, MAX_ATTACHMENT_BYTES, PointReport,
+};
+pub use catalog::{AttachmentSummary, BackupSummary, PointSummary, Selection};
+pub use changes::ChangeList;
 pub use chunk::{ChunkId, Compression};
-pub use config::{InitOptions, StoreConfig};
+pub use config::{InitOptions, STORE_FORMAT_VERSION, StoreConfig};
 pub use error::{Result, StoreError};
-pub use manifest::Kind;
-pub use merge::MergeReport;
-pub use prune::{PruneReport, Retention};
-pub use reindex::ReindexReport;
-pub use restore::{BackupReader, RestoreReport};
+pub use id::{BackupId, ParseIdError, PointId};
+pub use manifest::{ChangeSource, Kind, SourceInfo};
+pub use merge::{MergeOptions, MergeReport};
+pub use point::{AttachmentRecord, PointDisk};
+pub use prune::{PruneOptions, PruneReport, Retention};
+pub use reindex::{ReindexOptions, ReindexReport};
+pub use restore::{BackupReader, RestoreOptions, RestoreReport};
 pub use stats::Stats;
 pub use time::Moment;
 pub use vacuum::{VacuumOptions, VacuumReport};
-pub use verify::{DamagedChunk, VerifyReport};
+pub use verify::{DamagedChunk, VerifyOptions, VerifyReport};
 
-use manifest::{ManifestHeader, id_from_key, manifest_key};
-
-/// One backup, as `list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BackupSummary {
-    pub id: String,
-    pub name: String,
-    pub kind: Kind,
-    pub parent: Option<String>,
-    pub created: String,
-    pub virtual_size: u64,
-}
+pub use crate::cancel::CancelToken;
+pub use crate::progress::{Operation, Progress, ProgressSink};
 
 /// An open store.
 #[derive(Debug)]
@@ -71,7 +88,7 @@ pub struct Store {
     limits: backup::Limits,
 }
 
-const FOLDERS: [&str; 6] = ["packs", "index", "manifests", "damaged", "log", "tmp"];
+const FOLDERS: [&str; 7] = ["packs", "index", "manifests", "points", "damaged", "log", "tmp"];
 
 impl Store {
     /// Creates a store in `path` (which must not exist, or be an empty
@@ -88,7 +105,7 @@ impl Store {
             std::fs::create_dir_all(path.join(dir)).map_err(StoreError::io(path.join(dir), "create folder"))?;
         }
         let backend = Arc::new(LocalDir::new(path));
-        let config = StoreConfig::new(options, pack::PackId::new_random().to_hex(), Moment::now().rfc3339())?;
+        let config = StoreConfig::new(options, pack::PackId::new_random().to_hex(), Moment::now())?;
         let mut w = backend.create("config").map_err(StoreError::io(path.join("config"), "create config"))?;
         w.write(&config.encode()).map_err(StoreError::io(path.join("config"), "write config"))?;
         w.commit().map_err(StoreError::io(path.join("config"), "commit config"))?;
@@ -101,7 +118,8 @@ impl Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         if !path.join("config").is_file() {
-            return Err(StoreError::NotAStore { path: path.to_path_buf(), reason: "no config file".into() });
+            let reason = if path.exists() { "it has no config file" } else { "the folder does not exist" };
+            return Err(StoreError::NotAStore { path: path.to_path_buf(), reason: reason.into() });
         }
         Store::open_backend(Arc::new(LocalDir::new(path)))
     }
@@ -109,8 +127,7 @@ impl Store {
     /// Opens a store over any backend.
     pub fn open_backend(backend: Arc<dyn Backend>) -> Result<Store> {
         let bytes = backend.read_all("config").map_err(StoreError::io(backend.describe("config"), "read config"))?;
-        let config = StoreConfig::decode(&bytes)
-            .map_err(|reason| StoreError::NotAStore { path: backend.describe("config"), reason })?;
+        let config = StoreConfig::decode(&bytes, &backend.describe("config"))?;
         Ok(Store { backend, config, limits: backup::Limits::DEFAULT })
     }
 
@@ -147,75 +164,4 @@ impl Store {
         let line = serde_json::json!({ "time": Moment::now().rfc3339(), "op": op, "pid": std::process::id(), "report": report });
         let _ = self.backend.append_line("log/jobs.log", &line.to_string());
     }
-
-    /// Every committed backup, oldest first.
-    pub fn list(&self) -> Result<Vec<BackupSummary>> {
-        let keys =
-            self.backend.list("manifests").map_err(StoreError::io(self.backend.describe("manifests"), "list"))?;
-        let mut out = Vec::new();
-        for key in keys {
-            let Some(id) = id_from_key(&key) else { continue };
-            let h = self.header(id)?;
-            out.push(BackupSummary {
-                id: h.id,
-                name: h.name,
-                kind: h.kind,
-                parent: h.parent,
-                created: h.created,
-                virtual_size: h.virtual_size,
-            });
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
-    }
-
-    /// A manifest's header (without checking the rest of the file).
-    pub(crate) fn header(&self, id: &str) -> Result<ManifestHeader> {
-        let key = manifest_key(id);
-        let path = self.backend.describe(&key);
-        let mut head = [0u8; 12];
-        self.backend.read_at(&key, &mut head, 0).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::NoSuchBackup(id.to_string())
-            } else {
-                StoreError::Io { path: path.clone(), action: "read manifest", source: e }
-            }
-        })?;
-        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if &head[..8] != b"VKMANIF1" || len > 1 << 20 {
-            return Err(StoreError::corrupt(&path, "manifest", 0, "bad signature or header length"));
-        }
-        let mut json = vec![0u8; len as usize];
-        self.backend.read_at(&key, &mut json, 12).map_err(StoreError::io(&path, "read manifest"))?;
-        serde_json::from_slice(&json).map_err(|e| StoreError::corrupt(&path, "manifest header", 12, e.to_string()))
-    }
-
-    /// Finds a backup by id, unique id prefix, or name (the newest backup of
-    /// that name).
-    pub fn resolve(&self, spec: &str) -> Result<BackupSummary> {
-        let all = self.list()?;
-        if let Some(b) = all.iter().find(|b| b.id == spec) {
-            return Ok(b.clone());
-        }
-        let by_prefix: Vec<_> = all.iter().filter(|b| b.id.starts_with(spec)).collect();
-        if by_prefix.len() == 1 {
-            return Ok(by_prefix[0].clone());
-        }
-        if let Some(b) = all.iter().rev().find(|b| b.name == spec) {
-            return Ok(b.clone());
-        }
-        if by_prefix.len() > 1 {
-            return Err(StoreError::Invalid(format!(
-                "{spec:?} matches {} backups; give more of the id",
-                by_prefix.len()
-            )));
-        }
-        Err(StoreError::NoSuchBackup(spec.to_string()))
-    }
-}
-
-/// A new backup id: UTC time and 8 random hex digits.
-pub(crate) fn new_backup_id(at: Moment) -> String {
-    let random = &pack::PackId::new_random().to_hex()[..8];
-    format!("{}-{random}", at.compact())
 }

@@ -68,6 +68,7 @@ impl fmt::Debug for PackId {
 /// Where one record lies in its pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackEntry {
+    /// The chunk.
     pub id: ChunkId,
     /// Offset of the record (its header) in the pack.
     pub offset: u64,
@@ -100,13 +101,8 @@ impl PackWriter {
     }
 
     /// Bytes written so far.
-    pub fn len(&self) -> u64 {
+    pub fn bytes_written(&self) -> u64 {
         self.writer.position()
-    }
-
-    /// Whether no record was added.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Appends a record; returns where it went.
@@ -152,8 +148,11 @@ impl PackWriter {
 /// What a trailer says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
+    /// Where the pack index starts.
     pub index_offset: u64,
+    /// Entries in it.
     pub count: u32,
+    /// Its CRC-32C.
     pub crc: u32,
 }
 

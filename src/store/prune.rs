@@ -6,20 +6,27 @@
 //! manifests deleted, newest first, so a dropped backup is never left
 //! behind without its parent. A crash at any point leaves every listed
 //! backup restorable: kept ones as they were or full, dropped ones with
-//! their whole chain or gone. Chunks are not touched; vacuum reclaims them.
+//! their whole chain or gone. A restore point is kept or dropped whole: its
+//! point object is deleted first, which uncommits all of its disks at once
+//! (vacuum then removes their manifests like an unfinished job's). Chunks
+//! are not touched; vacuum reclaims them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
 use super::Store;
 use super::backend::LockMode;
+use super::chain::ChainWalk;
 use super::error::{Result, StoreError};
-use super::manifest::{Kind, manifest_key};
+use super::id::{BackupId, PointId};
+use super::manifest::manifest_key;
+use super::point::point_key;
 use super::time::Moment;
 
 /// Which backups to keep: the union of every rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Retention {
     /// The newest N backups.
     pub keep_last: usize,
@@ -31,14 +38,51 @@ pub struct Retention {
     pub keep_monthly: usize,
 }
 
+impl Retention {
+    /// Keep the newest `n` (and nothing else, unless more rules are set).
+    pub fn keep_last(n: usize) -> Retention {
+        Retention { keep_last: n, ..Default::default() }
+    }
+
+    fn keeps_nothing(&self) -> bool {
+        self.keep_last + self.keep_daily + self.keep_weekly + self.keep_monthly == 0
+    }
+}
+
+/// How to prune.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PruneOptions {
+    /// What to keep.
+    pub policy: Retention,
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+    /// Wait for running backups instead of failing with `StoreBusy`.
+    pub wait: bool,
+}
+
+impl PruneOptions {
+    /// Prune to `policy`.
+    pub fn new(policy: Retention) -> PruneOptions {
+        PruneOptions { policy, ..Default::default() }
+    }
+}
+
 /// What prune did (or, dry, would do).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PruneReport {
+    /// The name pruned.
     pub name: String,
-    pub kept: Vec<String>,
-    pub dropped: Vec<String>,
+    /// Backups kept.
+    pub kept: Vec<BackupId>,
+    /// Backups dropped (every disk of a dropped restore point among them).
+    pub dropped: Vec<BackupId>,
+    /// Restore points dropped.
+    pub dropped_points: Vec<PointId>,
     /// Kept backups made full because their chain ran through a dropped one.
-    pub merged: Vec<String>,
+    pub merged: Vec<BackupId>,
+    /// Nothing was changed.
     pub dry_run: bool,
 }
 
@@ -77,58 +121,77 @@ pub(crate) fn select(backups: &[(String, Moment)], policy: &Retention) -> BTreeS
 }
 
 impl Store {
-    /// Applies `policy` to the backups named `name` (exclusive lock; waits
-    /// for it when `wait`). With `dry_run`, changes nothing.
-    pub fn prune(&self, name: &str, policy: &Retention, dry_run: bool, wait: bool) -> Result<PruneReport> {
-        if policy.keep_last + policy.keep_daily + policy.keep_weekly + policy.keep_monthly == 0 {
+    /// Applies the retention policy to the jobs named `name` (exclusive
+    /// lock). A restore point is kept or dropped whole: its disks and
+    /// attachments go together. With `dry_run`, changes nothing.
+    pub fn prune(&self, name: &str, options: &PruneOptions) -> Result<PruneReport> {
+        if options.policy.keeps_nothing() {
             return Err(StoreError::Invalid("the policy keeps nothing; refusing to drop every backup".into()));
         }
-        let _lock = self.lock(LockMode::Exclusive, wait)?;
-        let all = self.list()?;
-        let mine: Vec<(String, Moment)> = all
-            .iter()
-            .filter(|b| b.name == name)
-            .map(|b| (b.id.clone(), Moment::parse(&b.created).unwrap_or(Moment { secs: 0, micros: 0 })))
-            .collect();
-        if mine.is_empty() {
+        let _lock = self.lock(LockMode::Exclusive, options.wait)?;
+        let catalog = self.catalog()?.strict()?;
+        // Units: a restore point, or a backup of its own.
+        let mut units: BTreeMap<String, (Moment, Option<PointId>, Vec<BackupId>)> = BTreeMap::new();
+        for b in catalog.backups.iter().filter(|b| b.name == name) {
+            let (key, created) = match &b.point {
+                Some(p) => {
+                    let created = catalog.points.iter().find(|x| &x.id == p).map_or(b.created, |x| x.created);
+                    (format!("p:{p}"), created)
+                }
+                None => (format!("b:{}", b.id), b.created),
+            };
+            units.entry(key).or_insert_with(|| (created, b.point.clone(), Vec::new())).2.push(b.id.clone());
+        }
+        if units.is_empty() {
             return Err(StoreError::NoSuchBackup(name.to_string()));
         }
-        let keep = select(&mine, policy);
-        let dropped: Vec<String> = mine.iter().map(|(id, _)| id.clone()).filter(|id| !keep.contains(id)).collect();
+        let by_time: Vec<(String, Moment)> = units.iter().map(|(k, (t, _, _))| (k.clone(), *t)).collect();
+        let keep_units = select(&by_time, &options.policy);
+        let (mut kept, mut dropped, mut dropped_points) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, (_, point, ids)) in &units {
+            if keep_units.contains(key) {
+                kept.extend(ids.iter().cloned());
+            } else {
+                dropped.extend(ids.iter().cloned());
+                dropped_points.extend(point.iter().cloned());
+            }
+        }
+        // Newest first, so children go before their parents (ids sort by time).
+        let created = |id: &BackupId| catalog.backups.iter().find(|b| &b.id == id).map(|b| b.created);
+        dropped.sort_by(|a, b| created(b).cmp(&created(a)).then(b.cmp(a)));
+        kept.sort();
         // Kept backups whose chain reaches a dropped one before a kept one
         // (a kept ancestor is itself made independent, oldest first).
+        let kept_set: HashSet<&BackupId> = kept.iter().collect();
+        let dropped_set: HashSet<&BackupId> = dropped.iter().collect();
         let mut merged = Vec::new();
-        for id in &keep {
-            let mut next = self.header(id)?.parent;
-            let mut seen = std::collections::HashSet::new();
-            while let Some(p) = next {
-                // Parent links that loop (a damaged or hostile store) would
-                // walk forever.
-                if !seen.insert(p.clone()) {
-                    return Err(StoreError::Invalid(format!("the chain of backup {id} loops at {p}")));
-                }
-                if keep.contains(&p) {
+        for id in &kept {
+            for h in ChainWalk::new(self.backend(), id).skip(1) {
+                let h = h?;
+                if kept_set.contains(&h.id) {
                     break;
                 }
-                if dropped.contains(&p) {
+                if dropped_set.contains(&h.id) {
                     merged.push(id.clone());
                     break;
                 }
-                let h = self.header(&p)?;
-                next = h.parent.filter(|_| h.kind == Kind::Incremental);
             }
         }
-        let report = PruneReport { name: name.into(), kept: keep.into_iter().collect(), dropped, merged, dry_run };
-        if dry_run {
+        let report = PruneReport { name: name.into(), kept, dropped, dropped_points, merged, dry_run: options.dry_run };
+        if options.dry_run {
             return Ok(report);
         }
         for id in &report.merged {
             self.merge_locked(id)?;
         }
-        // Newest first: children go before their parents.
-        for id in report.dropped.iter().rev() {
-            let key = manifest_key(id);
-            self.backend().delete(&key).map_err(StoreError::io(self.backend().describe(&key), "delete manifest"))?;
+        let backend = self.backend();
+        let delete = |key: String, what| backend.delete(&key).map_err(StoreError::io(backend.describe(&key), what));
+        // A point object first: from then on its disks are not committed.
+        for p in &report.dropped_points {
+            delete(point_key(p), "delete restore point")?;
+        }
+        for id in &report.dropped {
+            delete(manifest_key(id), "delete manifest")?;
         }
         self.log_job("prune", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)
@@ -140,7 +203,7 @@ mod tests {
     use super::*;
 
     fn at(day: i64, hour: i64) -> Moment {
-        Moment { secs: day * 86_400 + hour * 3600, micros: 0 }
+        Moment::from_unix(day * 86_400 + hour * 3600, 0)
     }
 
     #[test]

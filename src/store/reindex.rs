@@ -16,23 +16,36 @@ use super::error::{Result, StoreError};
 use super::index::{IndexEntry, Location, write_index_file};
 use super::pack::{PackId, read_pack_index};
 
+/// How to reindex.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ReindexOptions {
+    /// Wait for running backups instead of failing with `StoreBusy`.
+    pub wait: bool,
+}
+
 /// What reindex did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ReindexReport {
+    /// Packs read.
     pub packs: u64,
+    /// Chunk records indexed.
     pub chunks: u64,
     /// Packs whose own index could not be read (their chunks are not indexed).
     pub unreadable_packs: Vec<String>,
+    /// Index files the new one replaced.
     pub replaced_index_files: u64,
+    /// Wall-clock seconds.
     pub seconds: f64,
 }
 
 impl Store {
     /// Rebuilds the global index from the packs (exclusive lock; waits for
     /// it when `wait`).
-    pub fn reindex(&self, wait: bool) -> Result<ReindexReport> {
+    pub fn reindex(&self, options: &ReindexOptions) -> Result<ReindexReport> {
         let started = Instant::now();
-        let _lock = self.lock(LockMode::Exclusive, wait)?;
+        let _lock = self.lock(LockMode::Exclusive, options.wait)?;
         let backend = self.backend();
         let old = backend.list("index").map_err(StoreError::io(backend.describe("index"), "list"))?;
         let mut entries = Vec::new();

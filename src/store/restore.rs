@@ -1,6 +1,9 @@
 //! Reading backups: [`BackupReader`] is a [`VirtualDisk`] over a backup
-//! (mountable, and what the writers take to restore it), and
-//! [`Store::restore`] writes one out as raw, VHD or VHDX.
+//! (mountable, and what the writers take to restore it). [`Store::restore`]
+//! writes one out as raw, VHD or VHDX; [`Store::restore_to_writer`] streams
+//! it raw into any `Write`; [`Store::restore_in_place`] writes it over an
+//! existing file or block device; [`Store::restore_point`] writes every
+//! disk and attachment of a restore point into a folder.
 //!
 //! Every chunk is checked as it is read (record CRC, decompression, plain
 //! length, BLAKE3 against its id); a chunk that fails is read from another
@@ -9,6 +12,7 @@
 //! that a failure removes.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,14 +20,17 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::backend::{Backend, LockGuard, LockMode};
+use super::catalog::{PointSummary, Selection};
+use super::chain::{ChainCursor, Resolved};
 use super::chunk::{ChunkId, RecordError, decode_record, decode_record_into};
 use super::error::{Result, StoreError};
+use super::id::{BackupId, PointId};
 use super::index::Index;
-use super::manifest::{ChainCursor, Resolved};
+use super::point::{PointRecord, plain_file_name};
 use super::{Store, pack::PackId};
 use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
-use crate::export::{ExportOptions, ExportReport, Target, export};
-use crate::format::Guid;
+use crate::export::{ExportOptions, ExportReport, InPlace, Target, export, write_raw_in_place, write_raw_to};
+use crate::progress::Operation;
 
 /// A backup opened for reading. Holds the store lock shared while it lives,
 /// so vacuum cannot remove what it reads.
@@ -36,7 +43,7 @@ pub struct BackupReader {
     backend: Arc<dyn Backend>,
     index: Arc<Index>,
     info: DiskInfo,
-    id: String,
+    id: BackupId,
     chunk: u64,
     /// First slot of each run, ascending from 0.
     run_starts: Vec<u64>,
@@ -54,29 +61,84 @@ impl std::fmt::Debug for BackupReader {
     }
 }
 
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// Which disk of a restore point (its label), when the spec names a
+    /// point with several.
+    pub disk: Option<String>,
+    /// How to write the output: block size, disk id, flush, cancel token,
+    /// progress.
+    pub export: ExportOptions,
+    /// For [`Store::restore_in_place`]: what to write where the backup
+    /// holds no data.
+    pub in_place: InPlace,
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct RestoreReport {
-    pub id: String,
+    /// The backup restored.
+    pub id: BackupId,
+    /// The format written.
     pub target: Target,
+    /// Where.
     pub output: PathBuf,
+    /// What the writer did.
     #[serde(flatten)]
     pub export: ExportReport,
 }
 
+/// What restoring a restore point did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PointRestoreReport {
+    /// The restore point.
+    pub point: PointId,
+    /// Each disk's restore.
+    pub disks: Vec<RestoreReport>,
+    /// Attachments written: their paths.
+    pub attachments: Vec<PathBuf>,
+}
+
+/// Maps an export failure: the store's own errors stay what they are (a
+/// chunk that cannot be read), a cancel is a cancel, everything else is the
+/// output's.
+fn output_error(out: &Path) -> impl FnOnce(crate::Error) -> StoreError + '_ {
+    move |e| match e {
+        crate::Error::Store(s) => s,
+        crate::Error::Export(crate::export::ExportError::Cancelled) => StoreError::Cancelled,
+        other => StoreError::Output { path: out.to_path_buf(), source: Box::new(other) },
+    }
+}
+
 impl Store {
-    /// Opens backup `spec` (id, id prefix, or name) for reading.
-    pub fn reader(&self, spec: &str) -> Result<BackupReader> {
+    /// Opens backup `spec` (see [`Store::resolve_backup`]) for reading.
+    pub fn reader(&self, spec: impl AsRef<str>) -> Result<BackupReader> {
+        let spec = spec.as_ref();
+        self.reader_disk(spec, None)
+    }
+
+    /// Opens one disk's backup of a restore point (by its label) for reading.
+    pub fn reader_disk(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupReader> {
+        let spec = spec.as_ref();
         let lock = self.lock(LockMode::Shared, false)?;
-        let id = self.resolve(spec)?.id;
+        let id = self.resolve_backup(spec, disk)?.id;
         let index = Arc::new(Index::load(self.backend())?);
         self.reader_with(&id, index, lock)
     }
 
     /// Opens backup `id` with an index already loaded, under a lock the
     /// caller holds.
-    pub(crate) fn reader_with(&self, id: &str, index: Arc<Index>, lock: Box<dyn LockGuard>) -> Result<BackupReader> {
-        let id = id.to_string();
+    pub(crate) fn reader_with(
+        &self,
+        id: &BackupId,
+        index: Arc<Index>,
+        lock: Box<dyn LockGuard>,
+    ) -> Result<BackupReader> {
+        let id = id.clone();
         let mut cursor = ChainCursor::open(self.backend(), &id)?;
         let header = cursor.header().clone();
         let chunk = u64::from(header.chunk_size);
@@ -100,7 +162,6 @@ impl Store {
         }
         drop(seen);
         let source = &header.source;
-        let guid = |s: &str| s.parse::<Guid>().unwrap_or(Guid::NIL);
         let info = DiskInfo {
             format: ImageFormat::Backup,
             subformat: Subformat::Dynamic,
@@ -108,8 +169,8 @@ impl Store {
             block_size: Some(header.chunk_size),
             logical_sector_size: source.logical_sector_size,
             physical_sector_size: source.physical_sector_size,
-            disk_id: guid(&source.disk_id),
-            identity: guid(&source.identity),
+            disk_id: source.disk_id,
+            identity: source.identity,
             file_size: 0,
             path: self.path().join(super::manifest::manifest_key(&id)),
             creator: format!("vhdkit backup {id} of {} ({})", header.name, source.file_name),
@@ -131,27 +192,188 @@ impl Store {
         })
     }
 
-    /// Restores backup `spec` to `out` in `target` format. A VHD or VHDX
-    /// output keeps the original disk's id so the VM sees the same disk.
-    pub fn restore(&self, spec: &str, out: &Path, target: Target, options: &ExportOptions) -> Result<RestoreReport> {
-        let reader = self.reader(spec)?;
-        let mut options = options.clone();
-        if options.disk_id.is_none() && !reader.info.disk_id.is_nil() {
-            options.disk_id = Some(reader.info.disk_id);
+    /// The reader and export options for a restore of `spec`.
+    fn restore_setup(&self, spec: &str, options: &RestoreOptions) -> Result<(BackupReader, ExportOptions)> {
+        let reader = self.reader_disk(spec, options.disk.as_deref())?;
+        let mut export = options.export.clone();
+        export.operation = Operation::Restore;
+        if export.disk_id.is_none() && !reader.info.disk_id.is_nil() {
+            export.disk_id = Some(reader.info.disk_id);
         }
-        let export = export(&reader, out, target, &options).map_err(|e| match e {
-            crate::Error::Store(s) => s,
-            other => StoreError::Invalid(other.to_string()),
-        })?;
-        let report = RestoreReport { id: reader.id.clone(), target, output: out.to_path_buf(), export };
+        Ok((reader, export))
+    }
+
+    fn logged(&self, report: RestoreReport) -> RestoreReport {
         self.log_job("restore", &serde_json::to_value(&report).unwrap_or_default());
-        Ok(report)
+        report
+    }
+
+    /// Restores backup `spec` (see [`Store::resolve_backup`]) to the file
+    /// `out` in `target` format. A VHD or VHDX output keeps the original
+    /// disk's id so the VM sees the same disk. The file appears only once
+    /// complete and verified.
+    pub fn restore(
+        &self,
+        spec: impl AsRef<str>,
+        out: &Path,
+        target: Target,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let spec = spec.as_ref();
+        let (reader, export_options) = self.restore_setup(spec, options)?;
+        let export = export(&reader, out, target, &export_options).map_err(output_error(out))?;
+        Ok(self.logged(RestoreReport { id: reader.id.clone(), target, output: out.to_path_buf(), export }))
+    }
+
+    /// Streams backup `spec` as a raw image into `out` (stdout, a pipe, a
+    /// socket): every byte in order, zeros included. `name` names the
+    /// stream in messages. Every chunk is verified before its bytes are
+    /// written; a failure stops the stream short, so a consumer must treat
+    /// an error here as a failed restore.
+    pub fn restore_to_writer(
+        &self,
+        spec: impl AsRef<str>,
+        out: &mut dyn Write,
+        name: &Path,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let spec = spec.as_ref();
+        let (reader, export_options) = self.restore_setup(spec, options)?;
+        let export = write_raw_to(&reader, out, name, &export_options).map_err(output_error(name))?;
+        Ok(self.logged(RestoreReport {
+            id: reader.id.clone(),
+            target: Target::Raw,
+            output: name.to_path_buf(),
+            export,
+        }))
+    }
+
+    /// Writes backup `spec` as a raw image over the existing file or block
+    /// device `target` (at least the disk's size), as `options.in_place`
+    /// says: every byte by default, or only data over a target the caller
+    /// zeroed. Unlike [`Store::restore`] the target is written as it goes:
+    /// a failure leaves it partly written.
+    pub fn restore_in_place(
+        &self,
+        spec: impl AsRef<str>,
+        target: &Path,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let spec = spec.as_ref();
+        let (reader, export_options) = self.restore_setup(spec, options)?;
+        let export =
+            write_raw_in_place(&reader, target, options.in_place, &export_options).map_err(output_error(target))?;
+        Ok(self.logged(RestoreReport {
+            id: reader.id.clone(),
+            target: Target::Raw,
+            output: target.to_path_buf(),
+            export,
+        }))
+    }
+
+    /// Restores every disk of restore point `spec` into folder `dir`
+    /// (created if missing), each as `<label stem>.<target's extension>`,
+    /// and writes its attachments there under their names. A spec that
+    /// names a single backup restores that one disk.
+    pub fn restore_point(
+        &self,
+        spec: impl AsRef<str>,
+        dir: &Path,
+        target: Target,
+        options: &RestoreOptions,
+    ) -> Result<PointRestoreReport> {
+        let spec = spec.as_ref();
+        let point: PointSummary = match self.resolve(spec)? {
+            Selection::Point(p) => p,
+            Selection::Backup(b) => match &b.point {
+                Some(p) => match self.resolve(p.as_str())? {
+                    Selection::Point(p) => p,
+                    Selection::Backup(_) => return Err(StoreError::NoSuchBackup(p.to_string())),
+                },
+                None => {
+                    return Err(StoreError::Invalid(format!(
+                        "backup {} is not part of a restore point: restore it to a file",
+                        b.id
+                    )));
+                }
+            },
+        };
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Output {
+            path: dir.to_path_buf(),
+            source: Box::new(
+                crate::export::ExportError::Io { path: dir.to_path_buf(), action: "create folder", source: e }.into(),
+            ),
+        })?;
+        let mut disks = Vec::new();
+        for d in &point.disks {
+            if !plain_file_name(&d.label) {
+                return Err(StoreError::Invalid(format!(
+                    "restore point {} has a disk label {:?} that is not a file name",
+                    point.id, d.label
+                )));
+            }
+            let stem = Path::new(&d.label).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let out = dir.join(format!("{stem}.{}", target.extension()));
+            let mut o = options.clone();
+            o.disk = None;
+            disks.push(self.restore(d.backup.as_str(), &out, target, &o)?);
+        }
+        let record = PointRecord::read(self.backend(), &point.id)?;
+        let index = Index::load(self.backend())?;
+        let mut attachments = Vec::new();
+        for a in &record.attachments {
+            if !plain_file_name(&a.name) {
+                return Err(StoreError::Invalid(format!(
+                    "restore point {} has an attachment name {:?} that is not a file name",
+                    point.id, a.name
+                )));
+            }
+            let out = dir.join(&a.name);
+            let bytes = self.attachment_bytes(&index, &point.id, a)?;
+            crate::export::write_file_atomically(&out, &bytes, options.export.sync).map_err(output_error(&out))?;
+            attachments.push(out);
+        }
+        Ok(PointRestoreReport { point: point.id, disks, attachments })
+    }
+
+    /// An attachment's bytes, every chunk verified.
+    pub(crate) fn attachment_bytes(
+        &self,
+        index: &Index,
+        point: &PointId,
+        a: &super::point::AttachmentRecord,
+    ) -> Result<Vec<u8>> {
+        let chunk = u64::from(self.config.chunk_size);
+        let slots = a.size.div_ceil(chunk);
+        if a.chunks.len() as u64 != slots || a.size > super::backup::MAX_ATTACHMENT_BYTES {
+            return Err(StoreError::corrupt(
+                self.backend().describe(&super::point::point_key(point)),
+                "restore point",
+                0,
+                format!("attachment {:?}: {} chunks for {} bytes", a.name, a.chunks.len(), a.size),
+            ));
+        }
+        let mut out = vec![0u8; a.size as usize];
+        let mut record = Vec::new();
+        for (i, (c, dst)) in a.chunks.iter().zip(out.chunks_mut(chunk as usize)).enumerate() {
+            if let Some(id) = c {
+                fetch_chunk_into(self.backend(), index, *id, dst, &mut record).map_err(|reason| {
+                    StoreError::ChunkUnavailable {
+                        id: id.to_hex(),
+                        backup: format!("{point} (attachment {})", a.name),
+                        slot: i as u64,
+                        reason,
+                    }
+                })?;
+            }
+        }
+        Ok(out)
     }
 }
 
 impl BackupReader {
     /// The backup's id.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &BackupId {
         &self.id
     }
 
@@ -171,7 +393,7 @@ impl BackupReader {
     fn fetch(&self, slot: u64, id: ChunkId, out: &mut Vec<u8>, record: &mut Vec<u8>) -> Result<()> {
         fetch_chunk(&*self.backend, &self.index, id, out, record).map_err(|reason| StoreError::ChunkUnavailable {
             id: id.to_hex(),
-            backup: self.id.clone(),
+            backup: self.id.to_string(),
             slot,
             reason,
         })
@@ -196,7 +418,7 @@ impl BackupReader {
         if within == 0 && dst.len() == slot_len {
             // The whole slot: decode straight into the caller's buffer.
             return fetch_chunk_into(&*self.backend, &self.index, id, dst, record).map_err(|reason| {
-                StoreError::ChunkUnavailable { id: id.to_hex(), backup: self.id.clone(), slot, reason }
+                StoreError::ChunkUnavailable { id: id.to_hex(), backup: self.id.to_string(), slot, reason }
             });
         }
         self.fetch(slot, id, plain, record)?;
@@ -206,7 +428,7 @@ impl BackupReader {
         if plain.len() != slot_len || end > slot_len {
             return Err(StoreError::ChunkUnavailable {
                 id: id.to_hex(),
-                backup: self.id.clone(),
+                backup: self.id.to_string(),
                 slot,
                 reason: format!("the chunk holds {} bytes, the slot {slot_len}", plain.len()),
             });

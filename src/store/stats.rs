@@ -6,14 +6,18 @@ use serde::Serialize;
 
 use super::Store;
 use super::backend::LockMode;
+use super::chain::{ChainCursor, Resolved};
 use super::error::{Result, StoreError};
 use super::index::Index;
-use super::manifest::{ChainCursor, Resolved, id_from_key};
 
 /// The store's size and savings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Stats {
+    /// Committed backups (one per disk).
     pub backups: u64,
+    /// Committed restore points.
+    pub points: u64,
     /// Bytes of data the backups hold (non-zero chunks of every backup's
     /// full map, counted once per backup).
     pub logical_bytes: u64,
@@ -33,7 +37,9 @@ pub struct Stats {
 }
 
 impl Store {
-    /// Computes the statistics (reads every manifest).
+    /// Computes the statistics (reads every manifest). Any listing or read
+    /// that fails is an error: the figures are never computed over part of
+    /// the store.
     pub fn stats(&self) -> Result<Stats> {
         let _lock = self.lock(LockMode::Shared, false)?;
         let backend = self.backend();
@@ -47,12 +53,10 @@ impl Store {
                 chunk_bytes += u64::from(e.location.length);
             }
         }
+        let catalog = self.catalog()?.strict()?;
         let mut logical_bytes = 0u64;
-        let mut backups = 0;
-        for key in backend.list("manifests").map_err(StoreError::io(backend.describe("manifests"), "list"))? {
-            let Some(id) = id_from_key(&key) else { continue };
-            backups += 1;
-            let mut cursor = ChainCursor::open(backend, id)?;
+        for b in &catalog.backups {
+            let mut cursor = ChainCursor::open(backend, &b.id)?;
             let h = cursor.header().clone();
             let mut slot = 0u64;
             while let Some((r, n)) = cursor.next_run()? {
@@ -65,7 +69,8 @@ impl Store {
         let stored_bytes = backend.total_bytes().map_err(StoreError::io(backend.describe(""), "measure"))?;
         let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
         Ok(Stats {
-            backups,
+            backups: catalog.backups.len() as u64,
+            points: catalog.points.len() as u64,
             logical_bytes,
             stored_bytes,
             chunks: seen.len() as u64,

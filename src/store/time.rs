@@ -1,7 +1,10 @@
 //! UTC timestamps for backup ids, manifests and the job log, without a
 //! calendar dependency.
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -27,16 +30,40 @@ pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// A moment, in seconds and microseconds since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A moment in UTC, to the microsecond. It serialises as RFC 3339 text
+/// (`2026-11-23T14:30:12.123456Z`), which is how manifests and reports
+/// carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Moment {
-    pub secs: i64,
-    pub micros: u32,
+    secs: i64,
+    micros: u32,
 }
 
 impl Moment {
+    /// The current time.
     pub fn now() -> Moment {
         Moment::from(SystemTime::now())
+    }
+
+    /// `secs` seconds and `micros` microseconds after 1970-01-01T00:00:00Z
+    /// (microseconds past a second carry over).
+    pub fn from_unix(secs: i64, micros: u32) -> Moment {
+        Moment { secs: secs + i64::from(micros / 1_000_000), micros: micros % 1_000_000 }
+    }
+
+    /// Whole seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> i64 {
+        self.secs
+    }
+
+    /// Microseconds past the second.
+    pub fn subsec_micros(&self) -> u32 {
+        self.micros
+    }
+
+    /// This moment plus `secs` seconds (negative: earlier).
+    pub fn add_secs(&self, secs: i64) -> Moment {
+        Moment { secs: self.secs.saturating_add(secs), micros: self.micros }
     }
 
     /// `2026-11-23T14:30:12.123456Z`.
@@ -82,6 +109,36 @@ impl Moment {
         }
         let days = days_from_civil(y, mo as u32, d as u32);
         Some(Moment { secs: days * 86_400 + h * 3600 + mi * 60 + sec, micros })
+    }
+}
+
+impl fmt::Display for Moment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rfc3339())
+    }
+}
+
+impl Serialize for Moment {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Moment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Moment::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not a time: {s:?}")))
+    }
+}
+
+impl From<Moment> for SystemTime {
+    fn from(m: Moment) -> SystemTime {
+        let sub = Duration::from_micros(u64::from(m.micros));
+        if m.secs >= 0 {
+            UNIX_EPOCH + Duration::from_secs(m.secs as u64) + sub
+        } else {
+            UNIX_EPOCH - Duration::from_secs(m.secs.unsigned_abs()) + sub
+        }
     }
 }
 

@@ -3,9 +3,11 @@
 //! Under the exclusive lock (taken before anything is read, so a backup
 //! that committed while vacuum waited for the lock is seen):
 //!
-//! 1. mark: read every committed manifest (each checked end to end; any
-//!    damage stops vacuum before it changes anything) and collect the chunk
-//!    ids they name: one set in memory, no per-chunk system calls;
+//! 1. mark: read every committed manifest, and every manifest a committed
+//!    backup's chain reaches (each checked end to end; any damage stops
+//!    vacuum before it changes anything), and every committed restore
+//!    point's attachments, and collect the chunk ids they name: one set in
+//!    memory, no per-chunk system calls;
 //! 2. plan: from each pack's own index (one read per pack), choose one
 //!    sound copy of every live chunk; packs with no chosen copy are to be
 //!    deleted, packs whose dead bytes exceed `threshold` of their live bytes
@@ -15,7 +17,12 @@
 //! 4. commit one new index file naming every live chunk's copy;
 //! 5. only then delete the old index files (first, so no committed index
 //!    names a pack about to go), the emptied and rewritten packs, leftovers
-//!    in `tmp/`, and damage markers of copies that no longer exist.
+//!    in `tmp/`, manifests of jobs that never committed (their restore
+//!    point is missing, and no committed chain reaches them), and damage
+//!    markers of copies that no longer exist.
+//!
+//! Cancellation is honoured until step 4; once the new index is committed
+//! vacuum finishes its deletions (a cancel then would only leave garbage).
 //!
 //! A crash before step 4 leaves the old state plus unreferenced new packs; a
 //! crash in step 5 leaves unreferenced packs and files. Every committed
@@ -28,42 +35,69 @@ use serde::Serialize;
 
 use super::Store;
 use super::backend::LockMode;
+use super::chain::ChainWalk;
 use super::chunk::{ChunkId, RECORD_HEADER, decode_header, decode_record};
 use super::error::{Result, StoreError};
+use super::id::BackupId;
 use super::index::{Index, IndexEntry, Location, write_index_file};
-use super::manifest::{ManifestReader, Slot, id_from_key};
+use super::manifest::{ManifestReader, Slot, manifest_key};
 use super::pack::{PackEntry, PackId, PackWriter, read_pack_index};
+use crate::cancel::CancelToken;
+use crate::progress::{Operation, ProgressSink};
 
 /// How to vacuum.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VacuumOptions {
     /// Rewrite a pack when its dead bytes exceed this share of its live
     /// bytes (default 0.25: afterwards packs hold at most 1.25 × the live data).
     pub threshold: f64,
     /// Wait for the exclusive lock instead of failing with `StoreBusy`.
     pub wait: bool,
+    /// Checked between manifests and records until the new index commits.
+    pub cancel: CancelToken,
+    /// Receives progress: bytes of packs planned and copied.
+    pub progress: ProgressSink,
 }
 
 impl Default for VacuumOptions {
     fn default() -> Self {
-        VacuumOptions { threshold: 0.25, wait: false }
+        VacuumOptions {
+            threshold: 0.25,
+            wait: false,
+            cancel: CancelToken::default(),
+            progress: ProgressSink::default(),
+        }
     }
 }
 
 /// What vacuum did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct VacuumReport {
+    /// Distinct chunks committed backups and points need.
     pub live_chunks: u64,
+    /// Records no committed backup needs (and duplicates of live ones).
     pub dead_records: u64,
+    /// Packs before vacuum.
     pub packs_before: u64,
+    /// Packs deleted (emptied or rewritten).
     pub packs_deleted: u64,
+    /// Packs whose live records were copied to new packs.
     pub packs_rewritten: u64,
+    /// New packs written.
     pub packs_written: u64,
     /// Live chunks whose every stored copy is damaged (left as they are).
     pub lost_chunks: u64,
+    /// Manifests of unfinished jobs deleted.
+    pub unfinished_jobs_removed: u64,
+    /// Bytes the store occupied before.
     pub bytes_before: u64,
+    /// And after.
     pub bytes_after: u64,
+    /// The difference.
     pub bytes_reclaimed: u64,
+    /// Wall-clock seconds.
     pub seconds: f64,
 }
 
@@ -83,17 +117,33 @@ impl Store {
         let total = |what| backend.total_bytes().map_err(StoreError::io(backend.describe(""), what));
         let bytes_before = total("measure")?;
 
-        // 1. Mark.
+        // 1. Mark: every manifest a committed backup's chain reaches, and
+        //    every committed point's attachments.
+        let catalog = self.catalog()?.strict()?;
+        let cancelled = || options.cancel.is_cancelled();
         let mut live: HashSet<ChunkId> = HashSet::new();
-        for key in backend.list("manifests").map_err(StoreError::io(backend.describe("manifests"), "list"))? {
-            let Some(id) = id_from_key(&key) else { continue };
-            let mut reader = ManifestReader::open(backend, id)?;
-            while let Some((slot, _)) = reader.next_run()? {
-                if let Slot::Data(c) = slot {
-                    live.insert(c);
+        let mut reached: HashSet<BackupId> = HashSet::new();
+        for b in &catalog.backups {
+            for h in ChainWalk::new(backend, &b.id) {
+                let h = h?;
+                if !reached.insert(h.id.clone()) {
+                    break;
+                }
+                let mut reader = ManifestReader::open(backend, &h.id)?;
+                while let Some((slot, _)) = reader.next_run()? {
+                    if let Slot::Data(c) = slot {
+                        live.insert(c);
+                    }
+                }
+                if cancelled() {
+                    return Err(StoreError::Cancelled);
                 }
             }
         }
+        for p in &catalog.points {
+            live.extend(p.attachments.iter().flat_map(|a| a.chunks.iter().flatten().copied()));
+        }
+        let unfinished: Vec<BackupId> = catalog.orphans.iter().filter(|id| !reached.contains(*id)).cloned().collect();
 
         // 2. Plan: one sound copy per live chunk, preferring fuller packs so
         //    that fewer records move.
@@ -168,6 +218,13 @@ impl Store {
             }
             Ok(())
         };
+        let total_copy: u64 = packs
+            .iter()
+            .filter(|p| p.live_bytes > 0 && (p.dead_bytes as f64) > options.threshold * p.live_bytes as f64)
+            .map(|p| p.live_bytes)
+            .sum();
+        let mut progress = options.progress.throttled(Operation::Vacuum, total_copy);
+        let mut copied = 0u64;
         for p in &packs {
             if p.live_bytes == 0 {
                 delete.push(p.id);
@@ -183,6 +240,11 @@ impl Store {
                 if chosen.get(&e.id).is_none_or(|(pid, ce, _)| *pid != p.id || ce.offset != e.offset) {
                     continue;
                 }
+                if cancelled() {
+                    return Err(StoreError::Cancelled);
+                }
+                copied += u64::from(e.length);
+                progress.tick(copied);
                 record.resize(e.length as usize, 0);
                 let sound = backend.read_at(&key, &mut record, e.offset).is_ok()
                     && decode_record(&record, e.id, &mut plain).is_ok();
@@ -201,7 +263,7 @@ impl Store {
                     .add(e.id, h.compression, h.plain_len, &record[RECORD_HEADER..])
                     .map_err(StoreError::io(backend.describe(&w.id().key()), "write pack"))?;
                 pending.push((e.id, new));
-                if w.len() >= self.config.pack_size {
+                if w.bytes_written() >= self.config.pack_size {
                     seal(&mut writer, &mut pending, &mut locations)?;
                 }
             }
@@ -211,6 +273,10 @@ impl Store {
             }
         }
         seal(&mut writer, &mut pending, &mut locations)?;
+        if cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        progress.finish();
 
         // 4. The new index: every live chunk's copy.
         let mut entries: Vec<IndexEntry> =
@@ -234,6 +300,9 @@ impl Store {
         for k in backend.list("tmp").map_err(StoreError::io(backend.describe("tmp"), "list"))? {
             del(&k)?;
         }
+        for id in &unfinished {
+            del(&manifest_key(id))?;
+        }
         let deleted: HashSet<PackId> = delete.iter().copied().collect();
         for k in backend.list("damaged").map_err(StoreError::io(backend.describe("damaged"), "list"))? {
             let gone = k.rsplit('.').next().and_then(PackId::from_hex).is_some_and(|p| deleted.contains(&p));
@@ -251,6 +320,7 @@ impl Store {
             packs_rewritten: rewritten,
             packs_written: written,
             lost_chunks: lost.len() as u64,
+            unfinished_jobs_removed: unfinished.len() as u64,
             bytes_before,
             bytes_after,
             bytes_reclaimed: bytes_before.saturating_sub(bytes_after),

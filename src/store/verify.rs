@@ -1,111 +1,182 @@
-//! Verification: every pack record, every index entry, every manifest.
+//! Verification: every pack record, every index entry, every manifest and
+//! restore point, or only what one backup or restore point needs.
 //!
 //! Reads every pack (its index and each record: CRC, decompression, BLAKE3
 //! against the id), checks that each global index entry points at a sound
 //! record, checks each manifest's checksum and that every chunk of each
-//! backup's effective map has a sound copy, and names the backups a damaged
-//! chunk affects. Damaged copies are recorded under `damaged/`, so later
-//! backups store those chunks again instead of deduplicating against them.
+//! backup's effective map (and each attachment) has a sound copy, and names
+//! the backups and restore points a damaged chunk affects. A listing or
+//! read that fails is a problem in the report, never an empty list: `ok`
+//! is true only when everything was read and found sound. Damaged copies
+//! are recorded under `damaged/`, so later backups store those chunks again
+//! instead of deduplicating against them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::Store;
 use super::backend::LockMode;
+use super::catalog::{Catalog, Selection};
+use super::chain::{ChainCursor, Resolved};
 use super::chunk::{ChunkId, decode_record};
-use super::error::Result;
+use super::error::{Result, StoreError};
+use super::id::{BackupId, PointId};
 use super::index::{damaged_key, decode_index};
-use super::manifest::{ChainCursor, Resolved, id_from_key};
 use super::pack::{PackEntry, PackId, read_pack_index};
+use crate::cancel::CancelToken;
+use crate::progress::{Operation, ProgressSink};
+
+/// How to verify.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// Check only what this backup or restore point needs (an id, a name or
+    /// an id prefix); `None` checks the whole store.
+    pub only: Option<String>,
+    /// Checked between records; a cancelled verify returns `Cancelled`.
+    pub cancel: CancelToken,
+    /// Receives progress: bytes of records checked.
+    pub progress: ProgressSink,
+}
 
 /// A stored copy of a chunk that failed verification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[non_exhaustive]
 pub struct DamagedChunk {
+    /// The chunk id (hex).
     pub chunk: String,
+    /// The pack holding the copy (hex).
     pub pack: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
 /// What verify found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct VerifyReport {
-    /// No damage of any kind.
+    /// Everything was read and is sound.
     pub ok: bool,
+    /// Packs whose index was read.
     pub packs_checked: u64,
+    /// Records checked.
     pub chunks_checked: u64,
+    /// Backups whose whole map was checked.
     pub backups_checked: u64,
     /// Copies that failed (a chunk with another sound copy is still restorable).
     pub damaged_chunks: Vec<DamagedChunk>,
     /// Backups that cannot be restored in full.
-    pub damaged_backups: Vec<String>,
-    /// Other damage: unreadable packs, index files or manifests, missing chunks.
+    pub damaged_backups: Vec<BackupId>,
+    /// Restore points with a damaged disk or attachment.
+    pub damaged_points: Vec<PointId>,
+    /// Other damage and failures: listings or files that could not be read,
+    /// manifests that do not decode, missing chunks.
     pub problems: Vec<String>,
+    /// Manifests of jobs that never committed (vacuum removes them; not damage).
+    pub unfinished_jobs: u64,
+    /// Wall-clock seconds.
     pub seconds: f64,
 }
 
+type PackResult = (PackId, std::result::Result<Vec<(PackEntry, Option<String>)>, String>);
+
 impl Store {
-    /// Verifies the whole store; see the module documentation.
-    pub fn verify(&self) -> Result<VerifyReport> {
+    /// Verifies the store, or what `options.only` needs; see the module
+    /// documentation. Cost: reads every record checked once, on every core.
+    pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
         let started = Instant::now();
         let _lock = self.lock(LockMode::Shared, false)?;
         let backend = self.backend();
         let mut problems = Vec::new();
+        let mut damaged_backups: BTreeSet<BackupId> = BTreeSet::new();
+        let list = |prefix: &str, problems: &mut Vec<String>| match backend.list(prefix) {
+            Ok(keys) => keys,
+            Err(e) => {
+                problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
+                Vec::new()
+            }
+        };
+
+        let catalog = match self.catalog() {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("listing the backups failed: {e}"));
+                Catalog { backups: Vec::new(), points: Vec::new(), orphans: Vec::new(), problems: Vec::new() }
+            }
+        };
+        for (key, e) in &catalog.problems {
+            problems.push(format!("{key}: {e}"));
+            if let Some(id) = super::manifest::id_from_key(key) {
+                damaged_backups.insert(id);
+            }
+        }
+
+        // What to check: every committed backup and point, or one selection.
+        let (backups, points): (Vec<BackupId>, Vec<PointId>) = match &options.only {
+            None => (
+                catalog.backups.iter().map(|b| b.id.clone()).collect(),
+                catalog.points.iter().map(|p| p.id.clone()).collect(),
+            ),
+            Some(spec) => match catalog.select(spec)? {
+                Selection::Backup(b) => (vec![b.id], Vec::new()),
+                Selection::Point(p) => (p.disks.iter().map(|d| d.backup.clone()).collect(), vec![p.id]),
+            },
+        };
+        // With a selection, only the chunks it needs are read back.
+        let point_chunks = |p: &super::point::PointRecord| -> HashSet<ChunkId> {
+            p.attachments.iter().flat_map(|a| a.chunks.iter().flatten().copied()).collect()
+        };
+        let scope: Option<HashSet<ChunkId>> = match &options.only {
+            None => None,
+            Some(_) => {
+                let mut s = HashSet::new();
+                for id in &backups {
+                    // A chain that cannot be walked is reported below.
+                    if let Ok(set) = chunks_of(backend, id, &options.cancel) {
+                        s.extend(set);
+                    }
+                }
+                for p in catalog.points.iter().filter(|p| points.contains(&p.id)) {
+                    s.extend(point_chunks(p));
+                }
+                Some(s)
+            }
+        };
+        if options.cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        let wanted = |id: &ChunkId| scope.as_ref().is_none_or(|s| s.contains(id));
 
         // Index files one by one, so one bad file does not hide the rest.
         let mut indexed: Vec<(ChunkId, PackId, u64, u32)> = Vec::new();
-        for key in backend.list("index").unwrap_or_default() {
+        for key in list("index", &mut problems) {
             match backend
                 .read_all(&key)
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode_index(&b).map_err(|(o, r)| format!("byte {o}: {r}")))
             {
-                Ok(entries) => indexed
-                    .extend(entries.iter().map(|e| (e.id, e.location.pack, e.location.offset, e.location.length))),
+                Ok(entries) => indexed.extend(
+                    entries
+                        .iter()
+                        .filter(|e| wanted(&e.id))
+                        .map(|e| (e.id, e.location.pack, e.location.offset, e.location.length)),
+                ),
                 Err(e) => problems.push(format!("index file {}: {e}", backend.describe(&key).display())),
             }
         }
 
-        // Every pack, on every core.
-        let pack_keys: Vec<String> = backend.list("packs").unwrap_or_default();
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        type PackResult = (PackId, std::result::Result<Vec<(PackEntry, Option<String>)>, String>);
-        let results: Vec<PackResult> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut out = Vec::new();
-                        let (mut plain, mut record) = (Vec::new(), Vec::new());
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(key) = pack_keys.get(i) else { break };
-                            let Some(id) = PackId::from_key(key) else { continue };
-                            let entries = match read_pack_index(backend, id) {
-                                Ok(e) => e,
-                                Err(e) => {
-                                    out.push((id, Err(e.to_string())));
-                                    continue;
-                                }
-                            };
-                            let mut checked = Vec::with_capacity(entries.len());
-                            for e in entries {
-                                record.resize(e.length as usize, 0);
-                                let verdict = match backend.read_at(key, &mut record, e.offset) {
-                                    Err(err) => Some(format!("unreadable: {err}")),
-                                    Ok(()) => decode_record(&record, e.id, &mut plain).err().map(|r| r.to_string()),
-                                };
-                                checked.push((e, verdict));
-                            }
-                            out.push((id, Ok(checked)));
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-        });
+        // Every pack (or every pack the selection needs), on every core.
+        let pack_keys: Vec<String> = match &scope {
+            None => list("packs", &mut problems),
+            Some(_) => {
+                let packs: BTreeSet<PackId> = indexed.iter().map(|e| e.1).collect();
+                packs.iter().map(PackId::key).collect()
+            }
+        };
+        let results = self.check_packs(&pack_keys, &scope, options)?;
 
         let mut damaged: BTreeSet<DamagedChunk> = BTreeSet::new();
         let mut sound: HashSet<(ChunkId, PackId, u64)> = HashSet::new();
@@ -158,36 +229,39 @@ impl Store {
         }
 
         // Every backup's effective map must resolve to sound chunks.
-        let mut damaged_backups = Vec::new();
-        let manifests = backend.list("manifests").unwrap_or_default();
         let mut backups_checked = 0;
-        for key in &manifests {
-            let Some(id) = id_from_key(key) else { continue };
-            backups_checked += 1;
-            let mut missing: Vec<ChunkId> = Vec::new();
-            let walk = (|| -> Result<()> {
-                let mut cursor = ChainCursor::open(backend, id)?;
-                while let Some((r, _)) = cursor.next_run()? {
-                    if let Resolved::Data(c) = r
-                        && !usable.contains(&c)
-                        && missing.len() < 16
-                    {
-                        missing.push(c);
+        for id in &backups {
+            match missing_in(backend, id, &usable, &options.cancel) {
+                Ok(missing) => {
+                    backups_checked += 1;
+                    if !missing.is_empty() {
+                        problems.push(format!("backup {id}: chunks without a sound copy: {}", missing.join(", ")));
+                        damaged_backups.insert(id.clone());
                     }
                 }
-                Ok(())
-            })();
-            match walk {
+                Err(StoreError::Cancelled) => return Err(StoreError::Cancelled),
                 Err(e) => {
                     problems.push(format!("backup {id}: {e}"));
-                    damaged_backups.push(id.to_string());
+                    damaged_backups.insert(id.clone());
                 }
-                Ok(()) if !missing.is_empty() => {
-                    let list: Vec<String> = missing.iter().map(|c| c.to_hex()[..16].to_string()).collect();
-                    problems.push(format!("backup {id}: chunks without a sound copy: {}", list.join(", ")));
-                    damaged_backups.push(id.to_string());
-                }
-                Ok(()) => {}
+            }
+        }
+        let mut damaged_points: BTreeSet<PointId> = BTreeSet::new();
+        for p in catalog.points.iter().filter(|p| points.contains(&p.id)) {
+            let mut missing: Vec<String> =
+                point_chunks(p).iter().filter(|c| !usable.contains(c)).map(|c| c.to_hex()[..16].to_string()).collect();
+            missing.sort();
+            if !missing.is_empty() {
+                missing.truncate(16);
+                problems.push(format!(
+                    "restore point {}: attachment chunks without a sound copy: {}",
+                    p.id,
+                    missing.join(", ")
+                ));
+                damaged_points.insert(p.id.clone());
+            }
+            if p.disks.iter().any(|d| damaged_backups.contains(&d.backup)) {
+                damaged_points.insert(p.id.clone());
             }
         }
 
@@ -204,16 +278,129 @@ impl Store {
         }
         let damaged_chunks: Vec<DamagedChunk> = damaged.into_iter().collect();
         let report = VerifyReport {
-            ok: damaged_chunks.is_empty() && damaged_backups.is_empty() && problems.is_empty(),
+            ok: damaged_chunks.is_empty()
+                && damaged_backups.is_empty()
+                && damaged_points.is_empty()
+                && problems.is_empty(),
             packs_checked: results.len() as u64,
             chunks_checked,
             backups_checked,
             damaged_chunks,
-            damaged_backups,
+            damaged_backups: damaged_backups.into_iter().collect(),
+            damaged_points: damaged_points.into_iter().collect(),
             problems,
+            unfinished_jobs: catalog.orphans.len() as u64,
             seconds: started.elapsed().as_secs_f64(),
         };
         self.log_job("verify", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)
     }
+
+    /// Reads each pack's index and checks its records (those in `scope`,
+    /// or all), on every core.
+    fn check_packs(
+        &self,
+        keys: &[String],
+        scope: &Option<HashSet<ChunkId>>,
+        options: &VerifyOptions,
+    ) -> Result<Vec<PackResult>> {
+        let backend = self.backend();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let next = AtomicUsize::new(0);
+        let done = AtomicU64::new(0);
+        let cancelled = AtomicBool::new(false);
+        let total: u64 = keys.iter().map(|k| backend.size(k).unwrap_or(0)).sum();
+        let progress = std::sync::Mutex::new(options.progress.throttled(Operation::Verify, total));
+        let results = std::thread::scope(|scope_| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope_.spawn(|| {
+                        let mut out = Vec::new();
+                        let (mut plain, mut record) = (Vec::new(), Vec::new());
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(key) = keys.get(i) else { break };
+                            let Some(id) = PackId::from_key(key) else { continue };
+                            let entries = match read_pack_index(backend, id) {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    out.push((id, Err(e.to_string())));
+                                    continue;
+                                }
+                            };
+                            let mut checked = Vec::with_capacity(entries.len());
+                            for e in entries {
+                                if scope.as_ref().is_some_and(|s| !s.contains(&e.id)) {
+                                    continue;
+                                }
+                                if options.cancel.is_cancelled() {
+                                    cancelled.store(true, Ordering::Relaxed);
+                                    return out;
+                                }
+                                record.resize(e.length as usize, 0);
+                                let verdict = match backend.read_at(key, &mut record, e.offset) {
+                                    Err(err) => Some(format!("unreadable: {err}")),
+                                    Ok(()) => decode_record(&record, e.id, &mut plain).err().map(|r| r.to_string()),
+                                };
+                                let d = done.fetch_add(u64::from(e.length), Ordering::Relaxed) + u64::from(e.length);
+                                if let Ok(mut p) = progress.try_lock() {
+                                    p.tick(d);
+                                }
+                                checked.push((e, verdict));
+                            }
+                            out.push((id, Ok(checked)));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<PackResult>>()
+        });
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(StoreError::Cancelled);
+        }
+        if let Ok(mut p) = progress.lock() {
+            p.finish();
+        }
+        Ok(results)
+    }
+}
+
+/// Up to 16 chunks (short hex) of backup `id`'s effective map that have no
+/// sound copy; walking the map checks every manifest of its chain.
+fn missing_in(
+    backend: &dyn super::backend::Backend,
+    id: &BackupId,
+    usable: &HashSet<ChunkId>,
+    cancel: &CancelToken,
+) -> Result<Vec<String>> {
+    let mut missing = BTreeSet::new();
+    let mut cursor = ChainCursor::open(backend, id)?;
+    while let Some((r, _)) = cursor.next_run()? {
+        if cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        if let Resolved::Data(c) = r
+            && !usable.contains(&c)
+            && missing.len() < 16
+        {
+            missing.insert(c.to_hex()[..16].to_string());
+        }
+    }
+    Ok(missing.into_iter().collect())
+}
+
+/// The chunks backup `id`'s effective map names (its whole chain checked).
+fn chunks_of(backend: &dyn super::backend::Backend, id: &BackupId, cancel: &CancelToken) -> Result<HashSet<ChunkId>> {
+    let mut set = HashSet::new();
+    let mut cursor = ChainCursor::open(backend, id)?;
+    while let Some((r, _)) = cursor.next_run()? {
+        if cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        if let Resolved::Data(c) = r {
+            set.insert(c);
+        }
+    }
+    Ok(set)
 }

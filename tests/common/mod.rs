@@ -295,3 +295,50 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// `value` changed by `f`: options structs are `#[non_exhaustive]`, so
+/// tests set their fields on a default instead of using struct literals.
+pub fn tweak<T>(mut value: T, f: impl FnOnce(&mut T)) -> T {
+    f(&mut value);
+    value
+}
+
+/// Store settings for tests: chunk and pack size, nothing else changed.
+pub fn init_options(chunk_size: u32, pack_size: u64) -> vhdkit::store::InitOptions {
+    tweak(vhdkit::store::InitOptions::default(), |o| {
+        o.chunk_size = chunk_size;
+        o.pack_size = pack_size;
+    })
+}
+
+/// Export options with a block size.
+pub fn block_size(bytes: u32) -> vhdkit::export::ExportOptions {
+    tweak(vhdkit::export::ExportOptions::default(), |o| o.block_size = Some(bytes))
+}
+
+/// Export options for a differencing child of `parent`.
+pub fn child_of(parent: &Path) -> vhdkit::export::ExportOptions {
+    tweak(vhdkit::export::ExportOptions::default(), |o| o.parent = Some(parent.to_path_buf()))
+}
+
+/// The CLI binary (`examples/vhdkit`), built by `cargo test` beside the
+/// test binaries; built on demand when a single test target was asked for.
+pub fn cli() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let dir = exe.parent().and_then(Path::parent).expect("target profile folder");
+            let bin = dir.join("examples").join("vhdkit");
+            if !bin.is_file() {
+                let status = Command::new(env!("CARGO"))
+                    .args(["build", "--example", "vhdkit", "--manifest-path"])
+                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                    .status()
+                    .expect("cargo build --example vhdkit");
+                assert!(status.success(), "building the CLI failed");
+            }
+            bin
+        })
+        .clone()
+}

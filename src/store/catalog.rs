@@ -1,0 +1,304 @@
+//! What the store holds: committed backups and restore points, and finding
+//! one by id, name or id prefix.
+//!
+//! A backup is committed when its manifest exists and, if it names a
+//! restore point, that point's object exists too (see [`super::point`]).
+//! Listing reads every manifest's header (one small read each, bodies
+//! unchecked) and every point object.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::Store;
+use super::error::{Result, StoreError};
+use super::id::{BackupId, PointId};
+use super::manifest::{ChangeSource, Kind, ManifestHeader, SourceInfo, id_from_key, read_header};
+use super::point::{PointDisk, PointRecord, point_from_key};
+use super::time::Moment;
+
+/// One backup (one disk's manifest), as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BackupSummary {
+    /// The backup's id.
+    pub id: BackupId,
+    /// Its name; incrementals continue the newest backup of a name (and disk label).
+    pub name: String,
+    /// Full or incremental.
+    pub kind: Kind,
+    /// The backup it continues (incrementals).
+    pub parent: Option<BackupId>,
+    /// When it was taken.
+    pub created: Moment,
+    /// Bytes of the disk.
+    pub virtual_size: u64,
+    /// How its change set was found.
+    pub change_source: ChangeSource,
+    /// The change tracker's token stored with it (`--change-id`).
+    pub change_id: Option<String>,
+    /// The restore point it belongs to, if it was part of a multi-disk job
+    /// or one with tags or attachments.
+    pub point: Option<PointId>,
+    /// Its disk's label within the point.
+    pub disk: Option<String>,
+    /// The point's tags.
+    pub tags: BTreeMap<String, String>,
+    /// Names of the point's attachments.
+    pub attachments: Vec<String>,
+    /// The source disk's identity at backup time.
+    pub source: SourceInfo,
+}
+
+/// An attachment, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AttachmentSummary {
+    /// Its name.
+    pub name: String,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// A restore point, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PointSummary {
+    /// The point's id.
+    pub id: PointId,
+    /// The job's name (also each disk backup's name).
+    pub name: String,
+    /// When the job started.
+    pub created: Moment,
+    /// Tags given to the job.
+    pub tags: BTreeMap<String, String>,
+    /// Its disks, in the order the job took them.
+    pub disks: Vec<PointDisk>,
+    /// Its attachments.
+    pub attachments: Vec<AttachmentSummary>,
+}
+
+/// What a backup spec found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+// Returned once per lookup; boxing the larger variant would only make it
+// clumsier to match.
+#[allow(clippy::large_enum_variant)]
+pub enum Selection {
+    /// One backup (a single-disk job, or one disk named by its backup id).
+    Backup(BackupSummary),
+    /// A restore point (a job's disks and attachments).
+    Point(PointSummary),
+}
+
+/// Everything listed, and what could not be.
+pub(crate) struct Catalog {
+    /// Committed backups, oldest first.
+    pub backups: Vec<BackupSummary>,
+    /// Committed restore points, oldest first.
+    pub points: Vec<PointRecord>,
+    /// Manifests of jobs that never committed (their point is missing).
+    pub orphans: Vec<BackupId>,
+    /// Manifests and points that could not be read: what and why.
+    pub problems: Vec<(String, StoreError)>,
+}
+
+impl Catalog {
+    /// The first problem as an error (for operations that cannot go on
+    /// over damage), or the catalog.
+    pub(crate) fn strict(mut self) -> Result<Catalog> {
+        match self.problems.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(self),
+        }
+    }
+
+    /// The newest committed backup of `name` with disk label `disk`.
+    pub(crate) fn newest(&self, name: &str, disk: Option<&str>) -> Option<&BackupSummary> {
+        self.backups.iter().rev().find(|b| b.name == name && b.disk.as_deref() == disk)
+    }
+
+    fn point_summary(p: &PointRecord) -> PointSummary {
+        PointSummary {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            created: p.created,
+            tags: p.tags.clone(),
+            disks: p.disks.clone(),
+            attachments: p
+                .attachments
+                .iter()
+                .map(|a| AttachmentSummary { name: a.name.clone(), size: a.size })
+                .collect(),
+        }
+    }
+
+    /// Committed restore points, as listed.
+    pub(crate) fn point_summaries(&self) -> Vec<PointSummary> {
+        self.points.iter().map(Catalog::point_summary).collect()
+    }
+
+    /// Finds `spec`: an exact backup id, an exact point id, an exact name
+    /// (its newest job), then a unique prefix of a backup or point id.
+    pub(crate) fn select(&self, spec: &str) -> Result<Selection> {
+        if let Some(b) = self.backups.iter().find(|b| b.id == spec) {
+            return Ok(Selection::Backup(b.clone()));
+        }
+        if let Some(p) = self.points.iter().find(|p| p.id == spec) {
+            return Ok(Selection::Point(Catalog::point_summary(p)));
+        }
+        let newest_backup = self.backups.iter().rev().find(|b| b.name == spec && b.point.is_none());
+        let newest_point = self.points.iter().rev().find(|p| p.name == spec);
+        match (newest_backup, newest_point) {
+            (Some(b), Some(p)) if b.created >= p.created => return Ok(Selection::Backup(b.clone())),
+            (_, Some(p)) => return Ok(Selection::Point(Catalog::point_summary(p))),
+            (Some(b), None) => return Ok(Selection::Backup(b.clone())),
+            (None, None) => {}
+        }
+        let backups: Vec<&BackupSummary> = self.backups.iter().filter(|b| b.id.as_str().starts_with(spec)).collect();
+        let points: Vec<&PointRecord> = self.points.iter().filter(|p| p.id.as_str().starts_with(spec)).collect();
+        match (backups.as_slice(), points.as_slice()) {
+            ([b], []) => Ok(Selection::Backup((*b).clone())),
+            ([], [p]) => Ok(Selection::Point(Catalog::point_summary(p))),
+            ([], []) => Err(StoreError::NoSuchBackup(spec.to_string())),
+            _ => {
+                let mut candidates: Vec<String> = backups.iter().map(|b| b.id.to_string()).collect();
+                candidates.extend(points.iter().map(|p| format!("{} (restore point)", p.id)));
+                Err(StoreError::Ambiguous { spec: spec.to_string(), candidates })
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Reads every manifest header and point object.
+    pub(crate) fn catalog(&self) -> Result<Catalog> {
+        let backend = self.backend();
+        let list = |prefix: &str| backend.list(prefix).map_err(StoreError::io(backend.describe(prefix), "list"));
+        let mut problems = Vec::new();
+        let mut points: HashMap<PointId, PointRecord> = HashMap::new();
+        let mut bad_points = std::collections::HashSet::new();
+        // Stores made before restore points have no points folder.
+        let point_keys = match backend.list("points") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other.map_err(StoreError::io(backend.describe("points"), "list"))?,
+        };
+        for key in point_keys {
+            let Some(id) = point_from_key(&key) else { continue };
+            match PointRecord::read(backend, &id) {
+                Ok(p) => {
+                    points.insert(id, p);
+                }
+                Err(e) => {
+                    problems.push((key, e));
+                    bad_points.insert(id);
+                }
+            }
+        }
+        let mut headers: Vec<ManifestHeader> = Vec::new();
+        let mut orphans = Vec::new();
+        for key in list("manifests")? {
+            let Some(id) = id_from_key(&key) else { continue };
+            match read_header(backend, &id) {
+                Ok(h) => match &h.point {
+                    Some(p) if bad_points.contains(p) => {}
+                    Some(p) if !points.contains_key(p) => orphans.push(h.id),
+                    _ => headers.push(h),
+                },
+                // Deleted between the listing and the read (prune): gone.
+                Err(StoreError::NoSuchBackup(_)) => {}
+                Err(e) => problems.push((key, e)),
+            }
+        }
+        let mut backups: Vec<BackupSummary> = headers
+            .into_iter()
+            .map(|h| {
+                let point = h.point.as_ref().and_then(|p| points.get(p));
+                BackupSummary {
+                    id: h.id,
+                    name: h.name,
+                    kind: h.kind,
+                    parent: h.parent,
+                    created: h.created,
+                    virtual_size: h.virtual_size,
+                    change_source: h.change_source,
+                    change_id: h.change_id,
+                    point: h.point,
+                    disk: h.disk,
+                    tags: point.map(|p| p.tags.clone()).unwrap_or_default(),
+                    attachments: point
+                        .map(|p| p.attachments.iter().map(|a| a.name.clone()).collect())
+                        .unwrap_or_default(),
+                    source: h.source,
+                }
+            })
+            .collect();
+        backups.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        let mut points: Vec<PointRecord> = points.into_values().collect();
+        points.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(Catalog { backups, points, orphans, problems })
+    }
+
+    /// Every committed backup, oldest first. Fails if a manifest or point
+    /// cannot be read (`verify` reports every such problem).
+    pub fn list(&self) -> Result<Vec<BackupSummary>> {
+        Ok(self.catalog()?.strict()?.backups)
+    }
+
+    /// Every committed restore point, oldest first.
+    pub fn points(&self) -> Result<Vec<PointSummary>> {
+        Ok(self.catalog()?.strict()?.point_summaries())
+    }
+
+    /// Finds a backup or restore point: an exact backup id, an exact point
+    /// id, an exact name (the newest job of that name), or a unique prefix
+    /// of an id, in that order. Several matches are an
+    /// [`StoreError::Ambiguous`] error listing them.
+    pub fn resolve(&self, spec: impl AsRef<str>) -> Result<Selection> {
+        let spec = spec.as_ref();
+        self.catalog()?.strict()?.select(spec)
+    }
+
+    /// Finds one disk's backup: as [`Store::resolve`], where a restore point
+    /// must then name the disk (`disk`, its label) unless it has only one.
+    pub fn resolve_backup(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupSummary> {
+        let spec = spec.as_ref();
+        let catalog = self.catalog()?.strict()?;
+        let pick = |p: &PointSummary| -> Result<BackupSummary> {
+            let d = match (disk, p.disks.as_slice()) {
+                (Some(label), disks) => disks.iter().find(|d| d.label == label).ok_or_else(|| {
+                    StoreError::NoSuchBackup(format!("{spec} has no disk {label:?} (it has {})", labels(p)))
+                })?,
+                (None, [only]) => only,
+                (None, _) => {
+                    return Err(StoreError::Invalid(format!(
+                        "restore point {} holds {} disks ({}): choose one by its label",
+                        p.id,
+                        p.disks.len(),
+                        labels(p)
+                    )));
+                }
+            };
+            catalog
+                .backups
+                .iter()
+                .find(|b| b.id == d.backup)
+                .cloned()
+                .ok_or_else(|| StoreError::NoSuchBackup(d.backup.to_string()))
+        };
+        match catalog.select(spec)? {
+            Selection::Backup(b) => match (disk, &b.point) {
+                (Some(label), Some(p)) if b.disk.as_deref() != Some(label) => {
+                    let point = catalog.points.iter().find(|x| &x.id == p).map(Catalog::point_summary);
+                    point.map_or_else(|| Err(StoreError::NoSuchBackup(spec.to_string())), |p| pick(&p))
+                }
+                _ => Ok(b),
+            },
+            Selection::Point(p) => pick(&p),
+        }
+    }
+}
+
+fn labels(p: &PointSummary) -> String {
+    p.disks.iter().map(|d| d.label.as_str()).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,185 @@
+//! Changed-range lists: what a change tracker says changed since the
+//! previous backup, in the shapes trackers give it.
+//!
+//! Three JSON shapes are read:
+//! - ours: `[{"offset": N, "length": N}, ...]`;
+//! - Hyper-V's `GetVirtualDiskChanges` (RCT), as PowerShell serialises it:
+//!   `{"ChangedByteOffsets": [...], "ChangedByteLengths": [...]}` (a single
+//!   number where PowerShell unrolled a one-element array);
+//! - VMware's `QueryChangedDiskAreas` (CBT): `{"changedArea": [{"start": N,
+//!   "length": N}, ...]}` (other fields, such as `startOffset`, are ignored).
+//!
+//! Whatever the shape, ranges are normalised: empty ones dropped, the rest
+//! sorted and merged where they overlap or touch. A range that reaches past
+//! the disk's end is refused when the backup starts (the list belongs to
+//! another disk), before anything is written.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{Result, StoreError};
+
+/// Byte ranges of a virtual disk that changed, sorted and merged.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeList {
+    ranges: Vec<Range<u64>>,
+}
+
+#[derive(Deserialize)]
+struct OffsetLength {
+    offset: u64,
+    length: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VmwareArea {
+    start: u64,
+    length: u64,
+}
+
+fn bad(reason: impl Into<String>) -> StoreError {
+    StoreError::BadChangeList(reason.into())
+}
+
+/// A number or an array of numbers (PowerShell unrolls one-element arrays).
+fn numbers(v: &Value, field: &str) -> Result<Vec<u64>> {
+    let one = |v: &Value| v.as_u64().ok_or_else(|| bad(format!("{field}: {v} is not a byte count")));
+    match v {
+        Value::Array(items) => items.iter().map(one).collect(),
+        other => Ok(vec![one(other)?]),
+    }
+}
+
+fn range(offset: u64, length: u64) -> Result<Range<u64>> {
+    let end = offset.checked_add(length).ok_or_else(|| bad(format!("the range at {offset} (+{length}) overflows")))?;
+    Ok(offset..end)
+}
+
+impl ChangeList {
+    /// A list from byte ranges in any order, overlapping or not.
+    pub fn from_ranges(ranges: impl IntoIterator<Item = Range<u64>>) -> ChangeList {
+        let mut v: Vec<Range<u64>> = ranges.into_iter().filter(|r| r.end > r.start).collect();
+        v.sort_by_key(|r| r.start);
+        let mut out: Vec<Range<u64>> = Vec::with_capacity(v.len());
+        for r in v {
+            match out.last_mut() {
+                Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+                _ => out.push(r),
+            }
+        }
+        ChangeList { ranges: out }
+    }
+
+    /// Parses any of the three shapes in the module documentation.
+    pub fn from_json(text: &[u8]) -> Result<ChangeList> {
+        let v: Value = serde_json::from_slice(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let ranges = match &v {
+            Value::Array(_) => {
+                let list: Vec<OffsetLength> = serde_json::from_value(v)
+                    .map_err(|e| bad(format!("expected [{{\"offset\": N, \"length\": N}}, ...]: {e}")))?;
+                list.into_iter().map(|r| range(r.offset, r.length)).collect::<Result<Vec<_>>>()?
+            }
+            Value::Object(map) if map.contains_key("ChangedByteOffsets") || map.contains_key("ChangedByteLengths") => {
+                let get = |k: &str| map.get(k).ok_or_else(|| bad(format!("{k} is missing")));
+                let offsets = numbers(get("ChangedByteOffsets")?, "ChangedByteOffsets")?;
+                let lengths = numbers(get("ChangedByteLengths")?, "ChangedByteLengths")?;
+                if offsets.len() != lengths.len() {
+                    return Err(bad(format!("{} offsets but {} lengths", offsets.len(), lengths.len())));
+                }
+                offsets.into_iter().zip(lengths).map(|(o, l)| range(o, l)).collect::<Result<Vec<_>>>()?
+            }
+            Value::Object(map) if map.contains_key("changedArea") => {
+                let areas: Vec<VmwareArea> = serde_json::from_value(map["changedArea"].clone())
+                    .map_err(|e| bad(format!("changedArea: expected [{{\"start\": N, \"length\": N}}, ...]: {e}")))?;
+                areas.into_iter().map(|a| range(a.start, a.length)).collect::<Result<Vec<_>>>()?
+            }
+            _ => {
+                return Err(bad(
+                    "not a range list: expected [{\"offset\",\"length\"}], {\"ChangedByteOffsets\",\"ChangedByteLengths\"} \
+                     or {\"changedArea\"}",
+                ));
+            }
+        };
+        Ok(ChangeList::from_ranges(ranges))
+    }
+
+    /// The ranges, sorted and merged.
+    pub fn ranges(&self) -> &[Range<u64>] {
+        &self.ranges
+    }
+
+    /// Bytes the list covers.
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Refuses a list that reaches past a disk of `size` bytes.
+    pub(crate) fn check_fits(&self, size: u64) -> Result<()> {
+        match self.ranges.last() {
+            Some(r) if r.end > size => Err(bad(format!(
+                "the range {}..{} reaches past the end of the {size}-byte disk: the list belongs to another disk",
+                r.start, r.end
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The chunk slots the ranges touch, sorted and merged.
+    pub(crate) fn slots(&self, chunk: u64) -> Vec<Range<u64>> {
+        let mut out: Vec<Range<u64>> = Vec::with_capacity(self.ranges.len());
+        for r in &self.ranges {
+            let s = r.start / chunk..r.end.div_ceil(chunk);
+            match out.last_mut() {
+                Some(last) if last.end >= s.start => last.end = last.end.max(s.end),
+                _ => out.push(s),
+            }
+        }
+        out
+    }
+}
+
+impl From<Vec<Range<u64>>> for ChangeList {
+    fn from(v: Vec<Range<u64>>) -> ChangeList {
+        ChangeList::from_ranges(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_reads_to_the_same_normalised_list() {
+        let ours =
+            br#"[{"offset": 4096, "length": 4096}, {"offset": 0, "length": 512}, {"offset": 6000, "length": 10000}]"#;
+        let hyperv = br#"{"ChangedByteOffsets": [0, 4096, 6000], "ChangedByteLengths": [512, 4096, 10000]}"#;
+        let vmware = br#"{"startOffset": 0, "length": 1048576, "changedArea": [{"start": 6000, "length": 10000},
+            {"start": 0, "length": 512}, {"start": 4096, "length": 4096}]}"#;
+        let want = [0..512, 4096..16000];
+        for text in [&ours[..], &hyperv[..], &vmware[..]] {
+            assert_eq!(ChangeList::from_json(text).unwrap().ranges(), &want[..], "{}", String::from_utf8_lossy(text));
+        }
+        let unrolled = br#"{"ChangedByteOffsets": 1024, "ChangedByteLengths": 10}"#;
+        assert_eq!(ChangeList::from_json(unrolled).unwrap().ranges().to_vec(), vec![1024u64..1034]);
+    }
+
+    #[test]
+    fn bad_lists_are_refused_with_a_reason() {
+        for text in [
+            &br#"{"ChangedByteOffsets": [1, 2], "ChangedByteLengths": [1]}"#[..],
+            br#"[{"offset": 18446744073709551615, "length": 2}]"#,
+            br#"[{"offset": -1, "length": 2}]"#,
+            br#"{"something": []}"#,
+            b"not json",
+        ] {
+            assert!(matches!(ChangeList::from_json(text), Err(StoreError::BadChangeList(_))));
+        }
+        let list = ChangeList::from_ranges([0..10, 100..200]);
+        assert!(list.check_fits(200).is_ok());
+        assert!(list.check_fits(199).is_err());
+        assert_eq!(ChangeList::from_ranges([10..20, 1000..1001, 0..1, 2048..4096]).slots(1024), vec![0..1, 2..4]);
+    }
+}
