@@ -203,6 +203,10 @@ impl<'o> Scanner<'o> {
             };
             // Dropping the scanner (even on error) stops the reader.
             let result = body(&mut scanner);
+            // A cancel during the last step still stops the caller's commit.
+            if result.is_ok() && options.cancel.is_cancelled() {
+                return Err(crate::export::ExportError::Cancelled.into());
+            }
             if result.is_ok() {
                 scanner.progress.finish();
             }

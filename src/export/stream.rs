@@ -16,6 +16,7 @@ use super::output::write_all_at;
 use super::scan::STEP;
 use super::{ExportError, ExportOptions, ExportReport};
 use crate::disk::{ExtentState, VirtualDisk};
+use crate::zero::is_all_zero;
 
 /// How an in-place restore treats ranges where the disk holds no data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,6 +31,9 @@ pub enum InPlace {
     /// `blkdiscard -z`). Faster on sparse disks; wrong on a used device.
     AssumeZeroed,
 }
+
+/// Zero runs this long inside data are skipped by an assume-zeroed restore.
+const ZERO_GRAIN: usize = 64 * 1024;
 
 /// One step: its offset and length, and its bytes unless the map says it
 /// holds nothing.
@@ -96,6 +100,10 @@ fn walk(
                 let _ = free_tx.try_send(buf);
             }
         }
+        // A cancel during the last step still stops the commit.
+        if options.cancel.is_cancelled() {
+            return Err(ExportError::Cancelled.into());
+        }
         progress.finish();
         Ok(())
     })
@@ -157,13 +165,26 @@ pub fn write_raw_in_place(
     let zeros = vec![0u8; STEP as usize];
     let mut written = 0u64;
     walk(disk, options, &mut report, |(at, len, bytes)| {
-        let bytes = match (bytes, mode) {
-            (Some(b), _) => b.as_slice(),
-            (None, InPlace::WriteAll) => &zeros[..*len as usize],
-            (None, _) => return Ok(()),
-        };
-        write_all_at(&file, bytes, *at).map_err(io("write"))?;
-        written += bytes.len() as u64;
+        match (bytes, mode) {
+            (Some(b), InPlace::WriteAll) => {
+                write_all_at(&file, b, *at).map_err(io("write"))?;
+                written += b.len() as u64;
+            }
+            (None, InPlace::WriteAll) => {
+                write_all_at(&file, &zeros[..*len as usize], *at).map_err(io("write"))?;
+                written += len;
+            }
+            // Over zeros, only non-zero pieces need writing.
+            (Some(b), _) => {
+                for (i, piece) in b.chunks(ZERO_GRAIN).enumerate() {
+                    if !is_all_zero(piece) {
+                        write_all_at(&file, piece, at + (i * ZERO_GRAIN) as u64).map_err(io("write"))?;
+                        written += piece.len() as u64;
+                    }
+                }
+            }
+            (None, _) => {}
+        }
         Ok(())
     })?;
     if options.sync {

@@ -233,7 +233,15 @@ impl Store {
                 }
             })
             .collect();
-        backups.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        // Oldest first; the disks of one job (same time) in the job's order.
+        let ordinal = |b: &BackupSummary| {
+            b.point
+                .as_ref()
+                .and_then(|p| points.get(p))
+                .and_then(|p| p.disks.iter().position(|d| d.backup == b.id))
+                .unwrap_or(0)
+        };
+        backups.sort_by(|a, b| (a.created, &a.point, ordinal(a), &a.id).cmp(&(b.created, &b.point, ordinal(b), &b.id)));
         let mut points: Vec<PointRecord> = points.into_values().collect();
         points.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
         Ok(Catalog { backups, points, orphans, problems })

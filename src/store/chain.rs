@@ -242,3 +242,128 @@ impl<'a> ChainCursor<'a> {
         Ok(Some((resolved, len)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Guid;
+    use crate::store::backend::LocalDir;
+    use crate::store::manifest::{ChangeSource, ManifestWriter, SourceInfo};
+    use crate::store::time::Moment;
+
+    fn id(n: u64) -> BackupId {
+        format!("2026010{n}T000000.000000Z-0000000{n}").parse().unwrap()
+    }
+
+    /// Writes a hand-made manifest: `parent` decides full or incremental,
+    /// every slot zero (full) or inherited (incremental).
+    fn manifest(dir: &LocalDir, me: &BackupId, parent: Option<&BackupId>, size: u64) {
+        let header = ManifestHeader {
+            id: me.clone(),
+            name: "d".into(),
+            kind: if parent.is_some() { Kind::Incremental } else { Kind::Full },
+            parent: parent.cloned(),
+            created: Moment::from_unix(0, 0),
+            chunk_size: 64 << 10,
+            virtual_size: size,
+            change_source: ChangeSource::None,
+            source: SourceInfo {
+                format: "raw".into(),
+                subformat: "fixed".into(),
+                logical_sector_size: 512,
+                physical_sector_size: 512,
+                disk_id: Guid::NIL,
+                identity: Guid::NIL,
+                parent_identity: None,
+                file_name: "d".into(),
+            },
+            change_id: None,
+            point: None,
+            disk: None,
+        };
+        let mut w = ManifestWriter::create(dir, &header).unwrap();
+        let slots = header.slots();
+        w.push(if parent.is_some() { Slot::Inherit } else { Slot::Zero }, slots).unwrap();
+        w.commit().unwrap();
+    }
+
+    fn store() -> (tempfile::TempDir, LocalDir) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("manifests")).unwrap();
+        let dir = LocalDir::new(t.path());
+        (t, dir)
+    }
+
+    fn corrupt_naming(e: StoreError, what: &str) -> String {
+        match e {
+            StoreError::Corrupt { path, reason, .. } => {
+                assert!(reason.contains(what), "{reason:?} does not say {what:?}");
+                path.display().to_string()
+            }
+            other => panic!("expected Corrupt ({what}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sound_chain_walks_to_its_full_backup_both_ways() {
+        let (_t, dir) = store();
+        manifest(&dir, &id(1), None, 1 << 20);
+        manifest(&dir, &id(2), Some(&id(1)), 1 << 20);
+        manifest(&dir, &id(3), Some(&id(2)), 1 << 20);
+        let walked: Vec<BackupId> = ChainWalk::new(&dir, &id(3)).map(|h| h.unwrap().id).collect();
+        assert_eq!(walked, vec![id(3), id(2), id(1)]);
+        let mut c = ChainCursor::open(&dir, &id(3)).unwrap();
+        assert_eq!(c.chain(), walked);
+        assert_eq!(c.next_run().unwrap(), Some((Resolved::Zero, 16)));
+        assert_eq!(c.next_run().unwrap(), None);
+    }
+
+    /// Parent links that loop (2 → 3 → 2) are damage, named at the
+    /// manifest where the loop closes, by both walkers.
+    #[test]
+    fn looping_parents_are_corrupt_not_endless() {
+        let (_t, dir) = store();
+        manifest(&dir, &id(2), Some(&id(3)), 1 << 20);
+        manifest(&dir, &id(3), Some(&id(2)), 1 << 20);
+        let err = ChainWalk::new(&dir, &id(2)).find_map(|h| h.err()).expect("the walk fails");
+        let path = corrupt_naming(err, "loops");
+        assert!(path.contains(id(2).as_str()), "{path}");
+        let err = ChainCursor::open(&dir, &id(2)).err().expect("the cursor fails");
+        corrupt_naming(err, "loops");
+    }
+
+    #[test]
+    fn a_parent_of_another_size_or_missing_is_corrupt() {
+        let (_t, dir) = store();
+        manifest(&dir, &id(1), None, 2 << 20);
+        manifest(&dir, &id(2), Some(&id(1)), 1 << 20);
+        let err = ChainWalk::new(&dir, &id(2)).find_map(|h| h.err()).unwrap();
+        let path = corrupt_naming(err, "descendant");
+        assert!(path.contains(id(1).as_str()), "the parent's manifest is named: {path}");
+        corrupt_naming(ChainCursor::open(&dir, &id(2)).err().unwrap(), "descendant");
+
+        manifest(&dir, &id(4), Some(&id(5)), 1 << 20);
+        let err = ChainWalk::new(&dir, &id(4)).find_map(|h| h.err()).unwrap();
+        let path = corrupt_naming(err, "missing");
+        assert!(path.contains(id(4).as_str()), "the child naming the missing parent: {path}");
+        corrupt_naming(ChainCursor::open(&dir, &id(4)).err().unwrap(), "missing");
+        // The first link missing is a missing backup, not damage.
+        assert!(matches!(ChainWalk::new(&dir, &id(9)).next(), Some(Err(StoreError::NoSuchBackup(_)))));
+    }
+
+    /// A manifest stored under another backup's name, and headers that
+    /// break the kind/parent rule, are refused by the one header decoder,
+    /// whether only the header is read or the whole file.
+    #[test]
+    fn mismatched_headers_are_refused_by_both_readers() {
+        let (t, dir) = store();
+        manifest(&dir, &id(1), None, 1 << 20);
+        std::fs::copy(t.path().join(manifest_key(&id(1))), t.path().join(manifest_key(&id(6)))).unwrap();
+        corrupt_naming(read_header(&dir, &id(6)).err().unwrap(), "says it is");
+        corrupt_naming(ManifestReader::open(&dir, &id(6)).err().unwrap(), "says it is");
+        // A manifest that names itself as its parent.
+        manifest(&dir, &id(7), Some(&id(7)), 1 << 20);
+        corrupt_naming(read_header(&dir, &id(7)).err().unwrap(), "its own parent");
+        corrupt_naming(ManifestReader::open(&dir, &id(7)).err().unwrap(), "its own parent");
+    }
+}

@@ -287,7 +287,10 @@ impl Store {
         entries.extend(index.entries().iter().filter(|e| lost_set.contains(&e.id)).copied());
         let referenced: HashSet<PackId> = entries.iter().map(|e| e.location.pack).collect();
         let delete: Vec<PackId> = delete.into_iter().filter(|p| !referenced.contains(p)).collect();
-        write_index_file(backend, &mut entries)?;
+        // With nothing live there is nothing to name: no empty index file.
+        if !entries.is_empty() {
+            write_index_file(backend, &mut entries)?;
+        }
 
         // 5. Delete: old index files first, then packs and leftovers.
         let del = |k: &str| backend.delete(k).map_err(StoreError::io(backend.describe(k), "delete"));

@@ -321,24 +321,21 @@ pub fn child_of(parent: &Path) -> vhdkit::export::ExportOptions {
     tweak(vhdkit::export::ExportOptions::default(), |o| o.parent = Some(parent.to_path_buf()))
 }
 
-/// The CLI binary (`examples/vhdkit`), built by `cargo test` beside the
-/// test binaries; built on demand when a single test target was asked for.
+/// The CLI binary (`examples/vhdkit`), built (or found up to date) once per
+/// test binary, so a test never runs a stale tool.
 pub fn cli() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().expect("test binary path");
             let dir = exe.parent().and_then(Path::parent).expect("target profile folder");
-            let bin = dir.join("examples").join("vhdkit");
-            if !bin.is_file() {
-                let status = Command::new(env!("CARGO"))
-                    .args(["build", "--example", "vhdkit", "--manifest-path"])
-                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                    .status()
-                    .expect("cargo build --example vhdkit");
-                assert!(status.success(), "building the CLI failed");
-            }
-            bin
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--example", "vhdkit", "--manifest-path"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                .status()
+                .expect("cargo build --example vhdkit");
+            assert!(status.success(), "building the CLI failed");
+            dir.join("examples").join("vhdkit")
         })
         .clone()
 }

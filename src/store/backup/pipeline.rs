@@ -233,6 +233,9 @@ impl DiskRun<'_> {
         let mut progress = sink.throttled(Operation::Backup, size);
 
         std::thread::scope(|scope| -> Result<()> {
+            // Owned here, so returning early (an error, a cancel) closes
+            // the pool too: a reader waiting for a buffer then stops.
+            let pool_tx = pool_tx;
             {
                 let (jobs, results, pool) = (job_tx, res_tx.clone(), pool_rx);
                 let stage = ReadStage { disk, chunk, change, prev, cancel };
