@@ -178,6 +178,8 @@ def store_seeds():
                 f.write(b"changed" * 1000)
             subprocess.run([binary, "convert", disk, vhdx, "--from", "raw", "--to", "vhdx"], check=True, capture_output=True)
             subprocess.run([binary, "backup", st, vhdx, "--name", "d"], check=True, capture_output=True)
+            subprocess.run([binary, "backup", st, vhdx, "--name", "p", "--tag", "site=a",
+                            "--attach", disk], check=False, capture_output=True)
             for root, _, files in os.walk(st):
                 for name in files:
                     data = open(os.path.join(root, name), "rb").read()
@@ -185,6 +187,8 @@ def store_seeds():
                         seed("store_manifest", data)
                         hl = struct.unpack("<I", data[8:12])[0]
                         seed("store_manifest", data[8:12] + data[12:12 + hl] + data[12 + hl:-56])
+                    elif name.endswith(".point"):
+                        seed("store_point", data)
                     elif name.endswith(".idx"):
                         seed("store_index", data)
                     elif name.endswith(".pack"):
@@ -201,5 +205,10 @@ def store_seeds():
 
 
 store_seeds()
+for text in ('[{"offset": 4096, "length": 4096}, {"offset": 0, "length": 512}]',
+             '{"ChangedByteOffsets": [0, 1048576], "ChangedByteLengths": [4096, 65536]}',
+             '{"ChangedByteOffsets": 1024, "ChangedByteLengths": 10}',
+             '{"startOffset": 0, "length": 1048576, "changedArea": [{"start": 6000, "length": 10000}]}'):
+    seed("change_list", text.encode())
 for target in sorted(os.listdir(out)):
     print(f"{target}: {len(os.listdir(os.path.join(out, target)))} seeds")

@@ -585,3 +585,24 @@ fn restores_into_a_stream_and_in_place_match_qemu() {
     assert!(matches!(err, StoreError::Output { .. }), "{err:?}");
     assert!(std::fs::read(&target).unwrap().iter().all(|&b| b == 0xEE));
 }
+
+/// One disk with tags and an attachment is a restore point too: its chain
+/// continues the name's single-disk backups, and it restores whole.
+#[test]
+fn a_single_disk_job_with_an_attachment_is_a_restore_point() {
+    let dir = common::scratch("api-single-point");
+    let store = init(&dir.join("s"));
+    let d = noise(11, MIB);
+    let plain = store.backup(&raw(&d, "vm.vhdx"), &BackupOptions::new("vm")).unwrap();
+    assert!(plain.point.is_none());
+    let options = tweak(BackupOptions::new("vm"), |o| o.attachments = vec![attachment(3)]);
+    let r = store.backup(&raw(&d, "vm.vhdx"), &options).unwrap();
+    assert_eq!(r.parent.as_ref(), Some(&plain.id), "the single-disk chain continues");
+    let point = r.point.clone().expect("a restore point");
+    let out = dir.join("out");
+    let restored = store.restore_point("vm", &out, Target::Raw, &RestoreOptions::default()).unwrap();
+    assert_eq!(restored.point, point);
+    assert!(std::fs::read(out.join("vm.raw")).unwrap() == d);
+    assert!(std::fs::read(out.join("vm.vmcx")).unwrap() == attachment(3).bytes);
+    assert_eq!(read_all(&store, &point, d.len()), d, "a one-disk point names its disk");
+}

@@ -272,11 +272,10 @@ impl Store {
     pub fn resolve_backup(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupSummary> {
         let spec = spec.as_ref();
         let catalog = self.catalog()?.strict()?;
+        let missing = |label: &str| StoreError::NoSuchBackup(format!("{spec} (disk {label})"));
         let pick = |p: &PointSummary| -> Result<BackupSummary> {
             let d = match (disk, p.disks.as_slice()) {
-                (Some(label), disks) => disks.iter().find(|d| d.label == label).ok_or_else(|| {
-                    StoreError::NoSuchBackup(format!("{spec} has no disk {label:?} (it has {})", labels(p)))
-                })?,
+                (Some(label), disks) => disks.iter().find(|d| d.label == label).ok_or_else(|| missing(label))?,
                 (None, [only]) => only,
                 (None, _) => {
                     return Err(StoreError::Invalid(format!(
@@ -296,11 +295,14 @@ impl Store {
         };
         match catalog.select(spec)? {
             Selection::Backup(b) => match (disk, &b.point) {
-                (Some(label), Some(p)) if b.disk.as_deref() != Some(label) => {
+                (None, _) => Ok(b),
+                (Some(label), _) if b.disk.as_deref() == Some(label) => Ok(b),
+                // Another disk of the same restore point.
+                (Some(_), Some(p)) => {
                     let point = catalog.points.iter().find(|x| &x.id == p).map(Catalog::point_summary);
                     point.map_or_else(|| Err(StoreError::NoSuchBackup(spec.to_string())), |p| pick(&p))
                 }
-                _ => Ok(b),
+                (Some(label), None) => Err(missing(label)),
             },
             Selection::Point(p) => pick(&p),
         }

@@ -21,7 +21,6 @@ mod config;
 mod error;
 mod id;
 mod merge;
-mod point;
 mod prune;
 mod reindex;
 mod restore;
@@ -52,6 +51,10 @@ mod manifest;
 pub mod pack;
 #[cfg(not(feature = "fuzzing"))]
 mod pack;
+#[cfg(feature = "fuzzing")]
+pub mod point;
+#[cfg(not(feature = "fuzzing"))]
+mod point;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

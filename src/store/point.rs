@@ -52,15 +52,24 @@ pub struct AttachmentRecord {
 
 /// What `points/<id>.point` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PointRecord {
+pub struct PointRecord {
+    /// Always `vhdkit-point`.
     pub format: String,
+    /// 1.
     pub version: u32,
+    /// The point's id (also its object's name).
     pub id: PointId,
+    /// The job's name.
     pub name: String,
+    /// When the job started.
     pub created: Moment,
+    /// The job's tags.
     pub tags: BTreeMap<String, String>,
+    /// Its disks in job order.
     pub disks: Vec<PointDisk>,
+    /// Its attachments.
     pub attachments: Vec<AttachmentRecord>,
+    /// BLAKE3 of the compact JSON with this field empty.
     pub checksum: String,
 }
 
@@ -117,14 +126,15 @@ impl PointRecord {
         blake3::hash(&json).to_hex().to_string()
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The object's bytes.
+    pub fn encode(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
         bytes.push(b'\n');
         bytes
     }
 
     /// Decodes and checks a point object read as point `expected`.
-    pub(crate) fn decode(bytes: &[u8], expected: &PointId) -> std::result::Result<PointRecord, String> {
+    pub fn decode(bytes: &[u8], expected: &PointId) -> std::result::Result<PointRecord, String> {
         let p: PointRecord = serde_json::from_slice(bytes).map_err(|e| format!("not a restore point: {e}"))?;
         if p.format != FORMAT || p.version != VERSION {
             return Err(format!(

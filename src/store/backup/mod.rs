@@ -280,10 +280,7 @@ impl Store {
                     disks
                         .iter()
                         .zip(&reports)
-                        .map(|(d, r)| PointDisk {
-                            label: d.label.unwrap_or_default().to_string(),
-                            backup: r.id.clone(),
-                        })
+                        .map(|(d, r)| PointDisk { label: point_label(d), backup: r.id.clone() })
                         .collect(),
                     attachments.0.clone(),
                 );
@@ -434,6 +431,18 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// A disk's label in its restore point: the job's label, or for a
+/// single-disk job (whose chain has no label) the image's file name.
+fn point_label(d: &JobDisk<'_>) -> String {
+    match d.label {
+        Some(l) => l.to_string(),
+        None => {
+            let name = source_info(d.disk.info()).file_name;
+            if super::point::plain_file_name(&name) { name } else { "disk".to_string() }
+        }
     }
 }
 
