@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::intercept::{Intercept, Op};
 use common::{init_options, noise, tweak};
 use vhdkit::disk::{DiskInfo, Extent, OpenOptions};
 use vhdkit::export::{InPlace, Target};
 use vhdkit::store::{
-    Attachment, Backend, BackupOptions, CancelToken, ChangeList, ChangeSource, DiskJob, LocalDir, LockGuard, LockMode,
-    Moment, ObjectWriter, Operation, Progress, ProgressSink, PruneOptions, RestoreOptions, Retention, Selection, Store,
-    StoreError, VacuumOptions, VerifyOptions,
+    Attachment, BackupOptions, CancelToken, ChangeList, ChangeSource, DiskJob, Moment, Operation, Progress,
+    ProgressSink, PruneOptions, RestoreOptions, Retention, Selection, Store, StoreError, VacuumOptions, VerifyOptions,
 };
 use vhdkit::{DiskError, ErrorKind, VirtualDisk};
 
@@ -55,81 +55,22 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// A folder store whose listing of one prefix fails, or whose disk fills
 /// up after a number of bytes.
-#[derive(Debug)]
-struct Faulty {
-    inner: LocalDir,
-    fail_list: Option<&'static str>,
-    space: Option<Arc<AtomicU64>>,
-}
-
-struct FillingWriter {
-    inner: Box<dyn ObjectWriter>,
-    space: Arc<AtomicU64>,
-}
-
-impl ObjectWriter for FillingWriter {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let n = bytes.len() as u64;
-        let left = self.space.load(Ordering::SeqCst);
-        if left < n {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        self.space.fetch_sub(n, Ordering::SeqCst);
-        self.inner.write(bytes)
-    }
-    fn position(&self) -> u64 {
-        self.inner.position()
-    }
-    fn commit(self: Box<Self>) -> io::Result<()> {
-        self.inner.commit()
-    }
-}
-
-impl Backend for Faulty {
-    fn describe(&self, key: &str) -> PathBuf {
-        self.inner.describe(key)
-    }
-    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(key, buf, offset)
-    }
-    fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {
-        self.inner.read_all(key)
-    }
-    fn size(&self, key: &str) -> io::Result<u64> {
-        self.inner.size(key)
-    }
-    fn exists(&self, key: &str) -> bool {
-        self.inner.exists(key)
-    }
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        if self.fail_list == Some(prefix) {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("injected: cannot list {prefix}")));
-        }
-        self.inner.list(prefix)
-    }
-    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
-        let inner = self.inner.create(key)?;
-        Ok(match &self.space {
-            Some(space) => Box::new(FillingWriter { inner, space: space.clone() }),
-            None => inner,
-        })
-    }
-    fn delete(&self, key: &str) -> io::Result<()> {
-        self.inner.delete(key)
-    }
-    fn append_line(&self, key: &str, line: &str) -> io::Result<()> {
-        self.inner.append_line(key, line)
-    }
-    fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
-        self.inner.lock(mode, wait)
-    }
-    fn total_bytes(&self) -> io::Result<u64> {
-        self.inner.total_bytes()
-    }
-}
-
 fn faulty(path: &Path, fail_list: Option<&'static str>, space: Option<u64>) -> Store {
-    let backend = Faulty { inner: LocalDir::new(path), fail_list, space: space.map(|s| Arc::new(AtomicU64::new(s))) };
+    let space = space.map(|s| Arc::new(AtomicU64::new(s)));
+    let backend = Intercept::new(path, move |op| match op {
+        Op::List(prefix) if fail_list == Some(prefix) => {
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("injected: cannot list {prefix}")))
+        }
+        Op::Write(_, n) => match &space {
+            Some(left) if left.load(Ordering::SeqCst) < n as u64 => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(left) => {
+                left.fetch_sub(n as u64, Ordering::SeqCst);
+                Ok(())
+            }
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    });
     Store::open_backend(Arc::new(backend)).unwrap()
 }
 

@@ -14,102 +14,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use common::intercept::{Intercept, Op};
 use vhdkit::disk::OpenOptions;
 use vhdkit::export::Target;
-use vhdkit::store::{Backend, BackupId, BackupOptions, LocalDir, LockGuard, LockMode, ObjectWriter, Store};
-
-/// Counts storage operations and aborts the process at the `abort_at`th.
-#[derive(Debug)]
-struct Crashing {
-    inner: LocalDir,
-    count: Arc<AtomicU64>,
-    abort_at: u64,
-}
-
-impl Crashing {
-    fn tick(&self) {
-        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.abort_at {
-            std::process::abort();
-        }
-    }
-}
-
-struct CrashingWriter {
-    inner: Box<dyn ObjectWriter>,
-    count: Arc<AtomicU64>,
-    abort_at: u64,
-}
-
-impl CrashingWriter {
-    fn tick(&self) {
-        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.abort_at {
-            std::process::abort();
-        }
-    }
-}
-
-impl ObjectWriter for CrashingWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.tick();
-        self.inner.write(bytes)
-    }
-    fn position(&self) -> u64 {
-        self.inner.position()
-    }
-    fn commit(self: Box<Self>) -> std::io::Result<()> {
-        self.tick();
-        let (count, abort_at) = (self.count.clone(), self.abort_at);
-        self.inner.commit()?;
-        if count.fetch_add(1, Ordering::SeqCst) + 1 == abort_at {
-            std::process::abort();
-        }
-        Ok(())
-    }
-}
-
-impl Backend for Crashing {
-    fn describe(&self, key: &str) -> PathBuf {
-        self.inner.describe(key)
-    }
-    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(key, buf, offset)
-    }
-    fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
-        self.inner.read_all(key)
-    }
-    fn size(&self, key: &str) -> std::io::Result<u64> {
-        self.inner.size(key)
-    }
-    fn exists(&self, key: &str) -> bool {
-        self.inner.exists(key)
-    }
-    fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
-        self.inner.list(prefix)
-    }
-    fn create(&self, key: &str) -> std::io::Result<Box<dyn ObjectWriter>> {
-        self.tick();
-        let inner = self.inner.create(key)?;
-        Ok(Box::new(CrashingWriter { inner, count: self.count.clone(), abort_at: self.abort_at }))
-    }
-    fn delete(&self, key: &str) -> std::io::Result<()> {
-        self.tick();
-        self.inner.delete(key)?;
-        self.tick();
-        Ok(())
-    }
-    fn append_line(&self, key: &str, line: &str) -> std::io::Result<()> {
-        self.tick();
-        self.inner.append_line(key, line)
-    }
-    fn lock(&self, mode: LockMode, wait: bool) -> std::io::Result<Option<Box<dyn LockGuard>>> {
-        self.inner.lock(mode, wait)
-    }
-    fn total_bytes(&self) -> std::io::Result<u64> {
-        self.inner.total_bytes()
-    }
-}
+use vhdkit::store::{BackupId, BackupOptions, Store};
 
 /// The child side: runs one operation through the crashing backend and
 /// prints how many storage operations it made (when it was not aborted).
@@ -120,7 +28,18 @@ fn crash_child() {
     let Ok(store_dir) = std::env::var("VHDKIT_CRASH_STORE") else { return };
     let abort_at: u64 = std::env::var("VHDKIT_CRASH_AT").unwrap().parse().unwrap();
     let count = Arc::new(AtomicU64::new(0));
-    let backend = Arc::new(Crashing { inner: LocalDir::new(&store_dir), count: count.clone(), abort_at });
+    let counter = count.clone();
+    // Every storage write counts (create, each write, before and after a
+    // commit, before and after a delete); the `abort_at`th aborts the process.
+    let backend = Arc::new(Intercept::new(&store_dir, move |op| {
+        if matches!(op, Op::Read(_) | Op::List(_) | Op::Lock(..)) {
+            return Ok(());
+        }
+        if counter.fetch_add(1, Ordering::SeqCst) + 1 == abort_at {
+            std::process::abort();
+        }
+        Ok(())
+    }));
     let store = Store::open_backend(backend).unwrap();
     match std::env::var("VHDKIT_CRASH_OP").unwrap().as_str() {
         "backup" => {

@@ -7,15 +7,16 @@ use common::{block_size, child_of, init_options, noise, tweak};
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, mpsc};
 
+use common::intercept::{Intercept, Op};
 use vhdkit::VirtualDisk;
 use vhdkit::disk::OpenOptions;
 use vhdkit::export::{ExportOptions, Target, export};
 use vhdkit::store::{
-    Backend, BackupOptions, ChangeSource, Kind, LocalDir, LockGuard, LockMode, MergeOptions, Moment, ObjectWriter,
-    ProgressSink, PruneOptions, Retention, Store, StoreError, VacuumOptions, VerifyOptions,
+    BackupOptions, ChangeSource, Kind, MergeOptions, Moment, ProgressSink, PruneOptions, Retention, Store, StoreError,
+    VacuumOptions, VerifyOptions,
 };
 
 const MIB: usize = 1 << 20;
@@ -281,50 +282,6 @@ fn prune_keeps_the_policy_merging_where_needed_and_vacuum_reclaims() {
     }
 }
 
-/// A backend whose lock calls first tell the test they are about to wait.
-#[derive(Debug)]
-struct Announcing {
-    inner: LocalDir,
-    tx: std::sync::Mutex<mpsc::Sender<()>>,
-}
-
-impl Backend for Announcing {
-    fn describe(&self, key: &str) -> PathBuf {
-        self.inner.describe(key)
-    }
-    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(key, buf, offset)
-    }
-    fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
-        self.inner.read_all(key)
-    }
-    fn size(&self, key: &str) -> std::io::Result<u64> {
-        self.inner.size(key)
-    }
-    fn exists(&self, key: &str) -> bool {
-        self.inner.exists(key)
-    }
-    fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
-        self.inner.list(prefix)
-    }
-    fn create(&self, key: &str) -> std::io::Result<Box<dyn ObjectWriter>> {
-        self.inner.create(key)
-    }
-    fn delete(&self, key: &str) -> std::io::Result<()> {
-        self.inner.delete(key)
-    }
-    fn append_line(&self, key: &str, line: &str) -> std::io::Result<()> {
-        self.inner.append_line(key, line)
-    }
-    fn lock(&self, mode: LockMode, wait: bool) -> std::io::Result<Option<Box<dyn LockGuard>>> {
-        let _ = self.tx.lock().unwrap().send(());
-        self.inner.lock(mode, wait)
-    }
-    fn total_bytes(&self) -> std::io::Result<u64> {
-        self.inner.total_bytes()
-    }
-}
-
 /// Vacuum waits for the lock while a backup runs; the backup commits while
 /// vacuum waits; vacuum must keep every chunk the new backup references.
 /// Conflicting operations that do not wait get `StoreBusy`.
@@ -362,7 +319,14 @@ fn vacuum_waiting_for_a_backup_keeps_what_the_backup_committed() {
         assert!(matches!(store.vacuum(&VacuumOptions::default()), Err(StoreError::StoreBusy { .. })));
         assert!(matches!(store.merge("d", &MergeOptions::default()), Err(StoreError::StoreBusy { .. })));
         let vacuum = scope.spawn(|| {
-            let backend = Arc::new(Announcing { inner: LocalDir::new(&path), tx: std::sync::Mutex::new(vac_tx) });
+            // Tells the test when vacuum is about to wait for the lock.
+            let tx = std::sync::Mutex::new(vac_tx);
+            let backend = Arc::new(Intercept::new(&path, move |op| {
+                if let Op::Lock(..) = op {
+                    let _ = tx.lock().unwrap().send(());
+                }
+                Ok(())
+            }));
             Store::open_backend(backend).unwrap().vacuum(&tweak(VacuumOptions::default(), |o| o.wait = true)).unwrap()
         });
         // Once vacuum is about to wait for the lock, let the backup finish.

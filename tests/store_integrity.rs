@@ -148,7 +148,7 @@ fn verify_flips(compression: Compression) {
     let store = Store::open(&pristine).unwrap();
     let users = users(&store);
     let packs: Vec<PackId> =
-        store.backend().list("packs").unwrap().iter().filter_map(|k| PackId::from_key(k)).collect();
+        store.backend().list("packs").unwrap().iter().filter_map(|o| PackId::from_key(&o.key)).collect();
     let work = dir.join("work");
     let mut trials = 0;
     for pack in &packs {
@@ -244,7 +244,7 @@ fn a_damaged_chunk_is_stored_again_by_the_next_backup() {
     let store = init(&dir.join("s"), Compression::None);
     let bytes = noise(5, 2 * MIB);
     let first = backup(&store, &raw(bytes.clone(), "d"), "d");
-    let pack = store.backend().list("packs").unwrap()[0].clone();
+    let pack = store.backend().list("packs").unwrap()[0].key.clone();
     let e = read_pack_index(store.backend(), PackId::from_key(&pack).unwrap()).unwrap()[3];
     flip(&dir.join("s").join(&pack), e.offset + 100);
     let report = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();

@@ -142,6 +142,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The job log: one line per finished operation, oldest first.
+    Log {
+        store: PathBuf,
+        /// Only the newest N entries.
+        #[arg(long)]
+        last: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Logical and stored bytes, chunks, dedup and compression ratios.
     Stats {
         store: PathBuf,
@@ -279,6 +288,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => store::restore(args, &cancel),
         Command::Verify { store, backup, json } => store::verify(&store, backup, json, &cancel),
         Command::Stats { store, json } => store::stats(&store, json),
+        Command::Log { store, last, json } => store::log(&store, last, json),
         Command::Convert { input, output, to, block_size, parent, from, no_sync } => {
             let mut export = ExportOptions::default();
             export.block_size = block_size;

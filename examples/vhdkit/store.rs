@@ -441,6 +441,31 @@ pub(crate) fn stats(store: &Path, json_out: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
+pub(crate) fn log(store: &Path, last: Option<usize>, json_out: bool) -> Result<u8, Failure> {
+    let s = Store::open(store)?;
+    let mut entries = s.job_log()?;
+    if let Some(n) = last {
+        entries.drain(..entries.len().saturating_sub(n));
+    }
+    if json_out {
+        out!("{}", json(&entries)?);
+        return Ok(0);
+    }
+    for e in &entries {
+        let report = &e["report"];
+        let what = report["id"].as_str().or_else(|| report["point"].as_str()).unwrap_or("");
+        out!(
+            "{}  {:<13} {:<32} {}@{}",
+            e["time"].as_str().unwrap_or("?"),
+            e["op"].as_str().unwrap_or("?"),
+            what,
+            e["pid"],
+            e["host"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(0)
+}
+
 pub(crate) fn merge(
     store: &Path,
     backup: &str,

@@ -170,50 +170,6 @@ fn make_dirty(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// A backend holding one manifest (the fuzz input) in memory.
-#[derive(Debug)]
-struct OneFile(Vec<u8>);
-
-impl vhdkit::store::Backend for OneFile {
-    fn describe(&self, key: &str) -> PathBuf {
-        PathBuf::from(key)
-    }
-    fn read_at(&self, _key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.as_slice().read_exact_at(buf, offset)
-    }
-    fn read_all(&self, _key: &str) -> std::io::Result<Vec<u8>> {
-        Ok(self.0.clone())
-    }
-    fn size(&self, _key: &str) -> std::io::Result<u64> {
-        Ok(self.0.len() as u64)
-    }
-    fn exists(&self, _key: &str) -> bool {
-        true
-    }
-    fn list(&self, _prefix: &str) -> std::io::Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-    fn create(&self, _key: &str) -> std::io::Result<Box<dyn vhdkit::store::ObjectWriter>> {
-        Err(std::io::Error::other("read-only"))
-    }
-    fn delete(&self, _key: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn append_line(&self, _key: &str, _line: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn lock(
-        &self,
-        _mode: vhdkit::store::LockMode,
-        _wait: bool,
-    ) -> std::io::Result<Option<Box<dyn vhdkit::store::LockGuard>>> {
-        Ok(None)
-    }
-    fn total_bytes(&self) -> std::io::Result<u64> {
-        Ok(self.0.len() as u64)
-    }
-}
-
 /// Decodes the fuzz input as a manifest: as it is, and sealed (the input
 /// taken as `[header length u32][header JSON][body]`, wrapped in a valid
 /// trailer and checksum) so the fuzzer gets past the checksum to the
@@ -252,7 +208,13 @@ fn read_manifest(file: &[u8]) {
         })
         .and_then(|v| v.get("id")?.as_str()?.parse::<vhdkit::store::BackupId>().ok())
         .unwrap_or_else(|| "x".parse().expect("a valid id"));
-    let backend = OneFile(file.to_vec());
+    // The input as the manifest of the id it claims, in an otherwise empty store.
+    let backend = vhdkit::store::MemoryBackend::new();
+    let stored = vhdkit::store::Backend::create(&backend, &format!("manifests/{id}.manifest"))
+        .and_then(|mut w| w.write(file).and_then(|()| w.commit()));
+    if stored.is_err() {
+        return;
+    }
     let Ok(mut reader) = vhdkit::store::manifest::ManifestReader::open(&backend, &id) else { return };
     let mut runs = 0u32;
     while let Ok(Some(_)) = reader.next_run() {

@@ -99,11 +99,24 @@ pub(crate) struct Catalog {
     pub points: Vec<PointRecord>,
     /// Manifests of jobs that never committed (their point is missing).
     pub orphans: Vec<BackupId>,
+    /// Manifest generations a merge replaced (keys).
+    pub superseded: Vec<String>,
     /// Manifests and points that could not be read: what and why.
     pub problems: Vec<(String, StoreError)>,
 }
 
 impl Catalog {
+    /// A catalog of nothing (when listing failed and the caller goes on).
+    pub(crate) fn empty() -> Catalog {
+        Catalog {
+            backups: Vec::new(),
+            points: Vec::new(),
+            orphans: Vec::new(),
+            superseded: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
     /// The first problem as an error (for operations that cannot go on
     /// over damage), or the catalog.
     pub(crate) fn strict(mut self) -> Result<Catalog> {
@@ -183,7 +196,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             other => other.map_err(StoreError::io(backend.describe("points"), "list"))?,
         };
-        for key in point_keys {
+        for key in point_keys.into_iter().map(|o| o.key) {
             let Some(id) = point_from_key(&key) else { continue };
             match PointRecord::read(backend, &id) {
                 Ok(p) => {
@@ -197,8 +210,22 @@ impl Store {
         }
         let mut headers: Vec<ManifestHeader> = Vec::new();
         let mut orphans = Vec::new();
-        for key in list("manifests")? {
-            let Some(id) = id_from_key(&key) else { continue };
+        // Each backup once, by its newest generation; older generations a
+        // merge left behind are superseded (vacuum removes them).
+        let mut newest: BTreeMap<BackupId, (u32, String)> = BTreeMap::new();
+        let mut superseded = Vec::new();
+        for key in list("manifests")?.into_iter().map(|o| o.key) {
+            let Some((id, generation)) = id_from_key(&key) else { continue };
+            match newest.get(&id) {
+                Some((g, _)) if *g >= generation => superseded.push(key),
+                _ => {
+                    if let Some((_, old)) = newest.insert(id, (generation, key)) {
+                        superseded.push(old);
+                    }
+                }
+            }
+        }
+        for (id, (_, key)) in newest {
             match read_header(backend, &id) {
                 Ok(h) => match &h.point {
                     Some(p) if bad_points.contains(p) => {}
@@ -244,7 +271,7 @@ impl Store {
         backups.sort_by(|a, b| (a.created, &a.point, ordinal(a), &a.id).cmp(&(b.created, &b.point, ordinal(b), &b.id)));
         let mut points: Vec<PointRecord> = points.into_values().collect();
         points.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
-        Ok(Catalog { backups, points, orphans, problems })
+        Ok(Catalog { backups, points, orphans, superseded, problems })
     }
 
     /// Every committed backup, oldest first. Fails if a manifest or point

@@ -11,10 +11,14 @@ use super::time::Moment;
 /// The format name in every config.
 pub const FORMAT: &str = "vhdkit-store";
 
-/// The store format version this crate writes, and the only one it reads.
-/// docs/store-format.md specifies it; a change that an older reader would
-/// misread bumps it.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// The store format version this crate writes. docs/store-format.md
+/// specifies it; a change that an older reader would misread bumps it.
+/// Version 2 writes nothing in place: merges add a manifest generation and
+/// the job log is one object per job.
+pub const STORE_FORMAT_VERSION: u32 = 2;
+
+/// The oldest version this crate reads (and writes as version 2 does).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// The store's settings, as its `config` file holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,8 +120,11 @@ impl StoreConfig {
             let reason = format!("format {:?} is not {FORMAT:?}", config.format);
             return Err(StoreError::NotAStore { path: path.to_path_buf(), reason });
         }
-        if config.version != STORE_FORMAT_VERSION {
-            let reason = format!("store format version {} (this vhdkit reads {STORE_FORMAT_VERSION})", config.version);
+        if !(OLDEST_READABLE_VERSION..=STORE_FORMAT_VERSION).contains(&config.version) {
+            let reason = format!(
+                "store format version {} (this vhdkit reads {OLDEST_READABLE_VERSION} to {STORE_FORMAT_VERSION})",
+                config.version
+            );
             return Err(StoreError::UnsupportedStore { path: path.to_path_buf(), reason });
         }
         if config.checksum != config.compute_checksum() {

@@ -128,7 +128,8 @@ pub struct Index {
 impl Index {
     /// Loads every index file and the damaged-chunk markers.
     pub fn load(backend: &dyn Backend) -> Result<Index> {
-        let files = backend.list("index").map_err(StoreError::io(backend.describe("index"), "list"))?;
+        let files =
+            super::backend::list_keys(backend, "index").map_err(StoreError::io(backend.describe("index"), "list"))?;
         let mut entries = Vec::new();
         for key in &files {
             let bytes = backend.read_all(key).map_err(StoreError::io(backend.describe(key), "read index"))?;
@@ -139,7 +140,9 @@ impl Index {
         entries.sort_unstable_by_key(|e| (e.id, e.location.pack, e.location.offset));
         entries.dedup();
         let mut damaged = HashSet::new();
-        for key in backend.list("damaged").map_err(StoreError::io(backend.describe("damaged"), "list"))? {
+        for key in super::backend::list_keys(backend, "damaged")
+            .map_err(StoreError::io(backend.describe("damaged"), "list"))?
+        {
             if let Some((c, p)) = parse_damaged(&key) {
                 damaged.insert((c, p));
             }

@@ -129,14 +129,50 @@ pub enum Slot {
     Inherit,
 }
 
-/// The key of backup `id`'s manifest.
-pub fn manifest_key(id: &BackupId) -> String {
-    format!("manifests/{id}.manifest")
+/// The generation a merge writes: a backup's manifest is written once as
+/// generation 0, and a merge (which makes it full; a full backup is never
+/// merged again) writes generation 1 beside it instead of replacing it.
+pub const MERGED: u32 = 1;
+
+/// The key of generation `generation` of backup `id`'s manifest:
+/// `manifests/<id>.manifest`, then `manifests/<id>~<generation>.manifest`.
+pub fn manifest_key_gen(id: &BackupId, generation: u32) -> String {
+    match generation {
+        0 => format!("manifests/{id}.manifest"),
+        g => format!("manifests/{id}~{g}.manifest"),
+    }
 }
 
-/// The backup id in a manifest key, if the key is one.
-pub fn id_from_key(key: &str) -> Option<BackupId> {
-    key.strip_prefix("manifests/")?.strip_suffix(".manifest")?.parse().ok()
+/// The key of backup `id`'s first manifest, for messages.
+pub fn manifest_key(id: &BackupId) -> String {
+    manifest_key_gen(id, 0)
+}
+
+/// The backup id and generation in a manifest key, if the key is one.
+pub fn id_from_key(key: &str) -> Option<(BackupId, u32)> {
+    let name = key.strip_prefix("manifests/")?.strip_suffix(".manifest")?;
+    match name.split_once('~') {
+        None => Some((name.parse().ok()?, 0)),
+        Some((id, text)) => {
+            // Only the canonical spelling: `~1`, never `~01` or `~0`.
+            let generation: u32 = text.parse().ok()?;
+            (generation > 0 && generation.to_string() == text).then_some(())?;
+            Some((id.parse().ok()?, generation))
+        }
+    }
+}
+
+/// Opens the newest generation of `id`'s manifest: `open(key)` is tried on
+/// the merged generation, then on the first.
+fn newest<T>(id: &BackupId, mut open: impl FnMut(&str) -> std::io::Result<T>) -> std::io::Result<(String, T)> {
+    let merged = manifest_key_gen(id, MERGED);
+    match open(&merged) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let first = manifest_key(id);
+            open(&first).map(|t| (first, t))
+        }
+        other => other.map(|t| (merged, t)),
+    }
 }
 
 /// Decodes the first 12 bytes: the signature and the header's length.
@@ -186,10 +222,10 @@ fn not_found_or_io(id: &BackupId, path: &Path) -> impl FnOnce(std::io::Error) ->
 /// Reads backup `id`'s header only (one small read, the body unchecked):
 /// for listing. Everything that uses the body opens a [`ManifestReader`].
 pub fn read_header(backend: &dyn Backend, id: &BackupId) -> Result<ManifestHeader> {
-    let key = manifest_key(id);
-    let path = backend.describe(&key);
     let mut head = [0u8; 12];
-    backend.read_at(&key, &mut head, 0).map_err(not_found_or_io(id, &path))?;
+    let (key, ()) = newest(id, |key| backend.read_at(key, &mut head, 0))
+        .map_err(not_found_or_io(id, &backend.describe(&manifest_key(id))))?;
+    let path = backend.describe(&key);
     let len = parse_head(&head, &path)?;
     let mut json = vec![0u8; len as usize];
     backend.read_at(&key, &mut json, 12).map_err(|e| {
@@ -218,7 +254,13 @@ pub struct ManifestWriter {
 impl ManifestWriter {
     /// Starts writing the manifest for `header`.
     pub fn create(backend: &dyn Backend, header: &ManifestHeader) -> Result<ManifestWriter> {
-        let key = manifest_key(&header.id);
+        ManifestWriter::create_gen(backend, header, 0)
+    }
+
+    /// Starts writing generation `generation` of the manifest for `header`
+    /// (a merge writes [`MERGED`]).
+    pub fn create_gen(backend: &dyn Backend, header: &ManifestHeader, generation: u32) -> Result<ManifestWriter> {
+        let key = manifest_key_gen(&header.id, generation);
         let path = backend.describe(&key);
         let writer = backend.create(&key).map_err(StoreError::io(&path, "create manifest"))?;
         let json = serde_json::to_vec(header).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -350,9 +392,10 @@ impl<'a> ManifestReader<'a> {
     /// Opens backup `id`'s manifest: reads its header, checks its checksum
     /// and trailer over the whole file, and positions at the first slot.
     pub fn open(backend: &'a dyn Backend, id: &BackupId) -> Result<ManifestReader<'a>> {
-        let key = manifest_key(id);
+        let (key, info) =
+            newest(id, |key| backend.stat(key)).map_err(not_found_or_io(id, &backend.describe(&manifest_key(id))))?;
         let path = backend.describe(&key);
-        let len = backend.size(&key).map_err(not_found_or_io(id, &path))?;
+        let len = info.size;
         let corrupt = |offset: u64, reason: String| StoreError::corrupt(&path, "manifest", offset, reason);
         if len < 12 + TRAILER as u64 {
             return Err(corrupt(0, format!("{len} bytes is too short")));

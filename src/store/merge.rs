@@ -1,10 +1,11 @@
 //! Synthetic merge: an incremental backup becomes a full one by folding its
 //! chain into a new manifest, without reading any chunk data.
 //!
-//! The full manifest is written beside the old one and committed under the
-//! same id by an atomic rename: at every instant the backup has either its
-//! old incremental manifest or its new full one, with the same effective
-//! map. Backups that name it as their parent keep working; its ancestors are
+//! The full manifest is written beside the old one as the backup's merged
+//! generation (`manifests/<id>~1.manifest`; nothing is overwritten):
+//! readers take the newest generation, so at every instant the backup has
+//! either its old incremental manifest or its new full one, with the same
+//! effective map. Vacuum deletes the superseded generation. Backups that name it as their parent keep working; its ancestors are
 //! no longer needed by it and become droppable.
 
 use std::time::Instant;
@@ -16,7 +17,7 @@ use super::backend::LockMode;
 use super::chain::{ChainCursor, Resolved};
 use super::error::Result;
 use super::id::BackupId;
-use super::manifest::{Kind, ManifestWriter, Slot};
+use super::manifest::{Kind, MERGED, ManifestWriter, Slot};
 
 /// How to merge.
 #[derive(Debug, Clone, Default)]
@@ -68,7 +69,9 @@ impl Store {
         }
         header.kind = Kind::Full;
         header.parent = None;
-        let mut writer = ManifestWriter::create(self.backend(), &header)?;
+        // Beside the old manifest, never over it: readers take the newest
+        // generation, and vacuum removes the superseded one.
+        let mut writer = ManifestWriter::create_gen(self.backend(), &header, MERGED)?;
         let mut data_slots = 0;
         while let Some((r, n)) = cursor.next_run()? {
             match r {

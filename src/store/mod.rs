@@ -59,7 +59,7 @@ mod point;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use backend::{Backend, LocalDir, LockGuard, LockMode, ObjectWriter};
+pub use backend::{Backend, LocalDir, LockGuard, LockMode, MemoryBackend, ObjectInfo, ObjectWriter};
 pub use backup::{
     Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, MAX_ATTACHMENT_BYTES, PointReport,
 };
@@ -107,11 +107,24 @@ impl Store {
         for dir in FOLDERS {
             std::fs::create_dir_all(path.join(dir)).map_err(StoreError::io(path.join(dir), "create folder"))?;
         }
-        let backend = Arc::new(LocalDir::new(path));
+        Store::init_backend(Arc::new(LocalDir::new(path)), options)
+    }
+
+    /// Creates a store over any backend, which must hold no store yet
+    /// (the config is created only if absent, so two inits of one location
+    /// cannot both succeed).
+    pub fn init_backend(backend: Arc<dyn Backend>, options: &InitOptions) -> Result<Store> {
         let config = StoreConfig::new(options, pack::PackId::new_random().to_hex(), Moment::now())?;
-        let mut w = backend.create("config").map_err(StoreError::io(path.join("config"), "create config"))?;
-        w.write(&config.encode()).map_err(StoreError::io(path.join("config"), "write config"))?;
-        w.commit().map_err(StoreError::io(path.join("config"), "commit config"))?;
+        let path = backend.describe("config");
+        let mut w = backend.create("config").map_err(StoreError::io(&path, "create config"))?;
+        w.write(&config.encode()).map_err(StoreError::io(&path, "write config"))?;
+        w.commit().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                StoreError::Invalid(format!("{} already holds a store", backend.describe("").display()))
+            } else {
+                StoreError::io(&path, "commit config")(e)
+            }
+        })?;
         let store = Store { backend, config, limits: backup::Limits::DEFAULT };
         store.log_job("init", &serde_json::json!({ "config": store.config }));
         Ok(store)
@@ -129,7 +142,13 @@ impl Store {
 
     /// Opens a store over any backend.
     pub fn open_backend(backend: Arc<dyn Backend>) -> Result<Store> {
-        let bytes = backend.read_all("config").map_err(StoreError::io(backend.describe("config"), "read config"))?;
+        let bytes = backend.read_all("config").map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::NotAStore { path: backend.describe(""), reason: "it has no config object".into() }
+            } else {
+                StoreError::io(backend.describe("config"), "read config")(e)
+            }
+        })?;
         let config = StoreConfig::decode(&bytes, &backend.describe("config"))?;
         Ok(Store { backend, config, limits: backup::Limits::DEFAULT })
     }
@@ -161,10 +180,55 @@ impl Store {
         })
     }
 
-    /// Appends one JSON line to the job log. A failure to log never fails
-    /// the operation that already succeeded.
+    /// Records a finished operation in the job log: one small object per
+    /// job (`log/<time>-<random>.json`), so writers never append to a
+    /// shared file. A failure to log never fails the operation that already
+    /// succeeded.
     pub(crate) fn log_job(&self, op: &str, report: &serde_json::Value) {
-        let line = serde_json::json!({ "time": Moment::now().rfc3339(), "op": op, "pid": std::process::id(), "report": report });
-        let _ = self.backend.append_line("log/jobs.log", &line.to_string());
+        let now = Moment::now();
+        let entry = serde_json::json!({ "time": now, "op": op, "host": host_name(), "pid": std::process::id(), "report": report });
+        let key = format!("log/{}.json", id::BackupId::generate(now));
+        if let Ok(mut w) = self.backend.create(&key) {
+            let _ = w.write(entry.to_string().as_bytes()).and_then(|()| w.commit());
+        }
     }
+}
+
+impl Store {
+    /// The job log, oldest first: one JSON object per finished operation
+    /// (`time`, `op`, `host`, `pid`, `report`). Stores made before version
+    /// 2 kept one `log/jobs.log` file of such lines; they are read too.
+    pub fn job_log(&self) -> Result<Vec<serde_json::Value>> {
+        let backend = self.backend();
+        let mut entries = Vec::new();
+        for key in backend::list_keys(backend, "log").map_err(StoreError::io(backend.describe("log"), "list"))? {
+            let bytes = match backend.read_all(&key) {
+                Ok(b) => b,
+                // Removed since the listing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(backend.describe(&key), "read job log")(e)),
+            };
+            let lines: Vec<&[u8]> =
+                if key.ends_with(".log") { bytes.split(|&b| b == b'\n').collect() } else { vec![&bytes] };
+            for line in lines.into_iter().filter(|l| !l.is_empty()) {
+                let entry: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| StoreError::corrupt(backend.describe(&key), "job log entry", 0, e.to_string()))?;
+                entries.push(entry);
+            }
+        }
+        entries.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+        Ok(entries)
+    }
+}
+
+/// This machine's name, for the job log and leases.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -206,7 +206,7 @@ pub fn decode_pack_index(bytes: &[u8], trailer: &Trailer) -> std::result::Result
 pub fn read_pack_index(backend: &dyn Backend, id: PackId) -> Result<Vec<PackEntry>> {
     let key = id.key();
     let path = backend.describe(&key);
-    let len = backend.size(&key).map_err(StoreError::io(&path, "read pack"))?;
+    let len = backend.stat(&key).map_err(StoreError::io(&path, "read pack"))?.size;
     if len < PACK_HEADER + TRAILER as u64 {
         return Err(StoreError::corrupt(path, "pack", 0, format!("{len} bytes is too short for a pack")));
     }

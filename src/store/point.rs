@@ -164,7 +164,7 @@ impl PointRecord {
     pub(crate) fn read(backend: &dyn Backend, id: &PointId) -> Result<PointRecord> {
         let key = point_key(id);
         let path = backend.describe(&key);
-        let size = backend.size(&key).map_err(|e| {
+        let size = backend.stat(&key).map(|o| o.size).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::NoSuchBackup(id.to_string())
             } else {

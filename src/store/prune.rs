@@ -20,7 +20,7 @@ use super::backend::LockMode;
 use super::chain::ChainWalk;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
-use super::manifest::manifest_key;
+use super::manifest::{MERGED, manifest_key, manifest_key_gen};
 use super::point::point_key;
 use super::time::Moment;
 
@@ -191,6 +191,9 @@ impl Store {
             delete(point_key(p), "delete restore point")?;
         }
         for id in &report.dropped {
+            // The merged generation first: the first one is still a sound
+            // manifest of the same backup until it goes too.
+            delete(manifest_key_gen(id, MERGED), "delete manifest")?;
             delete(manifest_key(id), "delete manifest")?;
         }
         self.log_job("prune", &serde_json::to_value(&report).unwrap_or_default());

@@ -47,11 +47,14 @@ impl Store {
         let started = Instant::now();
         let _lock = self.lock(LockMode::Exclusive, options.wait)?;
         let backend = self.backend();
-        let old = backend.list("index").map_err(StoreError::io(backend.describe("index"), "list"))?;
+        let old =
+            super::backend::list_keys(backend, "index").map_err(StoreError::io(backend.describe("index"), "list"))?;
         let mut entries = Vec::new();
         let mut unreadable = Vec::new();
         let mut packs = 0;
-        for key in backend.list("packs").map_err(StoreError::io(backend.describe("packs"), "list"))? {
+        for key in
+            super::backend::list_keys(backend, "packs").map_err(StoreError::io(backend.describe("packs"), "list"))?
+        {
             let Some(pack) = PackId::from_key(&key) else { continue };
             let Ok(list) = read_pack_index(backend, pack) else {
                 unreadable.push(pack.to_hex());

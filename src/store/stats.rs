@@ -66,7 +66,8 @@ impl Store {
                 slot += n;
             }
         }
-        let stored_bytes = backend.total_bytes().map_err(StoreError::io(backend.describe(""), "measure"))?;
+        let stored_bytes =
+            super::backend::total_bytes(backend, "").map_err(StoreError::io(backend.describe(""), "measure"))?;
         let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
         Ok(Stats {
             backups: catalog.backups.len() as u64,

@@ -114,7 +114,7 @@ impl Store {
         let started = Instant::now();
         let _lock = self.lock(LockMode::Exclusive, options.wait)?;
         let backend = self.backend();
-        let total = |what| backend.total_bytes().map_err(StoreError::io(backend.describe(""), what));
+        let total = |what| super::backend::total_bytes(backend, "").map_err(StoreError::io(backend.describe(""), what));
         let bytes_before = total("measure")?;
 
         // 1. Mark: every manifest a committed backup's chain reaches, and
@@ -151,7 +151,9 @@ impl Store {
         let old_index_files: Vec<String> = index.files().to_vec();
         let mut packs = Vec::new();
         let mut unreadable = Vec::new();
-        for key in backend.list("packs").map_err(StoreError::io(backend.describe("packs"), "list"))? {
+        for key in
+            super::backend::list_keys(backend, "packs").map_err(StoreError::io(backend.describe("packs"), "list"))?
+        {
             let Some(id) = PackId::from_key(&key) else { continue };
             match read_pack_index(backend, id) {
                 Ok(entries) => {
@@ -300,14 +302,20 @@ impl Store {
         for p in &delete {
             del(&p.key())?;
         }
-        for k in backend.list("tmp").map_err(StoreError::io(backend.describe("tmp"), "list"))? {
+        for k in super::backend::list_keys(backend, "tmp").map_err(StoreError::io(backend.describe("tmp"), "list"))? {
             del(&k)?;
         }
         for id in &unfinished {
             del(&manifest_key(id))?;
         }
+        // Generations a merge replaced: nothing reads them any more.
+        for key in &catalog.superseded {
+            del(key)?;
+        }
         let deleted: HashSet<PackId> = delete.iter().copied().collect();
-        for k in backend.list("damaged").map_err(StoreError::io(backend.describe("damaged"), "list"))? {
+        for k in super::backend::list_keys(backend, "damaged")
+            .map_err(StoreError::io(backend.describe("damaged"), "list"))?
+        {
             let gone = k.rsplit('.').next().and_then(PackId::from_hex).is_some_and(|p| deleted.contains(&p));
             if gone {
                 del(&k)?;

@@ -93,7 +93,7 @@ impl Store {
         let mut problems = Vec::new();
         let mut damaged_backups: BTreeSet<BackupId> = BTreeSet::new();
         let list = |prefix: &str, problems: &mut Vec<String>| match backend.list(prefix) {
-            Ok(keys) => keys,
+            Ok(objects) => objects,
             Err(e) => {
                 problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
                 Vec::new()
@@ -104,12 +104,12 @@ impl Store {
             Ok(c) => c,
             Err(e) => {
                 problems.push(format!("listing the backups failed: {e}"));
-                Catalog { backups: Vec::new(), points: Vec::new(), orphans: Vec::new(), problems: Vec::new() }
+                Catalog::empty()
             }
         };
         for (key, e) in &catalog.problems {
             problems.push(format!("{key}: {e}"));
-            if let Some(id) = super::manifest::id_from_key(key) {
+            if let Some((id, _)) = super::manifest::id_from_key(key) {
                 damaged_backups.insert(id);
             }
         }
@@ -152,7 +152,7 @@ impl Store {
 
         // Index files one by one, so one bad file does not hide the rest.
         let mut indexed: Vec<(ChunkId, PackId, u64, u32)> = Vec::new();
-        for key in list("index", &mut problems) {
+        for key in list("index", &mut problems).into_iter().map(|o| o.key) {
             match backend
                 .read_all(&key)
                 .map_err(|e| e.to_string())
@@ -169,11 +169,12 @@ impl Store {
         }
 
         // Every pack (or every pack the selection needs), on every core.
-        let pack_keys: Vec<String> = match &scope {
-            None => list("packs", &mut problems),
+        let pack_keys: Vec<(String, u64)> = match &scope {
+            None => list("packs", &mut problems).into_iter().map(|o| (o.key, o.size)).collect(),
             Some(_) => {
                 let packs: BTreeSet<PackId> = indexed.iter().map(|e| e.1).collect();
-                packs.iter().map(PackId::key).collect()
+                let size = |k: &str| backend.stat(k).map_or(0, |o| o.size);
+                packs.iter().map(|p| (p.key(), size(&p.key()))).collect()
             }
         };
         let results = self.check_packs(&pack_keys, &scope, options)?;
@@ -269,7 +270,7 @@ impl Store {
         for d in &damaged {
             if let (Ok(c), Some(p)) = (d.chunk.parse::<ChunkId>(), PackId::from_hex(&d.pack)) {
                 let key = damaged_key(&c, &p);
-                if !backend.exists(&key)
+                if !super::backend::exists(backend, &key)
                     && let Ok(w) = backend.create(&key)
                 {
                     let _ = w.commit();
@@ -300,7 +301,7 @@ impl Store {
     /// or all), on every core.
     fn check_packs(
         &self,
-        keys: &[String],
+        keys: &[(String, u64)],
         scope: &Option<HashSet<ChunkId>>,
         options: &VerifyOptions,
     ) -> Result<Vec<PackResult>> {
@@ -309,7 +310,7 @@ impl Store {
         let next = AtomicUsize::new(0);
         let done = AtomicU64::new(0);
         let cancelled = AtomicBool::new(false);
-        let total: u64 = keys.iter().map(|k| backend.size(k).unwrap_or(0)).sum();
+        let total: u64 = keys.iter().map(|(_, size)| size).sum();
         let progress = std::sync::Mutex::new(options.progress.throttled(Operation::Verify, total));
         let results = std::thread::scope(|scope_| {
             let handles: Vec<_> = (0..threads)
@@ -319,7 +320,7 @@ impl Store {
                         let (mut plain, mut record) = (Vec::new(), Vec::new());
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(key) = keys.get(i) else { break };
+                            let Some((key, _)) = keys.get(i) else { break };
                             let Some(id) = PackId::from_key(key) else { continue };
                             let entries = match read_pack_index(backend, id) {
                                 Ok(e) => e,

@@ -3,6 +3,8 @@
 //! and hashing of a disk's whole view.
 #![allow(dead_code)]
 
+pub mod intercept;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};

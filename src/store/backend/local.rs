@@ -1,73 +1,21 @@
-//! Where a store keeps its files.
+//! A store in a local folder.
 //!
-//! The store's logic talks to storage only through [`Backend`]: named
-//! objects that are written whole and committed atomically, read at any
-//! offset, listed and deleted, plus an advisory lock. [`LocalDir`] is the
-//! folder implementation; an object-store backend can follow without
-//! touching the rest of the store (objects map to keys, commit to a
-//! completed upload, the lock to a lease).
+//! Objects are files. A new object is written under `tmp/`, flushed, and
+//! hard-linked to its key, which fails if the key exists (create-if-absent
+//! without a race), then the folder is flushed; the temporary name is
+//! removed afterwards (a crash in between leaves only a file in `tmp/`).
+//! Deletes flush the folder, so they reach the disk in the order they are
+//! made.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-
-use crate::io::sync_dir;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// How an operation shares the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockMode {
-    /// Backups, restores, verify: any number at once.
-    Shared,
-    /// Merge, prune, vacuum, reindex: alone.
-    Exclusive,
-}
-
-/// Held while an operation runs; dropping it releases the lock.
-pub trait LockGuard: Send + Sync + std::fmt::Debug {}
-
-/// An object being written. Dropped without [`ObjectWriter::commit`], it
-/// leaves nothing under its key.
-pub trait ObjectWriter: Send {
-    /// Appends bytes.
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Bytes written so far.
-    fn position(&self) -> u64;
-    /// Makes the object durable and visible under its key, atomically.
-    fn commit(self: Box<Self>) -> io::Result<()>;
-}
-
-/// Storage for a store: see the module documentation. Keys are relative,
-/// `/`-separated paths such as `packs/ab/ab12....pack`.
-pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// A human-readable location of `key`, for messages.
-    fn describe(&self, key: &str) -> PathBuf;
-    /// Fills `buf` from `offset` of object `key`.
-    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// The whole object.
-    fn read_all(&self, key: &str) -> io::Result<Vec<u8>>;
-    /// The object's size.
-    fn size(&self, key: &str) -> io::Result<u64>;
-    /// Whether the object exists.
-    fn exists(&self, key: &str) -> bool;
-    /// Keys under `prefix` (a folder), recursively, sorted. A prefix that
-    /// does not exist is an error (`NotFound`), not an empty list.
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
-    /// Starts writing object `key`.
-    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
-    /// Deletes an object (no error if it is already gone); the delete is
-    /// durable when this returns, so deletes land in the order they are made.
-    fn delete(&self, key: &str) -> io::Result<()>;
-    /// Appends one line to a log object, atomically with respect to other appenders.
-    fn append_line(&self, key: &str, line: &str) -> io::Result<()>;
-    /// Takes the store lock; with `wait`, blocks until it is free, else
-    /// returns `Ok(None)` when another holder conflicts.
-    fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>>;
-    /// Bytes the store occupies in total.
-    fn total_bytes(&self) -> io::Result<u64>;
-}
+use super::{Backend, LockGuard, LockMode, ObjectInfo, ObjectWriter};
+use crate::io::sync_dir;
 
 /// A store in a local folder.
 #[derive(Debug)]
@@ -94,9 +42,9 @@ impl LocalDir {
         self.root.join(key)
     }
 
-    /// An open handle for `key`. Only packs are cached: they are never
-    /// rewritten under the same name, while a manifest can be replaced
-    /// (merge) and a cached handle would go on reading the old file.
+    /// An open handle for `key`. Only packs are cached: every object is
+    /// immutable, but a cached handle of a deleted and re-created key (a
+    /// damage marker) would read the old file.
     fn handle(&self, key: &str) -> io::Result<Arc<File>> {
         if !key.starts_with("packs/") {
             return Ok(Arc::new(File::open(self.path(key))?));
@@ -148,7 +96,22 @@ impl ObjectWriter for LocalWriter {
         if let Some(dir) = dir {
             fs::create_dir_all(dir)?;
         }
-        fs::rename(&self.temp, &self.target)?;
+        // A hard link fails if the key exists: create-if-absent, atomically.
+        // Where links are not supported, a check and a rename: a race
+        // between two writers of one key is then possible, which random
+        // names make moot for every object but config.
+        let linked = match fs::hard_link(&self.temp, &self.target) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                if self.target.exists() {
+                    Err(io::Error::new(io::ErrorKind::AlreadyExists, "the key exists"))
+                } else {
+                    fs::rename(&self.temp, &self.target)
+                }
+            }
+            other => other,
+        };
+        let _ = fs::remove_file(&self.temp);
+        linked?;
         if let Some(dir) = dir {
             sync_dir(dir)?;
         }
@@ -174,9 +137,14 @@ struct LocalLock {
 
 impl LockGuard for LocalLock {}
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> io::Result<()> {
+fn info(key: String, meta: &fs::Metadata) -> ObjectInfo {
+    ObjectInfo { key, size: meta.len(), modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH) }
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
+        // A sub-folder removed while we walk: nothing left in it.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
@@ -187,7 +155,12 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> io::Result<()> {
         if entry.file_type()?.is_dir() {
             walk(&entry.path(), &key, out)?;
         } else {
-            out.push(key);
+            match entry.metadata() {
+                Ok(m) => out.push(info(key, &m)),
+                // Deleted since it was listed (a vacuum, a finished temp file).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
@@ -222,15 +195,15 @@ impl Backend for LocalDir {
         fs::read(self.path(key))
     }
 
-    fn size(&self, key: &str) -> io::Result<u64> {
-        Ok(fs::metadata(self.path(key))?.len())
+    fn stat(&self, key: &str) -> io::Result<ObjectInfo> {
+        let meta = fs::metadata(self.path(key))?;
+        if !meta.is_file() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{key} is not an object")));
+        }
+        Ok(info(key.to_string(), &meta))
     }
 
-    fn exists(&self, key: &str) -> bool {
-        self.path(key).exists()
-    }
-
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
         // A store's folders exist from init on: a missing one is a damaged
         // or unmounted store, never an empty listing.
         let top = self.path(prefix);
@@ -239,7 +212,7 @@ impl Backend for LocalDir {
         }
         let mut out = Vec::new();
         walk(&top, prefix.trim_end_matches('/'), &mut out)?;
-        out.sort();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
@@ -266,17 +239,6 @@ impl Backend for LocalDir {
         }
     }
 
-    fn append_line(&self, key: &str, line: &str) -> io::Result<()> {
-        let path = self.path(key);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let mut f = OpenOptions::new().append(true).create(true).open(path)?;
-        // One write call: appends from several processes do not interleave.
-        f.write_all(format!("{line}\n").as_bytes())?;
-        f.sync_data()
-    }
-
     fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path("lock"))?;
         let locked = match (mode, wait) {
@@ -294,20 +256,5 @@ impl Backend for LocalDir {
             },
         }?;
         Ok(locked.then(|| Box::new(LocalLock { _file: file }) as Box<dyn LockGuard>))
-    }
-
-    fn total_bytes(&self) -> io::Result<u64> {
-        let mut keys = Vec::new();
-        walk(&self.root, "", &mut keys)?;
-        let mut total = 0;
-        for k in keys {
-            match fs::metadata(self.path(&k)) {
-                Ok(m) => total += m.len(),
-                // Deleted since the walk (a vacuum, a finished temp file).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(total)
     }
 }

@@ -1,0 +1,103 @@
+//! Where a store keeps its objects.
+//!
+//! The store's logic talks to storage only through [`Backend`], and asks
+//! only for what a folder and a bucket both have: create an object whole,
+//! and only if its key is free ([`ObjectWriter::commit`] fails with
+//! `AlreadyExists` otherwise: nothing is ever overwritten); read any range
+//! of it; list a prefix with sizes and modification times; delete. Rename,
+//! append and advisory locks are a folder's luxuries the store does not
+//! rely on: the job log is one object per job, and merges write a new
+//! generation of a manifest instead of replacing it.
+//!
+//! [`LocalDir`] keeps a store in a folder; [`MemoryBackend`] in memory (for
+//! tests, and with a logical clock for deterministic schedules).
+
+mod local;
+mod memory;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+pub use local::LocalDir;
+pub use memory::MemoryBackend;
+
+/// How an operation shares the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Backups, restores, verify: any number at once.
+    Shared,
+    /// Merge, prune, vacuum, reindex: alone.
+    Exclusive,
+}
+
+/// Held while an operation runs; dropping it releases the lock.
+pub trait LockGuard: Send + Sync + std::fmt::Debug {}
+
+/// One object, as a listing or [`Backend::stat`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its key.
+    pub key: String,
+    /// Bytes.
+    pub size: u64,
+    /// When it was written, by the storage's clock.
+    pub modified: SystemTime,
+}
+
+/// An object being written. Dropped without [`ObjectWriter::commit`], it
+/// leaves nothing under its key.
+pub trait ObjectWriter: Send {
+    /// Appends bytes.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Bytes written so far.
+    fn position(&self) -> u64;
+    /// Makes the object durable and visible under its key, atomically, if
+    /// no object has that key; otherwise fails with
+    /// [`io::ErrorKind::AlreadyExists`] and leaves the existing one alone.
+    fn commit(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Storage for a store: see the module documentation. Keys are relative,
+/// `/`-separated paths such as `packs/ab/ab12....pack`.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// A human-readable location of `key` (a path or a URL), for messages.
+    fn describe(&self, key: &str) -> PathBuf;
+    /// Fills `buf` from `offset` of object `key` (`NotFound` if there is no
+    /// such object, `UnexpectedEof` if it ends first).
+    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The whole object.
+    fn read_all(&self, key: &str) -> io::Result<Vec<u8>>;
+    /// The object's size and time (`NotFound` if there is none).
+    fn stat(&self, key: &str) -> io::Result<ObjectInfo>;
+    /// Every object under `prefix` (a folder), recursively, sorted by key.
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
+    /// Starts writing object `key`.
+    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
+    /// Deletes an object (no error if it is already gone); the delete is
+    /// durable when this returns, so deletes land in the order they are made.
+    fn delete(&self, key: &str) -> io::Result<()>;
+    /// Takes the store lock; with `wait`, blocks until it is free, else
+    /// returns `Ok(None)` when another holder conflicts.
+    fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>>;
+    /// The storage's clock: what [`ObjectInfo::modified`] of an object
+    /// written now would say.
+    fn now(&self) -> io::Result<SystemTime> {
+        Ok(SystemTime::now())
+    }
+}
+
+/// Whether an object exists (a failed check counts as absent).
+pub(crate) fn exists(backend: &dyn Backend, key: &str) -> bool {
+    backend.stat(key).is_ok()
+}
+
+/// Bytes of every object under `prefix` (`""`: the whole store).
+pub(crate) fn total_bytes(backend: &dyn Backend, prefix: &str) -> io::Result<u64> {
+    Ok(backend.list(prefix)?.iter().map(|o| o.size).sum())
+}
+
+/// The keys under `prefix`, sorted.
+pub(crate) fn list_keys(backend: &dyn Backend, prefix: &str) -> io::Result<Vec<String>> {
+    Ok(backend.list(prefix)?.into_iter().map(|o| o.key).collect())
+}
