@@ -240,7 +240,7 @@ fn vacuum(c: &mut Criterion) {
                     copy_dir(&pristine, &work);
                     Store::open(&work).unwrap()
                 },
-                |store| black_box(store.vacuum(&VacuumOptions::default()).unwrap().bytes_reclaimed),
+                |store| black_box(store.vacuum(&VacuumOptions::immediate()).unwrap().bytes_reclaimed),
                 BatchSize::PerIteration,
             )
         });

@@ -121,16 +121,16 @@ pub(crate) struct Throttled<'a> {
 impl Throttled<'_> {
     const INTERVAL: Duration = Duration::from_millis(200);
 
-    /// Reports `done` if the interval has passed since the last report.
-    pub(crate) fn tick(&mut self, done: u64) {
-        if !self.sink.is_some() {
-            return;
-        }
+    /// Reports `done` if the interval has passed since the last report;
+    /// returns whether it had (callers piggyback periodic checks on it).
+    pub(crate) fn tick(&mut self, done: u64) -> bool {
         let now = Instant::now();
-        if self.last.is_none_or(|t| now.duration_since(t) >= Self::INTERVAL) {
-            self.last = Some(now);
-            self.sink.report(Progress::new(self.operation, done.min(self.bytes_total), self.bytes_total));
+        if self.last.is_some_and(|t| now.duration_since(t) < Self::INTERVAL) {
+            return false;
         }
+        self.last = Some(now);
+        self.sink.report(Progress::new(self.operation, done.min(self.bytes_total), self.bytes_total));
+        true
     }
 
     /// Reports completion.

@@ -126,7 +126,7 @@ fn sigint_cancels_a_backup_and_commits_nothing() {
     let listed = json(&[&"list", &store, &"--json"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "the cancelled backup committed: {listed}");
     ok(&[&"verify", &store]);
-    ok(&[&"vacuum", &store]);
+    ok(&[&"vacuum", &store, &"--grace", &"0"]);
     let leftovers: Vec<PathBuf> =
         ["packs", "index", "manifests", "tmp"].iter().flat_map(|d| walk(&store.join(d))).collect();
     assert!(leftovers.is_empty(), "vacuum left {leftovers:?}");

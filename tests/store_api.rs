@@ -130,7 +130,7 @@ fn a_full_store_disk_is_the_stores_error_naming_what_it_wrote() {
     assert_eq!(err.io_error_kind(), Some(io::ErrorKind::StorageFull));
     let store = Store::open(&path).unwrap();
     assert!(store.list().unwrap().is_empty(), "nothing is committed");
-    store.vacuum(&VacuumOptions::default()).unwrap();
+    store.vacuum(&VacuumOptions::immediate()).unwrap();
     assert!(files_under(&path.join("packs")).is_empty(), "vacuum removes what the failed backup left");
 }
 
@@ -277,7 +277,7 @@ fn cancelled_operations_commit_nothing_and_leave_only_garbage() {
     let listed: Vec<_> = store.list().unwrap().into_iter().map(|b| b.id).collect();
     assert_eq!(listed, vec![kept.id.clone()], "the cancelled backup committed nothing");
     assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
-    store.vacuum(&VacuumOptions::default()).unwrap();
+    store.vacuum(&VacuumOptions::immediate()).unwrap();
     assert!(files_under(&path.join("tmp")).is_empty());
     assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
     assert_eq!(read_all(&store, &kept.id, 2 * MIB), &d[..2 * MIB]);
@@ -302,7 +302,7 @@ fn cancelled_operations_commit_nothing_and_leave_only_garbage() {
     let err = store.verify(&tweak(VerifyOptions::default(), |o| o.cancel = cancelled.clone())).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
     let before = files_under(&path);
-    let err = store.vacuum(&tweak(VacuumOptions::default(), |o| o.cancel = cancelled.clone())).unwrap_err();
+    let err = store.vacuum(&tweak(VacuumOptions::immediate(), |o| o.cancel = cancelled.clone())).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
     let after: Vec<PathBuf> = files_under(&path).into_iter().filter(|f| !f.ends_with("jobs.log")).collect();
     assert_eq!(before.into_iter().filter(|f| !f.ends_with("jobs.log")).collect::<Vec<_>>(), after);
@@ -370,7 +370,7 @@ fn restore_points_keep_a_vms_disks_and_files_together() {
     let left: Vec<_> = store.list().unwrap().into_iter().map(|b| b.id).collect();
     assert_eq!(left, second.disks.iter().map(|d| d.id.clone()).collect::<Vec<_>>());
     assert_eq!(read_all(&store, &second.disks[1].id, d1b.len()), d1b);
-    store.vacuum(&VacuumOptions::default()).unwrap();
+    store.vacuum(&VacuumOptions::immediate()).unwrap();
     let point2 = second.point.unwrap();
     assert!(store.verify(&tweak(VerifyOptions::default(), |o| o.only = Some(point2.to_string()))).unwrap().ok);
 
@@ -388,8 +388,10 @@ fn restore_points_keep_a_vms_disks_and_files_together() {
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
 }
 
-/// A job cancelled after its first disk committed that disk's manifest but
-/// not the point: nothing is listed, and vacuum removes the manifest.
+/// A job whose disks' manifests were committed but whose restore point was
+/// not (the process died in between): nothing is listed, nothing continues
+/// from it, and vacuum removes the manifests. A job cancelled before that
+/// leaves no manifest at all.
 #[test]
 fn an_unfinished_job_is_never_listed_and_vacuum_removes_it() {
     let dir = common::scratch("api-unfinished");
@@ -397,6 +399,8 @@ fn an_unfinished_job_is_never_listed_and_vacuum_removes_it() {
     let store = init(&path);
     let (d0, d1) = (noise(8, MIB), noise(9, MIB));
     let (disk0, disk1) = (raw(&d0, "a"), raw(&d1, "b"));
+    let jobs = [DiskJob::new("a", &disk0), DiskJob::new("b", &disk1)];
+
     let token = CancelToken::new();
     let t = token.clone();
     let (sink, _) = recording(move |p| {
@@ -408,18 +412,25 @@ fn an_unfinished_job_is_never_listed_and_vacuum_removes_it() {
         o.cancel = token;
         o.progress = sink;
     });
-    let jobs = [DiskJob::new("a", &disk0), DiskJob::new("b", &disk1)];
     let err = store.backup_point(&jobs, &options).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
-    assert_eq!(files_under(&path.join("manifests")).len(), 1, "the first disk's manifest was written");
+    assert!(files_under(&path.join("manifests")).is_empty(), "a cancelled job committed a manifest");
+
+    // The restore point's creation fails: its disks' manifests are there.
+    let dies = Intercept::new(&path, |op| match op {
+        Op::Commit(key) if key.starts_with("points/") => Err(io::Error::other("injected: the process died")),
+        _ => Ok(()),
+    });
+    Store::open_backend(Arc::new(dies)).unwrap().backup_point(&jobs, &BackupOptions::new("vm")).unwrap_err();
+    assert_eq!(files_under(&path.join("manifests")).len(), 2, "the disks' manifests were written");
     assert!(store.list().unwrap().is_empty() && store.points().unwrap().is_empty());
     let report = store.verify(&VerifyOptions::default()).unwrap();
-    assert!(report.ok && report.unfinished_jobs == 1, "{report:?}");
+    assert!(report.ok && report.unfinished_jobs == 2, "{report:?}");
     // A later job of the same name does not continue from it.
     let r = store.backup(&disk0, &BackupOptions::new("vm")).unwrap();
     assert_eq!(r.change_source, ChangeSource::None);
-    let v = store.vacuum(&VacuumOptions::default()).unwrap();
-    assert_eq!(v.unfinished_jobs_removed, 1);
+    let v = store.vacuum(&VacuumOptions::immediate()).unwrap();
+    assert_eq!(v.unfinished_jobs_removed, 2, "{v:?}");
     assert_eq!(files_under(&path.join("manifests")).len(), 1);
     assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
 }

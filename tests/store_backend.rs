@@ -96,7 +96,7 @@ fn a_store_in_memory_backs_up_merges_prunes_and_vacuums() {
     let store = Store::open_backend(Arc::new(backend.clone())).unwrap();
     store.merge(&versions[3].0, &MergeOptions::default()).unwrap();
     store.prune("d", &PruneOptions::new(Retention::keep_last(2))).unwrap();
-    store.vacuum(&VacuumOptions::default()).unwrap();
+    store.vacuum(&VacuumOptions::immediate()).unwrap();
     assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
     for (id, bytes) in &versions[2..] {
         let r = store.reader(id).unwrap();
@@ -127,7 +127,7 @@ fn merges_add_a_generation_and_vacuum_drops_the_old_one() {
     let listed = store.list().unwrap();
     assert_eq!(listed.iter().filter(|b| b.id == inc.id).count(), 1);
     assert_eq!(listed.iter().find(|b| b.id == inc.id).unwrap().kind, Kind::Full);
-    store.vacuum(&VacuumOptions::default()).unwrap();
+    store.vacuum(&VacuumOptions::immediate()).unwrap();
     assert!(!gen0.exists() && gen1.is_file());
     let r = store.reader(&inc.id).unwrap();
     let mut got = vec![0u8; d.len()];

@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 
-use common::intercept::{Intercept, Op};
 use vhdkit::VirtualDisk;
 use vhdkit::disk::OpenOptions;
 use vhdkit::export::{ExportOptions, Target, export};
@@ -266,7 +265,7 @@ fn prune_keeps_the_policy_merging_where_needed_and_vacuum_reclaims() {
     }
     // Vacuum: the store shrinks to about the live data.
     let before = store.stats().unwrap();
-    let v = store.vacuum(&VacuumOptions::default()).unwrap();
+    let v = store.vacuum(&VacuumOptions::immediate()).unwrap();
     assert!(v.bytes_reclaimed > 0, "{v:?}");
     let after = store.stats().unwrap();
     assert!(after.stored_bytes < before.stored_bytes);
@@ -282,60 +281,51 @@ fn prune_keeps_the_policy_merging_where_needed_and_vacuum_reclaims() {
     }
 }
 
-/// Vacuum waits for the lock while a backup runs; the backup commits while
-/// vacuum waits; vacuum must keep every chunk the new backup references.
-/// Conflicting operations that do not wait get `StoreBusy`.
+/// Backups never wait for maintenance. A backup pauses half-way (holding
+/// its lease, its index loaded) while every chunk it deduplicates against
+/// is dead to the committed backups. A vacuum runs meanwhile: it condemns
+/// those chunks' packs but cannot delete them while the lease is held. The
+/// backup commits; the next vacuum finds its chunks live again and keeps
+/// (rescues) the packs.
 #[test]
-fn vacuum_waiting_for_a_backup_keeps_what_the_backup_committed() {
-    let dir = common::scratch("inc-lock");
-    let path = dir.join("s");
-    let store = init(&path);
+fn vacuum_beside_a_running_backup_keeps_what_the_backup_commits() {
+    let dir = common::scratch("inc-lease");
+    let store = init(&dir.join("s"));
     let d0 = disk0();
-    store.backup(&raw(&d0, "d"), &opts("d")).unwrap();
-    let d1 = noise(77, 16 * MIB);
+    store.backup(&raw(&d0, "a"), &opts("old")).unwrap();
+    store.backup(&raw(&noise(5, 16 * MIB), "b"), &opts("old")).unwrap();
+    store.prune("old", &PruneOptions::new(Retention::keep_last(1))).unwrap();
 
     let (hold_tx, hold_rx) = mpsc::channel::<()>();
     let (started_tx, started_rx) = mpsc::channel::<()>();
-    let (vac_tx, vac_rx) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let backup = scope.spawn(|| {
             let started = std::sync::Mutex::new(Some(started_tx));
             let hold = std::sync::Mutex::new(hold_rx);
-            // Pause inside the backup (holding the shared lock) until told.
+            // Pause inside the backup (lease held, index loaded) until told.
             let progress = ProgressSink::new(move |_p| {
                 if let Some(tx) = started.lock().unwrap().take() {
                     let _ = tx.send(());
                     let _ = hold.lock().unwrap().recv();
                 }
             });
-            let o = tweak(opts("d"), |o| {
-                o.progress = progress;
-                o.full = true;
-            });
-            store.backup(&raw(&d1, "d"), &o).unwrap()
+            store.backup(&raw(&d0, "d"), &tweak(opts("d"), |o| o.progress = progress)).unwrap()
         });
         started_rx.recv().unwrap();
-        // While the backup holds the lock: no waiting means busy.
-        assert!(matches!(store.vacuum(&VacuumOptions::default()), Err(StoreError::StoreBusy { .. })));
-        assert!(matches!(store.merge("d", &MergeOptions::default()), Err(StoreError::StoreBusy { .. })));
-        let vacuum = scope.spawn(|| {
-            // Tells the test when vacuum is about to wait for the lock.
-            let tx = std::sync::Mutex::new(vac_tx);
-            let backend = Arc::new(Intercept::new(&path, move |op| {
-                if let Op::Lock(..) = op {
-                    let _ = tx.lock().unwrap().send(());
-                }
-                Ok(())
-            }));
-            Store::open_backend(backend).unwrap().vacuum(&tweak(VacuumOptions::default(), |o| o.wait = true)).unwrap()
-        });
-        // Once vacuum is about to wait for the lock, let the backup finish.
-        vac_rx.recv().unwrap();
+        let v = store.vacuum(&VacuumOptions::immediate()).unwrap();
+        assert!(v.packs_condemned > 0, "{v:?}");
+        assert_eq!(v.packs_deleted, 0, "deleted under a live backup lease: {v:?}");
+        assert!(v.records_pending > 0, "{v:?}");
         hold_tx.send(()).unwrap();
         let committed = backup.join().unwrap();
-        let v = vacuum.join().unwrap();
-        assert!(v.live_chunks > 0);
-        restores_to(&store, &committed.id, &d1);
+        assert_eq!(committed.new_chunks, 0, "the backup deduplicated against the condemned copies");
+        let v = store.vacuum(&VacuumOptions::immediate()).unwrap();
+        assert!(v.records_finished > 0 && v.packs_rescued > 0, "{v:?}");
+        restores_to(&store, &committed.id, &d0);
         assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
+        // And once nothing needs them, a vacuum deletes what is dead.
+        let v = store.vacuum(&VacuumOptions::immediate()).unwrap();
+        restores_to(&store, &committed.id, &d0);
+        assert!(store.verify(&VerifyOptions::default()).unwrap().ok, "{v:?}");
     });
 }

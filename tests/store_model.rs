@@ -185,7 +185,7 @@ impl World {
                 }
             }
             Op::Vacuum => {
-                self.store.vacuum(&VacuumOptions::default()).unwrap();
+                self.store.vacuum(&VacuumOptions::immediate()).unwrap();
             }
         }
         Ok(())

@@ -175,7 +175,7 @@ fn story(dir: &Path) -> Result<(), Failure> {
     step(&mut n, "prune to the newest backup, then vacuum what nothing references")?;
     let pruned = store.prune("disk", &PruneOptions::new(Retention::keep_last(1)))?;
     report("prune", &pruned)?;
-    let vacuumed = store.vacuum(&VacuumOptions::default())?;
+    let vacuumed = store.vacuum(&VacuumOptions::immediate())?;
     report("vacuum", &vacuumed)?;
 
     step(&mut n, "verify every pack, chunk and manifest")?;

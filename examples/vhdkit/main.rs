@@ -117,6 +117,9 @@ enum Command {
         /// Rewrite packs whose dead bytes exceed this percentage of their live bytes.
         #[arg(long, default_value_t = 25.0)]
         threshold: f64,
+        /// Keep condemned objects this long before deleting them (e.g. 24h, 30m, 0).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: std::time::Duration,
         /// Wait for running backups instead of failing with "busy".
         #[arg(long)]
         wait: bool,
@@ -192,6 +195,22 @@ pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
         _ => return Err(format!("unknown unit in {s:?}")),
     };
     u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// `90`, `90s`, `30m`, `24h`, `7d`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in {s:?} (s, m, h, d)")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
 /// A failure with its exit code; an empty message prints nothing.
@@ -281,8 +300,8 @@ fn main() -> ExitCode {
             policy.keep_monthly = keep_monthly;
             store::prune(&store, &name, policy, dry_run, wait, json)
         }
-        Command::Vacuum { store, threshold, wait, json } => {
-            store::vacuum(&store, threshold / 100.0, wait, json, &cancel)
+        Command::Vacuum { store, threshold, grace, wait, json } => {
+            store::vacuum(&store, threshold / 100.0, grace, wait, json, &cancel)
         }
         Command::List { store, points, json } => store::list(&store, points, json),
         Command::Restore(args) => store::restore(args, &cancel),

@@ -520,6 +520,7 @@ pub(crate) fn prune(
 pub(crate) fn vacuum(
     store: &Path,
     threshold: f64,
+    grace: std::time::Duration,
     wait: bool,
     json_out: bool,
     cancel: &CancelToken,
@@ -528,6 +529,7 @@ pub(crate) fn vacuum(
     let (sink, bars) = Bars::sink(Vec::new());
     let mut options = VacuumOptions::default();
     options.threshold = threshold;
+    options.grace = grace;
     options.wait = wait;
     options.cancel = cancel.clone();
     options.progress = sink;
@@ -547,6 +549,14 @@ pub(crate) fn vacuum(
             r.live_chunks,
             r.seconds
         );
+        if r.packs_condemned + r.objects_condemned > 0 || r.records_pending > 0 {
+            out!(
+                "condemned {} packs and {} other objects; {} records wait for their grace period or for leases held when they were made",
+                r.packs_condemned,
+                r.objects_condemned,
+                r.records_pending
+            );
+        }
     }
     Ok(0)
 }

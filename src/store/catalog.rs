@@ -101,6 +101,10 @@ pub(crate) struct Catalog {
     pub orphans: Vec<BackupId>,
     /// Manifest generations a merge replaced (keys).
     pub superseded: Vec<String>,
+    /// Backups prune dropped (tombstoned), still stored.
+    pub dropped: Vec<BackupId>,
+    /// Restore points prune dropped, still stored.
+    pub dropped_points: Vec<PointId>,
     /// Manifests and points that could not be read: what and why.
     pub problems: Vec<(String, StoreError)>,
 }
@@ -113,6 +117,8 @@ impl Catalog {
             points: Vec::new(),
             orphans: Vec::new(),
             superseded: Vec::new(),
+            dropped: Vec::new(),
+            dropped_points: Vec::new(),
             problems: Vec::new(),
         }
     }
@@ -191,6 +197,18 @@ impl Store {
         let mut problems = Vec::new();
         let mut points: HashMap<PointId, PointRecord> = HashMap::new();
         let mut bad_points = std::collections::HashSet::new();
+        // Tombstones: what prune dropped (a backup or a restore point). The
+        // objects stay until vacuum's second phase; until then they are
+        // not committed, and nothing continues from them.
+        let tombstones: Vec<String> = match backend.list("dropped") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => {
+                other.map_err(StoreError::io(backend.describe("dropped"), "list"))?.into_iter().map(|o| o.key).collect()
+            }
+        };
+        let dropped_ids: std::collections::HashSet<&str> =
+            tombstones.iter().filter_map(|k| k.strip_prefix("dropped/")).collect();
+        let mut dropped_points = Vec::new();
         // Stores made before restore points have no points folder.
         let point_keys = match backend.list("points") {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -198,6 +216,10 @@ impl Store {
         };
         for key in point_keys.into_iter().map(|o| o.key) {
             let Some(id) = point_from_key(&key) else { continue };
+            if dropped_ids.contains(id.as_str()) {
+                dropped_points.push(id);
+                continue;
+            }
             match PointRecord::read(backend, &id) {
                 Ok(p) => {
                     points.insert(id, p);
@@ -225,10 +247,16 @@ impl Store {
                 }
             }
         }
+        let mut dropped = Vec::new();
         for (id, (_, key)) in newest {
+            if dropped_ids.contains(id.as_str()) {
+                dropped.push(id);
+                continue;
+            }
             match read_header(backend, &id) {
                 Ok(h) => match &h.point {
                     Some(p) if bad_points.contains(p) => {}
+                    Some(p) if dropped_points.contains(p) => dropped.push(h.id),
                     Some(p) if !points.contains_key(p) => orphans.push(h.id),
                     _ => headers.push(h),
                 },
@@ -271,7 +299,7 @@ impl Store {
         backups.sort_by(|a, b| (a.created, &a.point, ordinal(a), &a.id).cmp(&(b.created, &b.point, ordinal(b), &b.id)));
         let mut points: Vec<PointRecord> = points.into_values().collect();
         points.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
-        Ok(Catalog { backups, points, orphans, superseded, problems })
+        Ok(Catalog { backups, points, orphans, superseded, dropped, dropped_points, problems })
     }
 
     /// Every committed backup, oldest first. Fails if a manifest or point

@@ -67,7 +67,7 @@ pub enum StoreError {
         /// The store.
         path: PathBuf,
         /// Who holds it, as far as we know.
-        holder: &'static str,
+        holder: String,
     },
 
     /// No backup or restore point matches what was asked for.
@@ -126,6 +126,13 @@ pub enum StoreError {
         source: Box<crate::Error>,
     },
 
+    /// The operation's lease went stale (its refreshes failed, or the
+    /// process was paused past it) and it stopped before committing or
+    /// deleting anything more; or it was fenced, and what it committed does
+    /// not count. Nothing it left is referenced; try again.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+
     /// The caller cancelled the operation. Nothing was committed; what was
     /// written is unreferenced and vacuum removes it.
     #[error("cancelled")]
@@ -149,7 +156,7 @@ impl StoreError {
             StoreError::Corrupt { .. } | StoreError::ChunkUnavailable { .. } => ErrorKind::Corrupt,
             StoreError::NotAStore { .. } | StoreError::NoSuchBackup(_) => ErrorKind::NotFound,
             StoreError::UnsupportedStore { .. } => ErrorKind::Unsupported,
-            StoreError::StoreBusy { .. } => ErrorKind::Busy,
+            StoreError::StoreBusy { .. } | StoreError::LeaseLost(_) => ErrorKind::Busy,
             StoreError::Ambiguous { .. }
             | StoreError::BaselineMismatch(_)
             | StoreError::BadChangeList(_)

@@ -123,6 +123,9 @@ pub struct Index {
     entries: Vec<IndexEntry>,
     files: Vec<String>,
     damaged: HashSet<(ChunkId, PackId)>,
+    /// Packs a vacuum condemned: their copies are tried last, and never
+    /// counted for deduplication (a backup stores such a chunk again).
+    avoid: HashSet<PackId>,
 }
 
 impl Index {
@@ -130,12 +133,32 @@ impl Index {
     pub fn load(backend: &dyn Backend) -> Result<Index> {
         let files =
             super::backend::list_keys(backend, "index").map_err(StoreError::io(backend.describe("index"), "list"))?;
+        Index::load_files(backend, &files)
+    }
+
+    /// Loads every index file, avoiding the copies in `avoid` (condemned packs).
+    pub fn load_avoiding(backend: &dyn Backend, avoid: HashSet<PackId>) -> Result<Index> {
+        let mut index = Index::load(backend)?;
+        index.avoid = avoid;
+        Ok(index)
+    }
+
+    /// Loads the index files `files` (a file deleted since it was listed
+    /// is skipped: vacuum deletes an index file only once a newer one holds
+    /// what is still needed of it) and the damaged-chunk markers.
+    pub fn load_files(backend: &dyn Backend, files: &[String]) -> Result<Index> {
         let mut entries = Vec::new();
-        for key in &files {
-            let bytes = backend.read_all(key).map_err(StoreError::io(backend.describe(key), "read index"))?;
+        let mut loaded = Vec::with_capacity(files.len());
+        for key in files {
+            let bytes = match backend.read_all(key) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(backend.describe(key), "read index")(e)),
+            };
             let mut part = decode_index(&bytes)
                 .map_err(|(offset, reason)| StoreError::corrupt(backend.describe(key), "index file", offset, reason))?;
             entries.append(&mut part);
+            loaded.push(key.clone());
         }
         entries.sort_unstable_by_key(|e| (e.id, e.location.pack, e.location.offset));
         entries.dedup();
@@ -147,7 +170,7 @@ impl Index {
                 damaged.insert((c, p));
             }
         }
-        Ok(Index { entries, files, damaged })
+        Ok(Index { entries, files: loaded, damaged, avoid: HashSet::new() })
     }
 
     /// The index files this index was loaded from.
@@ -155,19 +178,25 @@ impl Index {
         &self.files
     }
 
-    /// Every location of `id` that verify has not found damaged.
-    pub fn locations(&self, id: &ChunkId) -> impl Iterator<Item = &Location> {
+    fn all(&self, id: &ChunkId) -> impl Iterator<Item = &IndexEntry> {
         let start = self.entries.partition_point(|e| e.id < *id);
         self.entries[start..]
             .iter()
             .take_while(move |e| e.id == *id)
             .filter(move |e| !self.damaged.contains(&(e.id, e.location.pack)))
-            .map(|e| &e.location)
     }
 
-    /// Whether an undamaged copy of `id` is stored: what dedup asks.
+    /// Every location of `id` that verify has not found damaged, copies in
+    /// condemned packs last.
+    pub fn locations(&self, id: &ChunkId) -> impl Iterator<Item = &Location> {
+        let avoided = move |e: &&IndexEntry| self.avoid.contains(&e.location.pack);
+        self.all(id).filter(move |e| !avoided(e)).chain(self.all(id).filter(avoided)).map(|e| &e.location)
+    }
+
+    /// Whether an undamaged copy of `id` outside condemned packs is
+    /// stored: what dedup asks.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.locations(id).next().is_some()
+        self.all(id).any(|e| !self.avoid.contains(&e.location.pack))
     }
 
     /// Whether this copy was found damaged.

@@ -13,10 +13,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Store;
-use super::backend::LockMode;
 use super::chain::{ChainCursor, Resolved};
-use super::error::Result;
+use super::error::{Result, StoreError};
 use super::id::BackupId;
+use super::lease::LeaseMode;
 use super::manifest::{Kind, MERGED, ManifestWriter, Slot};
 
 /// How to merge.
@@ -50,7 +50,7 @@ impl Store {
     /// (exclusive lock). Metadata only: no chunk is read.
     pub fn merge(&self, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
         let spec = spec.as_ref();
-        let _lock = self.lock(LockMode::Exclusive, options.wait)?;
+        let _lease = self.lease(LeaseMode::Maintenance, "merge", options.wait)?;
         let id = self.resolve_backup(spec, options.disk.as_deref())?.id;
         let report = self.merge_locked(&id)?;
         self.log_job("merge", &serde_json::to_value(&report).unwrap_or_default());
@@ -83,7 +83,11 @@ impl Store {
             }
         }
         drop(cursor);
-        writer.commit()?;
+        match writer.commit() {
+            // Another merge of the same backup got there first: the same map.
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
         Ok(MergeReport { id: id.clone(), chain_length, slots, data_slots, seconds: started.elapsed().as_secs_f64() })
     }
 }

@@ -17,9 +17,11 @@ mod backend;
 mod backup;
 mod catalog;
 mod changes;
+mod condemned;
 mod config;
 mod error;
 mod id;
+mod lease;
 mod merge;
 mod prune;
 mod reindex;
@@ -59,7 +61,7 @@ mod point;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use backend::{Backend, LocalDir, LockGuard, LockMode, MemoryBackend, ObjectInfo, ObjectWriter};
+pub use backend::{Backend, LocalDir, MemoryBackend, ObjectInfo, ObjectWriter};
 pub use backup::{
     Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, MAX_ATTACHMENT_BYTES, PointReport,
 };
@@ -69,6 +71,8 @@ pub use chunk::{ChunkId, Compression};
 pub use config::{InitOptions, STORE_FORMAT_VERSION, StoreConfig};
 pub use error::{Result, StoreError};
 pub use id::{BackupId, ParseIdError, PointId};
+pub use lease::LeaseSettings;
+use lease::{Lease, LeaseMode};
 pub use manifest::{ChangeSource, Kind, SourceInfo};
 pub use merge::{MergeOptions, MergeReport};
 pub use point::{AttachmentRecord, PointDisk};
@@ -89,9 +93,11 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     config: StoreConfig,
     limits: backup::Limits,
+    leases: LeaseSettings,
 }
 
-const FOLDERS: [&str; 7] = ["packs", "index", "manifests", "points", "damaged", "log", "tmp"];
+const FOLDERS: [&str; 10] =
+    ["packs", "index", "manifests", "points", "damaged", "dropped", "condemned", "locks", "log", "tmp"];
 
 impl Store {
     /// Creates a store in `path` (which must not exist, or be an empty
@@ -125,7 +131,7 @@ impl Store {
                 StoreError::io(&path, "commit config")(e)
             }
         })?;
-        let store = Store { backend, config, limits: backup::Limits::DEFAULT };
+        let store = Store { backend, config, limits: backup::Limits::DEFAULT, leases: LeaseSettings::default() };
         store.log_job("init", &serde_json::json!({ "config": store.config }));
         Ok(store)
     }
@@ -150,7 +156,7 @@ impl Store {
             }
         })?;
         let config = StoreConfig::decode(&bytes, &backend.describe("config"))?;
-        Ok(Store { backend, config, limits: backup::Limits::DEFAULT })
+        Ok(Store { backend, config, limits: backup::Limits::DEFAULT, leases: LeaseSettings::default() })
     }
 
     /// The store's settings.
@@ -168,16 +174,27 @@ impl Store {
         self.backend.describe("")
     }
 
-    /// Takes the store lock, or fails with `StoreBusy` (unless `wait`).
-    pub(crate) fn lock(&self, mode: LockMode, wait: bool) -> Result<Box<dyn LockGuard>> {
-        let guard = self.backend.lock(mode, wait).map_err(StoreError::io(self.backend.describe("lock"), "lock"))?;
-        guard.ok_or_else(|| StoreError::StoreBusy {
-            path: self.path(),
-            holder: match mode {
-                LockMode::Shared => "a merge, prune, vacuum or reindex",
-                LockMode::Exclusive => "another operation",
-            },
-        })
+    /// How long this store's leases live (default: 5 minutes, refreshed
+    /// every 75 s; stale 5 minutes past that). Shorter leases let a dead
+    /// holder's maintenance slot and condemned space come back sooner, at a
+    /// few more requests.
+    pub fn set_lease_settings(&mut self, settings: LeaseSettings) {
+        self.leases = settings;
+    }
+
+    /// The global index, with copies in condemned packs tried last and not
+    /// counted for deduplication. Call it holding a lease, so the list of
+    /// condemned packs cannot miss one a vacuum may delete meanwhile.
+    pub(crate) fn index_avoiding_condemned(&self) -> Result<index::Index> {
+        let condemned = condemned::Condemned::read(self.backend())?;
+        index::Index::load_avoiding(self.backend(), condemned.packs())
+    }
+
+    /// Takes a lease for `op` (see [`lease`]): maintenance conflicts with
+    /// maintenance (`StoreBusy`, or waiting with `wait`); nothing else
+    /// conflicts.
+    pub(crate) fn lease(&self, mode: LeaseMode, op: &str, wait: bool) -> Result<Lease> {
+        Lease::acquire(self.backend.clone(), self.leases, mode, op, wait)
     }
 
     /// Records a finished operation in the job log: one small object per

@@ -2,26 +2,23 @@
 //!
 //! Order: every kept backup whose chain reaches a backup to drop (before it
 //! reaches another kept one) is first merged into a full backup, oldest
-//! first (each merge commits atomically); only then are the dropped
-//! manifests deleted, newest first, so a dropped backup is never left
-//! behind without its parent. A crash at any point leaves every listed
-//! backup restorable: kept ones as they were or full, dropped ones with
-//! their whole chain or gone. A restore point is kept or dropped whole: its
-//! point object is deleted first, which uncommits all of its disks at once
-//! (vacuum then removes their manifests like an unfinished job's). Chunks
-//! are not touched; vacuum reclaims them.
+//! first (each merge commits on its own); only then are the dropped backups
+//! tombstoned (`dropped/<id>`), which uncommits them. A restore point is
+//! kept or dropped whole: its tombstone uncommits all of its disks at once.
+//! Prune deletes nothing: vacuum's second phase deletes what is dropped once
+//! no lease that could still use it remains (a backup that started from a
+//! dropped backup keeps it as its parent). A crash at any point leaves
+//! every listed backup restorable. Chunks are not touched.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
 use super::Store;
-use super::backend::LockMode;
 use super::chain::ChainWalk;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
-use super::manifest::{MERGED, manifest_key, manifest_key_gen};
-use super::point::point_key;
+use super::lease::{LeaseMode, put_new, tombstone_key};
 use super::time::Moment;
 
 /// Which backups to keep: the union of every rule.
@@ -128,7 +125,7 @@ impl Store {
         if options.policy.keeps_nothing() {
             return Err(StoreError::Invalid("the policy keeps nothing; refusing to drop every backup".into()));
         }
-        let _lock = self.lock(LockMode::Exclusive, options.wait)?;
+        let _lease = self.lease(LeaseMode::Maintenance, "prune", options.wait)?;
         let catalog = self.catalog()?.strict()?;
         // Units: a restore point, or a backup of its own.
         let mut units: BTreeMap<String, (Moment, Option<PointId>, Vec<BackupId>)> = BTreeMap::new();
@@ -184,17 +181,31 @@ impl Store {
         for id in &report.merged {
             self.merge_locked(id)?;
         }
+        // Dropping is a tombstone, not a delete: from its creation the backup
+        // (or the whole restore point) is no longer committed, and vacuum's
+        // second phase deletes its objects once no lease that could still
+        // use them remains.
         let backend = self.backend();
-        let delete = |key: String, what| backend.delete(&key).map_err(StoreError::io(backend.describe(&key), what));
-        // A point object first: from then on its disks are not committed.
+        let tombstone = |id: &str| {
+            let key = tombstone_key(id);
+            match put_new(backend, &key, b"dropped by prune") {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    Err(StoreError::io(backend.describe(&key), "write tombstone")(e))
+                }
+                _ => Ok(()),
+            }
+        };
         for p in &report.dropped_points {
-            delete(point_key(p), "delete restore point")?;
+            tombstone(p.as_str())?;
         }
-        for id in &report.dropped {
-            // The merged generation first: the first one is still a sound
-            // manifest of the same backup until it goes too.
-            delete(manifest_key_gen(id, MERGED), "delete manifest")?;
-            delete(manifest_key(id), "delete manifest")?;
+        let in_points: HashSet<&BackupId> = catalog
+            .backups
+            .iter()
+            .filter(|b| b.point.as_ref().is_some_and(|p| report.dropped_points.contains(p)))
+            .map(|b| &b.id)
+            .collect();
+        for id in report.dropped.iter().filter(|id| !in_points.contains(id)) {
+            tombstone(id.as_str())?;
         }
         self.log_job("prune", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)

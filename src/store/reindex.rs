@@ -10,10 +10,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Store;
-use super::backend::LockMode;
 use super::chunk::{RECORD_HEADER, decode_header};
 use super::error::{Result, StoreError};
 use super::index::{IndexEntry, Location, write_index_file};
+use super::lease::LeaseMode;
 use super::pack::{PackId, read_pack_index};
 
 /// How to reindex.
@@ -45,7 +45,7 @@ impl Store {
     /// it when `wait`).
     pub fn reindex(&self, options: &ReindexOptions) -> Result<ReindexReport> {
         let started = Instant::now();
-        let _lock = self.lock(LockMode::Exclusive, options.wait)?;
+        let _lease = self.lease(LeaseMode::Maintenance, "reindex", options.wait)?;
         let backend = self.backend();
         let old =
             super::backend::list_keys(backend, "index").map_err(StoreError::io(backend.describe("index"), "list"))?;

@@ -19,21 +19,22 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::backend::{Backend, LockGuard, LockMode};
+use super::backend::Backend;
 use super::catalog::{PointSummary, Selection};
 use super::chain::{ChainCursor, Resolved};
 use super::chunk::{ChunkId, RecordError, decode_record, decode_record_into};
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::index::Index;
+use super::lease::{Lease, LeaseMode};
 use super::point::{PointRecord, plain_file_name};
 use super::{Store, pack::PackId};
 use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
 use crate::export::{ExportOptions, ExportReport, InPlace, Target, export, write_raw_in_place, write_raw_to};
 use crate::progress::Operation;
 
-/// A backup opened for reading. Holds the store lock shared while it lives,
-/// so vacuum cannot remove what it reads.
+/// A backup opened for reading. Holds a read lease while it lives, so no
+/// vacuum deletes what it may read.
 ///
 /// Memory: 12 bytes per run of slots holding one chunk or zeros, 32 per
 /// distinct chunk, and the store index. It grows with what the manifest
@@ -52,7 +53,7 @@ pub struct BackupReader {
     ids: Vec<ChunkId>,
     /// The most recently decoded chunk, for reads smaller than a chunk.
     last: Mutex<Option<(u64, Vec<u8>)>>,
-    _lock: Box<dyn LockGuard>,
+    _lease: Lease,
 }
 
 impl std::fmt::Debug for BackupReader {
@@ -124,20 +125,15 @@ impl Store {
     /// Opens one disk's backup of a restore point (by its label) for reading.
     pub fn reader_disk(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupReader> {
         let spec = spec.as_ref();
-        let lock = self.lock(LockMode::Shared, false)?;
+        let lease = self.lease(LeaseMode::Read, "restore", false)?;
         let id = self.resolve_backup(spec, disk)?.id;
-        let index = Arc::new(Index::load(self.backend())?);
-        self.reader_with(&id, index, lock)
+        let index = Arc::new(self.index_avoiding_condemned()?);
+        self.reader_with(&id, index, lease)
     }
 
     /// Opens backup `id` with an index already loaded, under a lock the
     /// caller holds.
-    pub(crate) fn reader_with(
-        &self,
-        id: &BackupId,
-        index: Arc<Index>,
-        lock: Box<dyn LockGuard>,
-    ) -> Result<BackupReader> {
+    pub(crate) fn reader_with(&self, id: &BackupId, index: Arc<Index>, lease: Lease) -> Result<BackupReader> {
         let id = id.clone();
         let mut cursor = ChainCursor::open(self.backend(), &id)?;
         let header = cursor.header().clone();
@@ -188,7 +184,7 @@ impl Store {
             run_values,
             ids,
             last: Mutex::new(None),
-            _lock: lock,
+            _lease: lease,
         })
     }
 
@@ -319,7 +315,8 @@ impl Store {
             disks.push(self.restore(d.backup.as_str(), &out, target, &o)?);
         }
         let record = PointRecord::read(self.backend(), &point.id)?;
-        let index = Index::load(self.backend())?;
+        let _lease = self.lease(LeaseMode::Read, "restore point", false)?;
+        let index = self.index_avoiding_condemned()?;
         let mut attachments = Vec::new();
         for a in &record.attachments {
             if !plain_file_name(&a.name) {

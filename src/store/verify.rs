@@ -18,13 +18,14 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Store;
-use super::backend::LockMode;
 use super::catalog::{Catalog, Selection};
 use super::chain::{ChainCursor, Resolved};
 use super::chunk::{ChunkId, decode_record};
+use super::condemned::Condemned;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::index::{damaged_key, decode_index};
+use super::lease::LeaseMode;
 use super::pack::{PackEntry, PackId, read_pack_index};
 use crate::cancel::CancelToken;
 use crate::progress::{Operation, ProgressSink};
@@ -88,7 +89,7 @@ impl Store {
     /// documentation. Cost: reads every record checked once, on every core.
     pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
         let started = Instant::now();
-        let _lock = self.lock(LockMode::Shared, false)?;
+        let _lease = self.lease(LeaseMode::Read, "verify", false)?;
         let backend = self.backend();
         let mut problems = Vec::new();
         let mut damaged_backups: BTreeSet<BackupId> = BTreeSet::new();
@@ -98,6 +99,21 @@ impl Store {
                 problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
                 Vec::new()
             }
+        };
+
+        // Condemned objects may vanish while we read them (a vacuum's second
+        // phase): that is not damage.
+        let condemned = match Condemned::read(backend) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("reading the condemnation records failed: {e}"));
+                Condemned::default()
+            }
+        };
+        let condemned_keys = condemned.keys();
+        let condemned_packs = condemned.packs();
+        let gone = |key: &str, kind: Option<std::io::ErrorKind>| {
+            kind == Some(std::io::ErrorKind::NotFound) && condemned_keys.contains(key)
         };
 
         let catalog = match self.catalog() {
@@ -153,8 +169,11 @@ impl Store {
         // Index files one by one, so one bad file does not hide the rest.
         let mut indexed: Vec<(ChunkId, PackId, u64, u32)> = Vec::new();
         for key in list("index", &mut problems).into_iter().map(|o| o.key) {
-            match backend
-                .read_all(&key)
+            let bytes = match backend.read_all(&key) {
+                Err(e) if gone(&key, Some(e.kind())) => continue,
+                other => other,
+            };
+            match bytes
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode_index(&b).map_err(|(o, r)| format!("byte {o}: {r}")))
             {
@@ -177,7 +196,7 @@ impl Store {
                 packs.iter().map(|p| (p.key(), size(&p.key()))).collect()
             }
         };
-        let results = self.check_packs(&pack_keys, &scope, options)?;
+        let results = self.check_packs(&pack_keys, &scope, &gone, options)?;
 
         let mut damaged: BTreeSet<DamagedChunk> = BTreeSet::new();
         let mut sound: HashSet<(ChunkId, PackId, u64)> = HashSet::new();
@@ -219,6 +238,8 @@ impl Store {
             }
             let reason = if let Some(e) = bad_packs.get(pack) {
                 format!("its pack is unreadable: {e}")
+            } else if !packs_present.contains(pack) && condemned_packs.contains(pack) {
+                continue; // deleted by vacuum: the index file naming it goes too
             } else if !packs_present.contains(pack) {
                 "its pack is missing".to_string()
             } else if damaged.iter().any(|d| d.chunk == id.to_hex() && d.pack == pack.to_hex()) {
@@ -303,6 +324,7 @@ impl Store {
         &self,
         keys: &[(String, u64)],
         scope: &Option<HashSet<ChunkId>>,
+        gone: &(dyn Fn(&str, Option<std::io::ErrorKind>) -> bool + Sync),
         options: &VerifyOptions,
     ) -> Result<Vec<PackResult>> {
         let backend = self.backend();
@@ -324,6 +346,7 @@ impl Store {
                             let Some(id) = PackId::from_key(key) else { continue };
                             let entries = match read_pack_index(backend, id) {
                                 Ok(e) => e,
+                                Err(e) if gone(key, e.io_error_kind()) => continue,
                                 Err(e) => {
                                     out.push((id, Err(e.to_string())));
                                     continue;

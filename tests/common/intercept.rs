@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use vhdkit::store::{Backend, LocalDir, LockGuard, LockMode, ObjectInfo, ObjectWriter};
+use vhdkit::store::{Backend, LocalDir, ObjectInfo, ObjectWriter};
 
 /// A storage operation, as the hook sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,6 @@ pub enum Op<'a> {
     Delete(&'a str),
     /// After it.
     Deleted(&'a str),
-    Lock(LockMode, bool),
 }
 
 pub type Hook = Arc<dyn Fn(Op<'_>) -> io::Result<()> + Send + Sync>;
@@ -97,10 +96,6 @@ impl Backend for Intercept {
         (self.hook)(Op::Delete(key))?;
         self.inner.delete(key)?;
         (self.hook)(Op::Deleted(key))
-    }
-    fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
-        (self.hook)(Op::Lock(mode, wait))?;
-        self.inner.lock(mode, wait)
     }
     fn now(&self) -> io::Result<SystemTime> {
         self.inner.now()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, LockGuard, LockMode, ObjectInfo, ObjectWriter};
+use super::{Backend, ObjectInfo, ObjectWriter};
 use crate::io::sync_dir;
 
 /// A store in a local folder.
@@ -130,13 +130,6 @@ impl Drop for LocalWriter {
     }
 }
 
-#[derive(Debug)]
-struct LocalLock {
-    _file: File,
-}
-
-impl LockGuard for LocalLock {}
-
 fn info(key: String, meta: &fs::Metadata) -> ObjectInfo {
     ObjectInfo { key, size: meta.len(), modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH) }
 }
@@ -237,24 +230,5 @@ impl Backend for LocalDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path("lock"))?;
-        let locked = match (mode, wait) {
-            (LockMode::Shared, true) => file.lock_shared().map(|_| true),
-            (LockMode::Exclusive, true) => file.lock().map(|_| true),
-            (LockMode::Shared, false) => match file.try_lock_shared() {
-                Ok(()) => Ok(true),
-                Err(fs::TryLockError::WouldBlock) => Ok(false),
-                Err(fs::TryLockError::Error(e)) => Err(e),
-            },
-            (LockMode::Exclusive, false) => match file.try_lock() {
-                Ok(()) => Ok(true),
-                Err(fs::TryLockError::WouldBlock) => Ok(false),
-                Err(fs::TryLockError::Error(e)) => Err(e),
-            },
-        }?;
-        Ok(locked.then(|| Box::new(LocalLock { _file: file }) as Box<dyn LockGuard>))
     }
 }

@@ -5,28 +5,20 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Backend, LockGuard, LockMode, ObjectInfo, ObjectWriter};
+use super::{Backend, ObjectInfo, ObjectWriter};
 
 #[derive(Debug, Default)]
 struct Objects {
     map: BTreeMap<String, (Arc<Vec<u8>>, SystemTime)>,
 }
 
-/// The in-process lock: readers counted, one writer.
-#[derive(Debug, Default)]
-struct LockState {
-    shared: usize,
-    exclusive: bool,
-}
-
 /// A store held in memory. Cloning shares the same objects.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     objects: Arc<Mutex<Objects>>,
-    lock: Arc<(Mutex<LockState>, Condvar)>,
     /// Seconds since the epoch, when the clock is logical.
     logical: Option<Arc<AtomicU64>>,
 }
@@ -109,26 +101,6 @@ impl ObjectWriter for MemoryWriter {
     }
 }
 
-#[derive(Debug)]
-struct MemoryLock {
-    state: Arc<(Mutex<LockState>, Condvar)>,
-    mode: LockMode,
-}
-
-impl LockGuard for MemoryLock {}
-
-impl Drop for MemoryLock {
-    fn drop(&mut self) {
-        let (m, cv) = &*self.state;
-        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
-        match self.mode {
-            LockMode::Shared => s.shared = s.shared.saturating_sub(1),
-            LockMode::Exclusive => s.exclusive = false,
-        }
-        cv.notify_all();
-    }
-}
-
 impl Backend for MemoryBackend {
     fn describe(&self, key: &str) -> PathBuf {
         PathBuf::from("memory://").join(key)
@@ -173,28 +145,6 @@ impl Backend for MemoryBackend {
     fn delete(&self, key: &str) -> io::Result<()> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner()).map.remove(key);
         Ok(())
-    }
-
-    fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
-        let (m, cv) = &*self.lock;
-        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let free = match mode {
-                LockMode::Shared => !s.exclusive,
-                LockMode::Exclusive => !s.exclusive && s.shared == 0,
-            };
-            if free {
-                match mode {
-                    LockMode::Shared => s.shared += 1,
-                    LockMode::Exclusive => s.exclusive = true,
-                }
-                return Ok(Some(Box::new(MemoryLock { state: self.lock.clone(), mode })));
-            }
-            if !wait {
-                return Ok(None);
-            }
-            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
     }
 
     fn now(&self) -> io::Result<SystemTime> {

@@ -6,8 +6,9 @@
 //! `AlreadyExists` otherwise: nothing is ever overwritten); read any range
 //! of it; list a prefix with sizes and modification times; delete. Rename,
 //! append and advisory locks are a folder's luxuries the store does not
-//! rely on: the job log is one object per job, and merges write a new
-//! generation of a manifest instead of replacing it.
+//! rely on: the job log is one object per job, merges write a new
+//! generation of a manifest instead of replacing it, and who is using the
+//! store is told by lease objects (`super::lease`).
 //!
 //! [`LocalDir`] keeps a store in a folder; [`MemoryBackend`] in memory (for
 //! tests, and with a logical clock for deterministic schedules).
@@ -21,18 +22,6 @@ use std::time::SystemTime;
 
 pub use local::LocalDir;
 pub use memory::MemoryBackend;
-
-/// How an operation shares the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockMode {
-    /// Backups, restores, verify: any number at once.
-    Shared,
-    /// Merge, prune, vacuum, reindex: alone.
-    Exclusive,
-}
-
-/// Held while an operation runs; dropping it releases the lock.
-pub trait LockGuard: Send + Sync + std::fmt::Debug {}
 
 /// One object, as a listing or [`Backend::stat`] describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +66,6 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Deletes an object (no error if it is already gone); the delete is
     /// durable when this returns, so deletes land in the order they are made.
     fn delete(&self, key: &str) -> io::Result<()>;
-    /// Takes the store lock; with `wait`, blocks until it is free, else
-    /// returns `Ok(None)` when another holder conflicts.
-    fn lock(&self, mode: LockMode, wait: bool) -> io::Result<Option<Box<dyn LockGuard>>>;
     /// The storage's clock: what [`ObjectInfo::modified`] of an object
     /// written now would say.
     fn now(&self) -> io::Result<SystemTime> {

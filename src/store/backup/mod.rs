@@ -33,13 +33,13 @@ pub use attach::{Attachment, MAX_ATTACHMENT_BYTES};
 pub(crate) use packer::Limits;
 
 use super::Store;
-use super::backend::LockMode;
 use super::catalog::{AttachmentSummary, BackupSummary};
 use super::chain::{ChainCursor, ChainWalk};
 use super::changes::ChangeList;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::index::Index;
+use super::lease::{Lease, LeaseMode};
 use super::manifest::{ChangeSource, Kind, ManifestHeader, ManifestWriter};
 use super::point::{PointDisk, PointRecord};
 use super::time::Moment;
@@ -187,6 +187,16 @@ pub struct PointReport {
     pub seconds: f64,
 }
 
+/// What `plan_disk` needs to know about one disk of the job.
+struct DiskPlan<'a, 'j> {
+    disk: &'a JobDisk<'j>,
+    previous: Option<&'a BackupSummary>,
+    id: BackupId,
+    point: Option<&'a PointId>,
+    created: Moment,
+    progress: ProgressSink,
+}
+
 /// One disk as the job sees it.
 struct JobDisk<'a> {
     label: Option<&'a str>,
@@ -243,11 +253,27 @@ impl Store {
         let created = options.created.unwrap_or_else(Moment::now);
         let point = (disks.len() > 1 || !options.tags.is_empty() || !options.attachments.is_empty())
             .then(|| PointId::generate(created));
+        // Every id is fixed now, and the lease names the commit's: a fencer
+        // tombstones those if this job goes stale before committing.
+        let ids: Vec<BackupId> = disks.iter().map(|_| BackupId::generate(created)).collect();
+        let commits: Vec<String> = match &point {
+            Some(p) => vec![p.to_string()],
+            None => ids.iter().map(BackupId::to_string).collect(),
+        };
         let mut reports = Vec::with_capacity(disks.len());
         let mut attachments = (Vec::new(), 0);
         {
-            let _lock = self.lock(LockMode::Shared, false)?;
-            let index = Index::load(self.backend())?;
+            let lease = Lease::acquire_committing(
+                self.backend.clone(),
+                self.leases,
+                LeaseMode::Backup,
+                "backup",
+                false,
+                commits.clone(),
+            )?;
+            // Read after the lease is taken: a vacuum that condemns later
+            // waits for this lease before deleting anything.
+            let index = self.index_avoiding_condemned()?;
             let catalog = self.catalog()?.strict()?;
             let previous: Vec<Option<&BackupSummary>> =
                 disks.iter().map(|d| catalog.newest(&options.name, d.label)).collect();
@@ -256,22 +282,39 @@ impl Store {
                 precheck(d.disk.info(), *prev, &change_input(d, options))?;
             }
             let claims = Claims::new(self.limits);
+            let mut manifests = Vec::with_capacity(disks.len());
             for (i, (d, prev)) in disks.iter().zip(&previous).enumerate() {
                 if options.cancel.is_cancelled() {
                     return Err(StoreError::Cancelled);
                 }
-                let progress = options.progress.for_item(i, disks.len());
-                let run = self.plan_disk(d, *prev, &index, &claims, point.as_ref(), created, options, progress)?;
-                reports.push(self.finish_disk(run)?);
+                lease.check()?;
+                let run = DiskPlan {
+                    disk: d,
+                    previous: *prev,
+                    id: ids[i].clone(),
+                    point: point.as_ref(),
+                    created,
+                    progress: options.progress.for_item(i, disks.len()),
+                };
+                let run = self.plan_disk(run, &index, &claims, &lease, options)?;
+                manifests.push(self.finish_disk(run)?);
             }
-            if let Some(point) = &point {
+            if point.is_some() {
                 attachments = attach::store_attachments(self, &index, &claims, &options.attachments, &options.cancel)?;
                 if let Some(entries) = claims.take_sealed(1) {
                     self.write_index_file(entries)?;
                 }
-                if options.cancel.is_cancelled() {
-                    return Err(StoreError::Cancelled);
-                }
+            }
+            if options.cancel.is_cancelled() {
+                return Err(StoreError::Cancelled);
+            }
+            // Commit: every disk's manifest, then the restore point.
+            lease.check()?;
+            for (manifest, report) in manifests {
+                manifest.commit()?;
+                reports.push(report);
+            }
+            if let Some(point) = &point {
                 let record = PointRecord::new(
                     point.clone(),
                     options.name.clone(),
@@ -286,14 +329,18 @@ impl Store {
                 );
                 record.commit(self.backend())?;
             }
+            for id in &commits {
+                lease.confirm_commit(id)?;
+            }
         }
-        // A chain past its cap is folded into a full backup, under the
-        // exclusive lock; if the store is busy the merge waits for next time.
+        // A chain past its cap is folded into a full backup, under a
+        // maintenance lease; if another maintenance runs, the merge waits for
+        // next time.
         let cap = if options.max_chain == 0 { DEFAULT_MAX_CHAIN } else { options.max_chain };
         for report in &mut reports {
             if report.kind == Kind::Incremental && self.chain_length(&report.id)? > cap {
-                report.merged = Some(match self.lock(LockMode::Exclusive, false) {
-                    Ok(_lock) => {
+                report.merged = Some(match self.lease(LeaseMode::Maintenance, "merge", false) {
+                    Ok(_lease) => {
                         self.merge_locked(&report.id)?;
                         true
                     }
@@ -322,18 +369,15 @@ impl Store {
     }
 
     /// Decides one disk's backup and sets up its pipeline.
-    #[allow(clippy::too_many_arguments)]
     fn plan_disk<'r>(
         &'r self,
-        d: &JobDisk<'r>,
-        previous: Option<&BackupSummary>,
+        plan: DiskPlan<'r, '_>,
         index: &'r Index,
         claims: &'r Claims,
-        point: Option<&PointId>,
-        created: Moment,
+        lease: &'r Lease,
         options: &'r BackupOptions,
-        progress: ProgressSink,
     ) -> Result<DiskRun<'r>> {
+        let DiskPlan { disk: d, previous, id, point, created, progress } = plan;
         let info = d.disk.info();
         let chunk = u64::from(self.config.chunk_size);
         let plan = incremental_plan(info, chunk, previous, &change_input(d, options))?;
@@ -341,7 +385,6 @@ impl Store {
             Some(p) => (Kind::Incremental, Some(p.parent.id), p.source, p.change),
             None => (Kind::Full, None, ChangeSource::None, ChangeSet::All),
         };
-        let id = BackupId::generate(created);
         let header = ManifestHeader {
             id: id.clone(),
             name: options.name.clone(),
@@ -402,13 +445,15 @@ impl Store {
             report,
             threads,
             cancel: &options.cancel,
+            lease,
             progress,
         })
     }
 
-    /// Runs one disk's pipeline, then commits: the index file for its new
-    /// chunks, then its manifest.
-    fn finish_disk(&self, mut run: DiskRun<'_>) -> Result<BackupReport> {
+    /// Runs one disk's pipeline and commits the index file for its new
+    /// chunks; returns its finished manifest, which the job commits once
+    /// every disk is done.
+    fn finish_disk(&self, mut run: DiskRun<'_>) -> Result<(ManifestWriter, BackupReport)> {
         let started = Instant::now();
         run.run()?;
         if let Some(entries) = run.claims.take_sealed(1) {
@@ -418,9 +463,8 @@ impl Store {
             return Err(StoreError::Cancelled);
         }
         let DiskRun { manifest, mut report, .. } = run;
-        manifest.commit()?;
         report.seconds = started.elapsed().as_secs_f64();
-        Ok(report)
+        Ok((manifest, report))
     }
 
     /// Manifests in backup `id`'s chain, itself included.
@@ -558,7 +602,7 @@ mod tests {
         drop(reader);
         assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
 
-        store.vacuum(&VacuumOptions { threshold: 0.0, ..Default::default() }).unwrap();
+        store.vacuum(&VacuumOptions { threshold: 0.0, ..VacuumOptions::immediate() }).unwrap();
         assert_eq!(Index::load(store.backend()).unwrap().entries().len(), 5);
         let mut again = vec![0u8; disk.bytes.len()];
         store.reader(&report.id).unwrap().read_at(&mut again, 0).unwrap();

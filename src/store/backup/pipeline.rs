@@ -22,6 +22,7 @@ use super::super::chain::Resolved;
 use super::super::chunk::ChunkId;
 use super::super::error::{Result, StoreError};
 use super::super::index::{Index, IndexEntry};
+use super::super::lease::Lease;
 use super::super::manifest::{ManifestWriter, Slot};
 use super::BackupReport;
 use super::baseline::{Compare, PrevChunks, read_partial};
@@ -47,6 +48,8 @@ pub(super) struct DiskRun<'r> {
     pub report: BackupReport,
     pub threads: usize,
     pub cancel: &'r CancelToken,
+    /// Checked as progress is reported: a lease gone stale stops the backup.
+    pub lease: &'r Lease,
     pub progress: ProgressSink,
 }
 
@@ -226,7 +229,7 @@ impl DiskRun<'_> {
         }
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (res_tx, res_rx) = unbounded::<(u64, Result<Item>)>();
-        let (store, index, claims, cancel) = (self.store, self.index, self.claims, self.cancel);
+        let (store, index, claims, cancel, lease) = (self.store, self.index, self.claims, self.cancel, self.lease);
         let change = &std::mem::replace(&mut self.change, ChangeSet::All);
         let prev = self.prev.take();
         let sink = self.progress.clone();
@@ -270,7 +273,9 @@ impl DiskRun<'_> {
                 if let Some(entries) = claims.take_sealed(store.limits.index_flush) {
                     store.write_index_file(entries)?;
                 }
-                progress.tick(next * chunk);
+                if progress.tick(next * chunk) {
+                    lease.check()?;
+                }
             }
             progress.finish();
             drop(res_rx);

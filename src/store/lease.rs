@@ -1,0 +1,506 @@
+//! Leases: who is using the store, and for what, without a lock the
+//! storage would have to provide.
+//!
+//! A lease is a small object `locks/<lease id>/<seq>.lease` that its holder
+//! refreshes by creating the next one (`seq + 1`) and deleting the previous.
+//! Every store operation holds one: backups (mode `backup`), restores and
+//! verify (`read`), merge, prune, vacuum and reindex (`maintenance`). Only
+//! maintenance excludes maintenance; backups and reads never wait.
+//!
+//! Time is the storage's: a lease's age is the storage clock's now minus
+//! its newest object's modification time, so clients need not agree on the
+//! time. A holder learns the storage's time from its own lease objects.
+//!
+//! A lease older than `ttl + margin` is **stale**: its holder is dead, or
+//! paused (a laptop in standby, a stopped VM) and may resume at any time.
+//! A holder therefore names, when it takes its lease, the objects whose
+//! creation would be its commit (a backup's manifest id, a restore point's
+//! id). Whoever needs a stale lease to be over (vacuum, before deleting)
+//! **fences** it: for each such id that is not committed yet, it creates
+//! the tombstone `dropped/<id>` (create-if-absent). A tombstoned id is not
+//! committed whatever its holder uploads later, and the holder, which looks
+//! for the tombstone after its upload, reports its backup as failed. So a
+//! paused holder can resume and write, but what it writes never counts.
+//!
+//! A holder also refuses to go on (commit, delete) once its own last
+//! refresh is older than `ttl` by its wall clock or its monotonic clock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, ObjectInfo};
+use super::error::{Result, StoreError};
+use super::time::Moment;
+
+/// What a lease is held for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseMode {
+    /// A backup: writes packs, index files and manifests.
+    Backup,
+    /// A restore or verify: reads only.
+    Read,
+    /// Merge, prune, vacuum, reindex: one at a time.
+    Maintenance,
+}
+
+/// How long leases live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseSettings {
+    /// A holder refreshes its lease well within this (every quarter), and
+    /// stops committing or deleting once its last refresh is older.
+    pub ttl: Duration,
+    /// Others treat a lease as stale only once it is older than
+    /// `ttl + margin`: room for clocks that run at different rates.
+    pub margin: Duration,
+    /// Refresh from a background thread (off only for deterministic
+    /// schedules, where refreshes happen at the holder's checks).
+    pub background: bool,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings { ttl: Duration::from_secs(300), margin: Duration::from_secs(300), background: true }
+    }
+}
+
+/// What a lease object holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaseRecord {
+    pub lease: String,
+    pub mode: LeaseMode,
+    pub op: String,
+    pub host: String,
+    pub pid: u32,
+    pub seq: u64,
+    pub ttl_secs: u64,
+    /// The storage's time when the lease was taken.
+    pub first: Moment,
+    /// Ids whose commit object (manifest or restore point) this holder may
+    /// create: what fencing tombstones.
+    #[serde(default)]
+    pub commits: Vec<String>,
+}
+
+fn lease_key(id: &str, seq: u64) -> String {
+    format!("locks/{id}/{seq}.lease")
+}
+
+/// The tombstone of a backup or restore point id.
+pub(crate) fn tombstone_key(id: &str) -> String {
+    format!("dropped/{id}")
+}
+
+fn io(backend: &dyn Backend, key: &str, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    StoreError::io(backend.describe(key), action)
+}
+
+/// Writes a whole small object, only if its key is free.
+pub(crate) fn put_new(backend: &dyn Backend, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut w = backend.create(key)?;
+    w.write(bytes)?;
+    w.commit()
+}
+
+struct HolderState {
+    seq: u64,
+    record: LeaseRecord,
+    /// The storage's time at the last refresh, and our clocks then.
+    server_at_refresh: SystemTime,
+    wall_at_refresh: SystemTime,
+    mono_at_refresh: Instant,
+    /// Why the lease can no longer be used, once it cannot.
+    lost: Option<String>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    id: String,
+    settings: LeaseSettings,
+    state: Mutex<HolderState>,
+    stop: (Mutex<bool>, Condvar),
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, HolderState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the next lease object, then removes the previous one.
+    fn refresh(&self) -> Result<()> {
+        let backend = &*self.backend;
+        let (seq, record) = {
+            let st = self.state();
+            if let Some(why) = &st.lost {
+                return Err(StoreError::LeaseLost(why.clone()));
+            }
+            let mut record = st.record.clone();
+            record.seq = st.seq + 1;
+            (st.seq, record)
+        };
+        let key = lease_key(&self.id, seq + 1);
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        put_new(backend, &key, &bytes).map_err(io(backend, &key, "refresh lease"))?;
+        let info = backend.stat(&key).map_err(io(backend, &key, "refresh lease"))?;
+        {
+            let mut st = self.state();
+            st.seq = seq + 1;
+            st.record = record;
+            st.server_at_refresh = info.modified;
+            st.wall_at_refresh = SystemTime::now();
+            st.mono_at_refresh = Instant::now();
+        }
+        let old = lease_key(&self.id, seq);
+        let _ = backend.delete(&old);
+        Ok(())
+    }
+
+    /// How long since the last refresh, by the slower of our two clocks
+    /// (the monotonic one does not count a suspended machine's sleep).
+    fn age(&self) -> Duration {
+        let st = self.state();
+        let wall = SystemTime::now().duration_since(st.wall_at_refresh).unwrap_or_default();
+        wall.max(st.mono_at_refresh.elapsed())
+    }
+}
+
+/// A lease this process holds. Dropping it ends the lease.
+pub(crate) struct Lease {
+    inner: Arc<Inner>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("id", &self.inner.id).finish()
+    }
+}
+
+impl Lease {
+    /// Takes a lease for `op` in `mode`. A maintenance lease conflicts with
+    /// another fresh maintenance lease taken earlier: then `StoreBusy`, or
+    /// with `wait`, waiting for it to end (a stale holder is not waited for).
+    pub(crate) fn acquire(
+        backend: Arc<dyn Backend>,
+        settings: LeaseSettings,
+        mode: LeaseMode,
+        op: &str,
+        wait: bool,
+    ) -> Result<Lease> {
+        Lease::acquire_committing(backend, settings, mode, op, wait, Vec::new())
+    }
+
+    /// [`Lease::acquire`] for a holder that will commit `commits` (backup
+    /// or restore point ids): a fencer tombstones those.
+    pub(crate) fn acquire_committing(
+        backend: Arc<dyn Backend>,
+        settings: LeaseSettings,
+        mode: LeaseMode,
+        op: &str,
+        wait: bool,
+        commits: Vec<String>,
+    ) -> Result<Lease> {
+        loop {
+            let lease = Lease::take(backend.clone(), settings, mode, op, commits.clone())?;
+            if mode != LeaseMode::Maintenance {
+                return Ok(lease);
+            }
+            let table = LeaseTable::read(&*backend)?;
+            let now = lease.server_now();
+            let mine = lease.inner.state().record.first;
+            let first = |l: &LeaseInfo| (l.record.first, l.id.clone());
+            let earlier = table.leases.iter().find(|l| {
+                l.id != lease.inner.id
+                    && l.record.mode == LeaseMode::Maintenance
+                    && l.fresh(now, &settings)
+                    && first(l) < (mine, lease.inner.id.clone())
+            });
+            let Some(other) = earlier else { return Ok(lease) };
+            let holder = format!("{} (pid {} on {})", other.record.op, other.record.pid, other.record.host);
+            drop(lease);
+            if !wait {
+                return Err(StoreError::StoreBusy { path: backend.describe(""), holder });
+            }
+            std::thread::sleep((settings.ttl / 20).clamp(Duration::from_millis(50), Duration::from_secs(5)));
+        }
+    }
+
+    fn take(
+        backend: Arc<dyn Backend>,
+        settings: LeaseSettings,
+        mode: LeaseMode,
+        op: &str,
+        commits: Vec<String>,
+    ) -> Result<Lease> {
+        let id = crate::format::Guid::new_random().to_string().replace('-', "");
+        let now = Moment::from(backend.now().unwrap_or_else(|_| SystemTime::now()));
+        let record = LeaseRecord {
+            lease: id.clone(),
+            mode,
+            op: op.to_string(),
+            host: super::host_name(),
+            pid: std::process::id(),
+            seq: 0,
+            ttl_secs: settings.ttl.as_secs(),
+            first: now,
+            commits,
+        };
+        let key = lease_key(&id, 0);
+        let b = &*backend;
+        put_new(b, &key, &serde_json::to_vec(&record).unwrap_or_default()).map_err(io(b, &key, "take lease"))?;
+        let info = b.stat(&key).map_err(io(b, &key, "take lease"))?;
+        let mut record = record;
+        // From here on the lease's start is the storage's time.
+        record.first = Moment::from(info.modified);
+        let state = HolderState {
+            seq: 0,
+            record,
+            server_at_refresh: info.modified,
+            wall_at_refresh: SystemTime::now(),
+            mono_at_refresh: Instant::now(),
+            lost: None,
+        };
+        let inner = Arc::new(Inner {
+            backend,
+            id,
+            settings,
+            state: Mutex::new(state),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        let refresher = settings.background.then(|| {
+            let inner = inner.clone();
+            std::thread::spawn(move || refresh_loop(&inner))
+        });
+        Ok(Lease { inner, refresher })
+    }
+
+    /// The lease's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The storage's time now, as this holder best knows it.
+    pub(crate) fn server_now(&self) -> SystemTime {
+        let st = self.inner.state();
+        st.server_at_refresh + st.mono_at_refresh.elapsed()
+    }
+
+    /// The settings the lease was taken with.
+    pub(crate) fn settings(&self) -> LeaseSettings {
+        self.inner.settings
+    }
+
+    /// Fails (`LeaseLost`) once the lease can no longer be trusted; else
+    /// refreshes it when half its life has gone. Called between chunks and
+    /// before anything is committed or deleted.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(why) = &self.inner.state().lost {
+            return Err(StoreError::LeaseLost(why.clone()));
+        }
+        let age = self.inner.age();
+        let ttl = self.inner.settings.ttl;
+        if age > ttl {
+            let why = format!(
+                "lease {} was last refreshed {} s ago, past its {} s",
+                self.inner.id,
+                age.as_secs(),
+                ttl.as_secs()
+            );
+            self.inner.state().lost = Some(why.clone());
+            return Err(StoreError::LeaseLost(why));
+        }
+        if age > ttl / 2 {
+            self.inner.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// After the holder created the commit object of `id`: fails with
+    /// `LeaseLost` if the id was tombstoned (the lease was fenced while
+    /// stale), so a commit that does not count is never reported as one.
+    pub(crate) fn confirm_commit(&self, id: &str) -> Result<()> {
+        let backend = &*self.inner.backend;
+        let key = tombstone_key(id);
+        match backend.stat(&key) {
+            Ok(_) => {
+                let why = format!("lease {} went stale and was fenced: {id} does not count", self.inner.id);
+                self.inner.state().lost = Some(why.clone());
+                Err(StoreError::LeaseLost(why))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(backend, &key, "check tombstone")(e)),
+        }
+    }
+}
+
+fn refresh_loop(inner: &Inner) {
+    let every = inner.settings.ttl / 4;
+    loop {
+        let (m, cv) = &inner.stop;
+        let stopped = m.lock().unwrap_or_else(|p| p.into_inner());
+        let (stopped, _) = cv.wait_timeout_while(stopped, every, |s| !*s).unwrap_or_else(|p| p.into_inner());
+        if *stopped {
+            return;
+        }
+        drop(stopped);
+        // A failed refresh is retried at the next tick; `check` notices a
+        // lease that has gone too long without one.
+        let _ = inner.refresh();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let (m, cv) = &self.inner.stop;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+        let backend = &*self.inner.backend;
+        let seq = self.inner.state().seq;
+        let _ = backend.delete(&lease_key(&self.inner.id, seq));
+    }
+}
+
+/// One lease as others see it.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseInfo {
+    pub id: String,
+    pub record: LeaseRecord,
+    /// The newest lease object's time.
+    pub modified: SystemTime,
+}
+
+impl LeaseInfo {
+    /// Whether the lease is younger than `ttl + margin` at `now`.
+    pub(crate) fn fresh(&self, now: SystemTime, settings: &LeaseSettings) -> bool {
+        let age = now.duration_since(self.modified).unwrap_or_default();
+        age <= settings.ttl + settings.margin
+    }
+}
+
+/// Every lease in the store.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LeaseTable {
+    pub leases: Vec<LeaseInfo>,
+}
+
+impl LeaseTable {
+    /// Lists `locks/` and reads each lease's newest record and its fence.
+    pub(crate) fn read(backend: &dyn Backend) -> Result<LeaseTable> {
+        let listed = match backend.list("locks") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other.map_err(io(backend, "locks", "list leases"))?,
+        };
+        let mut by_id: BTreeMap<String, (u64, ObjectInfo)> = BTreeMap::new();
+        for o in listed {
+            let Some(rest) = o.key.strip_prefix("locks/") else { continue };
+            let Some((id, name)) = rest.split_once('/') else { continue };
+            let Some(seq) = name.strip_suffix(".lease").and_then(|s| s.parse::<u64>().ok()) else { continue };
+            if by_id.get(id).is_none_or(|(s, _)| *s < seq) {
+                by_id.insert(id.to_string(), (seq, o));
+            }
+        }
+        let mut leases = Vec::new();
+        for (id, (_, info)) in by_id {
+            let record: LeaseRecord = match backend.read_all(&info.key) {
+                Ok(bytes) => match serde_json::from_slice(&bytes) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                },
+                // Refreshed or released since the listing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(backend, &info.key, "read lease")(e)),
+            };
+            leases.push(LeaseInfo { id, record, modified: info.modified });
+        }
+        Ok(LeaseTable { leases })
+    }
+}
+
+/// Fences a stale lease: tombstones every id it may commit that is not
+/// committed yet, so nothing it creates from now on counts. Ids already
+/// committed are left alone (the holder died after its commit).
+pub(crate) fn fence(backend: &dyn Backend, lease: &LeaseInfo) -> Result<()> {
+    for id in &lease.record.commits {
+        let committed = [format!("manifests/{id}.manifest"), format!("points/{id}.point")]
+            .iter()
+            .any(|k| super::backend::exists(backend, k));
+        if committed {
+            continue;
+        }
+        let key = tombstone_key(id);
+        let why = format!("fenced: lease {} went stale before committing", lease.id);
+        match put_new(backend, &key, why.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(backend, &key, "fence lease")(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::MemoryBackend;
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings { ttl: Duration::from_secs(60), margin: Duration::from_secs(60), background: false }
+    }
+
+    #[test]
+    fn maintenance_excludes_maintenance_and_nothing_else() {
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let vacuum = Lease::acquire(b.clone(), settings(), LeaseMode::Maintenance, "vacuum", false).unwrap();
+        let backup = Lease::acquire(b.clone(), settings(), LeaseMode::Backup, "backup", false).unwrap();
+        let read = Lease::acquire(b.clone(), settings(), LeaseMode::Read, "verify", false).unwrap();
+        let err = Lease::acquire(b.clone(), settings(), LeaseMode::Maintenance, "prune", false).unwrap_err();
+        assert!(matches!(&err, StoreError::StoreBusy { holder, .. } if holder.starts_with("vacuum")), "{err}");
+        drop(vacuum);
+        let prune = Lease::acquire(b.clone(), settings(), LeaseMode::Maintenance, "prune", false).unwrap();
+        let table = LeaseTable::read(&*b).unwrap();
+        assert_eq!(table.leases.len(), 3);
+        drop((prune, backup, read));
+        assert!(LeaseTable::read(&*b).unwrap().leases.is_empty(), "leases are gone when their holders are");
+        assert!(b.list("locks").unwrap().is_empty());
+    }
+
+    /// A lease nobody refreshed goes stale by the storage's clock; fencing
+    /// tombstones what it has not committed yet, and its holder learns
+    /// after its upload that the commit does not count.
+    #[test]
+    fn stale_leases_are_fenced_and_their_late_commits_do_not_count() {
+        let mem = MemoryBackend::with_logical_clock(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let b: Arc<dyn Backend> = Arc::new(mem.clone());
+        let mode = LeaseMode::Backup;
+        let paused =
+            Lease::acquire_committing(b.clone(), settings(), mode, "backup", false, vec!["late".into()]).unwrap();
+        let done =
+            Lease::acquire_committing(b.clone(), settings(), mode, "backup", false, vec!["done".into()]).unwrap();
+        put_new(&*b, "manifests/done.manifest", b"m").unwrap();
+        mem.advance(Duration::from_secs(200));
+        let observer = Lease::acquire(b.clone(), settings(), LeaseMode::Maintenance, "vacuum", false).unwrap();
+        let now = observer.server_now();
+        let table = LeaseTable::read(&*b).unwrap();
+        for l in &table.leases {
+            if l.id == paused.id() || l.id == done.id() {
+                assert!(!l.fresh(now, &settings()));
+                fence(&*b, l).unwrap();
+            }
+        }
+        assert!(super::super::backend::exists(&*b, "dropped/late"));
+        assert!(!super::super::backend::exists(&*b, "dropped/done"), "a committed id is not tombstoned");
+        put_new(&*b, "manifests/late.manifest", b"m").unwrap();
+        assert!(matches!(paused.confirm_commit("late"), Err(StoreError::LeaseLost(_))));
+        assert!(done.confirm_commit("done").is_ok());
+    }
+}
