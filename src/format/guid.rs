@@ -59,7 +59,13 @@ impl Guid {
     /// silently break uniqueness, which is worse than stopping.
     pub fn new_random() -> Self {
         let mut out = [0u8; 16];
-        getrandom::fill(&mut out).expect("the operating system's random number generator failed");
+        #[cfg(feature = "fuzzing")]
+        let seeded = testing::fill(&mut out);
+        #[cfg(not(feature = "fuzzing"))]
+        let seeded = false;
+        if !seeded {
+            getrandom::fill(&mut out).expect("the operating system's random number generator failed");
+        }
         out[6] = (out[6] & 0x0f) | 0x40;
         out[8] = (out[8] & 0x3f) | 0x80;
         Guid(out)
@@ -94,6 +100,38 @@ impl<'de> Deserialize<'de> for Guid {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Deterministic ids for deterministic tests (the `fuzzing` feature only):
+/// a thread that calls [`testing::seed_thread`] draws its GUIDs, and so its
+/// pack, index, lease and backup ids, from a seeded generator instead of
+/// the operating system.
+#[cfg(feature = "fuzzing")]
+pub mod testing {
+    use std::cell::Cell;
+
+    thread_local! {
+        static STATE: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// From now on this thread's GUIDs follow `seed`.
+    pub fn seed_thread(seed: u64) {
+        STATE.with(|s| s.set(Some(seed | 1)));
+    }
+
+    pub(super) fn fill(out: &mut [u8; 16]) -> bool {
+        STATE.with(|s| {
+            let Some(mut x) = s.get() else { return false };
+            for half in out.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                half.copy_from_slice(&x.to_le_bytes());
+            }
+            s.set(Some(x));
+            true
+        })
     }
 }
 

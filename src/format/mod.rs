@@ -14,6 +14,8 @@ pub mod vhd;
 pub mod vhdx;
 
 pub use error::{FormatError, Result};
+#[cfg(feature = "fuzzing")]
+pub use guid::testing as guid_testing;
 pub use guid::{Guid, ParseGuidError};
 pub use structure::Structure;
 

@@ -136,9 +136,13 @@ impl Index {
         Index::load_files(backend, &files)
     }
 
-    /// Loads every index file, avoiding the copies in `avoid` (condemned packs).
-    pub fn load_avoiding(backend: &dyn Backend, avoid: HashSet<PackId>) -> Result<Index> {
+    /// Loads every index file, avoiding the copies in `avoid` (condemned
+    /// packs) and dropping entries for packs not in `present` (an index
+    /// file can outlive a pack it names: one a backup wrote after a vacuum
+    /// deleted its dead pack while the backup was paused).
+    pub fn load_avoiding(backend: &dyn Backend, avoid: HashSet<PackId>, present: &HashSet<PackId>) -> Result<Index> {
         let mut index = Index::load(backend)?;
+        index.entries.retain(|e| present.contains(&e.location.pack));
         index.avoid = avoid;
         Ok(index)
     }

@@ -48,6 +48,19 @@ pub enum LeaseMode {
     Maintenance,
 }
 
+/// Which clock a holder judges its own lease's age by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LeaseClock {
+    /// This machine's wall and monotonic clocks, the slower of the two (the
+    /// default: costs nothing).
+    #[default]
+    Local,
+    /// The storage's clock ([`Backend::now`]), asked at every check: for
+    /// stores whose clock is simulated.
+    Storage,
+}
+
 /// How long leases live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -61,11 +74,26 @@ pub struct LeaseSettings {
     /// Refresh from a background thread (off only for deterministic
     /// schedules, where refreshes happen at the holder's checks).
     pub background: bool,
+    /// The clock a holder judges its own age by.
+    pub clock: LeaseClock,
 }
 
 impl Default for LeaseSettings {
     fn default() -> Self {
-        LeaseSettings { ttl: Duration::from_secs(300), margin: Duration::from_secs(300), background: true }
+        LeaseSettings {
+            ttl: Duration::from_secs(300),
+            margin: Duration::from_secs(300),
+            background: true,
+            clock: LeaseClock::Local,
+        }
+    }
+}
+
+impl LeaseSettings {
+    /// Settings for a simulated store: `ttl` and `margin` on the storage's
+    /// clock, refreshed only at the holder's checks (no thread).
+    pub fn simulated(ttl: Duration, margin: Duration) -> LeaseSettings {
+        LeaseSettings { ttl, margin, background: false, clock: LeaseClock::Storage }
     }
 }
 
@@ -160,12 +188,21 @@ impl Inner {
         Ok(())
     }
 
-    /// How long since the last refresh, by the slower of our two clocks
-    /// (the monotonic one does not count a suspended machine's sleep).
+    /// How long since the last refresh: by the slower of our two clocks
+    /// (the monotonic one does not count a suspended machine's sleep), or
+    /// by the storage's.
     fn age(&self) -> Duration {
         let st = self.state();
-        let wall = SystemTime::now().duration_since(st.wall_at_refresh).unwrap_or_default();
-        wall.max(st.mono_at_refresh.elapsed())
+        match self.settings.clock {
+            LeaseClock::Local => {
+                let wall = SystemTime::now().duration_since(st.wall_at_refresh).unwrap_or_default();
+                wall.max(st.mono_at_refresh.elapsed())
+            }
+            LeaseClock::Storage => {
+                let now = self.backend.now().unwrap_or(st.server_at_refresh);
+                now.duration_since(st.server_at_refresh).unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -287,7 +324,10 @@ impl Lease {
     /// The storage's time now, as this holder best knows it.
     pub(crate) fn server_now(&self) -> SystemTime {
         let st = self.inner.state();
-        st.server_at_refresh + st.mono_at_refresh.elapsed()
+        match self.inner.settings.clock {
+            LeaseClock::Local => st.server_at_refresh + st.mono_at_refresh.elapsed(),
+            LeaseClock::Storage => self.inner.backend.now().unwrap_or(st.server_at_refresh),
+        }
     }
 
     /// The settings the lease was taken with.
@@ -454,7 +494,11 @@ mod tests {
     use crate::store::backend::MemoryBackend;
 
     fn settings() -> LeaseSettings {
-        LeaseSettings { ttl: Duration::from_secs(60), margin: Duration::from_secs(60), background: false }
+        LeaseSettings {
+            ttl: Duration::from_secs(60),
+            margin: Duration::from_secs(60),
+            ..LeaseSettings::simulated(Duration::ZERO, Duration::ZERO)
+        }
     }
 
     #[test]

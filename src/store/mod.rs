@@ -71,8 +71,8 @@ pub use chunk::{ChunkId, Compression};
 pub use config::{InitOptions, STORE_FORMAT_VERSION, StoreConfig};
 pub use error::{Result, StoreError};
 pub use id::{BackupId, ParseIdError, PointId};
-pub use lease::LeaseSettings;
 use lease::{Lease, LeaseMode};
+pub use lease::{LeaseClock, LeaseSettings};
 pub use manifest::{ChangeSource, Kind, SourceInfo};
 pub use merge::{MergeOptions, MergeReport};
 pub use point::{AttachmentRecord, PointDisk};
@@ -186,8 +186,17 @@ impl Store {
     /// counted for deduplication. Call it holding a lease, so the list of
     /// condemned packs cannot miss one a vacuum may delete meanwhile.
     pub(crate) fn index_avoiding_condemned(&self) -> Result<index::Index> {
-        let condemned = condemned::Condemned::read(self.backend())?;
-        index::Index::load_avoiding(self.backend(), condemned.packs())
+        let backend = self.backend();
+        let condemned = condemned::Condemned::read(backend)?;
+        // The packs there are now: a pack deleted before this lease was
+        // taken is gone for good, one condemned later is not deleted while
+        // this lease lives.
+        let present = match backend.list("packs") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other.map_err(StoreError::io(backend.describe("packs"), "list"))?,
+        };
+        let present = present.iter().filter_map(|o| pack::PackId::from_key(&o.key)).collect();
+        index::Index::load_avoiding(backend, condemned.packs(), &present)
     }
 
     /// Takes a lease for `op` (see [`lease`]): maintenance conflicts with

@@ -302,6 +302,7 @@ impl Store {
             if point.is_some() {
                 attachments = attach::store_attachments(self, &index, &claims, &options.attachments, &options.cancel)?;
                 if let Some(entries) = claims.take_sealed(1) {
+                    lease.check()?;
                     self.write_index_file(entries)?;
                 }
             }
@@ -457,6 +458,7 @@ impl Store {
         let started = Instant::now();
         run.run()?;
         if let Some(entries) = run.claims.take_sealed(1) {
+            run.lease.check()?;
             self.write_index_file(entries)?;
         }
         if run.cancel.is_cancelled() {

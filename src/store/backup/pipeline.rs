@@ -101,9 +101,23 @@ struct ReadStage<'d, 'p> {
     cancel: &'p CancelToken,
 }
 
-/// The reading stage: plans the disk window by window, sends runs to the
-/// writer and reads to the workers.
-fn read_stage<'d>(stage: ReadStage<'d, '_>, jobs: Sender<Job<'d>>, results: Results<'d>, pool: Receiver<Vec<u8>>) {
+/// What the reading stage hands on, by first slot.
+enum Step<'d> {
+    /// A run of slots that need no reading.
+    Run(Slot, u64),
+    /// One slot's bytes.
+    Read(Chunk<'d>),
+}
+
+/// The reading stage: plans the disk window by window and hands each run
+/// and each read slot to `emit` in slot order, taking buffers from
+/// `buffer`. Stops at the first error (handed on too), at a cancel, or
+/// when `emit` or `buffer` says the pipeline has stopped.
+fn read_stage<'d>(
+    stage: ReadStage<'d, '_>,
+    emit: &mut dyn FnMut(u64, Result<Step<'d>>) -> bool,
+    buffer: &mut dyn FnMut() -> Option<Vec<u8>>,
+) {
     let ReadStage { disk, chunk, change, mut prev, cancel } = stage;
     let slots = disk.size().div_ceil(chunk);
     let source = || StoreError::source(&disk.info().path);
@@ -115,18 +129,18 @@ fn read_stage<'d>(stage: ReadStage<'d, '_>, jobs: Sender<Job<'d>>, results: Resu
         runs.clear();
         let end = (slot + window).min(slots);
         if let Err(e) = plan_window(disk, chunk, slot..end, change, &mut runs) {
-            let _ = results.send((slot, Err(source()(e))));
+            emit(slot, Err(source()(e)));
             return;
         }
         for &(plan, n) in &runs {
             if cancel.is_cancelled() {
-                let _ = results.send((slot, Err(StoreError::Cancelled)));
+                emit(slot, Err(StoreError::Cancelled));
                 return;
             }
             match plan {
                 Plan::Zero | Plan::Inherit => {
                     let s = if plan == Plan::Zero { Slot::Zero } else { Slot::Inherit };
-                    if results.send((slot, Ok(Item::Run(s, n)))).is_err() {
+                    if !emit(slot, Ok(Step::Run(s, n))) {
                         return;
                     }
                     slot += n;
@@ -134,10 +148,10 @@ fn read_stage<'d>(stage: ReadStage<'d, '_>, jobs: Sender<Job<'d>>, results: Resu
                 Plan::Read | Plan::Partial => {
                     for _ in 0..n {
                         if cancel.is_cancelled() {
-                            let _ = results.send((slot, Err(StoreError::Cancelled)));
+                            emit(slot, Err(StoreError::Cancelled));
                             return;
                         }
-                        let Ok(mut buf) = pool.recv() else { return };
+                        let Some(mut buf) = buffer() else { return };
                         let len = (disk.size() - slot * chunk).min(chunk) as usize;
                         let read = match (plan, prev.as_mut()) {
                             (Plan::Read, _) => match disk.borrow_at(slot * chunk, len) {
@@ -154,14 +168,9 @@ fn read_stage<'d>(stage: ReadStage<'d, '_>, jobs: Sender<Job<'d>>, results: Resu
                             }
                             (_, None) => Err(StoreError::Invalid("a partial slot without a previous backup".into())),
                         };
-                        let view = match read {
-                            Ok(view) => view,
-                            Err(e) => {
-                                let _ = results.send((slot, Err(e)));
-                                return;
-                            }
-                        };
-                        if jobs.send(Job { slot, chunk: Chunk { buf, view } }).is_err() {
+                        let step = read.map(|view| Step::Read(Chunk { buf, view }));
+                        let failed = step.is_err();
+                        if !emit(slot, step) || failed {
                             return;
                         }
                         slot += 1;
@@ -172,9 +181,37 @@ fn read_stage<'d>(stage: ReadStage<'d, '_>, jobs: Sender<Job<'d>>, results: Resu
     }
 }
 
-/// The working stage: zero test, hash, index lookup, and for chunks new to
-/// the store: claim, compress and append to this worker's own pack, so the
-/// copying into packs runs on every core.
+/// One worker's state: its compressor and its open pack.
+struct Worker {
+    packer: Packer,
+    own: WorkerPack,
+}
+
+impl Worker {
+    fn new(store: &Store) -> Worker {
+        Worker { packer: Packer::new(store), own: WorkerPack::new() }
+    }
+
+    /// Zero test, hash, index lookup, and for a chunk new to the store:
+    /// claim, compress and append to this worker's own pack.
+    fn process<'d>(&mut self, store: &Store, index: &Index, claims: &Claims, chunk: Chunk<'d>) -> Result<Outcome<'d>> {
+        let bytes = chunk.bytes();
+        if is_all_zero(bytes) {
+            return Ok(Outcome::Zero(chunk));
+        }
+        let id = ChunkId::of(bytes);
+        if index.contains(&id) || !claims.claim(id) {
+            return Ok(Outcome::Known(id, chunk));
+        }
+        let plain_len = bytes.len() as u32;
+        let (compression, stored) = self.packer.pack(bytes);
+        let record_len = self.own.add(store, claims, id, compression, plain_len, stored)?;
+        Ok(Outcome::Stored { id, plain: chunk, record_len })
+    }
+}
+
+/// The working stage: [`Worker::process`] on every job, so hashing and the
+/// copying into packs run on every core.
 fn work_stage<'d>(
     store: &Store,
     index: &Index,
@@ -182,34 +219,15 @@ fn work_stage<'d>(
     jobs: Receiver<Job<'d>>,
     results: Results<'d>,
 ) -> Result<()> {
-    let mut packer = Packer::new(store);
-    let mut own = WorkerPack::new();
+    let mut worker = Worker::new(store);
     for Job { slot, chunk } in jobs {
-        let bytes = chunk.bytes();
-        let outcome = if is_all_zero(bytes) {
-            Outcome::Zero(chunk)
-        } else {
-            let id = ChunkId::of(bytes);
-            let first = !index.contains(&id) && claims.claim(id);
-            if !first {
-                Outcome::Known(id, chunk)
-            } else {
-                let plain_len = bytes.len() as u32;
-                let (compression, stored) = packer.pack(bytes);
-                match own.add(store, claims, id, compression, plain_len, stored) {
-                    Ok(record_len) => Outcome::Stored { id, plain: chunk, record_len },
-                    Err(e) => {
-                        let _ = results.send((slot, Err(e)));
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        if results.send((slot, Ok(Item::Chunk(outcome)))).is_err() {
+        let outcome = worker.process(store, index, claims, chunk);
+        let failed = outcome.is_err();
+        if results.send((slot, outcome.map(Item::Chunk))).is_err() || failed {
             return Ok(());
         }
     }
-    own.seal(store, claims)
+    worker.own.seal(store, claims)
 }
 
 impl DiskRun<'_> {
@@ -217,6 +235,9 @@ impl DiskRun<'_> {
     /// every slot and the packs of every new chunk are sealed (their entries
     /// wait in the claim set for the job's last index file).
     pub(super) fn run(&mut self) -> Result<()> {
+        if self.threads <= 1 {
+            return self.run_inline();
+        }
         let chunk = u64::from(self.store.config.chunk_size);
         let disk = self.disk;
         let size = disk.size();
@@ -242,7 +263,20 @@ impl DiskRun<'_> {
             {
                 let (jobs, results, pool) = (job_tx, res_tx.clone(), pool_rx);
                 let stage = ReadStage { disk, chunk, change, prev, cancel };
-                scope.spawn(move || read_stage(stage, jobs, results, pool));
+                scope.spawn(move || {
+                    read_stage(
+                        stage,
+                        &mut |slot, step| match step {
+                            Ok(Step::Run(s, n)) => results.send((slot, Ok(Item::Run(s, n)))).is_ok(),
+                            Ok(Step::Read(c)) => jobs.send(Job { slot, chunk: c }).is_ok(),
+                            Err(e) => {
+                                let _ = results.send((slot, Err(e)));
+                                false
+                            }
+                        },
+                        &mut || pool.recv().ok(),
+                    )
+                });
             }
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
@@ -271,11 +305,13 @@ impl DiskRun<'_> {
                 // Index entries of sealed packs go out in files of their own
                 // as they gather, so memory does not grow with the disk.
                 if let Some(entries) = claims.take_sealed(store.limits.index_flush) {
+                    lease.check()?;
                     store.write_index_file(entries)?;
                 }
-                if progress.tick(next * chunk) {
-                    lease.check()?;
-                }
+                // Cheap unless a refresh is due; a lease gone stale stops
+                // the backup here rather than at its commit.
+                lease.check()?;
+                progress.tick(next * chunk);
             }
             progress.finish();
             drop(res_rx);
@@ -286,6 +322,68 @@ impl DiskRun<'_> {
             }
             Ok(())
         })
+    }
+
+    /// The same pipeline on the calling thread alone: no thread is started,
+    /// so storage calls happen in an order fixed by the disk (what
+    /// deterministic schedules need, and what an embedder with its own
+    /// thread pool may want).
+    fn run_inline(&mut self) -> Result<()> {
+        let chunk = u64::from(self.store.config.chunk_size);
+        let disk = self.disk;
+        let size = disk.size();
+        let (store, index, claims, cancel, lease) = (self.store, self.index, self.claims, self.cancel, self.lease);
+        let change = std::mem::replace(&mut self.change, ChangeSet::All);
+        let prev = self.prev.take();
+        let sink = self.progress.clone();
+        let mut progress = sink.throttled(Operation::Backup, size);
+        let mut worker = Worker::new(store);
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(1);
+        let _ = pool_tx.send(Vec::with_capacity(chunk as usize));
+        let mut failure: Option<StoreError> = None;
+        let mut next = 0u64;
+        let stage = ReadStage { disk, chunk, change: &change, prev, cancel };
+        read_stage(
+            stage,
+            &mut |slot, step| {
+                let item = step.and_then(|step| match step {
+                    Step::Run(s, n) => Ok(Item::Run(s, n)),
+                    Step::Read(c) => worker.process(store, index, claims, c).map(Item::Chunk),
+                });
+                let taken = item.and_then(|item| self.take(item, slot, chunk, size, &pool_tx));
+                match taken {
+                    Ok(n) => next = slot + n,
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
+                if let Some(entries) = claims.take_sealed(store.limits.index_flush)
+                    && let Err(e) = lease.check().and_then(|()| store.write_index_file(entries))
+                {
+                    failure = Some(e);
+                    return false;
+                }
+                if let Err(e) = lease.check() {
+                    failure = Some(e);
+                    return false;
+                }
+                progress.tick(next * chunk);
+                true
+            },
+            &mut || Some(pool_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(chunk as usize))),
+        );
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        if next < size.div_ceil(chunk) {
+            return Err(StoreError::Invalid(format!("the backup stopped at slot {next}")));
+        }
+        progress.finish();
+        worker.own.seal(store, claims)
     }
 
     /// Records one item in slot order; returns how many slots it covers.

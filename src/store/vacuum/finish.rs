@@ -1,10 +1,11 @@
 //! Vacuum's second phase: delete what earlier records condemned, once it is
 //! safe to.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use super::super::Store;
 use super::super::backend::list_keys;
+use super::super::chunk::ChunkId;
 use super::super::condemned::{Condemned, Found, LeaseSet, leases_key, record_key, write_leases};
 use super::super::error::{Result, StoreError};
 use super::super::index::{Index, IndexEntry, write_index_file};
@@ -93,7 +94,7 @@ impl Store {
         }
         let going: HashSet<PackId> = condemned.packs();
         let due_keys: HashSet<String> = due.iter().flat_map(|f| f.record.objects.iter().cloned()).collect();
-        let due_packs: HashSet<PackId> =
+        let due_packs: BTreeSet<PackId> =
             due.iter().flat_map(|f| f.record.packs.iter()).filter_map(|p| PackId::from_hex(p)).collect();
 
         // Every live chunk must keep an indexed copy that survives: in an
@@ -106,9 +107,13 @@ impl Store {
         let kept = Index::load_files(backend, &kept_files)?;
         let doomed = Index::load_files(backend, &doomed_files)?;
         let survives = |index: &Index, c| index.locations(c).any(|l| !going.contains(&l.pack));
-        let mut rescued: HashSet<PackId> = HashSet::new();
+        let mut rescued: BTreeSet<PackId> = BTreeSet::new();
         let mut carry: Vec<IndexEntry> = Vec::new();
-        for c in &marked.live {
+        // In id order: the storage calls below then come in an order the
+        // store fixes, not a hash map's.
+        let mut live: Vec<&ChunkId> = marked.live.iter().collect();
+        live.sort();
+        for c in live {
             if survives(&kept, c) {
                 continue;
             }
@@ -139,9 +144,23 @@ impl Store {
                 }
             }
         }
+        report.packs_rescued += rescued.len() as u64;
+        let deleting: BTreeSet<PackId> = due_packs.iter().filter(|p| !rescued.contains(p)).copied().collect();
+        // No index file may outlive a pack it names: a later backup would
+        // deduplicate against a copy that is gone. An index file committed
+        // after the record was made can name a deleted pack (a backup that
+        // wrote it stopped before its commit, so its pack was dead): it
+        // goes too, and what else it names is carried over.
+        let mut stale_files = Vec::new();
+        for key in &kept_files {
+            let one = Index::load_files(backend, std::slice::from_ref(key))?;
+            if one.entries().iter().any(|e| deleting.contains(&e.location.pack)) {
+                carry.extend(one.entries().iter().filter(|e| !deleting.contains(&e.location.pack)).copied());
+                stale_files.push(key.clone());
+            }
+        }
         carry.sort_unstable_by_key(|e| (e.id, e.location.pack, e.location.offset));
         carry.dedup();
-        report.packs_rescued += rescued.len() as u64;
 
         // From here on, deletes. The lease is checked before each batch: a
         // vacuum paused past its lease stops rather than act on old facts.
@@ -151,12 +170,16 @@ impl Store {
         }
         let del = |k: &str| backend.delete(k).map_err(StoreError::io(backend.describe(k), "delete"));
         lease.check()?;
-        for k in due_keys.iter().filter(|k| k.starts_with("index/")) {
+        let mut index_files: Vec<&String> = due_keys.iter().filter(|k| k.starts_with("index/")).collect();
+        index_files.extend(&stale_files);
+        index_files.sort();
+        index_files.dedup();
+        for k in index_files {
             del(k)?;
             report.objects_deleted += 1;
         }
         lease.check()?;
-        for p in due_packs.iter().filter(|p| !rescued.contains(p)) {
+        for p in &deleting {
             del(&p.key())?;
             report.packs_deleted += 1;
         }
