@@ -23,7 +23,7 @@ const CHUNK: u64 = 64 * 1024;
 
 fn init(dir: &Path) -> Store {
     let _ = std::fs::remove_dir_all(dir);
-    Store::init(dir, &init_options(CHUNK as u32, 1 << 20)).unwrap()
+    common::init_store(dir, &init_options(CHUNK as u32, 1 << 20))
 }
 
 fn raw(bytes: &[u8], name: &str) -> vhdkit::Disk {

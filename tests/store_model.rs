@@ -91,7 +91,7 @@ struct World {
 
 impl World {
     fn new(dir: &Path) -> World {
-        let store = Store::init(dir.join("store"), &common::init_options(64 * 1024, 512 * 1024)).unwrap();
+        let store = common::init_store(&dir.join("store"), &common::init_options(64 * 1024, 512 * 1024));
         let mut sources = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
             let mut bytes = vec![0u8; SIZE];

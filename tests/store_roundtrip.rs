@@ -19,7 +19,7 @@ const MIB: u64 = 1 << 20;
 
 fn init(dir: &Path, compression: Compression, chunk: u32) -> Store {
     let _ = std::fs::remove_dir_all(dir);
-    Store::init(dir, &common::tweak(common::init_options(chunk, 8 << 20), |o| o.compression = compression)).unwrap()
+    common::init_store(dir, &common::tweak(common::init_options(chunk, 8 << 20), |o| o.compression = compression))
 }
 
 fn backup(store: &Store, disk: &dyn VirtualDisk, name: &str) -> vhdkit::store::BackupReport {

@@ -48,6 +48,13 @@ struct Cli {
     /// process (SIGBUS) instead of failing with an error.
     #[arg(long, global = true)]
     mmap: bool,
+    /// Where a store on object storage keeps its local cache of index
+    /// files, manifests and restore points (default: $XDG_CACHE_HOME/vhdkit).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Read a remote store's metadata from the store itself, keeping no local copy.
+    #[arg(long, global = true)]
+    no_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -282,6 +289,7 @@ fn cancel_on_signals() -> CancelToken {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cancel = cancel_on_signals();
+    store::set_open_options(cli.cache_dir.clone(), cli.no_cache);
     let options = OpenOptions::new()
         .checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict })
         .mmap(cli.mmap);

@@ -18,6 +18,21 @@ use vhdkit::{CancelToken, export::InPlace};
 
 use super::{Failure, parse_size, to_json as json};
 
+/// How stores are opened (the global `--cache-dir` and `--no-cache`).
+static OPEN: std::sync::OnceLock<vhdkit::store::OpenOptions> = std::sync::OnceLock::new();
+
+pub(crate) fn set_open_options(cache_dir: Option<PathBuf>, no_cache: bool) {
+    let mut o = vhdkit::store::OpenOptions::default();
+    o.cache_dir = cache_dir;
+    o.no_cache = no_cache;
+    let _ = OPEN.set(o);
+}
+
+/// Opens a store (a folder or a URL).
+pub(crate) fn open_store(location: &Path) -> vhdkit::store::Result<Store> {
+    Store::open_with(location, OPEN.get_or_init(Default::default))
+}
+
 /// `vhdkit store ...`
 #[derive(Subcommand)]
 pub(crate) enum StoreCommand {
@@ -64,7 +79,7 @@ pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
             Ok(0)
         }
         StoreCommand::Reindex { store, wait } => {
-            let s = Store::open(&store)?;
+            let s = open_store(&store)?;
             let mut options = ReindexOptions::default();
             options.wait = wait;
             out!("{}", json(&s.reindex(&options)?)?);
@@ -192,7 +207,7 @@ pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelTok
             .transpose()
         })
         .collect::<Result<Vec<_>, Failure>>()?;
-    let s = Store::open(&args.store)?;
+    let s = open_store(&args.store)?;
     let disks = args.images.iter().map(|i| options.open(i)).collect::<Result<Vec<_>, _>>()?;
     let labels: Vec<String> = args
         .images
@@ -268,7 +283,7 @@ pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelTok
 }
 
 pub(crate) fn list(store: &Path, points: bool, json_out: bool) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
+    let s = open_store(store)?;
     if points {
         let points = s.points()?;
         if json_out {
@@ -330,7 +345,7 @@ pub(crate) struct RestoreArgs {
 }
 
 pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Failure> {
-    let s = Store::open(&args.store)?;
+    let s = open_store(&args.store)?;
     let (sink, bars) = Bars::sink(Vec::new());
     let mut options = RestoreOptions::default();
     options.disk = args.disk.clone();
@@ -388,7 +403,7 @@ pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Fai
 }
 
 pub(crate) fn verify(store: &Path, only: Option<String>, json_out: bool, cancel: &CancelToken) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
+    let s = open_store(store)?;
     let (sink, bars) = Bars::sink(Vec::new());
     let mut options = VerifyOptions::default();
     options.only = only;
@@ -425,7 +440,7 @@ pub(crate) fn verify(store: &Path, only: Option<String>, json_out: bool, cancel:
 }
 
 pub(crate) fn stats(store: &Path, json_out: bool) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
+    let s = open_store(store)?;
     let st = s.stats()?;
     if json_out {
         out!("{}", json(&st)?);
@@ -442,7 +457,7 @@ pub(crate) fn stats(store: &Path, json_out: bool) -> Result<u8, Failure> {
 }
 
 pub(crate) fn log(store: &Path, last: Option<usize>, json_out: bool) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
+    let s = open_store(store)?;
     let mut entries = s.job_log()?;
     if let Some(n) = last {
         entries.drain(..entries.len().saturating_sub(n));
@@ -473,7 +488,7 @@ pub(crate) fn merge(
     wait: bool,
     json_out: bool,
 ) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
+    let s = open_store(store)?;
     let mut options = MergeOptions::default();
     options.disk = disk;
     options.wait = wait;
@@ -494,7 +509,7 @@ pub(crate) fn prune(
     wait: bool,
     json_out: bool,
 ) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
+    let s = open_store(store)?;
     let mut options = PruneOptions::new(policy);
     options.dry_run = dry_run;
     options.wait = wait;
@@ -525,7 +540,7 @@ pub(crate) fn vacuum(
     json_out: bool,
     cancel: &CancelToken,
 ) -> Result<u8, Failure> {
-    let s = Store::open(store)?;
+    let s = open_store(store)?;
     let (sink, bars) = Bars::sink(Vec::new());
     let mut options = VacuumOptions::default();
     options.threshold = threshold;

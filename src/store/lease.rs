@@ -105,6 +105,10 @@ pub(crate) struct LeaseRecord {
     pub op: String,
     pub host: String,
     pub pid: u32,
+    /// This boot of this machine and the process id namespace the pid is
+    /// in: a lease whose holder shares it, and whose pid is gone, is over.
+    #[serde(default)]
+    pub machine: String,
     pub seq: u64,
     pub ttl_secs: u64,
     /// The storage's time when the lease was taken.
@@ -255,6 +259,7 @@ impl Lease {
                 l.id != lease.inner.id
                     && l.record.mode == LeaseMode::Maintenance
                     && l.fresh(now, &settings)
+                    && l.holder_may_run()
                     && first(l) < (mine, lease.inner.id.clone())
             });
             let Some(other) = earlier else { return Ok(lease) };
@@ -282,6 +287,7 @@ impl Lease {
             op: op.to_string(),
             host: super::host_name(),
             pid: std::process::id(),
+            machine: machine_id(),
             seq: 0,
             ttl_secs: settings.ttl.as_secs(),
             first: now,
@@ -419,7 +425,43 @@ pub(crate) struct LeaseInfo {
     pub modified: SystemTime,
 }
 
+/// This boot of this machine and this process's pid namespace; empty where
+/// that cannot be told (then no lease is judged by its pid).
+pub(crate) fn machine_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
+        if boot.trim().is_empty() || ns.is_empty() { String::new() } else { format!("{} {ns}", boot.trim()) }
+    })
+    .clone()
+}
+
 impl LeaseInfo {
+    /// Whether the holder may still be running: false only for a holder on
+    /// this machine (same boot, same pid namespace) whose process is gone,
+    /// which is over for certain however fresh its lease looks.
+    pub(crate) fn holder_may_run(&self) -> bool {
+        let mine = machine_id();
+        if mine.is_empty() || self.record.machine != mine {
+            return true;
+        }
+        #[cfg(unix)]
+        {
+            let Ok(pid) = libc::pid_t::try_from(self.record.pid) else { return true };
+            if pid <= 0 {
+                return true;
+            }
+            // SAFETY: kill(2) with signal 0 only checks that the process exists.
+            let r = unsafe { libc::kill(pid, 0) };
+            r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        }
+        #[cfg(not(unix))]
+        {
+            true
+        }
+    }
+
     /// Whether the lease is younger than `ttl + margin` at `now`.
     pub(crate) fn fresh(&self, now: SystemTime, settings: &LeaseSettings) -> bool {
         let age = now.duration_since(self.modified).unwrap_or_default();

@@ -18,6 +18,7 @@ use super::error::{Result, StoreError};
 use super::id::BackupId;
 use super::lease::LeaseMode;
 use super::manifest::{Kind, MERGED, ManifestWriter, Slot};
+use crate::store::Traffic;
 
 /// How to merge.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +44,9 @@ pub struct MergeReport {
     pub data_slots: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 impl Store {
@@ -50,9 +54,11 @@ impl Store {
     /// (exclusive lock). Metadata only: no chunk is read.
     pub fn merge(&self, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
         let spec = spec.as_ref();
+        let t0 = self.backend().traffic();
         let _lease = self.lease(LeaseMode::Maintenance, "merge", options.wait)?;
         let id = self.resolve_backup(spec, options.disk.as_deref())?.id;
-        let report = self.merge_locked(&id)?;
+        let mut report = self.merge_locked(&id)?;
+        report.traffic = self.backend().traffic().since(t0);
         self.log_job("merge", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)
     }
@@ -65,7 +71,14 @@ impl Store {
         let mut header = cursor.header().clone();
         let slots = header.slots();
         if header.kind == Kind::Full {
-            return Ok(MergeReport { id: id.clone(), chain_length, slots, data_slots: 0, seconds: 0.0 });
+            return Ok(MergeReport {
+                id: id.clone(),
+                chain_length,
+                slots,
+                data_slots: 0,
+                seconds: 0.0,
+                traffic: Traffic::default(),
+            });
         }
         header.kind = Kind::Full;
         header.parent = None;
@@ -88,6 +101,13 @@ impl Store {
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
             other => other?,
         }
-        Ok(MergeReport { id: id.clone(), chain_length, slots, data_slots, seconds: started.elapsed().as_secs_f64() })
+        Ok(MergeReport {
+            id: id.clone(),
+            chain_length,
+            slots,
+            data_slots,
+            seconds: started.elapsed().as_secs_f64(),
+            traffic: Traffic::default(),
+        })
     }
 }

@@ -8,10 +8,15 @@
 //! index files are committed before the manifest that is a backup's commit;
 //! nothing is deleted while a committed manifest refers to it.
 //!
-//! Concurrency: backups, restores and verify take the store lock shared;
-//! merge, prune, vacuum and reindex take it exclusive. A conflicting
-//! operation gets [`StoreError::StoreBusy`] rather than waiting, unless it
-//! asks to wait.
+//! A store lives in a folder or on object storage (S3 and compatible,
+//! Azure Blob, Google Cloud Storage: see [`Store::init`]); the format is
+//! the same on both.
+//!
+//! Concurrency: every operation holds a lease (an object naming it, renewed
+//! in the background). Backups, restores and verify never wait for anyone;
+//! merge, prune, vacuum and reindex exclude one another, and a conflicting
+//! one gets [`StoreError::StoreBusy`] rather than waiting, unless it asks
+//! to wait. Vacuum deletes only what it condemned a grace period earlier.
 
 mod backend;
 mod backup;
@@ -22,6 +27,7 @@ mod config;
 mod error;
 mod id;
 mod lease;
+mod location;
 mod merge;
 mod prune;
 mod reindex;
@@ -61,7 +67,9 @@ mod point;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use backend::{Backend, LocalDir, MemoryBackend, ObjectInfo, ObjectWriter};
+#[cfg(feature = "object-store")]
+pub use backend::ObjectBackend;
+pub use backend::{Backend, CachedBackend, LocalDir, MemoryBackend, ObjectInfo, ObjectWriter, Traffic};
 pub use backup::{
     Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, MAX_ATTACHMENT_BYTES, PointReport,
 };
@@ -73,6 +81,7 @@ pub use error::{Result, StoreError};
 pub use id::{BackupId, ParseIdError, PointId};
 use lease::{Lease, LeaseMode};
 pub use lease::{LeaseClock, LeaseSettings};
+pub use location::{OpenOptions, SCHEMES, url_of};
 pub use manifest::{ChangeSource, Kind, SourceInfo};
 pub use merge::{MergeOptions, MergeReport};
 pub use point::{AttachmentRecord, PointDisk};
@@ -100,10 +109,20 @@ const FOLDERS: [&str; 10] =
     ["packs", "index", "manifests", "points", "damaged", "dropped", "condemned", "locks", "log", "tmp"];
 
 impl Store {
-    /// Creates a store in `path` (which must not exist, or be an empty
-    /// folder) with `options` fixed for its lifetime.
-    pub fn init(path: impl AsRef<Path>, options: &InitOptions) -> Result<Store> {
-        let path = path.as_ref();
+    /// Creates a store at `location` with `options` fixed for its
+    /// lifetime. A folder must not exist or be empty; a URL
+    /// (`s3://BUCKET/PREFIX`, see [`SCHEMES`]) must name an existing bucket
+    /// with nothing under the prefix (buckets are never created here).
+    pub fn init(location: impl AsRef<Path>, options: &InitOptions) -> Result<Store> {
+        let path = location.as_ref();
+        if let Some(url) = url_of(path) {
+            let backend = location::remote(url)?;
+            let present = backend.list("").map_err(StoreError::io(path, "list"))?;
+            if let Some(o) = present.first() {
+                return Err(StoreError::Invalid(format!("{url} is not empty: it holds {}", o.key)));
+            }
+            return Store::init_backend(backend, options);
+        }
         if path.exists() {
             let empty = std::fs::read_dir(path).map_err(StoreError::io(path, "read folder"))?.next().is_none();
             if !empty {
@@ -116,9 +135,7 @@ impl Store {
         Store::init_backend(Arc::new(LocalDir::new(path)), options)
     }
 
-    /// Creates a store over any backend, which must hold no store yet
-    /// (the config is created only if absent, so two inits of one location
-    /// cannot both succeed).
+    /// Creates a store over any backend.
     pub fn init_backend(backend: Arc<dyn Backend>, options: &InitOptions) -> Result<Store> {
         let config = StoreConfig::new(options, pack::PackId::new_random().to_hex(), Moment::now())?;
         let path = backend.describe("config");
@@ -136,9 +153,22 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens the store in folder `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
-        let path = path.as_ref();
+    /// Opens the store at `location` (a folder or a URL, as for
+    /// [`Store::init`]).
+    pub fn open(location: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(location, &OpenOptions::default())
+    }
+
+    /// Opens the store at `location` as `options` say: a remote store's
+    /// index files, manifests and restore points are read through a local
+    /// cache (see [`CachedBackend`]) unless `options.no_cache`.
+    pub fn open_with(location: impl AsRef<Path>, options: &OpenOptions) -> Result<Store> {
+        let path = location.as_ref();
+        if let Some(url) = url_of(path) {
+            let mut store = Store::open_backend(location::remote(url)?)?;
+            store.backend = location::cached(store.backend.clone(), &store.config.store_id, options);
+            return Ok(store);
+        }
         if !path.join("config").is_file() {
             let reason = if path.exists() { "it has no config file" } else { "the folder does not exist" };
             return Err(StoreError::NotAStore { path: path.to_path_buf(), reason: reason.into() });

@@ -20,6 +20,7 @@ use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::lease::{LeaseMode, put_new, tombstone_key};
 use super::time::Moment;
+use crate::store::Traffic;
 
 /// Which backups to keep: the union of every rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,6 +82,9 @@ pub struct PruneReport {
     pub merged: Vec<BackupId>,
     /// Nothing was changed.
     pub dry_run: bool,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 /// Keeps the newest backup of each of the `n` most recent periods.
@@ -125,6 +129,7 @@ impl Store {
         if options.policy.keeps_nothing() {
             return Err(StoreError::Invalid("the policy keeps nothing; refusing to drop every backup".into()));
         }
+        let t0 = self.backend().traffic();
         let _lease = self.lease(LeaseMode::Maintenance, "prune", options.wait)?;
         let catalog = self.catalog()?.strict()?;
         // Units: a restore point, or a backup of its own.
@@ -174,8 +179,17 @@ impl Store {
                 }
             }
         }
-        let report = PruneReport { name: name.into(), kept, dropped, dropped_points, merged, dry_run: options.dry_run };
+        let mut report = PruneReport {
+            name: name.into(),
+            kept,
+            dropped,
+            dropped_points,
+            merged,
+            dry_run: options.dry_run,
+            traffic: Traffic::default(),
+        };
         if options.dry_run {
+            report.traffic = self.backend().traffic().since(t0);
             return Ok(report);
         }
         for id in &report.merged {

@@ -15,6 +15,7 @@ use super::error::{Result, StoreError};
 use super::index::{IndexEntry, Location, write_index_file};
 use super::lease::LeaseMode;
 use super::pack::{PackId, read_pack_index};
+use crate::store::Traffic;
 
 /// How to reindex.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +39,9 @@ pub struct ReindexReport {
     pub replaced_index_files: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 impl Store {
@@ -45,6 +49,7 @@ impl Store {
     /// it when `wait`).
     pub fn reindex(&self, options: &ReindexOptions) -> Result<ReindexReport> {
         let started = Instant::now();
+        let t0 = self.backend().traffic();
         let _lease = self.lease(LeaseMode::Maintenance, "reindex", options.wait)?;
         let backend = self.backend();
         let old =
@@ -87,6 +92,7 @@ impl Store {
             unreadable_packs: unreadable,
             replaced_index_files: old.len() as u64,
             seconds: started.elapsed().as_secs_f64(),
+            traffic: self.backend().traffic().since(t0),
         };
         self.log_job("reindex", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)

@@ -32,6 +32,7 @@ use super::{Store, pack::PackId};
 use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
 use crate::export::{ExportOptions, ExportReport, InPlace, Target, export, write_raw_in_place, write_raw_to};
 use crate::progress::Operation;
+use crate::store::Traffic;
 
 /// A backup opened for reading. Holds a read lease while it lives, so no
 /// vacuum deletes what it may read.
@@ -90,6 +91,9 @@ pub struct RestoreReport {
     /// What the writer did.
     #[serde(flatten)]
     pub export: ExportReport,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 /// What restoring a restore point did.
@@ -102,6 +106,9 @@ pub struct PointRestoreReport {
     pub disks: Vec<RestoreReport>,
     /// Attachments written: their paths.
     pub attachments: Vec<PathBuf>,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 /// Maps an export failure: the store's own errors stay what they are (a
@@ -199,7 +206,8 @@ impl Store {
         Ok((reader, export))
     }
 
-    fn logged(&self, report: RestoreReport) -> RestoreReport {
+    fn logged(&self, mut report: RestoreReport, t0: Traffic) -> RestoreReport {
+        report.traffic = self.backend().traffic().since(t0);
         self.log_job("restore", &serde_json::to_value(&report).unwrap_or_default());
         report
     }
@@ -216,9 +224,19 @@ impl Store {
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let spec = spec.as_ref();
+        let t0 = self.backend().traffic();
         let (reader, export_options) = self.restore_setup(spec, options)?;
         let export = export(&reader, out, target, &export_options).map_err(output_error(out))?;
-        Ok(self.logged(RestoreReport { id: reader.id.clone(), target, output: out.to_path_buf(), export }))
+        Ok(self.logged(
+            RestoreReport {
+                id: reader.id.clone(),
+                target,
+                output: out.to_path_buf(),
+                export,
+                traffic: Traffic::default(),
+            },
+            t0,
+        ))
     }
 
     /// Streams backup `spec` as a raw image into `out` (stdout, a pipe, a
@@ -234,14 +252,19 @@ impl Store {
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let spec = spec.as_ref();
+        let t0 = self.backend().traffic();
         let (reader, export_options) = self.restore_setup(spec, options)?;
         let export = write_raw_to(&reader, out, name, &export_options).map_err(output_error(name))?;
-        Ok(self.logged(RestoreReport {
-            id: reader.id.clone(),
-            target: Target::Raw,
-            output: name.to_path_buf(),
-            export,
-        }))
+        Ok(self.logged(
+            RestoreReport {
+                id: reader.id.clone(),
+                target: Target::Raw,
+                output: name.to_path_buf(),
+                export,
+                traffic: Traffic::default(),
+            },
+            t0,
+        ))
     }
 
     /// Writes backup `spec` as a raw image over the existing file or block
@@ -256,15 +279,20 @@ impl Store {
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let spec = spec.as_ref();
+        let t0 = self.backend().traffic();
         let (reader, export_options) = self.restore_setup(spec, options)?;
         let export =
             write_raw_in_place(&reader, target, options.in_place, &export_options).map_err(output_error(target))?;
-        Ok(self.logged(RestoreReport {
-            id: reader.id.clone(),
-            target: Target::Raw,
-            output: target.to_path_buf(),
-            export,
-        }))
+        Ok(self.logged(
+            RestoreReport {
+                id: reader.id.clone(),
+                target: Target::Raw,
+                output: target.to_path_buf(),
+                export,
+                traffic: Traffic::default(),
+            },
+            t0,
+        ))
     }
 
     /// Restores every disk of restore point `spec` into folder `dir`
@@ -279,6 +307,7 @@ impl Store {
         options: &RestoreOptions,
     ) -> Result<PointRestoreReport> {
         let spec = spec.as_ref();
+        let t0 = self.backend().traffic();
         let point: PointSummary = match self.resolve(spec)? {
             Selection::Point(p) => p,
             Selection::Backup(b) => match &b.point {
@@ -330,7 +359,7 @@ impl Store {
             crate::export::write_file_atomically(&out, &bytes, options.export.sync).map_err(output_error(&out))?;
             attachments.push(out);
         }
-        Ok(PointRestoreReport { point: point.id, disks, attachments })
+        Ok(PointRestoreReport { point: point.id, disks, attachments, traffic: self.backend().traffic().since(t0) })
     }
 
     /// An attachment's bytes, every chunk verified.

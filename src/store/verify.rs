@@ -29,6 +29,7 @@ use super::lease::LeaseMode;
 use super::pack::{PackEntry, PackId, read_pack_index};
 use crate::cancel::CancelToken;
 use crate::progress::{Operation, ProgressSink};
+use crate::store::Traffic;
 
 /// How to verify.
 #[derive(Debug, Clone, Default)]
@@ -83,6 +84,9 @@ pub struct VerifyReport {
     pub stale_index_entries: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 type PackResult = (PackId, std::result::Result<Vec<(PackEntry, Option<String>)>, String>);
@@ -92,6 +96,7 @@ impl Store {
     /// documentation. Cost: reads every record checked once, on every core.
     pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
         let started = Instant::now();
+        let t0 = self.backend().traffic();
         let _lease = self.lease(LeaseMode::Read, "verify", false)?;
         let backend = self.backend();
         let mut problems = Vec::new();
@@ -320,6 +325,7 @@ impl Store {
             unfinished_jobs: catalog.orphans.len() as u64,
             stale_index_entries: stale_entries,
             seconds: started.elapsed().as_secs_f64(),
+            traffic: self.backend().traffic().since(t0),
         };
         self.log_job("verify", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)

@@ -100,4 +100,7 @@ impl Backend for Intercept {
     fn now(&self) -> io::Result<SystemTime> {
         self.inner.now()
     }
+    fn traffic(&self) -> vhdkit::store::Traffic {
+        self.inner.traffic()
+    }
 }

@@ -3,7 +3,9 @@
 //! and hashing of a disk's whole view.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod intercept;
+pub mod s3;
 
 use std::fs;
 use std::io::Read;
@@ -340,4 +342,20 @@ pub fn cli() -> PathBuf {
             dir.join("examples").join("vhdkit")
         })
         .clone()
+}
+
+/// Where the store suite keeps its stores: a folder (the default), or, with
+/// `VHDKIT_STORE_BACKEND=s3`, a fresh prefix on the test S3 server read
+/// through a local cache (as `Store::open` of a URL does).
+pub fn init_store(dir: &Path, options: &vhdkit::store::InitOptions) -> vhdkit::store::Store {
+    use vhdkit::store::{CachedBackend, Store};
+    if std::env::var("VHDKIT_STORE_BACKEND").as_deref() != Ok("s3") {
+        return Store::init(dir, options).unwrap();
+    }
+    let s3 = s3::s3().expect("VHDKIT_STORE_BACKEND=s3 needs an S3 server (VHDKIT_S3_ENDPOINT or moto_server)");
+    let name = dir.strip_prefix(env!("CARGO_TARGET_TMPDIR")).unwrap_or(dir).to_string_lossy().replace('/', "-");
+    let url = s3.url(&name);
+    let store = Store::init_backend(s3.backend(&url), options).unwrap();
+    let cache = CachedBackend::new(s3.backend(&url), dir.join("cache").join(&store.config().store_id)).unwrap();
+    Store::open_backend(std::sync::Arc::new(cache)).unwrap()
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, ObjectInfo, ObjectWriter};
+use super::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 use crate::io::sync_dir;
 
 /// A store in a local folder.
@@ -23,6 +23,7 @@ pub struct LocalDir {
     root: PathBuf,
     /// Open read handles, so reading many chunks of a pack costs one open.
     handles: Mutex<HashMap<String, Arc<File>>>,
+    counters: Arc<Counters>,
 }
 
 const MAX_HANDLES: usize = 256;
@@ -30,7 +31,7 @@ const MAX_HANDLES: usize = 256;
 impl LocalDir {
     /// A backend over `root` (which must exist).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalDir { root: root.into(), handles: Mutex::new(HashMap::new()) }
+        LocalDir { root: root.into(), handles: Mutex::new(HashMap::new()), counters: Arc::default() }
     }
 
     /// The folder.
@@ -67,6 +68,7 @@ impl LocalDir {
 }
 
 struct LocalWriter {
+    counters: Arc<Counters>,
     file: Option<File>,
     temp: PathBuf,
     target: PathBuf,
@@ -87,6 +89,8 @@ impl ObjectWriter for LocalWriter {
 
     fn commit(mut self: Box<Self>) -> io::Result<()> {
         let file = self.file.take().ok_or_else(|| io::Error::other("object already committed"))?;
+        self.counters.request();
+        self.counters.uploaded(self.written as usize);
         file.sync_all()?;
         drop(file);
         let dir = self.target.parent();
@@ -165,6 +169,7 @@ impl Backend for LocalDir {
     }
 
     fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.counters.request();
         let f = self.handle(key)?;
         #[cfg(unix)]
         {
@@ -185,10 +190,12 @@ impl Backend for LocalDir {
     }
 
     fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {
+        self.counters.request();
         fs::read(self.path(key))
     }
 
     fn stat(&self, key: &str) -> io::Result<ObjectInfo> {
+        self.counters.request();
         let meta = fs::metadata(self.path(key))?;
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("{key} is not an object")));
@@ -197,6 +204,7 @@ impl Backend for LocalDir {
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        self.counters.request();
         // A store's folders exist from init on: a missing one is a damaged
         // or unmounted store, never an empty listing.
         let top = self.path(prefix);
@@ -216,10 +224,21 @@ impl Backend for LocalDir {
         let name = key.replace('/', "_");
         let temp = tmp_dir.join(format!("{name}.{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-        Ok(Box::new(LocalWriter { file: Some(file), temp, target: self.path(key), written: 0 }))
+        Ok(Box::new(LocalWriter {
+            counters: self.counters.clone(),
+            file: Some(file),
+            temp,
+            target: self.path(key),
+            written: 0,
+        }))
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.counters.snapshot()
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
+        self.counters.request();
         self.forget(key);
         let path = self.path(key);
         match fs::remove_file(&path) {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Backend, ObjectInfo, ObjectWriter};
+use super::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 
 #[derive(Debug, Default)]
 struct Objects {
@@ -21,6 +21,7 @@ pub struct MemoryBackend {
     objects: Arc<Mutex<Objects>>,
     /// Seconds since the epoch, when the clock is logical.
     logical: Option<Arc<AtomicU64>>,
+    counters: Arc<Counters>,
 }
 
 impl MemoryBackend {
@@ -91,6 +92,8 @@ impl ObjectWriter for MemoryWriter {
     }
 
     fn commit(self: Box<Self>) -> io::Result<()> {
+        self.store.counters.request();
+        self.store.counters.uploaded(self.bytes.len());
         let now = self.store.clock();
         let mut objects = self.store.objects.lock().unwrap_or_else(|p| p.into_inner());
         if objects.map.contains_key(&self.key) {
@@ -107,6 +110,7 @@ impl Backend for MemoryBackend {
     }
 
     fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.counters.request();
         let bytes = self.get(key)?;
         let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let src = start
@@ -118,16 +122,19 @@ impl Backend for MemoryBackend {
     }
 
     fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {
+        self.counters.request();
         Ok(self.get(key)?.as_ref().clone())
     }
 
     fn stat(&self, key: &str) -> io::Result<ObjectInfo> {
+        self.counters.request();
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         let (bytes, modified) = objects.map.get(key).ok_or_else(|| not_found(key))?;
         Ok(ObjectInfo { key: key.to_string(), size: bytes.len() as u64, modified: *modified })
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        self.counters.request();
         let folder = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         Ok(objects
@@ -143,11 +150,16 @@ impl Backend for MemoryBackend {
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
+        self.counters.request();
         self.objects.lock().unwrap_or_else(|p| p.into_inner()).map.remove(key);
         Ok(())
     }
 
     fn now(&self) -> io::Result<SystemTime> {
         Ok(self.clock())
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.counters.snapshot()
     }
 }

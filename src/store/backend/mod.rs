@@ -13,15 +13,62 @@
 //! [`LocalDir`] keeps a store in a folder; [`MemoryBackend`] in memory (for
 //! tests, and with a logical clock for deterministic schedules).
 
+mod cache;
 mod local;
 mod memory;
+#[cfg(feature = "object-store")]
+mod object;
 
 use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+pub use cache::CachedBackend;
 pub use local::LocalDir;
 pub use memory::MemoryBackend;
+#[cfg(feature = "object-store")]
+pub use object::ObjectBackend;
+
+/// Requests a backend has made and bytes it has uploaded, since it was
+/// made: [`Backend::traffic`]. On object storage a request is one HTTP
+/// request (what a bucket bills); on a folder, one file operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    /// Requests (reads, listings, writes, deletes).
+    pub requests: u64,
+    /// Bytes sent to the storage.
+    pub bytes_uploaded: u64,
+}
+
+impl Traffic {
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            requests: self.requests.saturating_sub(earlier.requests),
+            bytes_uploaded: self.bytes_uploaded.saturating_sub(earlier.bytes_uploaded),
+        }
+    }
+}
+
+/// The counters behind [`Traffic`], shared by a backend's clones.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    requests: std::sync::atomic::AtomicU64,
+    bytes_uploaded: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn uploaded(&self, n: usize) {
+        self.bytes_uploaded.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn snapshot(&self) -> Traffic {
+        use std::sync::atomic::Ordering::Relaxed;
+        Traffic { requests: self.requests.load(Relaxed), bytes_uploaded: self.bytes_uploaded.load(Relaxed) }
+    }
+}
 
 /// One object, as a listing or [`Backend::stat`] describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +117,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// written now would say.
     fn now(&self) -> io::Result<SystemTime> {
         Ok(SystemTime::now())
+    }
+    /// Requests made and bytes uploaded so far (zero where not counted).
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
     }
 }
 

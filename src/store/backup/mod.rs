@@ -46,6 +46,7 @@ use super::time::Moment;
 use crate::cancel::CancelToken;
 use crate::disk::VirtualDisk;
 use crate::progress::ProgressSink;
+use crate::store::Traffic;
 use baseline::{Compare, PrevChunks};
 use packer::Claims;
 use pipeline::DiskRun;
@@ -167,6 +168,9 @@ pub struct BackupReport {
     pub disk: Option<String>,
     /// The tracker token stored with it.
     pub change_id: Option<String>,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 /// What a job did: one report per disk, and the restore point.
@@ -185,6 +189,9 @@ pub struct PointReport {
     pub attachment_bytes: u64,
     /// Wall-clock seconds for the whole job.
     pub seconds: f64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 /// What `plan_disk` needs to know about one disk of the job.
@@ -219,7 +226,9 @@ impl Store {
             since: options.since.as_deref(),
         };
         let mut report = self.run_job(&[job], options)?;
-        Ok(report.disks.remove(0))
+        let mut disk = report.disks.remove(0);
+        disk.traffic = report.traffic;
+        Ok(disk)
     }
 
     /// Backs up several disks of one VM as one restore point, with the
@@ -249,6 +258,7 @@ impl Store {
 
     fn run_job(&self, disks: &[JobDisk<'_>], options: &BackupOptions) -> Result<PointReport> {
         let started = Instant::now();
+        let t0 = self.backend().traffic();
         check_job(disks, options)?;
         let created = options.created.unwrap_or_else(Moment::now);
         let point = (disks.len() > 1 || !options.tags.is_empty() || !options.attachments.is_empty())
@@ -362,6 +372,7 @@ impl Store {
                 .collect(),
             attachment_bytes: attachments.1,
             seconds: started.elapsed().as_secs_f64(),
+            traffic: self.backend().traffic().since(t0),
         };
         if report.point.is_some() {
             self.log_job("backup point", &serde_json::to_value(&report).unwrap_or_default());
@@ -418,6 +429,7 @@ impl Store {
             point: point.cloned(),
             disk: d.label.map(str::to_string),
             change_id: d.change_id.map(str::to_string),
+            traffic: Traffic::default(),
         };
         let backend = self.backend();
         let compare = match (source, &parent) {

@@ -9,29 +9,10 @@ use super::super::chunk::ChunkId;
 use super::super::condemned::{Condemned, Found, LeaseSet, leases_key, record_key, write_leases};
 use super::super::error::{Result, StoreError};
 use super::super::index::{Index, IndexEntry, write_index_file};
-use super::super::lease::{Lease, LeaseInfo, LeaseMode, LeaseTable, fence};
+use super::super::lease::{Lease, LeaseMode, LeaseTable, fence};
 use super::super::manifest::{MERGED, id_from_key, manifest_key_gen};
 use super::super::pack::{PackId, read_pack_index};
 use super::{VacuumOptions, VacuumReport};
-
-/// Whether a process on this machine is running (stale leases of dead local
-/// processes are over for certain).
-fn local_process_alive(lease: &LeaseInfo) -> bool {
-    if lease.record.host != super::super::host_name() {
-        return true;
-    }
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(lease.record.pid) else { return true };
-        // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-    }
-    #[cfg(not(unix))]
-    {
-        true
-    }
-}
 
 /// What stands in the way of a record: leases it lists that may still use
 /// what it condemns. Stale backup leases are fenced on the way (so they can
@@ -42,7 +23,7 @@ fn blocked(store: &Store, me: &Lease, set: &LeaseSet, table: &LeaseTable, report
     let mut blocked = false;
     for id in &set.leases {
         let Some(l) = table.leases.iter().find(|l| &l.id == id) else { continue };
-        if l.fresh(now, &settings) && local_process_alive(l) {
+        if l.fresh(now, &settings) && l.holder_may_run() {
             blocked = true;
             continue;
         }

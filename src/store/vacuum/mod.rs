@@ -39,6 +39,7 @@ use super::error::{Result, StoreError};
 use super::lease::LeaseMode;
 use crate::cancel::CancelToken;
 use crate::progress::ProgressSink;
+use crate::store::Traffic;
 
 /// How to vacuum.
 #[derive(Debug, Clone)]
@@ -122,12 +123,16 @@ pub struct VacuumReport {
     pub bytes_reclaimed: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 impl Store {
     /// Reclaims space; see the module documentation for the two phases.
     pub fn vacuum(&self, options: &VacuumOptions) -> Result<VacuumReport> {
         let started = Instant::now();
+        let t0 = self.backend().traffic();
         let lease = self.lease(LeaseMode::Maintenance, "vacuum", options.wait)?;
         let backend = self.backend();
         let total = |what| super::backend::total_bytes(backend, "").map_err(StoreError::io(backend.describe(""), what));
@@ -140,6 +145,7 @@ impl Store {
         report.bytes_after = total("measure")?;
         report.bytes_reclaimed = report.bytes_before.saturating_sub(report.bytes_after);
         report.seconds = started.elapsed().as_secs_f64();
+        report.traffic = self.backend().traffic().since(t0);
         self.log_job("vacuum", &serde_json::to_value(&report).unwrap_or_default());
         Ok(report)
     }

@@ -1,0 +1,318 @@
+//! The store on a real S3 server (moto, see `common::s3`): conditional
+//! creates, the command line on a bucket, retried transient faults, clean
+//! failure on permanent ones, and processes killed mid-upload and
+//! mid-vacuum. The rest of the store suite runs here too with
+//! `VHDKIT_STORE_BACKEND=s3` (`.ci/run` does).
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fault_proxy::{FaultProxy, Faults};
+use common::s3::S3;
+use vhdkit::VirtualDisk;
+use vhdkit::disk::OpenOptions;
+use vhdkit::export::{Target, export};
+use vhdkit::store::{Backend, BackupId, BackupOptions, Store, VacuumOptions, VerifyOptions};
+
+const MIB: usize = 1 << 20;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Pseudo-random data with every fifth 64 KiB block zero.
+fn disk_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    let mut d = vec![0u8; len];
+    for (i, chunk) in d.chunks_mut(64 * 1024).enumerate() {
+        if i % 5 != 2 {
+            chunk.iter_mut().for_each(|b| *b = r.next() as u8);
+        }
+    }
+    d
+}
+
+fn raw(bytes: &[u8], name: &str) -> vhdkit::Disk {
+    OpenOptions::new().open_raw_reader(Box::new(Arc::new(bytes.to_vec())), name)
+}
+
+/// `bytes` written as a dynamic VHDX at `path`, by our exporter.
+fn vhdx(path: &Path, bytes: &[u8]) {
+    let _ = std::fs::remove_file(path);
+    // One disk id for every version, as a VM's disk keeps it.
+    let id: vhdkit::format::Guid = "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b".parse().unwrap();
+    let options = common::tweak(common::block_size(1 << 20), |o| o.disk_id = Some(id));
+    export(&raw(bytes, "source"), path, Target::Vhdx, &options).unwrap();
+}
+
+fn read_back(store: &Store, spec: &str, len: usize) -> Vec<u8> {
+    let r = store.reader(spec).unwrap_or_else(|e| panic!("open {spec}: {e}"));
+    let mut got = vec![0u8; len];
+    r.read_at(&mut got, 0).unwrap_or_else(|e| panic!("read {spec}: {e}"));
+    got
+}
+
+fn put(b: &dyn Backend, key: &str, bytes: &[u8]) -> io::Result<()> {
+    let mut w = b.create(key)?;
+    for piece in bytes.chunks(MIB) {
+        w.write(piece)?;
+    }
+    w.commit()
+}
+
+#[test]
+fn objects_are_created_only_if_absent_on_a_real_server() {
+    let Some(s3) = common::s3::s3() else { return };
+    let b = s3.backend(&s3.url("create"));
+    let small = b"a small object".to_vec();
+    let large = disk_bytes(7, 17 * MIB + 5);
+    put(&*b, "manifests/x.manifest", &small).unwrap();
+    put(&*b, "packs/ab/large.pack", &large).unwrap();
+    // A second writer of either key is refused and the first one stays.
+    for (key, bytes) in [("manifests/x.manifest", &small), ("packs/ab/large.pack", &large)] {
+        let e = put(&*b, key, b"intruder").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{key}: {e}");
+        assert!(b.read_all(key).unwrap() == **bytes, "{key} was replaced");
+    }
+    let mut tail = vec![0u8; 4096];
+    b.read_at("packs/ab/large.pack", &mut tail, (large.len() - 4096) as u64).unwrap();
+    assert!(tail == large[large.len() - 4096..]);
+    assert_eq!(
+        b.read_at("packs/ab/large.pack", &mut tail, large.len() as u64 - 10).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+    assert_eq!(b.read_all("packs/none.pack").unwrap_err().kind(), io::ErrorKind::NotFound);
+    let keys: Vec<String> = b.list("packs").unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(keys, ["packs/ab/large.pack"]);
+    assert_eq!(b.stat("packs/ab/large.pack").unwrap().size, large.len() as u64);
+    b.delete("packs/ab/large.pack").unwrap();
+    b.delete("packs/ab/large.pack").unwrap();
+    assert!(b.list("packs").unwrap().is_empty());
+    // An abandoned writer leaves nothing.
+    {
+        let mut w = b.create("packs/cd/abandoned.pack").unwrap();
+        w.write(&large).unwrap();
+    }
+    assert_eq!(b.stat("packs/cd/abandoned.pack").unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert!(b.traffic().requests > 10 && b.traffic().bytes_uploaded > large.len() as u64);
+}
+
+fn vhdkit_cli(s3: &S3, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(common::cli());
+    s3.env(&mut cmd).args(args).env("XDG_CACHE_HOME", std::env::temp_dir().join("vhdkit-s3-test-cache"));
+    cmd.output().unwrap()
+}
+
+fn ok(s3: &S3, args: &[&str]) -> String {
+    let out = vhdkit_cli(s3, args);
+    assert!(
+        out.status.success(),
+        "vhdkit {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The command line keeps a store in a bucket as it does in a folder, from
+/// the standard AWS environment, and an incremental costs few requests.
+#[test]
+fn the_command_line_keeps_a_store_in_a_bucket() {
+    let Some(s3) = common::s3::s3() else { return };
+    let dir = common::scratch("s3-cli");
+    let url = s3.url("cli");
+    ok(s3, &["store", "init", &url, "--compression", "zstd"]);
+    let again = vhdkit_cli(s3, &["store", "init", &url]);
+    assert_eq!(again.status.code(), Some(1), "init over a store must fail");
+    let missing = vhdkit_cli(s3, &["store", "init", "s3://no-such-bucket-here/x"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-bucket-here"));
+
+    let mut bytes = disk_bytes(1, 24 * MIB);
+    let image = dir.join("disk.vhdx");
+    vhdx(&image, &bytes);
+    let full = json(&ok(s3, &["backup", &url, "--name", "vm", "--json", image.to_str().unwrap()]));
+    assert_eq!(full["kind"], "full");
+    // Change 1 % in three places and say where.
+    let ranges = [(MIB, 65536), (9 * MIB + 4096, 100_000), (20 * MIB, 8192)];
+    let mut r = Rng(99);
+    for (off, len) in ranges {
+        bytes[off..off + len].iter_mut().for_each(|b| *b = r.next() as u8);
+    }
+    vhdx(&image, &bytes);
+    let list: Vec<serde_json::Value> =
+        ranges.iter().map(|(o, l)| serde_json::json!({"offset": o, "length": l})).collect();
+    let changed = dir.join("ranges.json");
+    std::fs::write(&changed, serde_json::to_string(&list).unwrap()).unwrap();
+    let inc = json(&ok(
+        s3,
+        &["backup", &url, "--name", "vm", "--json", "--changed", changed.to_str().unwrap(), image.to_str().unwrap()],
+    ));
+    assert_eq!(inc["kind"], "incremental");
+    let requests = inc["requests"].as_u64().unwrap();
+    assert!(requests > 0 && requests < 50, "an incremental took {requests} requests");
+    assert!(inc["bytes_uploaded"].as_u64().unwrap() < 4 * MIB as u64, "{inc}");
+
+    let out = dir.join("restored.raw");
+    ok(s3, &["restore", &url, "vm", "--to", "raw", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == bytes, "restore from the bucket differs");
+    ok(s3, &["merge", &url, "vm"]);
+    ok(s3, &["prune", &url, "vm", "--keep-last", "1"]);
+    let vacuum = json(&ok(s3, &["vacuum", &url, "--grace", "0s", "--json"]));
+    assert!(vacuum["bytes_reclaimed"].as_u64().unwrap() > 0, "{vacuum}");
+    let verify = json(&ok(s3, &["verify", &url, "--json"]));
+    assert_eq!(verify["ok"], true, "{verify}");
+    std::fs::remove_file(&out).unwrap();
+    ok(s3, &["restore", &url, "vm", "--to", "raw", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    let log = ok(s3, &["log", &url]);
+    for op in ["backup", "merge", "prune", "vacuum", "verify"] {
+        assert!(log.contains(op), "the job log has no {op}: {log}");
+    }
+}
+
+fn proxied_store(s3: &S3, name: &str, faults: Faults, seed: u64) -> (Store, FaultProxy, String) {
+    let proxy = FaultProxy::start(&s3.endpoint, faults, seed);
+    let url = s3.url(name);
+    // Packs of 12 MiB go up as multipart uploads: parts and completions
+    // meet faults too.
+    let options = common::init_options(256 * 1024, 12 << 20);
+    Store::init_backend(s3.backend(&url), &options).unwrap();
+    let store = Store::open_backend(Arc::new(s3.backend_via(&url, &proxy.endpoint))).unwrap();
+    (store, proxy, url)
+}
+
+#[test]
+fn transient_faults_are_retried_until_the_backup_commits() {
+    let Some(s3) = common::s3::s3() else { return };
+    let faults = Faults { transient: 0.3, permanent: Box::new(|_| false) };
+    let (store, proxy, url) = proxied_store(s3, "transient", faults, 42);
+    let bytes = disk_bytes(3, 40 * MIB);
+    let report = store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
+    assert!(read_back(&store, "vm", bytes.len()) == bytes);
+    let seen = proxy.seen.load(std::sync::atomic::Ordering::Relaxed);
+    let faulted = proxy.faulted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(faulted * 5 > seen, "only {faulted} of {seen} requests met a fault");
+    // Straight to the server: the store is whole.
+    let direct = Store::open_backend(s3.backend(&url)).unwrap();
+    assert!(direct.verify(&VerifyOptions::default()).unwrap().ok);
+    assert_eq!(direct.list().unwrap().len(), 1);
+    assert!(read_back(&direct, &report.id.to_string(), bytes.len()) == bytes);
+}
+
+#[test]
+fn a_permanent_failure_fails_cleanly_and_commits_nothing() {
+    let Some(s3) = common::s3::s3() else { return };
+    for (what, refused) in [("pack", "/packs/"), ("index", "/index/"), ("manifest", "/manifests/")] {
+        let faults = Faults {
+            transient: 0.0,
+            permanent: Box::new(move |target: &str| {
+                (target.starts_with("PUT ") || target.starts_with("POST ")) && target.contains(refused)
+            }),
+        };
+        let (store, _proxy, url) = proxied_store(s3, &format!("refused-{what}"), faults, 1);
+        let bytes = disk_bytes(5, 20 * MIB);
+        let e = store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap_err();
+        assert!(e.to_string().contains(refused.trim_matches('/')), "{what}: the error does not name the key: {e}");
+        let direct = Store::open_backend(s3.backend(&url)).unwrap();
+        assert!(direct.list().unwrap().is_empty(), "{what}: a backup appeared");
+        assert!(direct.verify(&VerifyOptions::default()).unwrap().ok, "{what}");
+        // What was left is garbage that vacuum removes.
+        direct.vacuum(&VacuumOptions::immediate()).unwrap();
+        let left: Vec<String> = direct.backend().list("packs").unwrap().into_iter().map(|o| o.key).collect();
+        assert!(left.is_empty(), "{what}: vacuum left {left:?}");
+    }
+}
+
+/// Runs `vhdkit args` and kills it with SIGKILL after `after`; whether it
+/// finished first.
+fn run_killed(s3: &S3, args: &[&str], after: Duration) -> bool {
+    let mut cmd = Command::new(common::cli());
+    s3.env(&mut cmd).args(args).arg("--no-cache").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + after;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    false
+}
+
+/// Every backup listed is one a trial committed, and restores that trial's
+/// bytes; verify is clean.
+fn check(store: &Store, known: &[(BackupId, Vec<u8>)]) {
+    let v = store.verify(&VerifyOptions::default()).unwrap();
+    assert!(v.ok, "verify after a kill: {v:?}");
+    for b in store.list().unwrap() {
+        let (_, bytes) = known.iter().find(|(id, _)| *id == b.id).unwrap_or_else(|| panic!("unknown backup {}", b.id));
+        assert!(read_back(store, &b.id.to_string(), bytes.len()) == *bytes, "backup {} ({}) differs", b.id, b.name);
+    }
+}
+
+#[test]
+fn processes_killed_during_upload_and_vacuum_lose_nothing_committed() {
+    let Some(s3) = common::s3::s3() else { return };
+    let dir = common::scratch("s3-kill");
+    let url = s3.url("kill");
+    let options = common::init_options(256 * 1024, 12 << 20);
+    let store = Store::init_backend(s3.backend(&url), &options).unwrap();
+    let mut r = Rng(2024);
+    let mut known: Vec<(BackupId, Vec<u8>)> = Vec::new();
+    let mut bytes = disk_bytes(100, 32 * MIB);
+    for trial in 0..6u64 {
+        // Three chains of two: the second of each is an incremental.
+        let name = format!("vm{}", trial / 2);
+        if trial % 2 == 0 {
+            bytes = disk_bytes(100 + trial, 32 * MIB);
+        } else {
+            let at = (r.next() % (28 * MIB as u64)) as usize;
+            bytes[at..at + 3 * MIB].iter_mut().for_each(|b| *b = r.next() as u8);
+        }
+        let image = dir.join(format!("trial{trial}.vhdx"));
+        vhdx(&image, &bytes);
+        // Killed anywhere from the start to past the end of the upload.
+        let after = Duration::from_millis(100 + r.next() % 2500);
+        let finished = run_killed(s3, &["backup", &url, "--name", &name, image.to_str().unwrap()], after);
+        let new: Vec<BackupId> =
+            store.list().unwrap().into_iter().map(|b| b.id).filter(|id| known.iter().all(|(k, _)| k != id)).collect();
+        assert!(new.len() <= 1, "one trial, several new backups: {new:?}");
+        assert!(!finished || new.len() == 1, "trial {trial} finished but committed nothing");
+        known.extend(new.into_iter().map(|id| (id, bytes.clone())));
+        check(&store, &known);
+    }
+    // Drop the older of each chain, then vacuum and kill it in either phase.
+    for chain in 0..3 {
+        ok(s3, &["prune", &url, &format!("vm{chain}"), "--keep-last", "1"]);
+    }
+    for trial in 0..4 {
+        let grace = if trial % 2 == 0 { "0s" } else { "1s" };
+        let after = Duration::from_millis(50 + r.next() % 1500);
+        run_killed(s3, &["vacuum", &url, "--grace", grace], after);
+        check(&store, &known);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // A last, whole vacuum.
+    ok(s3, &["vacuum", &url, "--grace", "0s"]);
+    check(&store, &known);
+    eprintln!("{} of 6 killed backups had committed", known.len());
+}
