@@ -213,7 +213,7 @@ fn transient_faults_are_retried_until_the_backup_commits() {
     let direct = Store::open_backend(s3.backend(&url)).unwrap();
     assert!(direct.verify(&VerifyOptions::default()).unwrap().ok);
     assert_eq!(direct.list().unwrap().len(), 1);
-    assert!(read_back(&direct, &report.id.to_string(), bytes.len()) == bytes);
+    assert!(read_back(&direct, report.id.as_ref(), bytes.len()) == bytes);
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn check(store: &Store, known: &[(BackupId, Vec<u8>)]) {
     assert!(v.ok, "verify after a kill: {v:?}");
     for b in store.list().unwrap() {
         let (_, bytes) = known.iter().find(|(id, _)| *id == b.id).unwrap_or_else(|| panic!("unknown backup {}", b.id));
-        assert!(read_back(store, &b.id.to_string(), bytes.len()) == *bytes, "backup {} ({}) differs", b.id, b.name);
+        assert!(read_back(store, b.id.as_ref(), bytes.len()) == *bytes, "backup {} ({}) differs", b.id, b.name);
     }
 }
 
@@ -315,4 +315,87 @@ fn processes_killed_during_upload_and_vacuum_lose_nothing_committed() {
     ok(s3, &["vacuum", &url, "--grace", "0s"]);
     check(&store, &known);
     eprintln!("{} of 6 killed backups had committed", known.len());
+}
+
+/// Object Lock: refused on a bucket without it; on one with it, pruned
+/// backups' objects wait for their lock to end, vacuum extends a short
+/// lock, and an attacker with the store's credentials who deletes every
+/// object version leaves every backup whole.
+#[test]
+fn object_lock_keeps_every_backup_through_an_attack() {
+    let Some(s3) = common::s3::s3() else { return };
+    use vhdkit::store::{LockMode, ObjectLock, PruneOptions, Retention};
+    let locked = |mode| {
+        common::tweak(common::init_options(256 * 1024, 4 << 20), |o| o.object_lock = Some(ObjectLock { days: 1, mode }))
+    };
+    let e = Store::init_backend(s3.backend(&s3.url("no-lock")), &locked(LockMode::Compliance)).unwrap_err();
+    assert!(e.to_string().contains("Object Lock"), "{e}");
+
+    let bucket = format!("{}-locked", s3.bucket);
+    common::s3::create_bucket(&s3.endpoint, &bucket, true).unwrap();
+    let url = s3.url_in(&bucket, "locked");
+    let store = Store::init_backend(s3.backend(&url), &locked(LockMode::Compliance)).unwrap();
+    let raw_backend = s3.backend(&url);
+    let mut versions = Vec::new();
+    let mut bytes = disk_bytes(11, 12 * MIB);
+    for round in 0..3 {
+        bytes[round * MIB..round * MIB + 300_000].iter_mut().for_each(|b| *b = b.wrapping_add(1));
+        let r = store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
+        versions.push((r.id, bytes.clone()));
+    }
+    let keys: Vec<String> = raw_backend.list("").unwrap().into_iter().map(|o| o.key).collect();
+    for k in keys.iter().filter(|k| k.starts_with("packs/") || k.starts_with("manifests/") || k.as_str() == "config") {
+        let until = raw_backend.retained_until(k).unwrap();
+        assert!(
+            until.is_some_and(|u| u > std::time::SystemTime::now() + Duration::from_secs(23 * 3600)),
+            "{k}: {until:?}"
+        );
+    }
+    // Prune the first two; vacuum may not delete what is locked, and says so.
+    store.prune("vm", &PruneOptions::new(Retention::keep_last(1))).unwrap();
+    let v = store.vacuum(&VacuumOptions::immediate()).unwrap();
+    assert!(v.records_locked > 0 && v.packs_deleted == 0, "{v:?}");
+    let (kept, kept_bytes) = versions.last().unwrap().clone();
+
+    // The attack: a delete of every key, then of every version and marker.
+    let prefix = url.trim_start_matches(&format!("s3://{bucket}/"));
+    for k in &keys {
+        let _ = common::s3::http(&s3.endpoint, "DELETE", &format!("/{bucket}/{prefix}/{k}"), &[], b"");
+    }
+    let mut refused = Vec::new();
+    for (key, version) in s3.versions(&bucket, prefix) {
+        let (status, _) =
+            common::s3::http(&s3.endpoint, "DELETE", &format!("/{bucket}/{key}?versionId={version}"), &[], b"")
+                .unwrap();
+        if status == 403 {
+            refused.push(key);
+        } else {
+            assert!(status == 204 || status == 200, "delete {key} {version}: HTTP {status}");
+        }
+    }
+    for k in keys.iter().filter(|k| k.starts_with("packs/") || k.starts_with("index/") || k.as_str() == "config") {
+        assert!(refused.iter().any(|r| r.ends_with(k.as_str())), "the server let {k} be deleted");
+    }
+    let after = Store::open_backend(s3.backend(&url)).unwrap();
+    let v = after.verify(&VerifyOptions::default()).unwrap();
+    assert!(v.ok, "{v:?}");
+    assert!(read_back(&after, kept.as_ref(), kept_bytes.len()) == kept_bytes, "the kept backup differs");
+    // The pruned ones are gone from the catalog but their data is all
+    // there: their manifests survive the attack too.
+    for (id, _) in &versions[..2] {
+        assert!(refused.iter().any(|r| r.contains(&id.to_string())), "manifest of {id} was deleted");
+    }
+
+    // A live object whose lock is short (a writer killed before locking
+    // it, or an old one) gets a full lock from vacuum.
+    let gurl = s3.url_in(&bucket, "governance");
+    let g = Store::init_backend(s3.backend(&gurl), &locked(LockMode::Governance)).unwrap();
+    g.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
+    let graw = s3.backend(&gurl);
+    let pack = graw.list("packs").unwrap()[0].key.clone();
+    graw.retain(&pack, LockMode::Governance, std::time::SystemTime::now() + Duration::from_secs(3600)).unwrap();
+    let v = g.vacuum(&VacuumOptions::immediate()).unwrap();
+    assert!(v.retention_extended >= 1, "{v:?}");
+    let until = graw.retained_until(&pack).unwrap().unwrap();
+    assert!(until > std::time::SystemTime::now() + Duration::from_secs(23 * 3600), "{until:?}");
 }

@@ -51,6 +51,15 @@ pub(crate) enum StoreCommand {
         /// Target pack size.
         #[arg(long, value_parser = parse_size, default_value = "64M")]
         pack_size: u32,
+        /// Keep every object backups need immutable for this many days (S3
+        /// Object Lock: the bucket must have it enabled); vacuum keeps
+        /// extending it for live backups.
+        #[arg(long, value_name = "DAYS")]
+        object_lock_days: Option<u32>,
+        /// governance (users allowed to bypass it may still delete) or
+        /// compliance (nobody can, until the date passes).
+        #[arg(long, default_value = "governance", value_parser = ["governance", "compliance"], requires = "object_lock_days")]
+        lock_mode: String,
     },
     /// Rebuild the global index from the packs alone.
     Reindex {
@@ -62,8 +71,16 @@ pub(crate) enum StoreCommand {
 
 pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
     match cmd {
-        StoreCommand::Init { store, chunk_size, compression, zstd_level, pack_size } => {
+        StoreCommand::Init { store, chunk_size, compression, zstd_level, pack_size, object_lock_days, lock_mode } => {
             let mut options = InitOptions::default();
+            options.object_lock = object_lock_days.map(|days| vhdkit::store::ObjectLock {
+                days,
+                mode: if lock_mode == "compliance" {
+                    vhdkit::store::LockMode::Compliance
+                } else {
+                    vhdkit::store::LockMode::Governance
+                },
+            });
             options.chunk_size = chunk_size;
             options.compression = if compression == "zstd" { Compression::Zstd } else { Compression::None };
             options.zstd_level = zstd_level;
@@ -571,6 +588,12 @@ pub(crate) fn vacuum(
                 r.objects_condemned,
                 r.records_pending
             );
+        }
+        if r.records_locked > 0 {
+            out!("{} records are due but wait for their objects' Object Lock to end", r.records_locked);
+        }
+        if r.retention_extended > 0 {
+            out!("extended the Object Lock of {} objects live backups need", r.retention_extended);
         }
     }
     Ok(0)

@@ -40,6 +40,9 @@ pub struct StoreConfig {
     pub pack_size: u64,
     /// When the store was created.
     pub created: Moment,
+    /// Object Lock: how long every object backups need stays immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
     /// BLAKE3 of the compact JSON with this field empty.
     pub checksum: String,
 }
@@ -56,11 +59,59 @@ pub struct InitOptions {
     pub zstd_level: i32,
     /// Target bytes per pack (default 64 MiB; at most 4 GiB).
     pub pack_size: u64,
+    /// Keep every object backups need immutable (S3 Object Lock) for this
+    /// long; the bucket must have Object Lock enabled (default: none).
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// Object Lock settings: every pack, index file, manifest, restore point
+/// and the config are written with a retain-until date `days` ahead, and
+/// vacuum keeps extending it for what live backups need; nothing is
+/// deleted while retained, by us or (in `Compliance` mode) by anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectLock {
+    /// Days of retention from a write or an extension (1 to 36,500).
+    pub days: u32,
+    /// The lock's mode.
+    pub mode: LockMode,
+}
+
+/// S3 Object Lock modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may still delete.
+    Governance,
+    /// Nobody can delete or shorten it, not even the account's root user.
+    Compliance,
+}
+
+impl LockMode {
+    /// The name S3 uses.
+    pub fn s3_name(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl ObjectLock {
+    /// The retention an object written or extended at `now` gets.
+    pub fn until(&self, now: std::time::SystemTime) -> std::time::SystemTime {
+        now + std::time::Duration::from_secs(u64::from(self.days) * 86_400)
+    }
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { chunk_size: 512 * 1024, compression: Compression::None, zstd_level: 3, pack_size: 64 << 20 }
+        InitOptions {
+            chunk_size: 512 * 1024,
+            compression: Compression::None,
+            zstd_level: 3,
+            pack_size: 64 << 20,
+            object_lock: None,
+        }
     }
 }
 
@@ -82,6 +133,11 @@ impl StoreConfig {
     /// A new config from `options`, checked.
     pub fn new(options: &InitOptions, store_id: String, created: Moment) -> Result<StoreConfig> {
         check(options.chunk_size, options.zstd_level, options.pack_size).map_err(StoreError::Invalid)?;
+        if let Some(lock) = options.object_lock
+            && !(1..=36_500).contains(&lock.days)
+        {
+            return Err(StoreError::Invalid(format!("{} days of object lock is not 1 to 36,500", lock.days)));
+        }
         let mut config = StoreConfig {
             format: FORMAT.into(),
             version: STORE_FORMAT_VERSION,
@@ -91,6 +147,7 @@ impl StoreConfig {
             zstd_level: options.zstd_level,
             pack_size: options.pack_size,
             created,
+            object_lock: options.object_lock,
             checksum: String::new(),
         };
         config.checksum = config.compute_checksum();

@@ -35,17 +35,15 @@ pub fn url_of(location: &Path) -> Option<&str> {
 /// The backend for a URL location.
 pub(crate) fn remote(url: &str) -> Result<Arc<dyn Backend>> {
     let scheme = url.split("://").next().unwrap_or_default();
-    let connect = |r: std::io::Result<_>| r.map_err(StoreError::io(PathBuf::from(url), "connect to the object store"));
     let built: Option<Arc<dyn Backend>> = match scheme {
         #[cfg(feature = "s3")]
-        "s3" => Some(Arc::new(connect(super::backend::ObjectBackend::s3(url))?)),
+        "s3" => Some(Arc::new(connect(url, super::backend::ObjectBackend::s3(url))?)),
         #[cfg(feature = "azure")]
-        "az" => Some(Arc::new(connect(super::backend::ObjectBackend::azure(url))?)),
+        "az" => Some(Arc::new(connect(url, super::backend::ObjectBackend::azure(url))?)),
         #[cfg(feature = "gcp")]
-        "gs" => Some(Arc::new(connect(super::backend::ObjectBackend::gcs(url))?)),
+        "gs" => Some(Arc::new(connect(url, super::backend::ObjectBackend::gcs(url))?)),
         _ => None,
     };
-    let _ = &connect;
     built.ok_or_else(|| {
         let feature = match scheme {
             "s3" => "s3",
@@ -57,6 +55,12 @@ pub(crate) fn remote(url: &str) -> Result<Arc<dyn Backend>> {
             reason: format!("this build cannot reach {scheme}:// storage (cargo feature `{feature}`)"),
         }
     })
+}
+
+/// A backend's construction failure as the store's error.
+#[cfg(feature = "object-store")]
+fn connect<T>(url: &str, made: std::io::Result<T>) -> Result<T> {
+    made.map_err(StoreError::io(PathBuf::from(url), "connect to the object store"))
 }
 
 /// The default cache folder.

@@ -76,7 +76,7 @@ pub use backup::{
 pub use catalog::{AttachmentSummary, BackupSummary, PointSummary, Selection};
 pub use changes::ChangeList;
 pub use chunk::{ChunkId, Compression};
-pub use config::{InitOptions, STORE_FORMAT_VERSION, StoreConfig};
+pub use config::{InitOptions, LockMode, ObjectLock, STORE_FORMAT_VERSION, StoreConfig};
 pub use error::{Result, StoreError};
 pub use id::{BackupId, ParseIdError, PointId};
 use lease::{Lease, LeaseMode};
@@ -138,6 +138,16 @@ impl Store {
     /// Creates a store over any backend.
     pub fn init_backend(backend: Arc<dyn Backend>, options: &InitOptions) -> Result<Store> {
         let config = StoreConfig::new(options, pack::PackId::new_random().to_hex(), Moment::now())?;
+        let backend = match config.object_lock {
+            Some(lock) => {
+                backend.lock_support().map_err(|e| StoreError::UnsupportedStore {
+                    path: backend.describe(""),
+                    reason: format!("--object-lock needs a bucket with S3 Object Lock enabled: {e}"),
+                })?;
+                Arc::new(backend::LockingBackend::new(backend, lock)) as Arc<dyn Backend>
+            }
+            None => backend,
+        };
         let path = backend.describe("config");
         let mut w = backend.create("config").map_err(StoreError::io(&path, "create config"))?;
         w.write(&config.encode()).map_err(StoreError::io(&path, "write config"))?;
@@ -186,6 +196,10 @@ impl Store {
             }
         })?;
         let config = StoreConfig::decode(&bytes, &backend.describe("config"))?;
+        let backend = match config.object_lock {
+            Some(lock) => Arc::new(backend::LockingBackend::new(backend, lock)) as Arc<dyn Backend>,
+            None => backend,
+        };
         Ok(Store { backend, config, limits: backup::Limits::DEFAULT, leases: LeaseSettings::default() })
     }
 

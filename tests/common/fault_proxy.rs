@@ -65,8 +65,11 @@ impl FaultProxy {
     }
 }
 
-/// Reads one request: the head (with `Connection: close` put in) and body.
-fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, Vec<u8>, Vec<u8>)>> {
+/// One request: its first line, its head (with `Connection: close` put
+/// in) and its body.
+type Request = (String, Vec<u8>, Vec<u8>);
+
+fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>> {
     let mut head = Vec::new();
     let mut first = String::new();
     let mut length = 0usize;

@@ -64,7 +64,10 @@ fn find_or_start() -> Option<S3> {
          while kill -0 {me} 2>/dev/null; do sleep 1; done; kill $m",
         me = std::process::id()
     );
-    Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().expect("start moto_server");
+    // The watchdog outlives every test; a thread reaps it if it ends first.
+    let mut watchdog =
+        Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().expect("start moto_server");
+    std::thread::spawn(move || watchdog.wait());
     let endpoint = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -119,6 +122,35 @@ impl S3 {
     pub fn url(&self, name: &str) -> String {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         format!("s3://{}/{}/{name}-{}", self.bucket, self.run, SEQ.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A fresh store URL for `name` in `bucket`.
+    pub fn url_in(&self, bucket: &str, name: &str) -> String {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        format!("s3://{bucket}/{}/{name}-{}", self.run, SEQ.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Every version and delete marker under `prefix` of `bucket`: (key,
+    /// version id).
+    pub fn versions(&self, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+        let (status, body) =
+            http(&self.endpoint, "GET", &format!("/{bucket}?versions&prefix={prefix}"), &[], b"").unwrap();
+        assert_eq!(status, 200, "list versions: {body}");
+        let mut out = Vec::new();
+        for tag in ["Version", "DeleteMarker"] {
+            for block in body.split(&format!("<{tag}>")).skip(1) {
+                let field = |name: &str| {
+                    block
+                        .split(&format!("<{name}>"))
+                        .nth(1)
+                        .and_then(|r| r.split(&format!("</{name}>")).next())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                out.push((field("Key"), field("VersionId")));
+            }
+        }
+        out
     }
 
     /// The settings that reach this server.

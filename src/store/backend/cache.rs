@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::{Backend, ObjectInfo, ObjectWriter, Traffic};
+use crate::store::config::LockMode;
 
 const CACHED: [&str; 3] = ["index/", "manifests/", "points/"];
 
@@ -277,6 +278,15 @@ impl Backend for CachedBackend {
     }
     fn traffic(&self) -> Traffic {
         self.inner.traffic()
+    }
+    fn lock_support(&self) -> io::Result<()> {
+        self.inner.lock_support()
+    }
+    fn retain(&self, key: &str, mode: LockMode, until: SystemTime) -> io::Result<()> {
+        self.inner.retain(key, mode, until)
+    }
+    fn retained_until(&self, key: &str) -> io::Result<Option<SystemTime>> {
+        self.inner.retained_until(key)
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod cache;
 mod local;
+mod locking;
 mod memory;
 #[cfg(feature = "object-store")]
 mod object;
@@ -23,8 +24,11 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use super::config::LockMode;
+
 pub use cache::CachedBackend;
 pub use local::LocalDir;
+pub(crate) use locking::{LockingBackend, locked_key};
 pub use memory::MemoryBackend;
 #[cfg(feature = "object-store")]
 pub use object::ObjectBackend;
@@ -121,6 +125,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Requests made and bytes uploaded so far (zero where not counted).
     fn traffic(&self) -> Traffic {
         Traffic::default()
+    }
+    /// Whether objects can be locked here (S3 Object Lock enabled on the
+    /// bucket); `Unsupported` with the reason if not.
+    fn lock_support(&self) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this storage cannot lock objects (S3 Object Lock)"))
+    }
+    /// Locks object `key` until at least `until` in `mode`.
+    fn retain(&self, key: &str, mode: LockMode, until: SystemTime) -> io::Result<()> {
+        let _ = (key, mode, until);
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this storage cannot lock objects"))
+    }
+    /// Until when object `key` is locked (`None`: not locked).
+    fn retained_until(&self, key: &str) -> io::Result<Option<SystemTime>> {
+        let _ = key;
+        Ok(None)
     }
 }
 

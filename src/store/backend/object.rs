@@ -29,6 +29,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
+#[cfg(feature = "s3")]
+use crate::store::Moment;
+#[cfg(feature = "s3")]
+use crate::store::config::LockMode;
 
 /// Bytes per multipart part, and the size below which an object is one put.
 const PART: usize = 8 << 20;
@@ -37,6 +41,9 @@ const PART: usize = 8 << 20;
 #[derive(Clone)]
 pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
+    /// The same store as S3, for the Object Lock requests it signs.
+    #[cfg(feature = "s3")]
+    s3: Option<Arc<object_store::aws::AmazonS3>>,
     prefix: String,
     url: String,
     runtime: Arc<tokio::runtime::Runtime>,
@@ -77,6 +84,8 @@ impl ObjectBackend {
             .build()?;
         Ok(ObjectBackend {
             store,
+            #[cfg(feature = "s3")]
+            s3: None,
             prefix: prefix.trim_matches('/').to_string(),
             url: url.trim_end_matches('/').to_string(),
             runtime: Arc::new(runtime),
@@ -121,7 +130,10 @@ impl ObjectBackend {
             .with_retry(retry_config())
             .build()
             .map_err(io_error)?;
-        ObjectBackend::new(Arc::new(store), prefix, url)
+        let store = Arc::new(store);
+        let mut backend = ObjectBackend::new(store.clone(), prefix, url)?;
+        backend.s3 = Some(store);
+        Ok(backend)
     }
 
     /// An Azure Blob container from `az://CONTAINER/PREFIX`, configured
@@ -188,6 +200,86 @@ impl ObjectBackend {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| other("the object store runtime stopped"))
+    }
+}
+
+#[cfg(feature = "s3")]
+use object_store::signer::Method as http_method;
+
+/// The `io::ErrorKind` of an HTTP status.
+#[cfg(feature = "s3")]
+fn status_kind(status: u16) -> io::ErrorKind {
+    match status {
+        404 => io::ErrorKind::NotFound,
+        401 | 403 => io::ErrorKind::PermissionDenied,
+        400 | 405 | 501 => io::ErrorKind::Unsupported,
+        _ => io::ErrorKind::Other,
+    }
+}
+
+#[cfg(feature = "s3")]
+impl ObjectBackend {
+    /// Sends one S3 request object_store has no call for, presigned by
+    /// object_store with the store's credentials (`headers` are signed
+    /// too), with retries of transient failures. Returns the status, the
+    /// headers and the body.
+    fn s3_request(
+        &self,
+        method: http_method,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> io::Result<(u16, object_store::signer::HeaderMap, String)> {
+        use object_store::signer::{HeaderName, HeaderValue, SignedUrlOptions, Signer};
+        let s3 = self.s3.clone().ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not an S3 store"))?;
+        let path = if key.is_empty() { ObjectPath::default() } else { self.path(key) };
+        let mut options = SignedUrlOptions::new().with_query(query.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut header_map = object_store::signer::HeaderMap::new();
+        for (k, v) in headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(other)?;
+            let value = HeaderValue::from_str(v).map_err(other)?;
+            options = options.with_signed_header(name.clone(), value.clone());
+            header_map.insert(name, value);
+        }
+        let op = format!("{method} ?{}", query.iter().map(|(k, _)| *k).collect::<Vec<_>>().join("&"));
+        let mut delay = Duration::from_millis(100);
+        for attempt in 0.. {
+            self.request(&op, key);
+            let (s3, path, options, method, header_map, body) =
+                (s3.clone(), path.clone(), options.clone(), method.clone(), header_map.clone(), body.clone());
+            let result = self.block(async move {
+                let url = s3
+                    .signed_url_opts(method.clone(), &path, Duration::from_secs(300), &options)
+                    .await
+                    .map_err(io_error)?;
+                // A bucket-level request is signed for "/bucket/"; its
+                // query may carry a blank subresource (`object-lock=`).
+                let client = reqwest::Client::new();
+                let response = client
+                    .request(method, url.as_str())
+                    .headers(header_map)
+                    .body(body)
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .map_err(other)?;
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let text = response.text().await.unwrap_or_default();
+                Ok::<_, io::Error>((status, headers, text))
+            })?;
+            let transient = match &result {
+                Ok((status, _, _)) => *status >= 500 || *status == 429,
+                Err(_) => true,
+            };
+            if !transient || attempt >= 8 {
+                return result;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        unreachable!("the loop returns")
     }
 }
 
@@ -394,6 +486,58 @@ impl Backend for ObjectBackend {
 
     fn traffic(&self) -> Traffic {
         self.counters.snapshot()
+    }
+
+    #[cfg(feature = "s3")]
+    fn lock_support(&self) -> io::Result<()> {
+        let (status, _, body) = self.s3_request(http_method::GET, "", &[("object-lock", "")], &[], Vec::new())?;
+        let enabled = status == 200 && body.contains("<ObjectLockEnabled>Enabled</ObjectLockEnabled>");
+        if enabled {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the bucket of {} does not have S3 Object Lock enabled (HTTP {status})", self.url),
+        ))
+    }
+
+    #[cfg(feature = "s3")]
+    fn retain(&self, key: &str, mode: LockMode, until: SystemTime) -> io::Result<()> {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let date = Moment::from(until);
+        let date = format!("{}Z", &date.rfc3339()[..19]);
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{date}</RetainUntilDate></Retention>",
+            mode.s3_name()
+        );
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body.as_bytes()));
+        let headers = [("content-md5", md5.as_str())];
+        let (status, _, text) =
+            self.s3_request(http_method::PUT, key, &[("retention", "")], &headers, body.into_bytes())?;
+        if status == 200 || status == 204 {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            status_kind(status),
+            format!("set the retention of {}: HTTP {status}: {text}", self.describe(key).display()),
+        ))
+    }
+
+    #[cfg(feature = "s3")]
+    fn retained_until(&self, key: &str) -> io::Result<Option<SystemTime>> {
+        let (status, headers, _) = self.s3_request(http_method::HEAD, key, &[], &[], Vec::new())?;
+        if status != 200 {
+            return Err(io::Error::new(
+                status_kind(status),
+                format!("HEAD {}: HTTP {status}", self.describe(key).display()),
+            ));
+        }
+        Ok(headers
+            .get("x-amz-object-lock-retain-until-date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Moment::parse)
+            .map(SystemTime::from))
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {

@@ -128,7 +128,20 @@ impl Store {
             }
             Ok(())
         };
-        let sparse = |p: &PackPlan| p.live_bytes > 0 && (p.dead_bytes as f64) > options.threshold * p.live_bytes as f64;
+        let heavy = |p: &PackPlan| p.live_bytes > 0 && (p.dead_bytes as f64) > options.threshold * p.live_bytes as f64;
+        // Under Object Lock a pack cannot go before its lock ends: copying
+        // its live records sooner would only store them twice.
+        let now = lease.server_now();
+        let locked: HashSet<PackId> = match self.config.object_lock {
+            Some(_) => packs
+                .iter()
+                .filter(|p| heavy(p))
+                .filter(|p| backend.retained_until(&p.id.key()).ok().flatten().is_some_and(|u| u > now))
+                .map(|p| p.id)
+                .collect(),
+            None => HashSet::new(),
+        };
+        let sparse = |p: &PackPlan| heavy(p) && !locked.contains(&p.id);
         let total_copy: u64 = packs.iter().filter(|p| sparse(p)).map(|p| p.live_bytes).sum();
         let mut progress = options.progress.throttled(Operation::Vacuum, total_copy);
         let mut copied = 0u64;

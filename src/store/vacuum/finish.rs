@@ -61,6 +61,11 @@ impl Store {
                 report.records_pending += 1;
                 continue;
             }
+            if self.locked_record(f, now)? {
+                report.records_pending += 1;
+                report.records_locked += 1;
+                continue;
+            }
             due.push(f);
         }
         if due.is_empty() {

@@ -29,6 +29,7 @@
 mod condemn;
 mod finish;
 mod mark;
+mod retention;
 
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,11 @@ pub struct VacuumReport {
     pub unfinished_jobs_removed: u64,
     /// Stale backup leases fenced (what they had not committed is tombstoned).
     pub leases_fenced: u64,
+    /// Records due but kept because some of their objects are still under
+    /// Object Lock (a later run deletes them).
+    pub records_locked: u64,
+    /// Objects whose Object Lock was extended (they are still needed).
+    pub retention_extended: u64,
     /// Bytes the store occupied before.
     pub bytes_before: u64,
     /// And after.
@@ -141,6 +147,9 @@ impl Store {
         let condemned = self.condemn(&lease, options, &mut report)?;
         if condemned && options.grace.is_zero() {
             self.finish(&lease, options, &mut report)?;
+        }
+        if let Some(lock) = self.config.object_lock {
+            self.extend_retention(&lease, lock, &mut report)?;
         }
         report.bytes_after = total("measure")?;
         report.bytes_reclaimed = report.bytes_before.saturating_sub(report.bytes_after);

@@ -1,0 +1,115 @@
+//! A store under Object Lock: every object a backup needs is locked as it
+//! is committed, and nothing locked is deleted.
+//!
+//! Locked are the config, packs, index files, manifests and restore
+//! points; not leases, tombstones, vacuum's records or the job log, which
+//! the store must be able to delete (a tombstone lost to an attacker only
+//! brings a pruned backup back). The lock is set right after the object
+//! is created (S3 takes retention on a completed object; a multipart
+//! upload cannot carry it), so a process killed in between leaves an
+//! unlocked object: vacuum's extension pass locks every live object whose
+//! retention is short or missing.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{Backend, ObjectInfo, ObjectWriter, Traffic};
+use crate::store::config::{LockMode, ObjectLock};
+
+/// Prefixes of the keys that are locked.
+const LOCKED: [&str; 4] = ["packs/", "index/", "manifests/", "points/"];
+
+/// Whether objects under `key` are locked in a store under Object Lock.
+pub(crate) fn locked_key(key: &str) -> bool {
+    key == "config" || LOCKED.iter().any(|p| key.starts_with(p))
+}
+
+/// `inner`, locking what it creates.
+#[derive(Debug)]
+pub(crate) struct LockingBackend {
+    inner: Arc<dyn Backend>,
+    lock: ObjectLock,
+}
+
+impl LockingBackend {
+    pub(crate) fn new(inner: Arc<dyn Backend>, lock: ObjectLock) -> LockingBackend {
+        LockingBackend { inner, lock }
+    }
+}
+
+struct LockingWriter {
+    inner: Box<dyn ObjectWriter>,
+    backend: Arc<dyn Backend>,
+    key: String,
+    lock: ObjectLock,
+}
+
+impl ObjectWriter for LockingWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write(bytes)
+    }
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+    fn commit(self: Box<Self>) -> io::Result<()> {
+        self.inner.commit()?;
+        let now = self.backend.now()?;
+        self.backend.retain(&self.key, self.lock.mode, self.lock.until(now))
+    }
+}
+
+impl Backend for LockingBackend {
+    fn describe(&self, key: &str) -> PathBuf {
+        self.inner.describe(key)
+    }
+    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(key, buf, offset)
+    }
+    fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {
+        self.inner.read_all(key)
+    }
+    fn stat(&self, key: &str) -> io::Result<ObjectInfo> {
+        self.inner.stat(key)
+    }
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
+        let inner = self.inner.create(key)?;
+        if !locked_key(key) {
+            return Ok(inner);
+        }
+        Ok(Box::new(LockingWriter { inner, backend: self.inner.clone(), key: key.to_string(), lock: self.lock }))
+    }
+    /// Refuses to delete a locked object: on a versioned bucket the delete
+    /// would only hide it behind a delete marker.
+    fn delete(&self, key: &str) -> io::Result<()> {
+        if locked_key(key)
+            && let Some(until) = self.inner.retained_until(key)?
+            && until > self.inner.now()?
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{key} is under Object Lock until {}", crate::store::Moment::from(until)),
+            ));
+        }
+        self.inner.delete(key)
+    }
+    fn now(&self) -> io::Result<SystemTime> {
+        self.inner.now()
+    }
+    fn traffic(&self) -> Traffic {
+        self.inner.traffic()
+    }
+    fn lock_support(&self) -> io::Result<()> {
+        self.inner.lock_support()
+    }
+    fn retain(&self, key: &str, mode: LockMode, until: SystemTime) -> io::Result<()> {
+        self.inner.retain(key, mode, until)
+    }
+    fn retained_until(&self, key: &str) -> io::Result<Option<SystemTime>> {
+        self.inner.retained_until(key)
+    }
+}
