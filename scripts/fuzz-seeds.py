@@ -210,5 +210,26 @@ for text in ('[{"offset": 4096, "length": 4096}, {"offset": 0, "length": 512}]',
              '{"ChangedByteOffsets": 1024, "ChangedByteLengths": 10}',
              '{"startOffset": 0, "length": 1048576, "changedArea": [{"start": 6000, "length": 10000}]}'):
     seed("change_list", text.encode())
+
+
+def nbd_seeds():
+    """Client sides of NBD sessions: options, then requests."""
+    def opt(o, data=b""):
+        return b"IHAVEOPT" + struct.pack(">II", o, len(data)) + data
+
+    def req(cmd, off, length, flags=0):
+        return struct.pack(">IHHQQI", 0x25609513, flags, cmd, 7, off, length)
+    name = b"fuzz"
+    go = opt(7, struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, 3))
+    meta = opt(10, struct.pack(">I", len(name)) + name + struct.pack(">II", 1, 15) + b"base:allocation")
+    flags = struct.pack(">I", 3)
+    seed("nbd_session", flags + opt(3) + go + req(0, 0, 4096) + req(0, 1 << 19, 8192) + req(2, 0, 0))
+    seed("nbd_session", flags + opt(8) + meta + go + req(7, 0, 1 << 20) + req(0, 0, 1 << 20) + req(0, 0, 600000, 4)
+         + req(1, 0, 4) + b"abcd" + req(6, 0, 512) + req(3, 0, 0) + req(2, 0, 0))
+    seed("nbd_session", flags + opt(6, struct.pack(">I", 0) + struct.pack(">H", 0)) + opt(1, name) + req(0, 100, 100))
+    seed("nbd_session", flags + opt(9, struct.pack(">I", 0) + struct.pack(">I", 1) + struct.pack(">I", 5) + b"base:") + opt(2))
+
+
+nbd_seeds()
 for target in sorted(os.listdir(out)):
     print(f"{target}: {len(os.listdir(os.path.join(out, target)))} seeds")

@@ -41,6 +41,8 @@ mod error;
 pub mod export;
 pub mod format;
 pub mod io;
+#[cfg(unix)]
+pub mod nbd;
 pub mod progress;
 pub mod store;
 mod zero;

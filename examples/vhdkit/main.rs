@@ -34,6 +34,7 @@ macro_rules! note {
 }
 
 mod demo;
+mod serve;
 mod store;
 
 #[derive(Parser)]
@@ -85,6 +86,21 @@ enum Command {
     Store(store::StoreCommand),
     /// Back up IMAGE (or several disks of one VM, as one restore point) into STORE.
     Backup(store::BackupArgs),
+    /// Serve backups over NBD (read-only, or writable into --overlay) until SIGINT/SIGTERM.
+    Serve {
+        store: PathBuf,
+        /// Backups to export (id, prefix or name), each under the name given.
+        #[arg(required = true)]
+        backups: Vec<String>,
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
+    /// Serve an image or chain over NBD (never written: a dirty log is replayed in memory).
+    ServeImage {
+        image: PathBuf,
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
     /// Make BACKUP a full backup by folding its chain (metadata only).
     Merge {
         store: PathBuf,
@@ -300,6 +316,8 @@ fn main() -> ExitCode {
         Command::Check { image } => check(&options, &image),
         Command::Store(cmd) => store::store_command(cmd),
         Command::Backup(args) => store::backup(&options, args, &cancel),
+        Command::Serve { store, backups, args } => serve::serve(&store, &backups, &args, &cancel),
+        Command::ServeImage { image, args } => serve::serve_image(&options, &image, &args, &cancel),
         Command::Merge { store, backup, disk, wait, json } => store::merge(&store, &backup, disk, wait, json),
         Command::Prune { store, name, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, wait, json } => {
             let mut policy = vhdkit::store::Retention::keep_last(keep_last);

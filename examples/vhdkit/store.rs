@@ -188,6 +188,11 @@ pub(crate) struct BackupArgs {
     /// A small file kept with the restore point (a VM's configuration); repeat for more.
     #[arg(long)]
     attach: Vec<PathBuf>,
+    /// Back up a served backup with what a client wrote into this overlay
+    /// (from `serve --overlay`): the one positional argument is then the
+    /// backup, and the change set is the overlay's map.
+    #[arg(long, conflicts_with_all = ["changed", "full"])]
+    overlay: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -209,7 +214,49 @@ fn per_image<T: Clone>(values: &[T], images: usize, what: &str) -> Result<Vec<Op
     }
 }
 
+/// The backup a served backup plus its overlay makes: an incremental of
+/// that backup when it is the newest of `--name` (its change set is the
+/// overlay's map), else an incremental by hash comparison.
+fn backup_overlay(args: &BackupArgs, overlay: &Path, cancel: &CancelToken) -> Result<u8, Failure> {
+    let [spec] = args.images.as_slice() else {
+        return Err(Failure::usage("--overlay backs up exactly one served backup"));
+    };
+    let spec = spec.to_string_lossy().into_owned();
+    let s = open_store(&args.store)?;
+    let reader = s.reader(&spec)?;
+    let base_id = reader.id().clone();
+    let size = vhdkit::VirtualDisk::info(&reader).virtual_size;
+    let overlay =
+        vhdkit::nbd::Overlay::open(overlay, size).map_err(|e| Failure::usage(format!("{}: {e}", overlay.display())))?;
+    let overlay = Arc::new(overlay);
+    let disk = vhdkit::nbd::OverlayDisk::new(Arc::new(reader), overlay.clone())?;
+    let newest = s.list()?.into_iter().filter(|b| b.name == args.name).map(|b| b.id).max();
+    let mut opts = BackupOptions::new(args.name.clone());
+    opts.force = args.force;
+    opts.max_chain = args.max_chain;
+    opts.cancel = cancel.clone();
+    if newest.as_ref() == Some(&base_id) {
+        opts.changes = Some(ChangeList::from_ranges(overlay.changed_ranges()));
+    }
+    let report = s.backup(&disk, &opts)?;
+    if args.json {
+        out!("{}", json(&report)?);
+    } else {
+        note!(
+            "{:?} backup of {base_id} and its overlay ({:?}): {} new chunks",
+            report.kind,
+            report.change_source,
+            report.new_chunks
+        );
+        out!("{}", report.id);
+    }
+    Ok(0)
+}
+
 pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelToken) -> Result<u8, Failure> {
+    if let Some(overlay) = args.overlay.clone() {
+        return backup_overlay(&args, &overlay, cancel);
+    }
     let n = args.images.len();
     let changed = per_image(&args.changed, n, "--changed")?;
     let change_ids = per_image(&args.change_id, n, "--change-id")?;

@@ -359,3 +359,24 @@ pub fn init_store(dir: &Path, options: &vhdkit::store::InitOptions) -> vhdkit::s
     let cache = CachedBackend::new(s3.backend(&url), dir.join("cache").join(&store.config().store_id)).unwrap();
     Store::open_backend(std::sync::Arc::new(cache)).unwrap()
 }
+
+/// A small xorshift generator for test choices (seeded, repeatable).
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A value below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
