@@ -95,28 +95,6 @@ fn run_child(store: &Path, op: &str, abort_at: u64, env: &[(&str, String)]) -> O
     None
 }
 
-/// A small deterministic generator.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn disk_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = Rng(seed | 1);
-    let mut d = vec![0u8; len];
-    for (i, chunk) in d.chunks_mut(64 * 1024).enumerate() {
-        if i % 5 != 2 {
-            chunk.iter_mut().for_each(|b| *b = r.next() as u8);
-        }
-    }
-    d
-}
-
 /// Every listed backup must be one we know, and restore exactly; verify clean.
 fn check_store(dir: &Path, store_dir: &Path, known: &[(BackupId, Vec<u8>)]) {
     let store = Store::open(store_dir).unwrap();
@@ -138,7 +116,7 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
     let dir = common::scratch("store-crash-backup");
     let store_dir = dir.join("store");
     let store = Store::init(&store_dir, &common::init_options(64 * 1024, 256 * 1024)).unwrap();
-    let base = disk_bytes(1, 3 << 20);
+    let base = common::sparse_noise(1, 3 << 20);
     let base_disk = OpenOptions::new().open_raw_reader(Box::new(base.clone()), "b");
     let first = store.backup(&base_disk, &BackupOptions::new("b")).unwrap();
     drop(store);
@@ -146,7 +124,7 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
 
     let disk_path = dir.join("disk.raw");
     let probe = dir.join("probe");
-    let mut rng = Rng(0x5eed);
+    let mut rng = common::Rng::new(0x5eed);
     let trials = 40;
     let (mut killed, mut committed_then_killed) = (0, 0);
     for trial in 0..trials {
@@ -154,7 +132,7 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
         // chunks to store), full or incremental.
         let mut bytes = base.clone();
         let at = (rng.next() % (bytes.len() as u64 - 300_000)) as usize;
-        bytes[at..at + 300_000].copy_from_slice(&disk_bytes(1000 + trial, 300_000));
+        bytes[at..at + 300_000].copy_from_slice(&common::sparse_noise(1000 + trial, 300_000));
         std::fs::write(&disk_path, &bytes).unwrap();
         let mut env = vec![("VHDKIT_CRASH_DISK", disk_path.display().to_string())];
         if trial % 3 == 0 {
@@ -194,15 +172,15 @@ fn chain_store(dir: &Path) -> (PathBuf, Vec<(BackupId, Vec<u8>)>) {
     let _ = std::fs::remove_dir_all(&store_dir);
     let store = Store::init(&store_dir, &common::init_options(64 * 1024, 256 * 1024)).unwrap();
     let mut known = Vec::new();
-    let mut bytes = disk_bytes(3, 2 << 20);
+    let mut bytes = common::sparse_noise(3, 2 << 20);
     for i in 0..8u64 {
         let at = (i as usize * 250_000) % (bytes.len() - 200_000);
-        bytes[at..at + 200_000].copy_from_slice(&disk_bytes(50 + i, 200_000));
+        bytes[at..at + 200_000].copy_from_slice(&common::sparse_noise(50 + i, 200_000));
         let disk = OpenOptions::new().open_raw_reader(Box::new(bytes.clone()), "b");
         let r = store.backup(&disk, &common::tweak(BackupOptions::new("b"), |o| o.max_chain = 100)).unwrap();
         known.push((r.id, bytes.clone()));
     }
-    let c = disk_bytes(9, 1 << 20);
+    let c = common::sparse_noise(9, 1 << 20);
     let r =
         store.backup(&OpenOptions::new().open_raw_reader(Box::new(c.clone()), "c"), &BackupOptions::new("c")).unwrap();
     known.push((r.id, c));
@@ -226,7 +204,7 @@ fn kill_trials(
     common::run(Command::new("cp").arg("-r").arg(pristine).arg(&probe));
     let total = run_child(&probe, op, u64::MAX, env).unwrap();
     assert!(total >= 3, "{op} made only {total} storage operations");
-    let mut rng = Rng(0xC0FFEE ^ total);
+    let mut rng = common::Rng::new(0xC0FFEE ^ total);
     for trial in 0..trials {
         let _ = std::fs::remove_dir_all(&work);
         common::run(Command::new("cp").arg("-r").arg(pristine).arg(&work));

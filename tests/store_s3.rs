@@ -21,29 +21,6 @@ use vhdkit::store::{Backend, BackupId, BackupOptions, Store, VacuumOptions, Veri
 
 const MIB: usize = 1 << 20;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// Pseudo-random data with every fifth 64 KiB block zero.
-fn disk_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = Rng(seed | 1);
-    let mut d = vec![0u8; len];
-    for (i, chunk) in d.chunks_mut(64 * 1024).enumerate() {
-        if i % 5 != 2 {
-            chunk.iter_mut().for_each(|b| *b = r.next() as u8);
-        }
-    }
-    d
-}
-
 fn raw(bytes: &[u8], name: &str) -> vhdkit::Disk {
     OpenOptions::new().open_raw_reader(Box::new(Arc::new(bytes.to_vec())), name)
 }
@@ -77,7 +54,7 @@ fn objects_are_created_only_if_absent_on_a_real_server() {
     let Some(s3) = common::s3::s3() else { return };
     let b = s3.backend(&s3.url("create"));
     let small = b"a small object".to_vec();
-    let large = disk_bytes(7, 17 * MIB + 5);
+    let large = common::sparse_noise(7, 17 * MIB + 5);
     put(&*b, "manifests/x.manifest", &small).unwrap();
     put(&*b, "packs/ab/large.pack", &large).unwrap();
     // A second writer of either key is refused and the first one stays.
@@ -144,14 +121,14 @@ fn the_command_line_keeps_a_store_in_a_bucket() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-bucket-here"));
 
-    let mut bytes = disk_bytes(1, 24 * MIB);
+    let mut bytes = common::sparse_noise(1, 24 * MIB);
     let image = dir.join("disk.vhdx");
     vhdx(&image, &bytes);
     let full = json(&ok(s3, &["backup", &url, "--name", "vm", "--json", image.to_str().unwrap()]));
     assert_eq!(full["kind"], "full");
     // Change 1 % in three places and say where.
     let ranges = [(MIB, 65536), (9 * MIB + 4096, 100_000), (20 * MIB, 8192)];
-    let mut r = Rng(99);
+    let mut r = common::Rng::new(99);
     for (off, len) in ranges {
         bytes[off..off + len].iter_mut().for_each(|b| *b = r.next() as u8);
     }
@@ -203,7 +180,7 @@ fn transient_faults_are_retried_until_the_backup_commits() {
     let Some(s3) = common::s3::s3() else { return };
     let faults = Faults { transient: 0.3, permanent: Box::new(|_| false) };
     let (store, proxy, url) = proxied_store(s3, "transient", faults, 42);
-    let bytes = disk_bytes(3, 40 * MIB);
+    let bytes = common::sparse_noise(3, 40 * MIB);
     let report = store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
     assert!(read_back(&store, "vm", bytes.len()) == bytes);
     let seen = proxy.seen.load(std::sync::atomic::Ordering::Relaxed);
@@ -227,7 +204,7 @@ fn a_permanent_failure_fails_cleanly_and_commits_nothing() {
             }),
         };
         let (store, _proxy, url) = proxied_store(s3, &format!("refused-{what}"), faults, 1);
-        let bytes = disk_bytes(5, 20 * MIB);
+        let bytes = common::sparse_noise(5, 20 * MIB);
         let e = store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap_err();
         assert!(e.to_string().contains(refused.trim_matches('/')), "{what}: the error does not name the key: {e}");
         let direct = Store::open_backend(s3.backend(&url)).unwrap();
@@ -276,14 +253,14 @@ fn processes_killed_during_upload_and_vacuum_lose_nothing_committed() {
     let url = s3.url("kill");
     let options = common::init_options(256 * 1024, 12 << 20);
     let store = Store::init_backend(s3.backend(&url), &options).unwrap();
-    let mut r = Rng(2024);
+    let mut r = common::Rng::new(2024);
     let mut known: Vec<(BackupId, Vec<u8>)> = Vec::new();
-    let mut bytes = disk_bytes(100, 32 * MIB);
+    let mut bytes = common::sparse_noise(100, 32 * MIB);
     for trial in 0..6u64 {
         // Three chains of two: the second of each is an incremental.
         let name = format!("vm{}", trial / 2);
         if trial % 2 == 0 {
-            bytes = disk_bytes(100 + trial, 32 * MIB);
+            bytes = common::sparse_noise(100 + trial, 32 * MIB);
         } else {
             let at = (r.next() % (28 * MIB as u64)) as usize;
             bytes[at..at + 3 * MIB].iter_mut().for_each(|b| *b = r.next() as u8);
@@ -337,7 +314,7 @@ fn object_lock_keeps_every_backup_through_an_attack() {
     let store = Store::init_backend(s3.backend(&url), &locked(LockMode::Compliance)).unwrap();
     let raw_backend = s3.backend(&url);
     let mut versions = Vec::new();
-    let mut bytes = disk_bytes(11, 12 * MIB);
+    let mut bytes = common::sparse_noise(11, 12 * MIB);
     for round in 0..3 {
         bytes[round * MIB..round * MIB + 300_000].iter_mut().for_each(|b| *b = b.wrapping_add(1));
         let r = store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();

@@ -80,7 +80,13 @@ impl BlockCache {
             return Ok(b);
         }
         let size = disk.info().virtual_size;
-        let start = index * self.block;
+        let start = index.checked_mul(self.block).filter(|s| *s < size).ok_or_else(|| {
+            crate::Error::from(crate::disk::DiskError::Io {
+                path: disk.info().path.clone(),
+                offset: index.saturating_mul(self.block),
+                source: io::Error::from(io::ErrorKind::UnexpectedEof),
+            })
+        })?;
         let len = self.block.min(size - start) as usize;
         let mut bytes = vec![0u8; len];
         disk.read_at(&mut bytes, start)?;
@@ -270,6 +276,11 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+/// How long a reply may wait for a client that does not read: past it the
+/// connection is closed, so a stalled client cannot hold a slot (or a
+/// shutdown) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A connection of either kind.
 enum Stream {
     Tcp(TcpStream),
@@ -280,9 +291,12 @@ enum Stream {
 impl Stream {
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.set_read_timeout(t).and_then(|()| s.set_nodelay(true)),
+            Stream::Tcp(s) => s
+                .set_read_timeout(t)
+                .and_then(|()| s.set_nodelay(true))
+                .and_then(|()| s.set_write_timeout(Some(WRITE_TIMEOUT))),
             #[cfg(unix)]
-            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t).and_then(|()| s.set_write_timeout(Some(WRITE_TIMEOUT))),
         }
     }
     fn shutdown(&self) {

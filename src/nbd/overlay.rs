@@ -148,8 +148,13 @@ impl Overlay {
         offset: u64,
         base: BaseRead<'_>,
     ) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64).filter(|e| *e <= self.size).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("a read of {} bytes at {offset} past the disk", buf.len()),
+            )
+        })?;
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
-        let end = offset + buf.len() as u64;
         let mut pos = offset;
         while pos < end {
             let b = pos / OVERLAY_BLOCK;

@@ -366,7 +366,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        Rng(seed | 1)
     }
     /// The next value.
     pub fn next(&mut self) -> u64 {
@@ -379,4 +379,16 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Noise with every fifth 64 KiB block zero: a disk with data and holes.
+pub fn sparse_noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    let mut d = vec![0u8; len];
+    for (i, chunk) in d.chunks_mut(64 * 1024).enumerate() {
+        if i % 5 != 2 {
+            chunk.iter_mut().for_each(|b| *b = r.next() as u8);
+        }
+    }
+    d
 }

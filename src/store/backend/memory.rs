@@ -111,14 +111,7 @@ impl Backend for MemoryBackend {
 
     fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.counters.request();
-        let bytes = self.get(key)?;
-        let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| bytes.get(start..end))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, format!("{key} ends first")))?;
-        buf.copy_from_slice(src);
-        Ok(())
+        super::copy_range(&self.get(key)?, key, buf, offset)
     }
 
     fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {

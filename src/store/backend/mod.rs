@@ -143,6 +143,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Fills `buf` from `offset` of `bytes`, the whole of object `key`
+/// (`UnexpectedEof` if it ends first).
+pub(crate) fn copy_range(bytes: &[u8], key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    let src = start.checked_add(buf.len()).and_then(|end| bytes.get(start..end)).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::UnexpectedEof, format!("{key} ends before byte {}", offset + buf.len() as u64))
+    })?;
+    buf.copy_from_slice(src);
+    Ok(())
+}
+
 /// Whether an object exists (a failed check counts as absent).
 pub(crate) fn exists(backend: &dyn Backend, key: &str) -> bool {
     backend.stat(key).is_ok()

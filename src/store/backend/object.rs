@@ -505,8 +505,8 @@ impl Backend for ObjectBackend {
     fn retain(&self, key: &str, mode: LockMode, until: SystemTime) -> io::Result<()> {
         use base64::Engine as _;
         use md5::Digest as _;
-        let date = Moment::from(until);
-        let date = format!("{}Z", &date.rfc3339()[..19]);
+        let date = Moment::from(until).rfc3339();
+        let date = format!("{}Z", date.get(..19).unwrap_or(&date));
         let body = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{date}</RetainUntilDate></Retention>",
             mode.s3_name()
