@@ -70,38 +70,53 @@ struct BlockCache {
 }
 
 impl BlockCache {
-    fn get(&mut self, disk: &dyn VirtualDisk, index: u64) -> crate::Result<Arc<Vec<u8>>> {
-        if let Some(b) = self.blocks.get(&index) {
-            let b = b.clone();
+    /// The block at `index` if cached, marked as just used.
+    fn lookup(&mut self, index: u64) -> Option<Arc<Vec<u8>>> {
+        let b = self.blocks.get(&index)?.clone();
+        if let Some(i) = self.order.iter().position(|x| *x == index) {
+            self.order.remove(i);
+        }
+        self.order.push_back(index);
+        Some(b)
+    }
+
+    /// Keeps `bytes` as the block at `index`, dropping the least recently
+    /// used blocks past the budget. Another connection may have decoded
+    /// the same block meanwhile: the newer copy replaces it.
+    fn insert(&mut self, index: u64, bytes: Arc<Vec<u8>>) {
+        if self.budget < self.block as usize {
+            return;
+        }
+        if self.blocks.insert(index, bytes).is_some() {
             if let Some(i) = self.order.iter().position(|x| *x == index) {
                 self.order.remove(i);
             }
-            self.order.push_back(index);
-            return Ok(b);
         }
-        let size = disk.info().virtual_size;
-        let start = index.checked_mul(self.block).filter(|s| *s < size).ok_or_else(|| {
-            crate::Error::from(crate::disk::DiskError::Io {
-                path: disk.info().path.clone(),
-                offset: index.saturating_mul(self.block),
-                source: io::Error::from(io::ErrorKind::UnexpectedEof),
-            })
-        })?;
-        let len = self.block.min(size - start) as usize;
-        let mut bytes = vec![0u8; len];
-        disk.read_at(&mut bytes, start)?;
-        let bytes = Arc::new(bytes);
-        while !self.order.is_empty() && (self.order.len() + 1) * self.block as usize > self.budget {
-            if let Some(old) = self.order.pop_front() {
-                self.blocks.remove(&old);
-            }
+        self.order.push_back(index);
+        while self.order.len() * self.block as usize > self.budget {
+            match self.order.pop_front() {
+                Some(old) => self.blocks.remove(&old),
+                None => break,
+            };
         }
-        if self.budget >= self.block as usize {
-            self.blocks.insert(index, bytes.clone());
-            self.order.push_back(index);
-        }
-        Ok(bytes)
     }
+}
+
+/// Reads block `index` (of `block` bytes; the last may be shorter) of
+/// `disk`: the decoding a cache miss pays, done without the cache's lock so
+/// connections reading cold blocks do not wait for one another.
+fn read_block(disk: &dyn VirtualDisk, block: u64, index: u64) -> crate::Result<Arc<Vec<u8>>> {
+    let size = disk.info().virtual_size;
+    let start = index.checked_mul(block).filter(|s| *s < size).ok_or_else(|| {
+        crate::Error::from(crate::disk::DiskError::Io {
+            path: disk.info().path.clone(),
+            offset: index.saturating_mul(block),
+            source: io::Error::from(io::ErrorKind::UnexpectedEof),
+        })
+    })?;
+    let mut bytes = vec![0u8; block.min(size - start) as usize];
+    disk.read_at(&mut bytes, start)?;
+    Ok(Arc::new(bytes))
 }
 
 /// Bytes of decoded blocks an export keeps by default.
@@ -173,7 +188,15 @@ impl Export {
         while done < buf.len() {
             let pos = offset + done as u64;
             let index = pos / block;
-            let bytes = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&*self.disk, index)?;
+            let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).lookup(index);
+            let bytes = match cached {
+                Some(b) => b,
+                None => {
+                    let b = read_block(&*self.disk, block, index)?;
+                    self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(index, b.clone());
+                    b
+                }
+            };
             let at = (pos - index * block) as usize;
             let n = (buf.len() - done).min(bytes.len() - at);
             buf[done..done + n].copy_from_slice(&bytes[at..at + n]);
@@ -470,4 +493,33 @@ pub fn fuzz_session(input: &[u8], exports: &[Arc<Export>]) -> Vec<u8> {
     let default = (exports.len() == 1).then_some(0);
     let _ = session::Session::new(&mut d, exports, default).run();
     d.output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(budget_blocks: usize) -> BlockCache {
+        BlockCache { block: 4, budget: budget_blocks * 4, blocks: HashMap::new(), order: VecDeque::new() }
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_blocks_within_its_budget() {
+        let mut c = cache(2);
+        c.insert(1, Arc::new(vec![1; 4]));
+        c.insert(2, Arc::new(vec![2; 4]));
+        assert_eq!(c.lookup(1).as_deref(), Some(&vec![1; 4]));
+        // 2 is now the least recently used: it goes.
+        c.insert(3, Arc::new(vec![3; 4]));
+        assert!(c.lookup(2).is_none());
+        assert!(c.lookup(1).is_some() && c.lookup(3).is_some());
+        // A block decoded twice (two connections missed at once) is held once.
+        c.insert(3, Arc::new(vec![9; 4]));
+        assert_eq!((c.blocks.len(), c.order.len()), (2, 2));
+        assert_eq!(c.lookup(3).as_deref(), Some(&vec![9; 4]));
+        // A budget under one block caches nothing.
+        let mut none = cache(0);
+        none.insert(1, Arc::new(vec![1; 4]));
+        assert!(none.lookup(1).is_none());
+    }
 }
