@@ -166,24 +166,35 @@ def store_seeds():
         with open(disk, "wb") as f:
             for i in range(48):
                 f.write((bytes([i]) * 7 + b"vhdkit ") * (32768 // 8) if i % 3 else bytes(32768))
-        for comp in ("none", "zstd"):
-            st = os.path.join(tmp, "store-" + comp)
-            subprocess.run([binary, "store", "init", st, "--chunk-size", "64K", "--compression", comp, "--pack-size", "256K"],
-                           check=True, capture_output=True)
+        keyfile = os.path.join(tmp, "key")
+        env = dict(os.environ, VHDKIT_PASSWORD="fuzz", VHDKIT_NEW_PASSWORD="fuzz2")
+        for comp, encrypt in (("none", False), ("zstd", False), ("zstd", True)):
+            st = os.path.join(tmp, "store-" + comp + ("-enc" if encrypt else ""))
+            crypt = ["--encrypt", "--key-file", keyfile] if encrypt else []
+            key = ["--key-file", keyfile] if encrypt else []
+            subprocess.run([binary, "store", "init", st, "--chunk-size", "64K", "--compression", comp, "--pack-size", "256K"]
+                           + crypt, check=True, capture_output=True)
+            if encrypt:
+                subprocess.run([binary, "key", "add", st, "--argon2-memory", "64K", "--argon2-iterations", "1"] + key,
+                               check=True, capture_output=True, env=env)
             vhdx = os.path.join(tmp, "d.vhdx")
             subprocess.run([binary, "convert", disk, vhdx, "--from", "raw", "--to", "vhdx"], check=True, capture_output=True)
-            subprocess.run([binary, "backup", st, vhdx, "--name", "d"], check=True, capture_output=True)
+            subprocess.run([binary, "backup", st, vhdx, "--name", "d"] + key, check=True, capture_output=True)
             with open(disk, "r+b") as f:
                 f.seek(70000)
                 f.write(b"changed" * 1000)
             subprocess.run([binary, "convert", disk, vhdx, "--from", "raw", "--to", "vhdx"], check=True, capture_output=True)
-            subprocess.run([binary, "backup", st, vhdx, "--name", "d"], check=True, capture_output=True)
+            subprocess.run([binary, "backup", st, vhdx, "--name", "d"] + key, check=True, capture_output=True)
             subprocess.run([binary, "backup", st, vhdx, "--name", "p", "--tag", "site=a",
-                            "--attach", disk], check=False, capture_output=True)
+                            "--attach", disk] + key, check=False, capture_output=True)
             for root, _, files in os.walk(st):
                 for name in files:
                     data = open(os.path.join(root, name), "rb").read()
-                    if name.endswith(".manifest"):
+                    if name.endswith(".key"):
+                        seed("store_key", data)
+                    elif encrypt and data[:8] == b"VKSEAL01":
+                        seed("store_envelope", data)
+                    elif name.endswith(".manifest"):
                         seed("store_manifest", data)
                         hl = struct.unpack("<I", data[8:12])[0]
                         seed("store_manifest", data[8:12] + data[12:12 + hl] + data[12 + hl:-56])

@@ -34,6 +34,9 @@ pub enum ErrorKind {
     InvalidInput,
     /// The caller cancelled the operation; nothing was committed.
     Cancelled,
+    /// An encrypted store was opened without its key, or with a key that
+    /// is none of its keys (or a key was given for a plain store).
+    Unauthorized,
 }
 
 /// Any error this crate returns, by layer.

@@ -152,7 +152,7 @@ fn verify_flips(compression: Compression) {
     let work = dir.join("work");
     let mut trials = 0;
     for pack in &packs {
-        let entries = read_pack_index(store.backend(), *pack).unwrap();
+        let entries = read_pack_index(store.backend(), *pack, store.codec_crypt()).unwrap();
         let len = std::fs::metadata(pristine.join(pack.key())).unwrap().len();
         // Offsets: the header, every record's header and a stride through
         // its bytes, the pack index and the trailer.
@@ -245,7 +245,7 @@ fn a_damaged_chunk_is_stored_again_by_the_next_backup() {
     let bytes = noise(5, 2 * MIB);
     let first = backup(&store, &raw(bytes.clone(), "d"), "d");
     let pack = store.backend().list("packs").unwrap()[0].key.clone();
-    let e = read_pack_index(store.backend(), PackId::from_key(&pack).unwrap()).unwrap()[3];
+    let e = read_pack_index(store.backend(), PackId::from_key(&pack).unwrap(), store.codec_crypt()).unwrap()[3];
     flip(&dir.join("s").join(&pack), e.offset + 100);
     let report = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
     assert_eq!(report.damaged_backups, vec![first.id.clone()]);

@@ -34,6 +34,7 @@ macro_rules! note {
 }
 
 mod demo;
+mod keys;
 mod serve;
 mod store;
 
@@ -56,6 +57,8 @@ struct Cli {
     /// Read a remote store's metadata from the store itself, keeping no local copy.
     #[arg(long, global = true)]
     no_cache: bool,
+    #[command(flatten)]
+    key: keys::KeyArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +87,9 @@ enum Command {
     /// Store administration: init, reindex.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// An encrypted store's keys: add, list, remove, generate a key file.
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
     /// Back up IMAGE (or several disks of one VM, as one restore point) into STORE.
     Backup(store::BackupArgs),
     /// Serve backups over NBD (read-only, or writable into --overlay) until SIGINT/SIGTERM.
@@ -165,6 +171,10 @@ enum Command {
         store: PathBuf,
         /// A backup or restore point (id, name or id prefix): check only what it needs.
         backup: Option<String>,
+        /// Check an encrypted store without its key: structure, sizes and
+        /// CRCs of every object (no tags, no backup's map).
+        #[arg(long, conflicts_with = "backup")]
+        no_key: bool,
         #[arg(long)]
         json: bool,
     },
@@ -238,8 +248,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// A failure with its exit code; an empty message prints nothing.
 pub(crate) struct Failure {
-    code: u8,
-    message: String,
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
@@ -306,6 +316,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let cancel = cancel_on_signals();
     store::set_open_options(cli.cache_dir.clone(), cli.no_cache);
+    keys::set_key_args(cli.key.clone());
     let options = OpenOptions::new()
         .checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict })
         .mmap(cli.mmap);
@@ -315,6 +326,7 @@ fn main() -> ExitCode {
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
         Command::Store(cmd) => store::store_command(cmd),
+        Command::Key(cmd) => keys::key_command(cmd),
         Command::Backup(args) => store::backup(&options, args, &cancel),
         Command::Serve { store, backups, args } => serve::serve(&store, &backups, &args, &cancel),
         Command::ServeImage { image, args } => serve::serve_image(&options, &image, &args, &cancel),
@@ -331,7 +343,7 @@ fn main() -> ExitCode {
         }
         Command::List { store, points, json } => store::list(&store, points, json),
         Command::Restore(args) => store::restore(args, &cancel),
-        Command::Verify { store, backup, json } => store::verify(&store, backup, json, &cancel),
+        Command::Verify { store, backup, no_key, json } => store::verify(&store, backup, no_key, json, &cancel),
         Command::Stats { store, json } => store::stats(&store, json),
         Command::Log { store, last, json } => store::log(&store, last, json),
         Command::Convert { input, output, to, block_size, parent, from, no_sync } => {

@@ -28,9 +28,26 @@ pub(crate) fn set_open_options(cache_dir: Option<PathBuf>, no_cache: bool) {
     let _ = OPEN.set(o);
 }
 
-/// Opens a store (a folder or a URL).
-pub(crate) fn open_store(location: &Path) -> vhdkit::store::Result<Store> {
-    Store::open_with(location, OPEN.get_or_init(Default::default))
+/// Opens a store (a folder or a URL); an encrypted one with the key the
+/// command line, the environment or the terminal gives (see `keys`).
+pub(crate) fn open_store(location: &Path) -> Result<Store, Failure> {
+    let mut options = OPEN.get_or_init(Default::default).clone();
+    options.key = super::keys::given_key()?;
+    match Store::open_with(location, &options) {
+        Err(vhdkit::store::StoreError::KeyRequired { .. }) if options.key.is_none() => {
+            options.key = Some(super::keys::key_for(location)?);
+            Ok(Store::open_with(location, &options)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Opens a store without its key: an encrypted store can then only be
+/// verified (structure, sizes, CRCs) and its keys listed.
+pub(crate) fn open_store_keyless(location: &Path) -> Result<Store, Failure> {
+    let mut options = OPEN.get_or_init(Default::default).clone();
+    options.without_key = true;
+    Ok(Store::open_with(location, &options)?)
 }
 
 /// `vhdkit store ...`
@@ -60,6 +77,13 @@ pub(crate) enum StoreCommand {
         /// compliance (nobody can, until the date passes).
         #[arg(long, default_value = "governance", value_parser = ["governance", "compliance"], requires = "object_lock_days")]
         lock_mode: String,
+        /// Encrypt the store (AES-256-GCM, keyed chunk ids) under a
+        /// passphrase (--password-file, VHDKIT_PASSWORD or the terminal) or
+        /// --key-file.
+        #[arg(long)]
+        encrypt: bool,
+        #[command(flatten)]
+        argon2: super::keys::Argon2Args,
     },
     /// Rebuild the global index from the packs alone.
     Reindex {
@@ -71,8 +95,23 @@ pub(crate) enum StoreCommand {
 
 pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
     match cmd {
-        StoreCommand::Init { store, chunk_size, compression, zstd_level, pack_size, object_lock_days, lock_mode } => {
+        StoreCommand::Init {
+            store,
+            chunk_size,
+            compression,
+            zstd_level,
+            pack_size,
+            object_lock_days,
+            lock_mode,
+            encrypt,
+            argon2,
+        } => {
             let mut options = InitOptions::default();
+            if let Some(key) = super::keys::init_key(encrypt)? {
+                let mut e = vhdkit::store::Encryption::new(key);
+                e.argon2 = argon2.params();
+                options.encryption = Some(e);
+            }
             options.object_lock = object_lock_days.map(|days| vhdkit::store::ObjectLock {
                 days,
                 mode: if lock_mode == "compliance" {
@@ -87,10 +126,11 @@ pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
             options.pack_size = u64::from(pack_size);
             let s = Store::init(&store, &options)?;
             out!(
-                "initialised {} (chunks {} KiB, compression {:?}, store id {})",
+                "initialised {} (chunks {} KiB, compression {:?}, {}, store id {})",
                 store.display(),
                 s.config().chunk_size / 1024,
                 s.config().compression,
+                if s.is_encrypted() { "encrypted" } else { "not encrypted" },
                 s.config().store_id
             );
             Ok(0)
@@ -466,8 +506,14 @@ pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Fai
     Ok(0)
 }
 
-pub(crate) fn verify(store: &Path, only: Option<String>, json_out: bool, cancel: &CancelToken) -> Result<u8, Failure> {
-    let s = open_store(store)?;
+pub(crate) fn verify(
+    store: &Path,
+    only: Option<String>,
+    no_key: bool,
+    json_out: bool,
+    cancel: &CancelToken,
+) -> Result<u8, Failure> {
+    let s = if no_key { open_store_keyless(store)? } else { open_store(store)? };
     let (sink, bars) = Bars::sink(Vec::new());
     let mut options = VerifyOptions::default();
     options.only = only;
@@ -490,6 +536,9 @@ pub(crate) fn verify(store: &Path, only: Option<String>, json_out: bool, cancel:
         }
         for p in &r.damaged_points {
             out!("damaged restore point: {p}");
+        }
+        if r.structure_only {
+            out!("checked without the key: structure, sizes and CRCs only (no tags, no backup's map)");
         }
         out!(
             "{}: {} packs, {} chunks, {} backups checked in {:.2} s",

@@ -1,10 +1,13 @@
-//! The store's settings, fixed at init: chunk size, compression, pack size.
+//! The store's settings, fixed at init: chunk size, compression, pack size,
+//! encryption.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::chunk::Compression;
+use super::crypto::keyobj::Argon2Params;
+use super::crypto::{Keys, StoreKey};
 use super::error::{Result, StoreError};
 use super::time::Moment;
 
@@ -19,6 +22,11 @@ pub const STORE_FORMAT_VERSION: u32 = 2;
 
 /// The oldest version this crate reads (and writes as version 2 does).
 pub const OLDEST_READABLE_VERSION: u32 = 1;
+
+/// The version of an encrypted store: version 2's layout with sealed
+/// records and objects, which a reader of version 2 must not take for
+/// plain ones. A plain store stays version 2.
+pub const ENCRYPTED_STORE_VERSION: u32 = 3;
 
 /// The store's settings, as its `config` file holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +51,27 @@ pub struct StoreConfig {
     /// Object Lock: how long every object backups need stays immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<ObjectLock>,
+    /// Encryption at rest, when the store has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+    /// In an encrypted store: the keyed BLAKE3 (the config key, derived
+    /// from the master key) of the compact JSON with this field and
+    /// `checksum` empty. It proves at open that the key is this store's
+    /// and that the settings are as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// BLAKE3 of the compact JSON with this field empty.
     pub checksum: String,
+}
+
+/// What an encrypted store's config says of its encryption (nothing
+/// secret: the keys are in key objects).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionConfig {
+    /// The AEAD, [`crate::store::crypto::CIPHER`].
+    pub cipher: String,
+    /// How chunks are named: `"blake3-keyed"`.
+    pub chunk_ids: String,
 }
 
 /// Settings for a new store.
@@ -62,6 +89,26 @@ pub struct InitOptions {
     /// Keep every object backups need immutable (S3 Object Lock) for this
     /// long; the bucket must have Object Lock enabled (default: none).
     pub object_lock: Option<ObjectLock>,
+    /// Encrypt the store with a new random master key, wrapped by this
+    /// key (default: none, a plain store). More keys can be added later.
+    pub encryption: Option<Encryption>,
+}
+
+/// How a new store is encrypted.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Encryption {
+    /// The first key: a passphrase or a key file.
+    pub key: StoreKey,
+    /// Argon2id's cost for a passphrase (default: about a second here).
+    pub argon2: Argon2Params,
+}
+
+impl Encryption {
+    /// Encryption under `key`, with default Argon2id costs.
+    pub fn new(key: StoreKey) -> Encryption {
+        Encryption { key, argon2: Argon2Params::default() }
+    }
 }
 
 /// Object Lock settings: every pack, index file, manifest, restore point
@@ -111,6 +158,7 @@ impl Default for InitOptions {
             zstd_level: 3,
             pack_size: 64 << 20,
             object_lock: None,
+            encryption: None,
         }
     }
 }
@@ -130,17 +178,20 @@ fn check(chunk_size: u32, zstd_level: i32, pack_size: u64) -> std::result::Resul
 }
 
 impl StoreConfig {
-    /// A new config from `options`, checked.
-    pub fn new(options: &InitOptions, store_id: String, created: Moment) -> Result<StoreConfig> {
+    /// A new config from `options`, checked; an encrypted store's is
+    /// MACed with `keys`.
+    pub fn new(options: &InitOptions, store_id: String, created: Moment, keys: Option<&Keys>) -> Result<StoreConfig> {
         check(options.chunk_size, options.zstd_level, options.pack_size).map_err(StoreError::Invalid)?;
         if let Some(lock) = options.object_lock
             && !(1..=36_500).contains(&lock.days)
         {
             return Err(StoreError::Invalid(format!("{} days of object lock is not 1 to 36,500", lock.days)));
         }
+        let encryption =
+            keys.map(|_| EncryptionConfig { cipher: super::crypto::CIPHER.into(), chunk_ids: "blake3-keyed".into() });
         let mut config = StoreConfig {
             format: FORMAT.into(),
-            version: STORE_FORMAT_VERSION,
+            version: if encryption.is_some() { ENCRYPTED_STORE_VERSION } else { STORE_FORMAT_VERSION },
             store_id,
             chunk_size: options.chunk_size,
             compression: options.compression,
@@ -148,10 +199,39 @@ impl StoreConfig {
             pack_size: options.pack_size,
             created,
             object_lock: options.object_lock,
+            encryption,
+            mac: None,
             checksum: String::new(),
         };
+        if let Some(keys) = keys {
+            config.mac = Some(config.compute_mac(keys));
+        }
         config.checksum = config.compute_checksum();
         Ok(config)
+    }
+
+    /// The MAC an encrypted store's config should carry under `keys`.
+    fn compute_mac(&self, keys: &Keys) -> String {
+        let mut unsealed = self.clone();
+        unsealed.checksum = String::new();
+        unsealed.mac = Some(String::new());
+        keys.config_mac(&serde_json::to_vec(&unsealed).unwrap_or_default())
+    }
+
+    /// Checks an encrypted store's MAC under `keys` (the master key some
+    /// key object gave): false if the config was altered, or the key is
+    /// not this store's.
+    pub(crate) fn mac_holds(&self, keys: &Keys) -> bool {
+        let expected = self.compute_mac(keys);
+        // Equal lengths of hex; compared without an early exit.
+        self.mac.as_deref().is_some_and(|m| {
+            m.len() == expected.len() && m.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        })
+    }
+
+    /// Whether the store is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
     }
 
     fn compute_checksum(&self) -> String {
@@ -177,9 +257,9 @@ impl StoreConfig {
             let reason = format!("format {:?} is not {FORMAT:?}", config.format);
             return Err(StoreError::NotAStore { path: path.to_path_buf(), reason });
         }
-        if !(OLDEST_READABLE_VERSION..=STORE_FORMAT_VERSION).contains(&config.version) {
+        if !(OLDEST_READABLE_VERSION..=ENCRYPTED_STORE_VERSION).contains(&config.version) {
             let reason = format!(
-                "store format version {} (this vhdkit reads {OLDEST_READABLE_VERSION} to {STORE_FORMAT_VERSION})",
+                "store format version {} (this vhdkit reads {OLDEST_READABLE_VERSION} to {ENCRYPTED_STORE_VERSION})",
                 config.version
             );
             return Err(StoreError::UnsupportedStore { path: path.to_path_buf(), reason });
@@ -189,6 +269,20 @@ impl StoreConfig {
         }
         check(config.chunk_size, config.zstd_level, config.pack_size)
             .map_err(|r| StoreError::UnsupportedStore { path: path.to_path_buf(), reason: r })?;
+        // Version 3 exactly when encrypted, with a cipher this crate has.
+        match (&config.encryption, config.version == ENCRYPTED_STORE_VERSION) {
+            (None, false) => {}
+            (Some(e), true)
+                if e.cipher == super::crypto::CIPHER && e.chunk_ids == "blake3-keyed" && config.mac.is_some() => {}
+            (Some(e), true) => {
+                let reason = format!("encryption {} with {} chunk ids", e.cipher, e.chunk_ids);
+                return Err(StoreError::UnsupportedStore { path: path.to_path_buf(), reason });
+            }
+            _ => {
+                let reason = format!("version {} does not fit its encryption settings", config.version);
+                return Err(StoreError::corrupt(path, "config", 0, reason));
+            }
+        }
         Ok(config)
     }
 }

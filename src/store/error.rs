@@ -141,6 +141,34 @@ pub enum StoreError {
     /// A request the store cannot carry out as asked (bad options).
     #[error("{0}")]
     Invalid(String),
+
+    /// The store is encrypted and no key was given (or it was opened
+    /// without one, which only lets `verify` check structure).
+    #[error("{} is encrypted: give its passphrase or key file", path.display())]
+    KeyRequired {
+        /// The store.
+        path: PathBuf,
+    },
+
+    /// None of the store's key objects opens with the key given. Nothing
+    /// was read or written.
+    #[error("{}: no key of this store opens with the {} given ({tried} tried)", path.display(), match kind { crate::store::crypto::keyobj::KeyKind::Passphrase => "passphrase", crate::store::crypto::keyobj::KeyKind::KeyFile => "key file" })]
+    WrongKey {
+        /// The store.
+        path: PathBuf,
+        /// What was given.
+        kind: crate::store::crypto::keyobj::KeyKind,
+        /// Key objects of that kind tried.
+        tried: usize,
+    },
+
+    /// A key was given for a store that is not encrypted. Refused: a store
+    /// expected to be encrypted that reads as plain may have been replaced.
+    #[error("{} is not encrypted, but a key was given for it: refusing (was it replaced by a plain store?)", path.display())]
+    NotEncrypted {
+        /// The store.
+        path: PathBuf,
+    },
 }
 
 fn list(ids: &[String]) -> String {
@@ -163,6 +191,9 @@ impl StoreError {
             | StoreError::Invalid(_) => ErrorKind::InvalidInput,
             StoreError::Source { source, .. } | StoreError::Output { source, .. } => source.kind(),
             StoreError::Cancelled => ErrorKind::Cancelled,
+            StoreError::KeyRequired { .. } | StoreError::WrongKey { .. } | StoreError::NotEncrypted { .. } => {
+                ErrorKind::Unauthorized
+            }
         }
     }
 
@@ -175,9 +206,19 @@ impl StoreError {
         }
     }
 
+    /// The error of `action` on store file `path` failing with `source`;
+    /// a sealed object that does not open is damage, not an I/O failure.
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
-        move |source| StoreError::Io { path, action, source }
+        move |source| match source.get_ref().and_then(|e| e.downcast_ref::<super::backend::SealError>()) {
+            Some(seal) => StoreError::Corrupt {
+                path,
+                structure: "sealed object",
+                offset: seal.offset,
+                reason: seal.reason.clone(),
+            },
+            None => StoreError::Io { path, action, source },
+        }
     }
 
     pub(crate) fn corrupt(

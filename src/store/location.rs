@@ -24,6 +24,13 @@ pub struct OpenOptions {
     pub cache_dir: Option<PathBuf>,
     /// Read everything from the store itself, keeping no local copy.
     pub no_cache: bool,
+    /// The key of an encrypted store: its passphrase or key file. Given
+    /// for a plain store, the open is refused.
+    pub key: Option<super::StoreKey>,
+    /// Open an encrypted store without its key: then only
+    /// [`Store::verify`](super::Store::verify) works, and checks what can
+    /// be checked without it (structure, sizes, CRCs).
+    pub without_key: bool,
 }
 
 /// The URL in `location`, when it is one.

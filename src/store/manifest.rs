@@ -214,7 +214,7 @@ fn not_found_or_io(id: &BackupId, path: &Path) -> impl FnOnce(std::io::Error) ->
         if e.kind() == std::io::ErrorKind::NotFound {
             StoreError::NoSuchBackup(id.to_string())
         } else {
-            StoreError::Io { path, action: "read manifest", source: e }
+            StoreError::io(path, "read manifest")(e)
         }
     }
 }
@@ -232,7 +232,7 @@ pub fn read_header(backend: &dyn Backend, id: &BackupId) -> Result<ManifestHeade
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             StoreError::corrupt(&path, "manifest", 12, "the file ends inside the header")
         } else {
-            StoreError::Io { path: path.clone(), action: "read manifest", source: e }
+            StoreError::io(path.clone(), "read manifest")(e)
         }
     })?;
     decode_header(&json, &path, id)

@@ -26,6 +26,7 @@ mod condemned;
 mod config;
 mod error;
 mod id;
+mod keyring;
 mod lease;
 mod location;
 mod merge;
@@ -47,6 +48,10 @@ mod chain;
 pub mod chunk;
 #[cfg(not(feature = "fuzzing"))]
 mod chunk;
+#[cfg(feature = "fuzzing")]
+pub mod crypto;
+#[cfg(not(feature = "fuzzing"))]
+mod crypto;
 #[cfg(feature = "fuzzing")]
 pub mod index;
 #[cfg(not(feature = "fuzzing"))]
@@ -76,9 +81,15 @@ pub use backup::{
 pub use catalog::{AttachmentSummary, BackupSummary, PointSummary, Selection};
 pub use changes::ChangeList;
 pub use chunk::{ChunkId, Compression};
-pub use config::{InitOptions, LockMode, ObjectLock, STORE_FORMAT_VERSION, StoreConfig};
+pub use config::{
+    ENCRYPTED_STORE_VERSION, Encryption, EncryptionConfig, InitOptions, LockMode, ObjectLock, STORE_FORMAT_VERSION,
+    StoreConfig,
+};
+pub use crypto::keyobj::{Argon2Params, KeyKind};
+pub use crypto::{MIN_KEY_FILE, StoreKey};
 pub use error::{Result, StoreError};
 pub use id::{BackupId, ParseIdError, PointId};
+pub use keyring::KeySummary;
 use lease::{Lease, LeaseMode};
 pub use lease::{LeaseClock, LeaseSettings};
 pub use location::{OpenOptions, SCHEMES, url_of};
@@ -99,14 +110,22 @@ pub use crate::progress::{Operation, Progress, ProgressSink};
 /// An open store.
 #[derive(Debug)]
 pub struct Store {
+    /// The store's objects; in an encrypted store, behind the sealing
+    /// layer, so reads and writes here are plaintext.
     backend: Arc<dyn Backend>,
+    /// The storage as it is, below the sealing layer (the same as
+    /// `backend` in a plain store): for what must see objects as stored.
+    stored: Arc<dyn Backend>,
     config: StoreConfig,
+    crypt: crypto::Crypt,
+    /// The key object the store was opened with, if encrypted.
+    key_id: Option<String>,
     limits: backup::Limits,
     leases: LeaseSettings,
 }
 
-const FOLDERS: [&str; 10] =
-    ["packs", "index", "manifests", "points", "damaged", "dropped", "condemned", "locks", "log", "tmp"];
+const FOLDERS: [&str; 11] =
+    ["packs", "index", "manifests", "points", "damaged", "dropped", "condemned", "locks", "log", "tmp", "keys"];
 
 impl Store {
     /// Creates a store at `location` with `options` fixed for its
@@ -135,9 +154,13 @@ impl Store {
         Store::init_backend(Arc::new(LocalDir::new(path)), options)
     }
 
-    /// Creates a store over any backend.
+    /// Creates a store over any backend. An encrypted store's key object
+    /// is written before its config, so a store whose config exists can
+    /// always be opened.
     pub fn init_backend(backend: Arc<dyn Backend>, options: &InitOptions) -> Result<Store> {
-        let config = StoreConfig::new(options, pack::PackId::new_random().to_hex(), Moment::now())?;
+        let store_id = pack::PackId::new_random().to_hex();
+        let keys = options.encryption.as_ref().map(|_| Arc::new(crypto::Keys::generate()));
+        let config = StoreConfig::new(options, store_id, Moment::now(), keys.as_deref())?;
         let backend = match config.object_lock {
             Some(lock) => {
                 backend.lock_support().map_err(|e| StoreError::UnsupportedStore {
@@ -148,6 +171,20 @@ impl Store {
             }
             None => backend,
         };
+        let mut key_id = None;
+        if let (Some(keys), Some(e)) = (&keys, &options.encryption) {
+            let object = crypto::keyobj::KeyObject::wrap(
+                keys.master(),
+                &config.store_id,
+                &e.key,
+                &e.argon2,
+                Moment::now(),
+                host_name(),
+            )
+            .map_err(StoreError::Invalid)?;
+            keyring::write_key_object(&*backend, &object)?;
+            key_id = Some(object.id);
+        }
         let path = backend.describe("config");
         let mut w = backend.create("config").map_err(StoreError::io(&path, "create config"))?;
         w.write(&config.encode()).map_err(StoreError::io(&path, "write config"))?;
@@ -158,9 +195,28 @@ impl Store {
                 StoreError::io(&path, "commit config")(e)
             }
         })?;
-        let store = Store { backend, config, limits: backup::Limits::DEFAULT, leases: LeaseSettings::default() };
+        let crypt = keys.map_or(crypto::Crypt::Plain, crypto::Crypt::Sealed);
+        let store = Store::assemble(backend, config, crypt, key_id);
         store.log_job("init", &serde_json::json!({ "config": store.config }));
         Ok(store)
+    }
+
+    /// A store over `stored` as `crypt` says: behind the sealing layer when
+    /// encrypted.
+    fn assemble(stored: Arc<dyn Backend>, config: StoreConfig, crypt: crypto::Crypt, key_id: Option<String>) -> Store {
+        let backend = match &crypt {
+            crypto::Crypt::Sealed(keys) => Arc::new(backend::SealingBackend::new(stored.clone(), keys.clone())),
+            _ => stored.clone(),
+        };
+        Store {
+            backend,
+            stored,
+            config,
+            crypt,
+            key_id,
+            limits: backup::Limits::DEFAULT,
+            leases: LeaseSettings::default(),
+        }
     }
 
     /// Opens the store at `location` (a folder or a URL, as for
@@ -171,23 +227,55 @@ impl Store {
 
     /// Opens the store at `location` as `options` say: a remote store's
     /// index files, manifests and restore points are read through a local
-    /// cache (see [`CachedBackend`]) unless `options.no_cache`.
+    /// cache (see [`CachedBackend`]) unless `options.no_cache`. An
+    /// encrypted store needs `options.key` (one Argon2id run per passphrase
+    /// key object tried, about a second each by default), unless
+    /// `options.without_key`; a key given for a plain store is refused.
     pub fn open_with(location: impl AsRef<Path>, options: &OpenOptions) -> Result<Store> {
         let path = location.as_ref();
         if let Some(url) = url_of(path) {
-            let mut store = Store::open_backend(location::remote(url)?)?;
-            store.backend = location::cached(store.backend.clone(), &store.config.store_id, options);
-            return Ok(store);
+            let (backend, config) = Store::read_config(location::remote(url)?)?;
+            let backend = location::cached(backend, &config.store_id, options);
+            return Store::unlock(backend, config, options);
         }
         if !path.join("config").is_file() {
             let reason = if path.exists() { "it has no config file" } else { "the folder does not exist" };
             return Err(StoreError::NotAStore { path: path.to_path_buf(), reason: reason.into() });
         }
-        Store::open_backend(Arc::new(LocalDir::new(path)))
+        Store::open_backend_with(Arc::new(LocalDir::new(path)), options)
     }
 
-    /// Opens a store over any backend.
+    /// Opens a plain store over any backend ([`Store::open_backend_with`]
+    /// for an encrypted one).
     pub fn open_backend(backend: Arc<dyn Backend>) -> Result<Store> {
+        Store::open_backend_with(backend, &OpenOptions::default())
+    }
+
+    /// Opens a store over any backend as `options` say (its key).
+    pub fn open_backend_with(backend: Arc<dyn Backend>, options: &OpenOptions) -> Result<Store> {
+        let (backend, config) = Store::read_config(backend)?;
+        Store::unlock(backend, config, options)
+    }
+
+    /// Unlocks an encrypted store with the key `options` give (or opens it
+    /// keyless, if they say so); checks that a plain store was given none.
+    fn unlock(backend: Arc<dyn Backend>, config: StoreConfig, options: &OpenOptions) -> Result<Store> {
+        let path = backend.describe("");
+        match (config.is_encrypted(), &options.key, options.without_key) {
+            (false, None, _) => Ok(Store::assemble(backend, config, crypto::Crypt::Plain, None)),
+            (false, Some(_), _) => Err(StoreError::NotEncrypted { path }),
+            (true, _, true) => Ok(Store::assemble(backend, config, crypto::Crypt::Locked, None)),
+            (true, None, false) => Err(StoreError::KeyRequired { path }),
+            (true, Some(key), false) => {
+                let (keys, id) = keyring::unlock(&*backend, &config, key)?;
+                Ok(Store::assemble(backend, config, crypto::Crypt::Sealed(keys), Some(id)))
+            }
+        }
+    }
+
+    /// Reads and checks the config; the backend comes back wrapped for
+    /// Object Lock when the store has it.
+    fn read_config(backend: Arc<dyn Backend>) -> Result<(Arc<dyn Backend>, StoreConfig)> {
         let bytes = backend.read_all("config").map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::NotAStore { path: backend.describe(""), reason: "it has no config object".into() }
@@ -200,7 +288,7 @@ impl Store {
             Some(lock) => Arc::new(backend::LockingBackend::new(backend, lock)) as Arc<dyn Backend>,
             None => backend,
         };
-        Ok(Store { backend, config, limits: backup::Limits::DEFAULT, leases: LeaseSettings::default() })
+        Ok((backend, config))
     }
 
     /// The store's settings.
@@ -208,9 +296,28 @@ impl Store {
         &self.config
     }
 
-    /// Where the store keeps its files.
+    /// Where the store keeps its files. In an encrypted store this view
+    /// seals and opens index files, manifests, restore points and the job
+    /// log as they are written and read; [`Store::stored_backend`] is the
+    /// storage as it is.
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// The storage below the sealing layer: objects exactly as stored.
+    pub fn stored_backend(&self) -> &dyn Backend {
+        &*self.stored
+    }
+
+    /// How chunks and objects are sealed (and chunks named).
+    pub(crate) fn crypt(&self) -> &crypto::Crypt {
+        &self.crypt
+    }
+
+    /// [`crypto::Crypt`] for the codecs' tests and fuzz targets.
+    #[cfg(feature = "fuzzing")]
+    pub fn codec_crypt(&self) -> &crypto::Crypt {
+        &self.crypt
     }
 
     /// A location for messages.

@@ -2,16 +2,23 @@
 //!
 //! See docs/store-format.md ("Packs"). Writing goes through an
 //! [`ObjectWriter`], so a pack becomes visible only when sealed and
-//! committed; decoding the trailer and index is pure.
+//! committed; decoding the trailer and index is pure. In an encrypted
+//! store the pack index is an envelope (see `crypto::envelope`) named by
+//! the pack's key, and the trailer's signature says so.
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use super::backend::{Backend, ObjectWriter};
 use super::chunk::{ChunkId, Compression, RECORD_HEADER, parse_hex, record_header};
+use super::crypto::{Crypt, Keys, envelope};
 use super::error::{Result, StoreError};
 
 const HEADER_MAGIC: &[u8; 8] = b"VKPACK01";
 const INDEX_MAGIC: &[u8; 8] = b"VKPIDX01";
+/// The trailer's signature when the pack index is sealed.
+const SEALED_INDEX_MAGIC: &[u8; 8] = b"VKPIDXS1";
 const END_MAGIC: &[u8; 8] = b"VKPEND01";
 /// Bytes at the start of a pack: magic and pack id.
 pub const PACK_HEADER: u64 = 24;
@@ -81,18 +88,25 @@ pub struct PackWriter {
     id: PackId,
     writer: Box<dyn ObjectWriter>,
     entries: Vec<PackEntry>,
+    keys: Option<Arc<Keys>>,
 }
 
 impl PackWriter {
-    /// Starts a new pack with a fresh id.
-    pub fn create(backend: &dyn Backend) -> Result<PackWriter> {
+    /// Starts a new pack with a fresh id, for a store sealed as `crypt`
+    /// says (records given to [`PackWriter::add`] must be sealed likewise).
+    pub fn create(backend: &dyn Backend, crypt: &Crypt) -> Result<PackWriter> {
+        let keys = match crypt {
+            Crypt::Plain => None,
+            Crypt::Sealed(k) => Some(k.clone()),
+            Crypt::Locked => return Err(locked()),
+        };
         let id = PackId::new_random();
         let key = id.key();
         let mut writer = backend.create(&key).map_err(StoreError::io(backend.describe(&key), "create pack"))?;
         let mut header = HEADER_MAGIC.to_vec();
         header.extend_from_slice(&id.0);
         writer.write(&header).map_err(StoreError::io(backend.describe(&key), "write pack"))?;
-        Ok(PackWriter { id, writer, entries: Vec::new() })
+        Ok(PackWriter { id, writer, entries: Vec::new(), keys })
     }
 
     /// The pack's id.
@@ -105,7 +119,8 @@ impl PackWriter {
         self.writer.position()
     }
 
-    /// Appends a record; returns where it went.
+    /// Appends a record whose stored bytes are `stored` (for an encrypted
+    /// store, made by `chunk::seal_payload`); returns where it went.
     pub fn add(
         &mut self,
         id: ChunkId,
@@ -113,7 +128,7 @@ impl PackWriter {
         plain_len: u32,
         stored: &[u8],
     ) -> std::io::Result<PackEntry> {
-        let header = record_header(id, compression, plain_len, stored);
+        let header = record_header(id, compression, plain_len, stored, self.keys.is_some());
         let length = u32::try_from(header.len() + stored.len()).map_err(std::io::Error::other)?;
         let entry = PackEntry { id, offset: self.writer.position(), length };
         self.writer.write(&header)?;
@@ -132,8 +147,12 @@ impl PackWriter {
             index.extend_from_slice(&e.offset.to_le_bytes());
             index.extend_from_slice(&e.length.to_le_bytes());
         }
+        let (index, magic) = match &self.keys {
+            Some(keys) => (envelope::seal(keys, &self.id.key(), &index), SEALED_INDEX_MAGIC),
+            None => (index, INDEX_MAGIC),
+        };
         let mut trailer = Vec::with_capacity(TRAILER);
-        trailer.extend_from_slice(INDEX_MAGIC);
+        trailer.extend_from_slice(magic);
         trailer.extend_from_slice(&index_offset.to_le_bytes());
         trailer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         trailer.extend_from_slice(&crc32c::crc32c(&index).to_le_bytes());
@@ -152,38 +171,60 @@ pub struct Trailer {
     pub index_offset: u64,
     /// Entries in it.
     pub count: u32,
-    /// Its CRC-32C.
+    /// The CRC-32C of the index as stored.
     pub crc: u32,
+    /// Whether the index is sealed (an encrypted store's pack).
+    pub sealed: bool,
 }
 
 /// Decodes the last [`TRAILER`] bytes of a pack of `pack_len` bytes.
 pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Trailer, String> {
-    if bytes.len() != TRAILER || &bytes[..8] != INDEX_MAGIC || &bytes[24..] != END_MAGIC {
+    let sealed = bytes.get(..8) == Some(&SEALED_INDEX_MAGIC[..]);
+    if bytes.len() != TRAILER || (&bytes[..8] != INDEX_MAGIC && !sealed) || &bytes[24..] != END_MAGIC {
         return Err("no pack trailer (the pack was not sealed, or its end is damaged)".into());
     }
     let index_offset = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
     let count = u32::from_le_bytes(bytes[16..20].try_into().unwrap_or_default());
     let crc = u32::from_le_bytes(bytes[20..24].try_into().unwrap_or_default());
-    let index_len = u64::from(count) * ENTRY as u64;
+    let plain_len = u64::from(count) * ENTRY as u64;
+    // A sealed index's length follows from its envelope's own header,
+    // checked when it is opened; here it must at least hold an envelope.
+    let index_len = pack_len.checked_sub(TRAILER as u64).and_then(|end| end.checked_sub(index_offset));
     let fits = index_offset >= PACK_HEADER
-        && index_offset
-            .checked_add(index_len)
-            .and_then(|end| end.checked_add(TRAILER as u64))
-            .is_some_and(|end| end == pack_len);
+        && index_len.is_some_and(|n| {
+            if sealed { n >= envelope::HEADER as u64 + envelope::PER_SEGMENT } else { n == plain_len }
+        });
     if !fits {
         return Err(format!("pack index at {index_offset} with {count} entries does not fit the {pack_len}-byte pack"));
     }
-    Ok(Trailer { index_offset, count, crc })
+    Ok(Trailer { index_offset, count, crc, sealed })
 }
 
-/// Decodes and checks a pack index; every record must lie between the
-/// header and the index.
-pub fn decode_pack_index(bytes: &[u8], trailer: &Trailer) -> std::result::Result<Vec<PackEntry>, String> {
+/// Decodes and checks a pack index as stored in the pack whose key is
+/// `pack_key` (opening it with `crypt`'s keys when it is sealed); every
+/// record must lie between the header and the index.
+pub fn decode_pack_index(
+    stored: &[u8],
+    trailer: &Trailer,
+    crypt: &Crypt,
+    pack_key: &str,
+) -> std::result::Result<Vec<PackEntry>, String> {
+    if crc32c::crc32c(stored) != trailer.crc {
+        return Err("pack index CRC mismatch".into());
+    }
+    let opened;
+    let bytes = match (trailer.sealed, crypt) {
+        (false, Crypt::Plain) => stored,
+        (true, Crypt::Sealed(keys)) => {
+            opened = envelope::open(keys, pack_key, stored).map_err(|e| format!("sealed pack index: {e}"))?;
+            &opened[..]
+        }
+        (_, Crypt::Locked) => return Err("the store is encrypted and was opened without its key".into()),
+        (true, Crypt::Plain) => return Err("a sealed pack index in a plain store".into()),
+        (false, Crypt::Sealed(_)) => return Err("a plain pack index in an encrypted store".into()),
+    };
     if bytes.len() != trailer.count as usize * ENTRY {
         return Err("pack index length does not match its count".into());
-    }
-    if crc32c::crc32c(bytes) != trailer.crc {
-        return Err("pack index CRC mismatch".into());
     }
     let mut out = Vec::with_capacity(trailer.count as usize);
     for e in bytes.chunks_exact(ENTRY) {
@@ -202,8 +243,16 @@ pub fn decode_pack_index(bytes: &[u8], trailer: &Trailer) -> std::result::Result
     Ok(out)
 }
 
+/// Checks the first [`PACK_HEADER`] bytes of pack `id`.
+pub fn check_pack_header(header: &[u8], id: PackId) -> std::result::Result<(), String> {
+    if header.get(..8) != Some(&HEADER_MAGIC[..]) || header.get(8..24) != Some(&id.0[..]) {
+        return Err("bad signature or pack id".into());
+    }
+    Ok(())
+}
+
 /// Reads and checks a pack's header, trailer and index.
-pub fn read_pack_index(backend: &dyn Backend, id: PackId) -> Result<Vec<PackEntry>> {
+pub fn read_pack_index(backend: &dyn Backend, id: PackId, crypt: &Crypt) -> Result<Vec<PackEntry>> {
     let key = id.key();
     let path = backend.describe(&key);
     let len = backend.stat(&key).map_err(StoreError::io(&path, "read pack"))?.size;
@@ -212,14 +261,17 @@ pub fn read_pack_index(backend: &dyn Backend, id: PackId) -> Result<Vec<PackEntr
     }
     let mut header = [0u8; PACK_HEADER as usize];
     backend.read_at(&key, &mut header, 0).map_err(StoreError::io(&path, "read pack"))?;
-    if &header[..8] != HEADER_MAGIC || header[8..24] != id.0 {
-        return Err(StoreError::corrupt(path, "pack header", 0, "bad signature or pack id"));
-    }
+    check_pack_header(&header, id).map_err(|r| StoreError::corrupt(&path, "pack header", 0, r))?;
     let mut trailer = [0u8; TRAILER];
     backend.read_at(&key, &mut trailer, len - TRAILER as u64).map_err(StoreError::io(&path, "read pack"))?;
     let t = decode_trailer(&trailer, len)
         .map_err(|r| StoreError::corrupt(&path, "pack trailer", len - TRAILER as u64, r))?;
-    let mut index = vec![0u8; t.count as usize * ENTRY];
+    // The trailer bounds the index by the pack's size.
+    let mut index = vec![0u8; (len - TRAILER as u64 - t.index_offset) as usize];
     backend.read_at(&key, &mut index, t.index_offset).map_err(StoreError::io(&path, "read pack"))?;
-    decode_pack_index(&index, &t).map_err(|r| StoreError::corrupt(&path, "pack index", t.index_offset, r))
+    decode_pack_index(&index, &t, crypt, &key).map_err(|r| StoreError::corrupt(&path, "pack index", t.index_offset, r))
+}
+
+fn locked() -> StoreError {
+    StoreError::Invalid("the store is encrypted and was opened without its key".into())
 }

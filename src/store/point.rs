@@ -168,7 +168,7 @@ impl PointRecord {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::NoSuchBackup(id.to_string())
             } else {
-                StoreError::Io { path: path.clone(), action: "read restore point", source: e }
+                StoreError::io(path.clone(), "read restore point")(e)
             }
         })?;
         if size > MAX_POINT_BYTES {

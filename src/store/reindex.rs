@@ -61,7 +61,7 @@ impl Store {
             super::backend::list_keys(backend, "packs").map_err(StoreError::io(backend.describe("packs"), "list"))?
         {
             let Some(pack) = PackId::from_key(&key) else { continue };
-            let Ok(list) = read_pack_index(backend, pack) else {
+            let Ok(list) = read_pack_index(backend, pack, self.crypt()) else {
                 unreadable.push(pack.to_hex());
                 continue;
             };

@@ -23,6 +23,7 @@ use super::backend::Backend;
 use super::catalog::{PointSummary, Selection};
 use super::chain::{ChainCursor, Resolved};
 use super::chunk::{ChunkId, RecordError, decode_record, decode_record_into};
+use super::crypto::Crypt;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::index::Index;
@@ -44,6 +45,7 @@ use crate::store::Traffic;
 pub struct BackupReader {
     backend: Arc<dyn Backend>,
     index: Arc<Index>,
+    crypt: Crypt,
     info: DiskInfo,
     id: BackupId,
     chunk: u64,
@@ -184,6 +186,7 @@ impl Store {
         Ok(BackupReader {
             backend: self.backend.clone(),
             index,
+            crypt: self.crypt.clone(),
             info,
             id,
             chunk,
@@ -383,7 +386,7 @@ impl Store {
         let mut record = Vec::new();
         for (i, (c, dst)) in a.chunks.iter().zip(out.chunks_mut(chunk as usize)).enumerate() {
             if let Some(id) = c {
-                fetch_chunk_into(self.backend(), index, *id, dst, &mut record).map_err(|reason| {
+                fetch_chunk_into(self.backend(), index, self.crypt(), *id, dst, &mut record).map_err(|reason| {
                     StoreError::ChunkUnavailable {
                         id: id.to_hex(),
                         backup: format!("{point} (attachment {})", a.name),
@@ -417,11 +420,8 @@ impl BackupReader {
 
     /// Reads and verifies chunk `id` (slot `slot`, for messages) into `out`.
     fn fetch(&self, slot: u64, id: ChunkId, out: &mut Vec<u8>, record: &mut Vec<u8>) -> Result<()> {
-        fetch_chunk(&*self.backend, &self.index, id, out, record).map_err(|reason| StoreError::ChunkUnavailable {
-            id: id.to_hex(),
-            backup: self.id.to_string(),
-            slot,
-            reason,
+        fetch_chunk(&*self.backend, &self.index, &self.crypt, id, out, record).map_err(|reason| {
+            StoreError::ChunkUnavailable { id: id.to_hex(), backup: self.id.to_string(), slot, reason }
         })
     }
 
@@ -443,7 +443,7 @@ impl BackupReader {
         let slot_len = self.chunk.min(self.info.virtual_size - slot * self.chunk) as usize;
         if within == 0 && dst.len() == slot_len {
             // The whole slot: decode straight into the caller's buffer.
-            return fetch_chunk_into(&*self.backend, &self.index, id, dst, record).map_err(|reason| {
+            return fetch_chunk_into(&*self.backend, &self.index, &self.crypt, id, dst, record).map_err(|reason| {
                 StoreError::ChunkUnavailable { id: id.to_hex(), backup: self.id.to_string(), slot, reason }
             });
         }
@@ -478,22 +478,24 @@ impl BackupReader {
 pub(crate) fn fetch_chunk(
     backend: &dyn Backend,
     index: &Index,
+    crypt: &Crypt,
     id: ChunkId,
     out: &mut Vec<u8>,
     record: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
-    fetch_with(backend, index, id, record, |r| decode_record(r, id, out))
+    fetch_with(backend, index, id, record, |r| decode_record(r, id, out, crypt))
 }
 
 /// [`fetch_chunk`] into `dst`, which must be exactly the chunk's length.
 pub(crate) fn fetch_chunk_into(
     backend: &dyn Backend,
     index: &Index,
+    crypt: &Crypt,
     id: ChunkId,
     dst: &mut [u8],
     record: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
-    fetch_with(backend, index, id, record, |r| decode_record_into(r, id, dst))
+    fetch_with(backend, index, id, record, |r| decode_record_into(r, id, dst, crypt))
 }
 
 /// Tries each stored copy of `id` in turn until `decode` accepts one.

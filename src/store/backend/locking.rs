@@ -1,8 +1,8 @@
 //! A store under Object Lock: every object a backup needs is locked as it
 //! is committed, and nothing locked is deleted.
 //!
-//! Locked are the config, packs, index files, manifests and restore
-//! points; not leases, tombstones, vacuum's records or the job log, which
+//! Locked are the config, packs, index files, manifests, restore points
+//! and key objects; not leases, tombstones, vacuum's records or the job log, which
 //! the store must be able to delete (a tombstone lost to an attacker only
 //! brings a pruned backup back). The lock is set right after the object
 //! is created (S3 takes retention on a completed object; a multipart
@@ -18,8 +18,9 @@ use std::time::SystemTime;
 use super::{Backend, ObjectInfo, ObjectWriter, Traffic};
 use crate::store::config::{LockMode, ObjectLock};
 
-/// Prefixes of the keys that are locked.
-const LOCKED: [&str; 4] = ["packs/", "index/", "manifests/", "points/"];
+/// Prefixes of the keys that are locked (key objects too: without them an
+/// encrypted store cannot be opened).
+const LOCKED: [&str; 5] = ["packs/", "index/", "manifests/", "points/", "keys/"];
 
 /// Whether objects under `key` are locked in a store under Object Lock.
 pub(crate) fn locked_key(key: &str) -> bool {

@@ -19,6 +19,7 @@ mod locking;
 mod memory;
 #[cfg(feature = "object-store")]
 mod object;
+mod sealing;
 
 use std::io;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub(crate) use locking::{LockingBackend, locked_key};
 pub use memory::MemoryBackend;
 #[cfg(feature = "object-store")]
 pub use object::ObjectBackend;
+pub(crate) use sealing::{SEALED_FOLDERS, SealError, SealingBackend};
 
 /// Requests a backend has made and bytes it has uploaded, since it was
 /// made: [`Backend::traffic`]. On object storage a request is one HTTP

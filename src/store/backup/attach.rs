@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use super::super::Store;
-use super::super::chunk::ChunkId;
 use super::super::error::{Result, StoreError};
 use super::super::index::Index;
 use super::super::point::{AttachmentRecord, plain_file_name};
@@ -85,9 +84,9 @@ pub(super) fn store_attachments(
                 chunks.push(None);
                 continue;
             }
-            let id = ChunkId::of(piece);
+            let id = store.crypt().chunk_id(piece);
             if !index.contains(&id) && claims.claim(id) {
-                let (compression, bytes) = packer.pack(piece);
+                let (compression, bytes) = packer.pack(id, piece);
                 stored += u64::from(pack.add(store, claims, id, compression, piece.len() as u32, bytes)?);
             }
             chunks.push(Some(id));

@@ -3,6 +3,7 @@
 
 use super::super::backend::Backend;
 use super::super::chain::{ChainCursor, Resolved};
+use super::super::crypto::Crypt;
 use super::super::error::{Result, StoreError};
 use super::super::index::Index;
 use super::super::manifest::manifest_key;
@@ -15,6 +16,7 @@ pub(super) struct PrevChunks<'a> {
     cursor: ChainCursor<'a>,
     index: &'a Index,
     backend: &'a dyn Backend,
+    crypt: &'a Crypt,
     /// The run the cursor last returned: first slot, length, content.
     run: Option<(u64, u64, Resolved)>,
     plain: Vec<u8>,
@@ -22,8 +24,13 @@ pub(super) struct PrevChunks<'a> {
 }
 
 impl<'a> PrevChunks<'a> {
-    pub(super) fn new(cursor: ChainCursor<'a>, index: &'a Index, backend: &'a dyn Backend) -> PrevChunks<'a> {
-        PrevChunks { cursor, index, backend, run: None, plain: Vec::new(), record: Vec::new() }
+    pub(super) fn new(
+        cursor: ChainCursor<'a>,
+        index: &'a Index,
+        backend: &'a dyn Backend,
+        crypt: &'a Crypt,
+    ) -> PrevChunks<'a> {
+        PrevChunks { cursor, index, backend, crypt, run: None, plain: Vec::new(), record: Vec::new() }
     }
 
     /// Fills `buf` with slot `slot` of the previous backup (slots must be
@@ -39,14 +46,13 @@ impl<'a> PrevChunks<'a> {
                 match r {
                     Resolved::Zero => buf.fill(0),
                     Resolved::Data(id) => {
-                        fetch_chunk(self.backend, self.index, id, &mut self.plain, &mut self.record).map_err(
-                            |reason| StoreError::ChunkUnavailable {
+                        fetch_chunk(self.backend, self.index, self.crypt, id, &mut self.plain, &mut self.record)
+                            .map_err(|reason| StoreError::ChunkUnavailable {
                                 id: id.to_hex(),
                                 backup: self.cursor.header().id.to_string(),
                                 slot,
                                 reason,
-                            },
-                        )?;
+                            })?;
                         let n = buf.len().min(self.plain.len());
                         buf[..n].copy_from_slice(&self.plain[..n]);
                         buf[n..].fill(0);

@@ -439,7 +439,9 @@ impl Store {
         // A differencing source's partial slots start from the previous
         // backup's chunks, so its parent image is never read.
         let prev = match (&change, &parent) {
-            (ChangeSet::Own, Some(p)) => Some(PrevChunks::new(ChainCursor::open(backend, p)?, index, backend)),
+            (ChangeSet::Own, Some(p)) => {
+                Some(PrevChunks::new(ChainCursor::open(backend, p)?, index, backend, self.crypt()))
+            }
             _ => None,
         };
         let threads = match options.threads {

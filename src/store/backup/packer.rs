@@ -2,10 +2,11 @@
 //! job, and each worker's own pack.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::super::Store;
-use super::super::chunk::{ChunkId, Compression};
+use super::super::chunk::{ChunkId, Compression, seal_payload};
+use super::super::crypto::{Crypt, Keys};
 use super::super::error::{Result, StoreError};
 use super::super::index::{IndexEntry, Location};
 use super::super::pack::PackWriter;
@@ -88,7 +89,7 @@ impl WorkerPack {
         let backend = store.backend();
         let pack = match &mut self.pack {
             Some(p) => p,
-            empty => empty.insert(PackWriter::create(backend)?),
+            empty => empty.insert(PackWriter::create(backend, store.crypt())?),
         };
         let e = pack
             .add(id, compression, plain_len, bytes)
@@ -115,10 +116,13 @@ impl WorkerPack {
     }
 }
 
-/// Compresses chunks for one worker, into one reused buffer.
+/// Compresses and (in an encrypted store) seals chunks for one worker,
+/// into reused buffers.
 pub(super) struct Packer {
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    keys: Option<Arc<Keys>>,
     buf: Vec<u8>,
+    sealed: Vec<u8>,
 }
 
 impl Packer {
@@ -127,18 +131,34 @@ impl Packer {
             Compression::Zstd => zstd::bulk::Compressor::new(store.config.zstd_level).ok(),
             Compression::None => None,
         };
-        Packer { compressor, buf: Vec::new() }
+        let keys = match store.crypt() {
+            Crypt::Sealed(k) => Some(k.clone()),
+            _ => None,
+        };
+        Packer { compressor, keys, buf: Vec::new(), sealed: Vec::new() }
     }
 
-    /// The bytes to store for `plain` and how they are stored: zstd output
-    /// only when it is smaller.
-    pub(super) fn pack<'b>(&'b mut self, plain: &'b [u8]) -> (Compression, &'b [u8]) {
-        let Some(c) = self.compressor.as_mut() else { return (Compression::None, plain) };
-        self.buf.clear();
-        self.buf.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-        match c.compress_to_buffer(plain, &mut self.buf) {
-            Ok(n) if n < plain.len() => (Compression::Zstd, &self.buf[..n]),
-            _ => (Compression::None, plain),
+    /// The stored bytes of chunk `id` (of bytes `plain`) and how they are
+    /// compressed: zstd output only when it is smaller, then sealed in an
+    /// encrypted store.
+    pub(super) fn pack<'b>(&'b mut self, id: ChunkId, plain: &'b [u8]) -> (Compression, &'b [u8]) {
+        let (compression, payload) = match self.compressor.as_mut() {
+            None => (Compression::None, plain),
+            Some(c) => {
+                self.buf.clear();
+                self.buf.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+                match c.compress_to_buffer(plain, &mut self.buf) {
+                    Ok(n) if n < plain.len() => (Compression::Zstd, &self.buf[..n]),
+                    _ => (Compression::None, plain),
+                }
+            }
+        };
+        match &self.keys {
+            None => (compression, payload),
+            Some(keys) => {
+                seal_payload(keys, id, compression, plain.len() as u32, payload, &mut self.sealed);
+                (compression, &self.sealed)
+            }
         }
     }
 }

@@ -199,12 +199,12 @@ impl Worker {
         if is_all_zero(bytes) {
             return Ok(Outcome::Zero(chunk));
         }
-        let id = ChunkId::of(bytes);
+        let id = store.crypt().chunk_id(bytes);
         if index.contains(&id) || !claims.claim(id) {
             return Ok(Outcome::Known(id, chunk));
         }
         let plain_len = bytes.len() as u32;
-        let (compression, stored) = self.packer.pack(bytes);
+        let (compression, stored) = self.packer.pack(id, bytes);
         let record_len = self.own.add(store, claims, id, compression, plain_len, stored)?;
         Ok(Outcome::Stored { id, plain: chunk, record_len })
     }

@@ -59,7 +59,7 @@ impl Store {
             if pending_packs.contains(&id) {
                 continue;
             }
-            match read_pack_index(backend, id) {
+            match read_pack_index(backend, id, self.crypt()) {
                 Ok(entries) => {
                     let live_bytes = entries
                         .iter()
@@ -169,7 +169,7 @@ impl Store {
                 }
                 record.resize(e.length as usize, 0);
                 let sound = backend.read_at(&key, &mut record, e.offset).is_ok()
-                    && decode_record(&record, e.id, &mut plain).is_ok();
+                    && decode_record(&record, e.id, &mut plain, self.crypt()).is_ok();
                 if !sound {
                     copied_all = false;
                     continue;
@@ -180,7 +180,7 @@ impl Store {
                     Some(w) => w,
                     empty => {
                         report.packs_written += 1;
-                        empty.insert(PackWriter::create(backend)?)
+                        empty.insert(PackWriter::create(backend, self.crypt())?)
                     }
                 };
                 let new = w

@@ -121,7 +121,7 @@ impl Store {
         }
         // A rescued pack keeps all its indexed live entries.
         for p in &rescued {
-            if let Ok(list) = read_pack_index(backend, *p) {
+            if let Ok(list) = read_pack_index(backend, *p, self.crypt()) {
                 for e in list.iter().filter(|e| marked.live.contains(&e.id)) {
                     let same = |l: &&super::super::index::Location| l.pack == *p && l.offset == e.offset;
                     if let Some(l) = doomed.locations(&e.id).chain(kept.locations(&e.id)).find(same) {

@@ -10,6 +10,12 @@
 //! is true only when everything was read and found sound. Damaged copies
 //! are recorded under `damaged/`, so later backups store those chunks again
 //! instead of deduplicating against them.
+//!
+//! In an encrypted store every record's and every sealed object's tag is
+//! checked too (reading them does); opened without the key, verify checks
+//! what it can without it (see [`keyless`]).
+
+mod keyless;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +28,7 @@ use super::catalog::{Catalog, Selection};
 use super::chain::{ChainCursor, Resolved};
 use super::chunk::{ChunkId, decode_record};
 use super::condemned::Condemned;
+use super::crypto::Crypt;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::index::{damaged_key, decode_index};
@@ -82,6 +89,9 @@ pub struct VerifyReport {
     /// Index entries naming a pack that no longer exists (vacuum removes
     /// them; not damage unless a backup needs the chunk, reported above).
     pub stale_index_entries: u64,
+    /// Checked without the key (an encrypted store opened keyless):
+    /// structure, sizes and CRCs only, no tags, no backup's map.
+    pub structure_only: bool,
     /// Wall-clock seconds.
     pub seconds: f64,
     /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
@@ -95,6 +105,12 @@ impl Store {
     /// Verifies the store, or what `options.only` needs; see the module
     /// documentation. Cost: reads every record checked once, on every core.
     pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
+        if matches!(self.crypt(), Crypt::Locked) {
+            if options.only.is_some() {
+                return Err(StoreError::KeyRequired { path: self.path() });
+            }
+            return self.verify_keyless(options);
+        }
         let started = Instant::now();
         let t0 = self.backend().traffic();
         let _lease = self.lease(LeaseMode::Read, "verify", false)?;
@@ -191,6 +207,19 @@ impl Store {
                         .map(|e| (e.id, e.location.pack, e.location.offset, e.location.length)),
                 ),
                 Err(e) => problems.push(format!("index file {}: {e}", backend.describe(&key).display())),
+            }
+        }
+
+        // An encrypted store's other sealed objects: each must open.
+        if options.only.is_none() && self.is_encrypted() {
+            for prefix in ["log", "condemned"] {
+                for key in list(prefix, &mut problems).into_iter().map(|o| o.key) {
+                    match backend.read_all(&key) {
+                        Err(e) if gone(&key, Some(e.kind())) || e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => problems.push(format!("{}: {e}", backend.describe(&key).display())),
+                        Ok(_) => {}
+                    }
+                }
             }
         }
 
@@ -324,6 +353,7 @@ impl Store {
             problems,
             unfinished_jobs: catalog.orphans.len() as u64,
             stale_index_entries: stale_entries,
+            structure_only: false,
             seconds: started.elapsed().as_secs_f64(),
             traffic: self.backend().traffic().since(t0),
         };
@@ -357,7 +387,7 @@ impl Store {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some((key, _)) = keys.get(i) else { break };
                             let Some(id) = PackId::from_key(key) else { continue };
-                            let entries = match read_pack_index(backend, id) {
+                            let entries = match read_pack_index(backend, id, self.crypt()) {
                                 Ok(e) => e,
                                 Err(e) if gone(key, e.io_error_kind()) => continue,
                                 Err(e) => {
@@ -377,7 +407,9 @@ impl Store {
                                 record.resize(e.length as usize, 0);
                                 let verdict = match backend.read_at(key, &mut record, e.offset) {
                                     Err(err) => Some(format!("unreadable: {err}")),
-                                    Ok(()) => decode_record(&record, e.id, &mut plain).err().map(|r| r.to_string()),
+                                    Ok(()) => decode_record(&record, e.id, &mut plain, self.crypt())
+                                        .err()
+                                        .map(|r| r.to_string()),
                                 };
                                 let d = done.fetch_add(u64::from(e.length), Ordering::Relaxed) + u64::from(e.length);
                                 if let Ok(mut p) = progress.try_lock() {

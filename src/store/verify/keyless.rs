@@ -1,0 +1,230 @@
+//! Verify without the key: what an operator who holds an encrypted
+//! store's storage, but not its passphrase, can check.
+//!
+//! Every key object must decode, with Kdf parameters in bounds. Every
+//! sealed object (index files, manifests, restore points, job-log
+//! entries, vacuum's records) must have an envelope's structure, a size
+//! its header allows and every segment's CRC. Every pack must have its
+//! header and a trailer whose sealed index passes its CRC and envelope
+//! checks, and its records must tile the space before the index, each
+//! with a sound header and CRC, as many as the trailer says. Tags are not
+//! checked (that needs the key), so a deliberate change that also fixes
+//! the CRCs goes unseen here; `verify` with the key finds it. A damaged
+//! manifest or restore point is named by its key.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::{DamagedChunk, VerifyOptions, VerifyReport};
+use crate::progress::Operation;
+use crate::store::Store;
+use crate::store::backend::{Backend, SEALED_FOLDERS, list_keys};
+use crate::store::chunk::{RECORD_HEADER, decode_header};
+use crate::store::crypto::envelope;
+use crate::store::crypto::keyobj::KeyObject;
+use crate::store::error::{Result, StoreError};
+use crate::store::id::{BackupId, PointId};
+use crate::store::lease::LeaseMode;
+use crate::store::pack::{ENTRY, PACK_HEADER, PackId, TRAILER, check_pack_header, decode_trailer};
+
+/// What one pack's walk found.
+#[derive(Default)]
+struct PackCheck {
+    records: u64,
+    damaged: Vec<DamagedChunk>,
+    problem: Option<String>,
+}
+
+impl Store {
+    /// [`Store::verify`] of an encrypted store opened without its key: see
+    /// the module documentation.
+    pub(super) fn verify_keyless(&self, options: &VerifyOptions) -> Result<VerifyReport> {
+        let started = Instant::now();
+        let t0 = self.stored_backend().traffic();
+        let _lease = self.lease(LeaseMode::Read, "verify", false)?;
+        let backend = self.stored_backend();
+        let mut problems = Vec::new();
+        let mut damaged_backups = BTreeSet::new();
+        let mut damaged_points = BTreeSet::new();
+        let list = |prefix: &str, problems: &mut Vec<String>| match list_keys(backend, prefix) {
+            Ok(keys) => keys,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
+                Vec::new()
+            }
+        };
+
+        for key in list("keys", &mut problems) {
+            let Some(id) = key.strip_prefix("keys/").and_then(|k| k.strip_suffix(".key")) else { continue };
+            match backend.read_all(&key) {
+                Ok(bytes) => {
+                    if let Err(e) = KeyObject::decode(&bytes, id) {
+                        problems.push(format!("{}: {e}", backend.describe(&key).display()));
+                    }
+                }
+                Err(e) => problems.push(format!("{}: unreadable: {e}", backend.describe(&key).display())),
+            }
+        }
+
+        for prefix in SEALED_FOLDERS {
+            for key in list(prefix, &mut problems) {
+                if options.cancel.is_cancelled() {
+                    return Err(StoreError::Cancelled);
+                }
+                let verdict = match backend.read_all(&key) {
+                    // Vacuum deletes what it condemned; a key gone since the
+                    // listing is not damage.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => Err(format!("unreadable: {e}")),
+                    Ok(bytes) => envelope::check(&bytes).map(|_| ()).map_err(|e| e.to_string()),
+                };
+                if let Err(reason) = verdict {
+                    problems.push(format!("{}: {reason}", backend.describe(&key).display()));
+                    if let Some((id, _)) = crate::store::manifest::id_from_key(&key) {
+                        damaged_backups.insert(id);
+                    }
+                    if let Some(id) = point_of(&key) {
+                        damaged_points.insert(id);
+                    }
+                }
+            }
+        }
+
+        let packs: Vec<String> = list("packs", &mut problems);
+        let total: u64 = packs.iter().filter_map(|k| backend.stat(k).ok()).map(|o| o.size).sum::<u64>().max(1);
+        let mut progress = options.progress.throttled(Operation::Verify, total);
+        let (mut records, mut damaged, mut done) = (0u64, BTreeSet::new(), 0u64);
+        for key in &packs {
+            let Some(id) = PackId::from_key(key) else { continue };
+            let check = check_pack(backend, id, &mut |n| {
+                done += n;
+                progress.tick(done);
+                !options.cancel.is_cancelled()
+            });
+            if options.cancel.is_cancelled() {
+                return Err(StoreError::Cancelled);
+            }
+            records += check.records;
+            damaged.extend(check.damaged);
+            if let Some(p) = check.problem {
+                problems.push(format!("pack {id}: {p}"));
+            }
+        }
+        progress.finish();
+        let damaged_chunks: Vec<DamagedChunk> = damaged.into_iter().collect();
+        let damaged_backups: Vec<BackupId> = damaged_backups.into_iter().collect();
+        let damaged_points: Vec<PointId> = damaged_points.into_iter().collect();
+        Ok(VerifyReport {
+            ok: problems.is_empty() && damaged_chunks.is_empty(),
+            packs_checked: packs.len() as u64,
+            chunks_checked: records,
+            backups_checked: 0,
+            damaged_chunks,
+            damaged_backups,
+            damaged_points,
+            problems,
+            unfinished_jobs: 0,
+            stale_index_entries: 0,
+            structure_only: true,
+            seconds: started.elapsed().as_secs_f64(),
+            traffic: self.stored_backend().traffic().since(t0),
+        })
+    }
+}
+
+/// The restore point whose object `key` is.
+fn point_of(key: &str) -> Option<PointId> {
+    key.strip_prefix("points/")?.strip_suffix(".point")?.parse().ok()
+}
+
+/// Walks pack `id` record by record; `tick` gets bytes checked and says
+/// whether to go on.
+fn check_pack(backend: &dyn Backend, id: PackId, tick: &mut dyn FnMut(u64) -> bool) -> PackCheck {
+    let mut out = PackCheck::default();
+    let key = id.key();
+    let fail = |mut out: PackCheck, why: String| {
+        out.problem = Some(why);
+        out
+    };
+    let len = match backend.stat(&key) {
+        Ok(o) => o.size,
+        Err(e) => return fail(out, format!("unreadable: {e}")),
+    };
+    if len < PACK_HEADER + TRAILER as u64 {
+        return fail(out, format!("{len} bytes is too short for a pack"));
+    }
+    let mut head = [0u8; PACK_HEADER as usize];
+    let mut trailer = [0u8; TRAILER];
+    if let Err(e) =
+        backend.read_at(&key, &mut head, 0).and_then(|()| backend.read_at(&key, &mut trailer, len - TRAILER as u64))
+    {
+        return fail(out, format!("unreadable: {e}"));
+    }
+    if let Err(r) = check_pack_header(&head, id) {
+        return fail(out, format!("header: {r}"));
+    }
+    let t = match decode_trailer(&trailer, len) {
+        Ok(t) if t.sealed => t,
+        Ok(_) => return fail(out, "a plain pack index in an encrypted store".into()),
+        Err(r) => return fail(out, format!("trailer: {r}")),
+    };
+    // The trailer bounds the index by the pack's size.
+    let mut index = vec![0u8; (len - TRAILER as u64 - t.index_offset) as usize];
+    if let Err(e) = backend.read_at(&key, &mut index, t.index_offset) {
+        return fail(out, format!("unreadable: {e}"));
+    }
+    if crc32c::crc32c(&index) != t.crc {
+        return fail(out, format!("pack index at byte {}: CRC mismatch", t.index_offset));
+    }
+    match envelope::check(&index) {
+        Ok(n) if n == u64::from(t.count) * ENTRY as u64 => {}
+        Ok(n) => return fail(out, format!("the sealed pack index holds {n} bytes for {} entries", t.count)),
+        Err(e) => return fail(out, format!("sealed pack index at byte {}: {e}", t.index_offset)),
+    }
+    // The records, one after another, up to the index.
+    let mut pos = PACK_HEADER;
+    let mut record = Vec::new();
+    while pos < t.index_offset {
+        let mut h = [0u8; RECORD_HEADER];
+        if pos + RECORD_HEADER as u64 > t.index_offset {
+            return fail(out, format!("a record header at byte {pos} runs into the index"));
+        }
+        if let Err(e) = backend.read_at(&key, &mut h, pos) {
+            return fail(out, format!("unreadable at byte {pos}: {e}"));
+        }
+        let header = match decode_header(&h) {
+            Ok(header) if header.sealed => header,
+            Ok(_) => return fail(out, format!("a plain record at byte {pos} in an encrypted store")),
+            // Records are found by their lengths: past a bad header the rest
+            // cannot be told apart.
+            Err(e) => return fail(out, format!("no record at byte {pos}: {e}")),
+        };
+        let end = pos + RECORD_HEADER as u64 + u64::from(header.stored_len);
+        if end > t.index_offset {
+            return fail(out, format!("the record at byte {pos} runs into the index"));
+        }
+        record.resize(header.stored_len as usize, 0);
+        if let Err(e) = backend.read_at(&key, &mut record, pos + RECORD_HEADER as u64) {
+            return fail(out, format!("unreadable at byte {pos}: {e}"));
+        }
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..48]), &record);
+        if crc != header.crc {
+            out.damaged.push(DamagedChunk {
+                chunk: header.id.to_hex(),
+                pack: id.to_hex(),
+                reason: format!("at byte {pos}: CRC mismatch (stored {:#010x}, computed {crc:#010x})", header.crc),
+            });
+        }
+        out.records += 1;
+        if !tick(end - pos) {
+            return out;
+        }
+        pos = end;
+    }
+    if out.records != u64::from(t.count) {
+        let why = format!("{} records, the trailer says {}", out.records, t.count);
+        return fail(out, why);
+    }
+    out
+}
