@@ -1,4 +1,5 @@
-//! Crash safety: a child process killed at random points of a backup.
+//! Crash safety: a child process killed at random points of a backup
+//! (on encrypted stores too, with `VHDKIT_STORE_ENCRYPT=1`).
 //!
 //! The child runs the operation through a backend that counts every storage
 //! operation (each write, commit, delete and log append) and aborts the
@@ -40,7 +41,7 @@ fn crash_child() {
         }
         Ok(())
     }));
-    let store = Store::open_backend(backend).unwrap();
+    let store = Store::open_backend_with(backend, &common::open_options()).unwrap();
     match std::env::var("VHDKIT_CRASH_OP").unwrap().as_str() {
         "backup" => {
             let disk = OpenOptions::new().open_raw(std::env::var("VHDKIT_CRASH_DISK").unwrap()).unwrap();
@@ -97,7 +98,7 @@ fn run_child(store: &Path, op: &str, abort_at: u64, env: &[(&str, String)]) -> O
 
 /// Every listed backup must be one we know, and restore exactly; verify clean.
 fn check_store(dir: &Path, store_dir: &Path, known: &[(BackupId, Vec<u8>)]) {
-    let store = Store::open(store_dir).unwrap();
+    let store = common::open_store(store_dir);
     let report = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
     assert!(report.ok, "verify after a crash: {report:?}");
     for b in store.list().unwrap() {
@@ -115,7 +116,7 @@ fn check_store(dir: &Path, store_dir: &Path, known: &[(BackupId, Vec<u8>)]) {
 fn backups_killed_at_random_points_lose_nothing_committed() {
     let dir = common::scratch("store-crash-backup");
     let store_dir = dir.join("store");
-    let store = Store::init(&store_dir, &common::init_options(64 * 1024, 256 * 1024)).unwrap();
+    let store = Store::init(&store_dir, &common::suite_options(common::init_options(64 * 1024, 256 * 1024))).unwrap();
     let base = common::sparse_noise(1, 3 << 20);
     let base_disk = OpenOptions::new().open_raw_reader(Box::new(base.clone()), "b");
     let first = store.backup(&base_disk, &BackupOptions::new("b")).unwrap();
@@ -143,15 +144,14 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
         common::run(Command::new("cp").arg("-r").arg(&store_dir).arg(&probe));
         let total = run_child(&probe, "backup", u64::MAX, &env).unwrap();
         let abort_at = 1 + rng.next() % total;
-        let before: Vec<BackupId> =
-            Store::open(&store_dir).unwrap().list().unwrap().into_iter().map(|b| b.id).collect();
+        let before: Vec<BackupId> = common::open_store(&store_dir).list().unwrap().into_iter().map(|b| b.id).collect();
         // Workers split chunks between their own packs differently from run
         // to run, so a run may need fewer operations than the probe counted
         // and finish before its abort point: then its backup is committed.
         let was_killed = run_child(&store_dir, "backup", abort_at, &env).is_none();
         killed += u64::from(was_killed);
         // A backup that committed (before dying, or by finishing) is listed.
-        for b in Store::open(&store_dir).unwrap().list().unwrap() {
+        for b in common::open_store(&store_dir).list().unwrap() {
             if !before.contains(&b.id) {
                 known.push((b.id, bytes.clone()));
                 committed_then_killed += u64::from(was_killed);
@@ -170,7 +170,7 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
 fn chain_store(dir: &Path) -> (PathBuf, Vec<(BackupId, Vec<u8>)>) {
     let store_dir = dir.join("pristine");
     let _ = std::fs::remove_dir_all(&store_dir);
-    let store = Store::init(&store_dir, &common::init_options(64 * 1024, 256 * 1024)).unwrap();
+    let store = Store::init(&store_dir, &common::suite_options(common::init_options(64 * 1024, 256 * 1024))).unwrap();
     let mut known = Vec::new();
     let mut bytes = common::sparse_noise(3, 2 << 20);
     for i in 0..8u64 {
@@ -236,7 +236,7 @@ fn vacuums_killed_at_random_points_lose_nothing() {
     let dir = common::scratch("store-crash-vacuum");
     let (pristine, known) = chain_store(&dir);
     // Give vacuum work: drop most of the chain first (merging the kept).
-    let store = Store::open(&pristine).unwrap();
+    let store = common::open_store(&pristine);
     store.prune("b", &vhdkit::store::PruneOptions::new(vhdkit::store::Retention::keep_last(2))).unwrap();
     let kept: Vec<(BackupId, Vec<u8>)> = {
         let listed: Vec<BackupId> = store.list().unwrap().into_iter().map(|b| b.id).collect();

@@ -87,10 +87,10 @@ impl BlockCache {
         if self.budget < self.block as usize {
             return;
         }
-        if self.blocks.insert(index, bytes).is_some() {
-            if let Some(i) = self.order.iter().position(|x| *x == index) {
-                self.order.remove(i);
-            }
+        if self.blocks.insert(index, bytes).is_some()
+            && let Some(i) = self.order.iter().position(|x| *x == index)
+        {
+            self.order.remove(i);
         }
         self.order.push_back(index);
         while self.order.len() * self.block as usize > self.budget {

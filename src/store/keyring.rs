@@ -113,6 +113,11 @@ pub(crate) fn unlock(backend: &dyn Backend, config: &StoreConfig, key: &StoreKey
         }
         return Ok((Arc::new(keys), k.id.clone()));
     }
+    if !problems.is_empty() {
+        // The key may be one of the damaged objects: say which they are.
+        let reason = format!("no sound key object opens with the key given; damaged: {}", problems.join("; "));
+        return Err(StoreError::corrupt(backend.describe(KEYS), "key objects", 0, reason));
+    }
     Err(StoreError::WrongKey { path, kind: key.kind(), tried })
 }
 

@@ -346,9 +346,12 @@ pub fn cli() -> PathBuf {
 
 /// Where the store suite keeps its stores: a folder (the default), or, with
 /// `VHDKIT_STORE_BACKEND=s3`, a fresh prefix on the test S3 server read
-/// through a local cache (as `Store::open` of a URL does).
+/// through a local cache (as `Store::open` of a URL does). With
+/// `VHDKIT_STORE_ENCRYPT=1` every such store is encrypted (under
+/// [`test_key`]).
 pub fn init_store(dir: &Path, options: &vhdkit::store::InitOptions) -> vhdkit::store::Store {
     use vhdkit::store::{CachedBackend, Store};
+    let options = &suite_options(options.clone());
     if std::env::var("VHDKIT_STORE_BACKEND").as_deref() != Ok("s3") {
         return Store::init(dir, options).unwrap();
     }
@@ -357,7 +360,43 @@ pub fn init_store(dir: &Path, options: &vhdkit::store::InitOptions) -> vhdkit::s
     let url = s3.url(&name);
     let store = Store::init_backend(s3.backend(&url), options).unwrap();
     let cache = CachedBackend::new(s3.backend(&url), dir.join("cache").join(&store.config().store_id)).unwrap();
-    Store::open_backend(std::sync::Arc::new(cache)).unwrap()
+    Store::open_backend_with(std::sync::Arc::new(cache), &open_options()).unwrap()
+}
+
+/// Whether the store suite runs on encrypted stores (`VHDKIT_STORE_ENCRYPT=1`).
+pub fn suite_encrypted() -> bool {
+    std::env::var("VHDKIT_STORE_ENCRYPT").as_deref() == Ok("1")
+}
+
+/// The key of the tests' encrypted stores: a key file's 32 bytes (so no
+/// Argon2id run per open).
+pub fn test_key() -> vhdkit::store::StoreKey {
+    vhdkit::store::StoreKey::key_file_bytes(vec![0x5e; 32]).unwrap()
+}
+
+/// `options` encrypted under [`test_key`].
+pub fn encrypted(options: vhdkit::store::InitOptions) -> vhdkit::store::InitOptions {
+    tweak(options, |o| o.encryption = Some(vhdkit::store::Encryption::new(test_key())))
+}
+
+/// `options` as the suite runs: encrypted with `VHDKIT_STORE_ENCRYPT=1`.
+pub fn suite_options(options: vhdkit::store::InitOptions) -> vhdkit::store::InitOptions {
+    if suite_encrypted() { encrypted(options) } else { options }
+}
+
+/// How the suite opens its stores: with [`test_key`] when encrypted.
+pub fn open_options() -> vhdkit::store::OpenOptions {
+    tweak(vhdkit::store::OpenOptions::default(), |o| o.key = suite_encrypted().then(test_key))
+}
+
+/// Open options with [`test_key`], whatever the suite's mode.
+pub fn key_options() -> vhdkit::store::OpenOptions {
+    tweak(vhdkit::store::OpenOptions::default(), |o| o.key = Some(test_key()))
+}
+
+/// Opens a suite store in a folder.
+pub fn open_store(dir: &Path) -> vhdkit::store::Store {
+    vhdkit::store::Store::open_with(dir, &open_options()).unwrap()
 }
 
 /// A small xorshift generator for test choices (seeded, repeatable).

@@ -4,7 +4,7 @@
 //! (`backend::sealing`) puts it under every such key.
 //!
 //! ```text
-//! header (32):  "VKSEAL01" | segment size u32 | reserved u32 (0) | salt (16)
+//! header (32):  "VKSEAL01" | segment size u32 | header CRC u32 | salt (16)
 //! segments:     ciphertext (segment size; the last 0..=segment size) | tag (16) | CRC-32C u32
 //! ```
 //!
@@ -16,8 +16,9 @@
 //! or extended at a segment boundary, a header altered, or an object copied
 //! under another key all fail to open. An object of `n` plaintext bytes has
 //! `max(1, ceil(n / segment))` segments (an empty one has one empty
-//! segment). The CRC-32C of each segment's ciphertext and tag lets
-//! `verify --no-key` find damage without the key.
+//! segment). The CRC-32C of each segment's ciphertext and tag, and that
+//! of the header (its other 28 bytes), let `verify --no-key` find damage
+//! without the key.
 
 use super::super::chunk::{RecordError as Error, bad};
 use super::Keys;
@@ -71,6 +72,8 @@ impl Header {
         bytes[..8].copy_from_slice(MAGIC);
         bytes[8..12].copy_from_slice(&segment.to_le_bytes());
         bytes[16..].copy_from_slice(&salt);
+        let crc = header_crc(&bytes);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
         Header { segment, salt, bytes }
     }
 
@@ -90,12 +93,18 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Error> {
     if !SEGMENTS.contains(&segment) {
         return Err(bad(8, format!("segment size {segment}")));
     }
-    if h[12..16] != [0; 4] {
-        return Err(bad(12, "reserved bytes are not zero"));
+    let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    if crc != header_crc(&h) {
+        return Err(bad(12, format!("header CRC mismatch (stored {crc:#010x}, computed {:#010x})", header_crc(&h))));
     }
     let mut salt = [0u8; SALT];
     salt.copy_from_slice(&h[16..]);
     Ok(Header { segment, salt, bytes: h })
+}
+
+/// The CRC-32C of a header's bytes but its CRC field.
+fn header_crc(h: &[u8; HEADER]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&h[..12]), &h[16..])
 }
 
 /// Where segment `index` of an object lies: offset, and bytes (with tag
@@ -423,10 +432,12 @@ mod tests {
         swapped[b..b + s].copy_from_slice(&first);
         assert!(check(&swapped).is_ok());
         assert!(open(&keys(), "points/p.point", &swapped).is_err(), "segments swapped");
-        // Without the key, a flipped byte is found by the CRC.
-        let mut flipped = sealed.clone();
-        flipped[HEADER + 5] ^= 1;
-        assert!(check(&flipped).is_err());
+        // Without the key, a flipped byte is found by a CRC, wherever it is.
+        for i in (0..sealed.len()).step_by(997).chain([0, 9, 13, 20, 31]) {
+            let mut flipped = sealed.clone();
+            flipped[i] ^= 1;
+            assert!(check(&flipped).is_err(), "flip at {i}");
+        }
     }
 
     #[test]
