@@ -287,3 +287,86 @@ fn trackers_change_lists_drive_incrementals() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("another disk"));
     assert_eq!(json(&[&"list", &store, &"--json"]).as_array().unwrap().len(), before);
 }
+
+/// Runs vhdkit with `env` added and no terminal on standard input.
+fn vhdkit_env(args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(common::cli());
+    cmd.env_remove("VHDKIT_PASSWORD").env_remove("VHDKIT_NEW_PASSWORD").stdin(Stdio::null());
+    for a in args {
+        cmd.arg(a);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run vhdkit")
+}
+
+fn ok_env(args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> String {
+    let out = vhdkit_env(args, env);
+    assert!(out.status.success(), "vhdkit failed ({:?}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_encrypted_store_from_the_command_line() {
+    if !common::have_qemu() {
+        eprintln!("SKIPPED: qemu-img is not installed");
+        return;
+    }
+    let dir = common::scratch("cli-encrypted");
+    let (image, store) = (dir.join("d.vhdx"), dir.join("store"));
+    qemu_image(&image, "48M", &[(0x61, "0", "5M"), (0x7a, "30M", "1M")]);
+    let pass = [("VHDKIT_PASSWORD", "a passphrase for the test")];
+    let cheap: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--argon2-memory", &"64K", &"--argon2-iterations", &"1"];
+    let init = ok_env(&[&"store", &"init", &store, &"--encrypt", cheap[0], cheap[1], cheap[2], cheap[3]], &pass);
+    assert!(init.contains("encrypted"), "{init}");
+    let id = ok_env(&[&"backup", &store, &image, &"--name", &"d"], &pass).trim().to_string();
+    let out = dir.join("back.raw");
+    ok_env(&[&"restore", &store, &id, &out, &"--to", &"raw"], &pass);
+    assert!(std::fs::read(&out).unwrap() == qemu_raw(&image, &dir), "the restore differs from qemu's view");
+
+    // A wrong passphrase, or none: exit 1 naming the store, nothing written.
+    let before = walk(&store);
+    let wrong = vhdkit_env(&[&"list", &store], &[("VHDKIT_PASSWORD", "not it")]);
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{said}");
+    assert!(said.contains("no key of this store opens") && said.contains(&store.display().to_string()), "{said}");
+    let none = vhdkit_env(&[&"list", &store], &[]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("is encrypted"));
+    assert_eq!(walk(&store), before, "a refused command wrote to the store");
+
+    // Verify without the key checks structure; with it, everything.
+    let keyless: Value = serde_json::from_str(&ok_env(&[&"verify", &store, &"--no-key", &"--json"], &[])).unwrap();
+    assert_eq!((keyless["ok"].as_bool(), keyless["structure_only"].as_bool()), (Some(true), Some(true)));
+    let full: Value = serde_json::from_str(&ok_env(&[&"verify", &store, &"--json"], &pass)).unwrap();
+    assert_eq!((full["ok"].as_bool(), full["backups_checked"].as_u64()), (Some(true), Some(1)));
+
+    // A second passphrase from a file; the first removed.
+    let file = dir.join("new-pass");
+    std::fs::write(&file, "the second passphrase\n").unwrap();
+    let listed = |env: &[(&str, &str)]| -> Vec<Value> {
+        serde_json::from_str::<Value>(&ok_env(&[&"key", &"list", &store, &"--json"], env))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let first = listed(&[])[0]["id"].as_str().unwrap().to_string();
+    let add = [&"key" as &dyn AsRef<std::ffi::OsStr>, &"add", &store, &"--new-password-file", &file];
+    let added = ok_env(&[add[0], add[1], add[2], add[3], add[4], cheap[0], cheap[1], cheap[2], cheap[3]], &pass);
+    assert_eq!(listed(&[]).len(), 2);
+    let prefix = &first[..6];
+    ok_env(&[&"key", &"remove", &store, &prefix, &"--password-file", &file], &[]);
+    assert_eq!(listed(&[]).len(), 1);
+    assert_eq!(listed(&[])[0]["id"].as_str(), Some(added.trim()));
+    assert_eq!(vhdkit_env(&[&"list", &store], &pass).status.code(), Some(1), "the removed passphrase still opens");
+    let last = vhdkit_env(&[&"key", &"remove", &store, &added.trim(), &"--password-file", &file], &[]);
+    assert_eq!(last.status.code(), Some(1), "the last key went");
+    ok_env(&[&"restore", &store, &id, &dir.join("again.raw"), &"--to", &"raw", &"--password-file", &file], &[]);
+
+    // A key given for a plain store is refused.
+    let plain = dir.join("plain");
+    ok_env(&[&"store", &"init", &plain], &[]);
+    assert_eq!(vhdkit_env(&[&"list", &plain], &pass).status.code(), Some(1));
+}

@@ -110,9 +110,11 @@ fn read_password_file(path: &Path) -> Result<String, Failure> {
     Ok(line)
 }
 
-/// A passphrase typed on the terminal (not echoed); `None` without one.
+/// A passphrase typed on the terminal (not echoed); `None` when standard
+/// input is not a terminal (a script, a pipe: no one to ask).
 fn prompt(question: &str) -> Result<Option<StoreKey>, Failure> {
-    if std::fs::File::open("/dev/tty").is_err() {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
         return Ok(None);
     }
     match rpassword::prompt_password(question) {
