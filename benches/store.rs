@@ -6,7 +6,9 @@
 //! - backup into a zstd store against zstd level 1 alone on every core;
 //! - an incremental of 1 % scattered changes (range list) against a full backup;
 //! - restore to raw against copying the raw bytes with plain reads and writes;
-//! - vacuum at several chunk counts.
+//! - vacuum at several chunk counts;
+//! - encryption: sealing and opening a chunk against BLAKE3 of it on one
+//!   core, and a full backup into an encrypted store against a plain one.
 //!
 //! `scripts/bench-ratios.py` prints the ratios from criterion's output.
 
@@ -249,5 +251,66 @@ fn vacuum(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-criterion_group!(benches, backup, incremental, restore, vacuum);
+/// Encryption: the AEAD's own speed per chunk beside BLAKE3's (the step it
+/// joins), and what it costs a whole backup.
+fn crypt(c: &mut Criterion) {
+    use std::sync::Arc;
+    use vhdkit::store::chunk::{ChunkId, decode_record, encode_record, seal_payload};
+    use vhdkit::store::crypto::{Crypt, Keys};
+    let chunk = common::noise(4, CHUNK);
+    let keys = Arc::new(Keys::for_tests(1));
+    let crypt = Crypt::Sealed(keys.clone());
+    let id = crypt.chunk_id(&chunk);
+    let mut g = c.benchmark_group("crypt");
+    g.throughput(Throughput::Bytes(CHUNK as u64));
+    g.bench_function("baseline_blake3_one_core", |b| b.iter(|| black_box(ChunkId::of(black_box(&chunk)))));
+    let mut sealed = Vec::new();
+    g.bench_function("seal_chunk_one_core", |b| {
+        b.iter(|| {
+            seal_payload(&keys, id, Compression::None, CHUNK as u32, black_box(&chunk), &mut sealed);
+            black_box(sealed.len())
+        })
+    });
+    let mut record = Vec::new();
+    seal_payload(&keys, id, Compression::None, CHUNK as u32, &chunk, &mut sealed);
+    encode_record(id, Compression::None, CHUNK as u32, &sealed, true, &mut record);
+    let mut plain = Vec::new();
+    g.bench_function("open_chunk_one_core", |b| {
+        b.iter(|| {
+            decode_record(black_box(&record), id, &mut plain, &crypt).unwrap();
+            black_box(plain.len())
+        })
+    });
+    g.finish();
+
+    let dir = common::scratch("crypt");
+    let bytes = common::noise(5, common::dense());
+    let (vhdx, _) = common::dense_images(&dir, &bytes);
+    let disk = vhdkit::open(&vhdx).unwrap();
+    let mut g = c.benchmark_group("backup_encrypted");
+    g.throughput(Throughput::Bytes(common::dense() as u64));
+    g.sample_size(10);
+    for (name, encrypt) in [("full_into_fresh_plain_store", false), ("full_into_fresh_encrypted_store", true)] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let path = dir.join(name);
+                    let _ = std::fs::remove_dir_all(&path);
+                    let mut o = InitOptions::default();
+                    if encrypt {
+                        let key = vhdkit::store::StoreKey::key_file_bytes(vec![9; 32]).unwrap();
+                        o.encryption = Some(vhdkit::store::Encryption::new(key));
+                    }
+                    Store::init(&path, &o).unwrap()
+                },
+                |store| black_box(store.backup(&disk, &BackupOptions::new("d")).unwrap().new_chunks),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+criterion_group!(benches, backup, incremental, restore, vacuum, crypt);
 criterion_main!(benches);

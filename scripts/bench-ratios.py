@@ -21,6 +21,10 @@ PAIRS = [
     ("backup_zstd", "baseline_zstd1_all_cores", "full_into_fresh_zstd1_store", "zstd-1 backup throughput / zstd-1 alone"),
     ("incremental", "ranges_1pct", "full_backup", "1 % incremental time / full backup time"),
     ("restore", "baseline_copy_raw", "restore_to_raw", "restore throughput / plain raw copy throughput"),
+    ("crypt", "baseline_blake3_one_core", "seal_chunk_one_core", "AES-256-GCM seal throughput / BLAKE3, one core"),
+    ("crypt", "baseline_blake3_one_core", "open_chunk_one_core", "open (tag, keyed BLAKE3) throughput / BLAKE3, one core"),
+    ("backup_encrypted", "full_into_fresh_plain_store", "full_into_fresh_encrypted_store",
+     "encrypted backup throughput / plain backup throughput"),
 ]
 
 

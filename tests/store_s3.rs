@@ -311,7 +311,9 @@ fn object_lock_keeps_every_backup_through_an_attack() {
     let bucket = format!("{}-locked", s3.bucket);
     common::s3::create_bucket(&s3.endpoint, &bucket, true).unwrap();
     let url = s3.url_in(&bucket, "locked");
-    let store = Store::init_backend(s3.backend(&url), &locked(LockMode::Compliance)).unwrap();
+    // Encrypted: its key objects must survive the attack too, or nothing
+    // could be opened.
+    let store = Store::init_backend(s3.backend(&url), &common::encrypted(locked(LockMode::Compliance))).unwrap();
     let raw_backend = s3.backend(&url);
     let mut versions = Vec::new();
     let mut bytes = common::sparse_noise(11, 12 * MIB);
@@ -321,7 +323,10 @@ fn object_lock_keeps_every_backup_through_an_attack() {
         versions.push((r.id, bytes.clone()));
     }
     let keys: Vec<String> = raw_backend.list("").unwrap().into_iter().map(|o| o.key).collect();
-    for k in keys.iter().filter(|k| k.starts_with("packs/") || k.starts_with("manifests/") || k.as_str() == "config") {
+    assert!(keys.iter().any(|k| k.starts_with("keys/")));
+    for k in keys.iter().filter(|k| {
+        k.starts_with("packs/") || k.starts_with("manifests/") || k.starts_with("keys/") || k.as_str() == "config"
+    }) {
         let until = raw_backend.retained_until(k).unwrap();
         assert!(
             until.is_some_and(|u| u > std::time::SystemTime::now() + Duration::from_secs(23 * 3600)),
@@ -350,10 +355,12 @@ fn object_lock_keeps_every_backup_through_an_attack() {
             assert!(status == 204 || status == 200, "delete {key} {version}: HTTP {status}");
         }
     }
-    for k in keys.iter().filter(|k| k.starts_with("packs/") || k.starts_with("index/") || k.as_str() == "config") {
+    for k in keys.iter().filter(|k| {
+        k.starts_with("packs/") || k.starts_with("index/") || k.starts_with("keys/") || k.as_str() == "config"
+    }) {
         assert!(refused.iter().any(|r| r.ends_with(k.as_str())), "the server let {k} be deleted");
     }
-    let after = Store::open_backend(s3.backend(&url)).unwrap();
+    let after = Store::open_backend_with(s3.backend(&url), &common::key_options()).unwrap();
     let v = after.verify(&VerifyOptions::default()).unwrap();
     assert!(v.ok, "{v:?}");
     assert!(read_back(&after, kept.as_ref(), kept_bytes.len()) == kept_bytes, "the kept backup differs");

@@ -55,7 +55,7 @@ impl Store {
         let now = lease.server_now();
         let half = Duration::from_secs(u64::from(lock.days) * 86_400 / 2);
         let mut objects = vec!["config".to_string()];
-        for prefix in ["packs", "index", "manifests", "points"] {
+        for prefix in ["packs", "index", "manifests", "points", "keys"] {
             objects.extend(list_keys(backend, prefix).map_err(StoreError::io(backend.describe(prefix), "list"))?);
         }
         for key in objects {
