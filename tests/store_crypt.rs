@@ -221,7 +221,9 @@ fn a_flipped_byte_anywhere_is_named_by_verify_with_and_without_the_key_and_never
     let mut restores_failed = 0;
     for rel in &objects {
         let len = std::fs::metadata(pristine.join(rel)).unwrap().len() as usize;
-        for at in [0, 13, 30, 60, len / 2, len - 20, len - 1] {
+        // In a pack, 72 is the first record's CRC field: a restore relies on
+        // the tag there, verify checks both.
+        for at in [0, 13, 30, 60, 72, len / 2, len - 20, len - 1].into_iter().filter(|&at| at < len) {
             let w = work(&dir, &pristine);
             let mut bytes = std::fs::read(w.join(rel)).unwrap();
             bytes[at] ^= 0x20;

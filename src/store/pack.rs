@@ -119,20 +119,24 @@ impl PackWriter {
         self.writer.position()
     }
 
-    /// Appends a record whose stored bytes are `stored` (for an encrypted
-    /// store, made by `chunk::seal_payload`); returns where it went.
+    /// Appends a record whose stored bytes are the pieces `stored` (for an
+    /// encrypted store: salt, sealed body and tag, as `chunk::seal_in_place`
+    /// makes them); returns where it went.
     pub fn add(
         &mut self,
         id: ChunkId,
         compression: Compression,
         plain_len: u32,
-        stored: &[u8],
+        stored: &[&[u8]],
     ) -> std::io::Result<PackEntry> {
         let header = record_header(id, compression, plain_len, stored, self.keys.is_some());
-        let length = u32::try_from(header.len() + stored.len()).map_err(std::io::Error::other)?;
+        let len: usize = stored.iter().map(|p| p.len()).sum();
+        let length = u32::try_from(header.len() + len).map_err(std::io::Error::other)?;
         let entry = PackEntry { id, offset: self.writer.position(), length };
         self.writer.write(&header)?;
-        self.writer.write(stored)?;
+        for piece in stored.iter().filter(|p| !p.is_empty()) {
+            self.writer.write(piece)?;
+        }
         self.entries.push(entry);
         Ok(entry)
     }

@@ -8,6 +8,7 @@ use super::super::Store;
 use super::super::error::{Result, StoreError};
 use super::super::index::Index;
 use super::super::point::{AttachmentRecord, plain_file_name};
+use super::packer::ChunkBytes;
 use super::packer::{Claims, Packer, WorkerPack};
 use crate::cancel::CancelToken;
 use crate::zero::is_all_zero;
@@ -86,8 +87,8 @@ pub(super) fn store_attachments(
             }
             let id = store.crypt().chunk_id(piece);
             if !index.contains(&id) && claims.claim(id) {
-                let (compression, bytes) = packer.pack(id, piece);
-                stored += u64::from(pack.add(store, claims, id, compression, piece.len() as u32, bytes)?);
+                let (compression, bytes) = packer.pack(id, ChunkBytes::Borrowed(piece));
+                stored += u64::from(pack.add(store, claims, id, compression, piece.len() as u32, &bytes)?);
             }
             chunks.push(Some(id));
         }

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::super::Store;
-use super::super::chunk::{ChunkId, Compression, seal_payload};
+use super::super::chunk::{ChunkId, Compression, seal_in_place};
+use super::super::crypto::aead::{SALT, TAG};
 use super::super::crypto::{Crypt, Keys};
 use super::super::error::{Result, StoreError};
 use super::super::index::{IndexEntry, Location};
@@ -84,7 +85,7 @@ impl WorkerPack {
         id: ChunkId,
         compression: Compression,
         plain_len: u32,
-        bytes: &[u8],
+        bytes: &[&[u8]],
     ) -> Result<u32> {
         let backend = store.backend();
         let pack = match &mut self.pack {
@@ -117,15 +118,33 @@ impl WorkerPack {
 }
 
 /// Compresses and (in an encrypted store) seals chunks for one worker,
-/// into reused buffers.
+/// into reused buffers: a compressed chunk is sealed where zstd wrote it,
+/// an uncompressed one in the worker's own buffer when it has one, so
+/// sealing copies nothing.
 pub(super) struct Packer {
     compressor: Option<zstd::bulk::Compressor<'static>>,
     /// zstd at level 1, for the samples that tell an incompressible chunk.
     probe: Option<zstd::bulk::Compressor<'static>>,
     keys: Option<Arc<Keys>>,
     buf: Vec<u8>,
-    sealed: Vec<u8>,
+    /// A borrowed chunk (a memory-mapped image) is copied here to be sealed.
+    copy: Vec<u8>,
+    salt: [u8; SALT],
+    tag: [u8; TAG],
 }
+
+/// A chunk's bytes as a worker holds them: its own buffer (which sealing
+/// may overwrite), or a view it must not change.
+pub(super) enum ChunkBytes<'b> {
+    /// The worker's buffer.
+    Owned(&'b mut [u8]),
+    /// Someone else's bytes.
+    Borrowed(&'b [u8]),
+}
+
+/// A record's stored bytes, in pieces: salt, body and tag when sealed;
+/// the body alone (the other two empty) when not.
+pub(super) type Pieces<'b> = [&'b [u8]; 3];
 
 /// Bytes of each sample taken to tell whether a chunk compresses.
 const SAMPLE: usize = 4096;
@@ -169,34 +188,50 @@ impl Packer {
             _ => None,
         };
         let probe = compressor.as_ref().and_then(|_| zstd::bulk::Compressor::new(1).ok());
-        Packer { compressor, probe, keys, buf: Vec::new(), sealed: Vec::new() }
+        Packer { compressor, probe, keys, buf: Vec::new(), copy: Vec::new(), salt: [0; SALT], tag: [0; TAG] }
     }
 
-    /// The stored bytes of chunk `id` (of bytes `plain`) and how they are
-    /// compressed: zstd output only when it is smaller (and not tried when
-    /// samples say it will not be), then sealed in an encrypted store.
-    pub(super) fn pack<'b>(&'b mut self, id: ChunkId, plain: &'b [u8]) -> (Compression, &'b [u8]) {
-        let (compression, payload) = match self.compressor.as_mut() {
-            None => (Compression::None, plain),
-            Some(_) if self.probe.as_mut().is_some_and(|p| incompressible(p, plain, &mut self.buf)) => {
-                (Compression::None, plain)
-            }
-            Some(c) => {
+    /// The stored bytes of chunk `id` and how they are compressed: zstd
+    /// output only when it is smaller (and not tried when samples say it
+    /// will not be), then sealed in an encrypted store.
+    pub(super) fn pack<'b>(&'b mut self, id: ChunkId, chunk: ChunkBytes<'b>) -> (Compression, Pieces<'b>) {
+        let mut compressed = None;
+        let plain_len = {
+            let plain: &[u8] = match &chunk {
+                ChunkBytes::Owned(b) => b,
+                ChunkBytes::Borrowed(b) => b,
+            };
+            if let Some(c) = self.compressor.as_mut()
+                && !self.probe.as_mut().is_some_and(|p| incompressible(p, plain, &mut self.buf))
+            {
                 self.buf.clear();
                 self.buf.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-                match c.compress_to_buffer(plain, &mut self.buf) {
-                    Ok(n) if n < plain.len() => (Compression::Zstd, &self.buf[..n]),
-                    _ => (Compression::None, plain),
+                if let Ok(n) = c.compress_to_buffer(plain, &mut self.buf)
+                    && n < plain.len()
+                {
+                    compressed = Some(n);
                 }
             }
+            plain.len() as u32
         };
-        match &self.keys {
-            None => (compression, payload),
-            Some(keys) => {
-                seal_payload(keys, id, compression, plain.len() as u32, payload, &mut self.sealed);
-                (compression, &self.sealed)
+        let Some(keys) = &self.keys else {
+            return match (compressed, chunk) {
+                (Some(n), _) => (Compression::Zstd, [&self.buf[..n], &[], &[]]),
+                (None, ChunkBytes::Owned(b)) => (Compression::None, [b, &[], &[]]),
+                (None, ChunkBytes::Borrowed(b)) => (Compression::None, [b, &[], &[]]),
+            };
+        };
+        let (compression, body): (Compression, &mut [u8]) = match (compressed, chunk) {
+            (Some(n), _) => (Compression::Zstd, &mut self.buf[..n]),
+            (None, ChunkBytes::Owned(b)) => (Compression::None, b),
+            (None, ChunkBytes::Borrowed(b)) => {
+                self.copy.clear();
+                self.copy.extend_from_slice(b);
+                (Compression::None, &mut self.copy[..])
             }
-        }
+        };
+        (self.salt, self.tag) = seal_in_place(keys, id, compression, plain_len, body);
+        (compression, [&self.salt, body, &self.tag])
     }
 }
 

@@ -26,7 +26,7 @@ use super::super::lease::Lease;
 use super::super::manifest::{ManifestWriter, Slot};
 use super::BackupReport;
 use super::baseline::{Compare, PrevChunks, read_partial};
-use super::packer::{Claims, Packer, WorkerPack};
+use super::packer::{ChunkBytes, Claims, Packer, WorkerPack};
 use super::plan::{ChangeSet, Plan, plan_window};
 use crate::cancel::CancelToken;
 use crate::disk::VirtualDisk;
@@ -63,10 +63,12 @@ enum Outcome<'d> {
     Zero(Chunk<'d>),
     /// Already stored (before this job, or by another worker in it).
     Known(ChunkId, Chunk<'d>),
-    /// Stored by this job: the record's length in its pack.
+    /// Stored by this job: the record's length in its pack. The chunk's
+    /// buffer may hold the sealed bytes by now.
     Stored {
         id: ChunkId,
-        plain: Chunk<'d>,
+        plain_len: u32,
+        chunk: Chunk<'d>,
         record_len: u32,
     },
 }
@@ -194,7 +196,13 @@ impl Worker {
 
     /// Zero test, hash, index lookup, and for a chunk new to the store:
     /// claim, compress and append to this worker's own pack.
-    fn process<'d>(&mut self, store: &Store, index: &Index, claims: &Claims, chunk: Chunk<'d>) -> Result<Outcome<'d>> {
+    fn process<'d>(
+        &mut self,
+        store: &Store,
+        index: &Index,
+        claims: &Claims,
+        mut chunk: Chunk<'d>,
+    ) -> Result<Outcome<'d>> {
         let bytes = chunk.bytes();
         if is_all_zero(bytes) {
             return Ok(Outcome::Zero(chunk));
@@ -204,9 +212,15 @@ impl Worker {
             return Ok(Outcome::Known(id, chunk));
         }
         let plain_len = bytes.len() as u32;
+        // From here the plain bytes are needed no more (only their length):
+        // an encrypted store seals them in the worker's own buffer.
+        let bytes = match chunk.view {
+            Some(view) => ChunkBytes::Borrowed(view),
+            None => ChunkBytes::Owned(&mut chunk.buf),
+        };
         let (compression, stored) = self.packer.pack(id, bytes);
-        let record_len = self.own.add(store, claims, id, compression, plain_len, stored)?;
-        Ok(Outcome::Stored { id, plain: chunk, record_len })
+        let record_len = self.own.add(store, claims, id, compression, plain_len, &stored)?;
+        Ok(Outcome::Stored { id, plain_len, chunk, record_len })
     }
 }
 
@@ -412,11 +426,11 @@ impl DiskRun<'_> {
                         report.dedup_chunks += 1;
                         (Slot::Data(id), c)
                     }
-                    Outcome::Stored { id, plain, record_len } => {
+                    Outcome::Stored { id, plain_len, chunk, record_len } => {
                         report.new_chunks += 1;
-                        report.new_bytes += plain.bytes().len() as u64;
+                        report.new_bytes += u64::from(plain_len);
                         report.stored_bytes += u64::from(record_len);
-                        (Slot::Data(id), plain)
+                        (Slot::Data(id), chunk)
                     }
                 };
                 report.bytes_read += chunk_bytes.bytes().len() as u64;

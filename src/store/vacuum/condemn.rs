@@ -184,7 +184,7 @@ impl Store {
                     }
                 };
                 let new = w
-                    .add(e.id, h.compression, h.plain_len, &record[RECORD_HEADER..])
+                    .add(e.id, h.compression, h.plain_len, &[&record[RECORD_HEADER..]])
                     .map_err(StoreError::io(backend.describe(&w.id().key()), "write pack"))?;
                 moved.push((e.id, new));
                 if w.bytes_written() >= self.config.pack_size {
