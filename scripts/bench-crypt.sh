@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # bench-crypt.sh PERF_DIR [ROUNDS] [PARTS]
 #
+# ROUNDS (even, default 6): each pair runs once per round, and which side
+# goes first alternates; ratios are geometric means over the rounds.
+#
 # The per-chunk pipeline (hash, compress, seal) against what bounds it, every
 # pair timed in the same round, alternating which goes first, on the same
 # cores and file system (the machine's speed drifts; only same-run ratios
@@ -10,7 +13,9 @@
 #           into a fresh plain store, compression none and zstd, on the
 #           perfdisk and on a dense 2 GiB disk of random bytes
 #           (PERF_DIR/dense.vhdx, made once by qemu-img); then restore of
-#           each to raw (both flush). Prints encrypted/plain throughput.
+#           each to raw (both flush), and streamed to /dev/null (decoding
+#           alone: the output file's writing is the same work on both sides
+#           and the noisiest part). Prints encrypted/plain throughput.
 #   zstd    a full backup into a fresh zstd store at level L against
 #           `zstd -L -T2` of the same image file, flushed like our packs
 #           (L = 1 and 3). Prints vhdkit/zstd throughput.
@@ -27,7 +32,8 @@ set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 PERF_DIR [ROUNDS] [PARTS]" >&2; exit 2; }
 PERF=$(cd "$1" && pwd)
-ROUNDS=${2:-5}
+ROUNDS=${2:-6}
+[ $((ROUNDS % 2)) = 0 ] || { echo "ROUNDS must be even: each side goes first equally often" >&2; exit 2; }
 PARTS=${3:-crypt zstd restic levels}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VHDKIT=${VHDKIT:-$HERE/../target/release/examples/vhdkit}
@@ -46,16 +52,21 @@ if [ ! -f "$PERF/dense.vhdx" ]; then
 fi
 cat "$PERF/disk.vhdx" "$PERF/dense.vhdx" >/dev/null
 
-# secs CMD...: wall seconds of one command (its output discarded).
+# secs CMD...: wall seconds of one command (its output discarded). Dirty
+# pages of earlier runs are written back first, so they do not land on
+# this one.
 secs() {
   local t0 t1
+  sync
   t0=$(date +%s.%N)
   "$@" >/dev/null 2>&1
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc
 }
 stat_mb() { du -sb "$1" | awk '{printf "%.1f", $1 / 1048576}'; }
-median() { python3 -c 'import statistics, sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.3f}")' "$@"; }
+# The geometric mean of ratios: with rounds alternating which side goes
+# first, order effects cancel.
+geomean() { python3 -c 'import statistics, sys; print(f"{statistics.geometric_mean(float(x) for x in sys.argv[1:]):.3f}")' "$@"; }
 
 # store NAME COMPRESSION LEVEL ENCRYPT: a fresh store.
 store() {
@@ -67,12 +78,13 @@ store() {
 key_of() { [ "$1" = 1 ] && echo "--key-file $KEY" || true; }
 
 if [[ " $PARTS " == *" crypt "* ]]; then
-  echo "== encrypted against plain: full backup and restore (throughput ratio enc/plain; above 1: encrypted is faster)"
+  echo "== encrypted against plain (throughput ratio enc/plain, geometric mean over rounds; above 1: encrypted is faster)"
+  echo "   restore: to a raw file (flushed), and streamed to /dev/null (decoding alone)"
   for disk in disk dense; do
     for comp in none zstd; do
-      b=(); r=()
+      b=(); r=(); d=()
       for ((i = 0; i < ROUNDS; i++)); do
-        declare -A tb tr
+        declare -A tb tr td
         order=(0 1); [ $((i % 2)) = 1 ] && order=(1 0)
         for enc in "${order[@]}"; do
           store "s$enc" "$comp" 3 "$enc"
@@ -80,19 +92,28 @@ if [[ " $PARTS " == *" crypt "* ]]; then
           tb[$enc]=$(secs "$VHDKIT" backup "$OUT/s$enc" "$PERF/$disk.vhdx" --name d $(key_of "$enc"))
         done
         for enc in "${order[@]}"; do
-          rm -f "$OUT/r$enc.raw"
+          # Every output gone before each run: the page cache holds the same.
+          rm -f "$OUT"/r?.raw
           # shellcheck disable=SC2046
           tr[$enc]=$(secs "$VHDKIT" restore "$OUT/s$enc" d "$OUT/r$enc.raw" --to raw $(key_of "$enc"))
+          if [ "$i" = 0 ]; then
+            qemu-img compare -q -f raw -F vhdx "$OUT/r$enc.raw" "$PERF/$disk.vhdx" ||
+              { echo "the restore differs from the image" >&2; exit 1; }
+          fi
         done
-        cmp -s "$OUT/r0.raw" "$OUT/r1.raw" || { echo "the two restores differ" >&2; exit 1; }
+        rm -f "$OUT"/r?.raw
+        for enc in "${order[@]}"; do
+          # shellcheck disable=SC2046
+          td[$enc]=$(secs sh -c "'$VHDKIT' restore '$OUT/s$enc' d - --to raw $(key_of "$enc") >/dev/null")
+        done
         b+=("$(echo "scale=4; ${tb[0]} / ${tb[1]}" | bc)")
         r+=("$(echo "scale=4; ${tr[0]} / ${tr[1]}" | bc)")
-        printf '  %-5s %-4s round %d: backup plain %6.2fs enc %6.2fs   restore plain %6.2fs enc %6.2fs\n' \
-          "$disk" "$comp" "$i" "${tb[0]}" "${tb[1]}" "${tr[0]}" "${tr[1]}"
+        d+=("$(echo "scale=4; ${td[0]} / ${td[1]}" | bc)")
+        printf '  %-5s %-4s round %d: backup plain %6.2fs enc %6.2fs | restore plain %6.2fs enc %6.2fs | to /dev/null plain %5.2fs enc %5.2fs\n' \
+          "$disk" "$comp" "$i" "${tb[0]}" "${tb[1]}" "${tr[0]}" "${tr[1]}" "${td[0]}" "${td[1]}"
       done
-      printf '%-5s %-4s backup enc/plain %s   restore enc/plain %s   (medians of %d)\n' \
-        "$disk" "$comp" "$(median "${b[@]}")" "$(median "${r[@]}")" "$ROUNDS"
-      rm -f "$OUT"/r?.raw
+      printf '%-5s %-4s backup %s   restore %s   restore to /dev/null %s   (enc/plain, %d rounds)\n' \
+        "$disk" "$comp" "$(geomean "${b[@]}")" "$(geomean "${r[@]}")" "$(geomean "${d[@]}")" "$ROUNDS"
     done
   done
 fi
@@ -109,7 +130,7 @@ if [[ " $PARTS " == *" zstd "* ]]; then
       printf '  level %d round %d: vhdkit %6.2fs (%s MiB)  zstd %6.2fs (%s MiB)\n' "$level" "$i" "$tv" \
         "$(stat_mb "$OUT/z/packs")" "$tz" "$(stat_mb "$OUT/z.zst")"
     done
-    printf 'level %d: vhdkit/zstd throughput %s (median of %d)\n' "$level" "$(median "${ratios[@]}")" "$ROUNDS"
+    printf 'level %d: vhdkit/zstd throughput %s (geometric mean of %d)\n' "$level" "$(geomean "${ratios[@]}")" "$ROUNDS"
   done
 fi
 
@@ -128,12 +149,12 @@ if [[ " $PARTS " == *" restic "* ]]; then
     printf '  round %d: vhdkit %6.2fs (%s MiB stored)  restic %6.2fs (%s MiB stored)\n' "$i" "$tv" \
       "$(stat_mb "$OUT/z")" "$tr" "$(stat_mb "$OUT/restic")"
   done
-  printf 'vhdkit/restic throughput %s (median of %d)\n' "$(median "${ratios[@]}")" "$ROUNDS"
+  printf 'vhdkit/restic throughput %s (geometric mean of %d)\n' "$(geomean "${ratios[@]}")" "$ROUNDS"
 fi
 
 if [[ " $PARTS " == *" levels "* ]]; then
   echo "== zstd level: stored MiB and backup seconds on the perfdisk; stored share on the corpus"
-  printf '%-6s %10s %10s %14s\n' level stored_MiB seconds corpus_stored
+  printf '%-6s %10s %10s %14s\n' level stored_MiB seconds corpus_ratio
   tmp=$(mktemp -d)
   # The corpus's images, decompressed once.
   find "$CORPUS" -type f \( -name '*.vhd*' \) | while read -r f; do
@@ -152,7 +173,7 @@ if [[ " $PARTS " == *" levels "* ]]; then
     for img in "$tmp"/*; do
       if "$VHDKIT" backup "$OUT/c" "$img" --name "$(basename "$img")" >/dev/null 2>&1; then :; fi
     done
-    corpus=$("$VHDKIT" stats "$OUT/c" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(f"{s[\"compression_ratio\"]:.3f}")')
+    corpus=$("$VHDKIT" stats "$OUT/c" --json | python3 -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["compression_ratio"])')
     printf '%-6s %10s %10.2f %14s\n' "$level" "$size" "$t" "$corpus"
   done
   rm -rf "$tmp"
