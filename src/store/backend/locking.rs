@@ -13,10 +13,9 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use super::{Backend, ObjectInfo, ObjectWriter, Traffic};
-use crate::store::config::{LockMode, ObjectLock};
+use super::{Backend, ObjectInfo, ObjectWriter};
+use crate::store::config::ObjectLock;
 
 /// Prefixes of the keys that are locked (key objects too: without them an
 /// encrypted store cannot be opened).
@@ -98,19 +97,5 @@ impl Backend for LockingBackend {
         }
         self.inner.delete(key)
     }
-    fn now(&self) -> io::Result<SystemTime> {
-        self.inner.now()
-    }
-    fn traffic(&self) -> Traffic {
-        self.inner.traffic()
-    }
-    fn lock_support(&self) -> io::Result<()> {
-        self.inner.lock_support()
-    }
-    fn retain(&self, key: &str, mode: LockMode, until: SystemTime) -> io::Result<()> {
-        self.inner.retain(key, mode, until)
-    }
-    fn retained_until(&self, key: &str) -> io::Result<Option<SystemTime>> {
-        self.inner.retained_until(key)
-    }
+    forward_to_inner!();
 }

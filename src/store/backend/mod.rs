@@ -13,6 +13,34 @@
 //! [`LocalDir`] keeps a store in a folder; [`MemoryBackend`] in memory (for
 //! tests, and with a logical clock for deterministic schedules).
 
+/// The [`Backend`] methods a wrapper (cache, lock, seal) passes to the
+/// backend it wraps, field `inner`, unchanged: the storage's clock,
+/// traffic and Object Lock.
+macro_rules! forward_to_inner {
+    () => {
+        fn now(&self) -> std::io::Result<std::time::SystemTime> {
+            self.inner.now()
+        }
+        fn traffic(&self) -> $crate::store::backend::Traffic {
+            self.inner.traffic()
+        }
+        fn lock_support(&self) -> std::io::Result<()> {
+            self.inner.lock_support()
+        }
+        fn retain(
+            &self,
+            key: &str,
+            mode: $crate::store::config::LockMode,
+            until: std::time::SystemTime,
+        ) -> std::io::Result<()> {
+            self.inner.retain(key, mode, until)
+        }
+        fn retained_until(&self, key: &str) -> std::io::Result<Option<std::time::SystemTime>> {
+            self.inner.retained_until(key)
+        }
+    };
+}
+
 mod cache;
 mod local;
 mod locking;

@@ -19,10 +19,8 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use super::{Backend, ObjectInfo, ObjectWriter, Traffic};
-use crate::store::config::LockMode;
+use super::{Backend, ObjectInfo, ObjectWriter};
 use crate::store::crypto::Keys;
 use crate::store::crypto::envelope::{self, Layout, Opener};
 
@@ -196,21 +194,7 @@ impl Backend for SealingBackend {
         self.inner.delete(key)
     }
 
-    fn now(&self) -> io::Result<SystemTime> {
-        self.inner.now()
-    }
-    fn traffic(&self) -> Traffic {
-        self.inner.traffic()
-    }
-    fn lock_support(&self) -> io::Result<()> {
-        self.inner.lock_support()
-    }
-    fn retain(&self, key: &str, mode: LockMode, until: SystemTime) -> io::Result<()> {
-        self.inner.retain(key, mode, until)
-    }
-    fn retained_until(&self, key: &str) -> io::Result<Option<SystemTime>> {
-        self.inner.retained_until(key)
-    }
+    forward_to_inner!();
 }
 
 #[cfg(test)]
