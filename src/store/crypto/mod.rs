@@ -141,6 +141,26 @@ impl Crypt {
 /// Argon2id) or the contents of a key file (at least 32 bytes, used as a
 /// key: make one with [`StoreKey::generate_key_file`]). Its bytes are wiped
 /// when it is dropped, and `Debug` does not show them.
+///
+/// ```no_run
+/// use vhdkit::store::{Encryption, InitOptions, OpenOptions, Store, StoreKey};
+///
+/// # fn main() -> vhdkit::store::Result<()> {
+/// // A new store under a passphrase (Argon2id: about a second per open).
+/// let mut init = InitOptions::default();
+/// init.encryption = Some(Encryption::new(StoreKey::passphrase("correct horse battery staple")));
+/// let store = Store::init("backups", &init)?;
+/// // A key file as a second way in, for an unattended job.
+/// let file = StoreKey::generate_key_file("backups.key".as_ref()).expect("a new key file");
+/// store.add_key(&file, &Default::default())?;
+/// drop(store);
+///
+/// let mut open = OpenOptions::default();
+/// open.key = Some(StoreKey::read_key_file("backups.key".as_ref()).expect("the key file"));
+/// let store = Store::open_with("backups", &open)?; // a wrong key fails here
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct StoreKey {
     kind: keyobj::KeyKind,
