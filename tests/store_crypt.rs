@@ -505,3 +505,71 @@ proptest! {
         prop_assert!(verify(&store).ok);
     }
 }
+
+#[test]
+fn a_store_opened_without_its_key_writes_nothing_but_its_lease() {
+    let dir = common::scratch("crypt-keyless");
+    let (pristine, known) = small_store(&dir);
+    let w = work(&dir, &pristine);
+    let before = files(&w);
+    let keyless =
+        Store::open_with(&w, &common::tweak(vhdkit::store::OpenOptions::default(), |o| o.without_key = true)).unwrap();
+    let err = keyless.reindex(&vhdkit::store::ReindexOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    let disk = OpenOptions::new().open_raw_reader(Box::new(vec![0u8; 1 << 20]), "zero.raw");
+    assert!(keyless.backup(&disk, &BackupOptions::new("z")).is_err());
+    assert!(keyless.verify(&VerifyOptions::default()).unwrap().ok);
+    assert!(keyless.keys().unwrap().iter().all(|k| k.authentic.is_none()));
+    drop(keyless);
+    let after = files(&w);
+    let changed: Vec<&PathBuf> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+    assert!(changed.iter().all(|k| k.starts_with("locks")), "written without the key: {changed:?}");
+    assert!(before.keys().all(|k| after.contains_key(k)), "deleted without the key");
+    // A key and "without a key" together is a mistake, not a choice.
+    let both = common::tweak(common::key_options(), |o| o.without_key = true);
+    assert!(Store::open_with(&w, &both).is_err());
+    restores(&open(&w), &known).into_iter().for_each(|r| r.unwrap());
+}
+
+#[test]
+fn a_forged_tombstone_hides_nothing_and_a_planted_key_counts_for_nothing() {
+    let dir = common::scratch("crypt-forgery");
+    let (pristine, known) = small_store(&dir);
+    let w = work(&dir, &pristine);
+    // Someone who can only write: a tombstone for backup b, in the clear.
+    std::fs::write(w.join(format!("dropped/{}", known[2].0)), b"dropped by prune").unwrap();
+    let store = open(&w);
+    let listed: Vec<BackupId> = store.list().unwrap().into_iter().map(|b| b.id).collect();
+    assert!(listed.contains(&known[2].0), "a forged tombstone hid a backup");
+    let report = verify(&store);
+    assert!(!report.ok && names(&report, &format!("dropped/{}", known[2].0)), "{report:?}");
+    // Backups and vacuum go on past it, and delete nothing of b.
+    let disk = OpenOptions::new().open_raw_reader(Box::new(common::sparse_noise(8, 1 << 20)), "c.raw");
+    store.backup(&disk, &BackupOptions::new("c")).unwrap();
+    store.vacuum(&vhdkit::store::VacuumOptions::immediate()).unwrap();
+    assert!(store.list().unwrap().iter().any(|b| b.id == known[2].0));
+    restores(&store, &known).into_iter().for_each(|r| r.unwrap());
+    // A real prune's tombstone is sealed, and honoured.
+    std::fs::remove_file(w.join(format!("dropped/{}", known[2].0))).unwrap();
+    store.prune("a", &vhdkit::store::PruneOptions::new(vhdkit::store::Retention::keep_last(1))).unwrap();
+    assert!(!store.list().unwrap().iter().any(|b| b.id == known[0].0));
+    let stored = std::fs::read(w.join(format!("dropped/{}", known[0].0))).unwrap();
+    assert!(stored.starts_with(b"VKSEAL01"), "a tombstone in the clear");
+    drop(store);
+
+    // A key object planted beside the real one: a copy with its host
+    // changed still unwraps (the wrapping does not cover the host) but its
+    // MAC fails; it counts for nothing.
+    let real = files(&w).into_keys().find(|p| p.starts_with("keys")).unwrap();
+    let mut planted: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join(&real)).unwrap()).unwrap();
+    planted["host"] = "attacker".into();
+    planted["id"] = "0".repeat(32).into();
+    std::fs::write(w.join(format!("keys/{}.key", "0".repeat(32))), serde_json::to_vec(&planted).unwrap()).unwrap();
+    let store = open(&w);
+    let keys = store.keys().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.iter().filter(|k| k.authentic == Some(false)).count(), 1, "{keys:?}");
+    let real_id = stem(&real);
+    let err = store.remove_key(&real_id).unwrap_err();
+    assert!(err.to_string().contains("only key"), "the planted key counted: {err}");
+}

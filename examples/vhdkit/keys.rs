@@ -28,6 +28,31 @@ pub(crate) struct KeyArgs {
     /// VHDKIT_PASSWORD, else a prompt on the terminal).
     #[arg(long, global = true, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// The key object to try first (id or prefix; `key list` shows them).
+    #[arg(long, global = true, value_name = "ID")]
+    key_id: Option<String>,
+    /// Refuse a store that is not encrypted (also VHDKIT_REQUIRE_ENCRYPTION=1):
+    /// a plain store in the place of an encrypted one may be an impostor.
+    #[arg(long, global = true)]
+    require_encryption: bool,
+}
+
+impl KeyArgs {
+    /// The key object to try first.
+    pub(crate) fn key_id(&self) -> Option<String> {
+        self.key_id.clone()
+    }
+}
+
+/// Whether a plain store is to be refused.
+pub(crate) fn encryption_required() -> bool {
+    KEY_ARGS.get().is_some_and(|a| a.require_encryption)
+        || std::env::var("VHDKIT_REQUIRE_ENCRYPTION").is_ok_and(|v| v == "1")
+}
+
+/// The key-id hint given, if any.
+pub(crate) fn key_id() -> Option<String> {
+    KEY_ARGS.get().and_then(KeyArgs::key_id)
 }
 
 /// Argon2id's cost for a new passphrase.
@@ -102,7 +127,10 @@ fn no_key(store: &Path) -> Failure {
 }
 
 fn read_password_file(path: &Path) -> Result<String, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    // The whole file is wiped when dropped; the line goes on into the key.
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,
+    );
     let line = text.lines().next().unwrap_or_default().to_string();
     if line.is_empty() {
         return Err(Failure::usage(format!("{}: the first line is empty", path.display())));
@@ -150,8 +178,14 @@ fn new_passphrase(file: Option<&Path>, env: &str) -> Result<StoreKey, Failure> {
 pub(crate) fn init_key(encrypt: bool) -> Result<Option<StoreKey>, Failure> {
     let args = KEY_ARGS.get_or_init(KeyArgs::default);
     if !encrypt {
-        if args.key_file.is_some() || args.password_file.is_some() {
-            return Err(Failure::usage("a key was given for a store without --encrypt"));
+        let in_env = std::env::var("VHDKIT_PASSWORD").is_ok_and(|p| !p.is_empty());
+        if args.key_file.is_some() || args.password_file.is_some() || in_env {
+            return Err(Failure::usage(
+                "a key was given (--key-file, --password-file or VHDKIT_PASSWORD) for a store without --encrypt",
+            ));
+        }
+        if encryption_required() {
+            return Err(Failure::usage("--require-encryption, but the new store is not encrypted (--encrypt)"));
         }
         return Ok(None);
     }
@@ -215,7 +249,12 @@ pub(crate) fn key_command(cmd: KeyCommand) -> Result<u8, Failure> {
             Ok(0)
         }
         KeyCommand::List { store, json: as_json } => {
-            let s = super::store::open_store_keyless(&store)?;
+            // With the key (when one is given) the listing says which key
+            // objects the store's key holders made.
+            let s = match given_key()? {
+                Some(_) => open_store(&store)?,
+                None => super::store::open_store_keyless(&store)?,
+            };
             let keys = s.keys()?;
             if as_json {
                 out!("{}", json(&keys)?);
@@ -234,7 +273,12 @@ pub(crate) fn key_command(cmd: KeyCommand) -> Result<u8, Failure> {
                     },
                     _ => "key file".into(),
                 };
-                out!("{}  {}  {:<12} {}", k.id, k.created, k.host, kind);
+                let flag = match k.authentic {
+                    Some(false) => "  NOT MADE WITH THE STORE'S KEY (planted?)",
+                    _ => "",
+                };
+                let used = if k.in_use { "  (in use)" } else { "" };
+                out!("{}  {}  {:<12} {}{used}{flag}", k.id, k.created, k.host, kind);
             }
             Ok(0)
         }

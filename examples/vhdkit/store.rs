@@ -33,13 +33,21 @@ pub(crate) fn set_open_options(cache_dir: Option<PathBuf>, no_cache: bool) {
 pub(crate) fn open_store(location: &Path) -> Result<Store, Failure> {
     let mut options = OPEN.get_or_init(Default::default).clone();
     options.key = super::keys::given_key()?;
-    match Store::open_with(location, &options) {
+    options.key_id = super::keys::key_id();
+    let store = match Store::open_with(location, &options) {
         Err(vhdkit::store::StoreError::KeyRequired { .. }) if options.key.is_none() => {
             options.key = Some(super::keys::key_for(location)?);
-            Ok(Store::open_with(location, &options)?)
+            Store::open_with(location, &options)?
         }
-        other => Ok(other?),
+        other => other?,
+    };
+    if super::keys::encryption_required() && !store.is_encrypted() {
+        return Err(Failure {
+            code: 1,
+            message: format!("{} is not encrypted (--require-encryption): refusing it", location.display()),
+        });
     }
+    Ok(store)
 }
 
 /// Opens a store without its key: an encrypted store can then only be

@@ -107,6 +107,10 @@ pub(crate) struct Catalog {
     pub dropped_points: Vec<PointId>,
     /// Manifests and points that could not be read: what and why.
     pub problems: Vec<(String, StoreError)>,
+    /// Tombstones of an encrypted store that do not open: not written by
+    /// a key holder, so they count for nothing. Verify reports them; other
+    /// operations go on (a forged object must not stop backups).
+    pub forged: Vec<(String, StoreError)>,
 }
 
 impl Catalog {
@@ -120,6 +124,7 @@ impl Catalog {
             dropped: Vec::new(),
             dropped_points: Vec::new(),
             problems: Vec::new(),
+            forged: Vec::new(),
         }
     }
 
@@ -195,17 +200,32 @@ impl Store {
         let backend = self.backend();
         let list = |prefix: &str| backend.list(prefix).map_err(StoreError::io(backend.describe(prefix), "list"));
         let mut problems = Vec::new();
+        let mut forged = Vec::new();
         let mut points: HashMap<PointId, PointRecord> = HashMap::new();
         let mut bad_points = std::collections::HashSet::new();
         // Tombstones: what prune dropped (a backup or a restore point). The
         // objects stay until vacuum's second phase; until then they are
         // not committed, and nothing continues from them.
-        let tombstones: Vec<String> = match backend.list("dropped") {
+        let mut tombstones: Vec<String> = match backend.list("dropped") {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             other => {
                 other.map_err(StoreError::io(backend.describe("dropped"), "list"))?.into_iter().map(|o| o.key).collect()
             }
         };
+        // In an encrypted store a tombstone is sealed: one that does not
+        // open was not written by a key holder (forged, to hide a backup
+        // from the catalog and have vacuum delete it) and counts for
+        // nothing; verify names it.
+        if self.is_encrypted() {
+            tombstones.retain(|key| match backend.read_all(key) {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    forged.push((key.clone(), StoreError::io(backend.describe(key), "read tombstone")(e)));
+                    false
+                }
+            });
+        }
         let dropped_ids: std::collections::HashSet<&str> =
             tombstones.iter().filter_map(|k| k.strip_prefix("dropped/")).collect();
         let mut dropped_points = Vec::new();
@@ -299,7 +319,7 @@ impl Store {
         backups.sort_by(|a, b| (a.created, &a.point, ordinal(a), &a.id).cmp(&(b.created, &b.point, ordinal(b), &b.id)));
         let mut points: Vec<PointRecord> = points.into_values().collect();
         points.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
-        Ok(Catalog { backups, points, orphans, superseded, dropped, dropped_points, problems })
+        Ok(Catalog { backups, points, orphans, superseded, dropped, dropped_points, problems, forged })
     }
 
     /// Every committed backup, oldest first. Fails if a manifest or point

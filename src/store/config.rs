@@ -223,10 +223,7 @@ impl StoreConfig {
     /// not this store's.
     pub(crate) fn mac_holds(&self, keys: &Keys) -> bool {
         let expected = self.compute_mac(keys);
-        // Equal lengths of hex; compared without an early exit.
-        self.mac.as_deref().is_some_and(|m| {
-            m.len() == expected.len() && m.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        })
+        self.mac.as_deref().is_some_and(|m| super::crypto::same_text(m, &expected))
     }
 
     /// Whether the store is encrypted.

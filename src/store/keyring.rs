@@ -46,6 +46,11 @@ pub struct KeySummary {
     pub argon2: Option<Argon2Params>,
     /// Whether it is the key this store was opened with.
     pub in_use: bool,
+    /// Whether a holder of the store's key made it (its MAC holds); `None`
+    /// when the store was opened without its key. One that is not was
+    /// planted by someone who can write to the storage: it opens nothing
+    /// and counts for nothing.
+    pub authentic: Option<bool>,
 }
 
 /// Reads every key object; those that do not decode are returned as
@@ -77,12 +82,23 @@ fn read_all(backend: &dyn Backend) -> Result<(Vec<KeyObject>, Vec<String>)> {
     Ok((found, problems))
 }
 
+/// Most key objects of the given kind one open tries: a key object
+/// anyone can plant costs one key derivation to try.
+pub(crate) const MAX_TRIES: usize = 16;
+
 /// Opens an encrypted store's master key with `key`: the first key object
-/// it unwraps, whose master key also proves the config's MAC. Nothing is
-/// written. Returns the keys and the id of the key object that opened.
-pub(crate) fn unlock(backend: &dyn Backend, config: &StoreConfig, key: &StoreKey) -> Result<(Arc<Keys>, String)> {
+/// it unwraps (the one named `hint` first, then the cheapest to try, at
+/// most [`MAX_TRIES`]), whose master key also proves the config's MAC.
+/// Nothing is written. Returns the keys and the id of the key object that
+/// opened.
+pub(crate) fn unlock(
+    backend: &dyn Backend,
+    config: &StoreConfig,
+    key: &StoreKey,
+    hint: Option<&str>,
+) -> Result<(Arc<Keys>, String)> {
     let path = backend.describe("");
-    let (objects, problems) = read_all(backend)?;
+    let (mut objects, problems) = read_all(backend)?;
     if objects.is_empty() {
         let mut reason = "the store is encrypted and has no usable key object".to_string();
         if !problems.is_empty() {
@@ -90,11 +106,12 @@ pub(crate) fn unlock(backend: &dyn Backend, config: &StoreConfig, key: &StoreKey
         }
         return Err(StoreError::corrupt(backend.describe(KEYS), "key objects", 0, reason));
     }
+    objects.retain(|k| k.kind == key.kind());
+    objects.sort_by_key(|k| {
+        (!hint.is_some_and(|h| !h.is_empty() && k.id.starts_with(h)), k.cost(), k.created, k.id.clone())
+    });
     let mut tried = 0;
-    for k in &objects {
-        if k.kind != key.kind() {
-            continue;
-        }
+    for k in objects.iter().take(MAX_TRIES) {
         tried += 1;
         let master = k
             .unwrap(&config.store_id, key)
@@ -113,12 +130,26 @@ pub(crate) fn unlock(backend: &dyn Backend, config: &StoreConfig, key: &StoreKey
         }
         return Ok((Arc::new(keys), k.id.clone()));
     }
+    if objects.len() > MAX_TRIES {
+        return Err(StoreError::Invalid(format!(
+            "{}: {} key objects of this kind and none of the {MAX_TRIES} tried opens: name the key object to try \
+             (OpenOptions::key_id, --key-id)",
+            path.display(),
+            objects.len()
+        )));
+    }
     if !problems.is_empty() {
         // The key may be one of the damaged objects: say which they are.
         let reason = format!("no sound key object opens with the key given; damaged: {}", problems.join("; "));
         return Err(StoreError::corrupt(backend.describe(KEYS), "key objects", 0, reason));
     }
     Err(StoreError::WrongKey { path, kind: key.kind(), tried })
+}
+
+/// The keys of the key objects a holder of `keys` made (their MAC holds).
+pub(crate) fn authentic_keys(backend: &dyn Backend, keys: &Keys) -> Result<Vec<String>> {
+    let (objects, _) = read_all(backend)?;
+    Ok(objects.iter().filter(|k| k.authentic(keys)).map(|k| key_of(&k.id)).collect())
 }
 
 impl Store {
@@ -132,10 +163,12 @@ impl Store {
         self.require_encrypted()?;
         let (mut objects, _) = read_all(self.backend())?;
         objects.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        let keys = self.crypt.keys();
         Ok(objects
             .into_iter()
             .map(|k| KeySummary {
                 in_use: self.key_id.as_deref() == Some(k.id.as_str()),
+                authentic: keys.map(|keys| k.authentic(keys)),
                 argon2: match k.kdf {
                     super::crypto::keyobj::Kdf::Argon2id { memory_kib, iterations, parallelism, .. } => {
                         Some(Argon2Params { memory_kib, iterations, parallelism })
@@ -169,7 +202,7 @@ impl Store {
     /// to remove the last one. The store must be open with one of its keys.
     /// Returns the id removed.
     pub fn remove_key(&self, spec: &str) -> Result<String> {
-        self.require_keys()?;
+        let keys = self.require_keys()?;
         let lease = self.lease(LeaseMode::Maintenance, "key remove", false)?;
         let (objects, _) = read_all(self.backend())?;
         let matches: Vec<&KeyObject> = objects.iter().filter(|k| !spec.is_empty() && k.id.starts_with(spec)).collect();
@@ -183,7 +216,9 @@ impl Store {
                 });
             }
         };
-        if objects.len() <= 1 {
+        // Only the store's own key objects count: a planted one opens nothing.
+        let others = objects.iter().filter(|k| k.id != id && k.authentic(keys)).count();
+        if others == 0 {
             return Err(StoreError::Invalid(format!(
                 "key {id} is the store's only key: add another first, or the store can never be opened again"
             )));

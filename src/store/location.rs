@@ -27,9 +27,15 @@ pub struct OpenOptions {
     /// The key of an encrypted store: its passphrase or key file. Given
     /// for a plain store, the open is refused.
     pub key: Option<super::StoreKey>,
+    /// The key object to try first (its id or a prefix): an encrypted
+    /// store's open tries at most 16 key objects of the key's kind, the
+    /// cheapest first, so one with many (or planted) key objects is opened
+    /// by naming the right one.
+    pub key_id: Option<String>,
     /// Open an encrypted store without its key: then only
-    /// [`Store::verify`](super::Store::verify) works, and checks what can
-    /// be checked without it (structure, sizes, CRCs).
+    /// [`Store::verify`](super::Store::verify) (what can be checked without
+    /// it: structure, sizes, CRCs) and [`Store::keys`](super::Store::keys)
+    /// work, and nothing but the verify's own lease is written.
     pub without_key: bool,
 }
 

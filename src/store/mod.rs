@@ -204,9 +204,10 @@ impl Store {
     /// A store over `stored` as `crypt` says: behind the sealing layer when
     /// encrypted.
     fn assemble(stored: Arc<dyn Backend>, config: StoreConfig, crypt: crypto::Crypt, key_id: Option<String>) -> Store {
-        let backend = match &crypt {
+        let backend: Arc<dyn Backend> = match &crypt {
             crypto::Crypt::Sealed(keys) => Arc::new(backend::SealingBackend::new(stored.clone(), keys.clone())),
-            _ => stored.clone(),
+            crypto::Crypt::Locked => Arc::new(backend::ReadOnlyBackend::new(stored.clone())),
+            crypto::Crypt::Plain => stored.clone(),
         };
         Store {
             backend,
@@ -261,13 +262,16 @@ impl Store {
     /// keyless, if they say so); checks that a plain store was given none.
     fn unlock(backend: Arc<dyn Backend>, config: StoreConfig, options: &OpenOptions) -> Result<Store> {
         let path = backend.describe("");
+        if options.key.is_some() && options.without_key {
+            return Err(StoreError::Invalid("a key and `without_key` together: give one or the other".into()));
+        }
         match (config.is_encrypted(), &options.key, options.without_key) {
             (false, None, _) => Ok(Store::assemble(backend, config, crypto::Crypt::Plain, None)),
             (false, Some(_), _) => Err(StoreError::NotEncrypted { path }),
             (true, _, true) => Ok(Store::assemble(backend, config, crypto::Crypt::Locked, None)),
             (true, None, false) => Err(StoreError::KeyRequired { path }),
             (true, Some(key), false) => {
-                let (keys, id) = keyring::unlock(&*backend, &config, key)?;
+                let (keys, id) = keyring::unlock(&*backend, &config, key, options.key_id.as_deref())?;
                 Ok(Store::assemble(backend, config, crypto::Crypt::Sealed(keys), Some(id)))
             }
         }
@@ -297,15 +301,15 @@ impl Store {
     }
 
     /// Where the store keeps its files. In an encrypted store this view
-    /// seals and opens index files, manifests, restore points and the job
-    /// log as they are written and read; [`Store::stored_backend`] is the
-    /// storage as it is.
+    /// seals and opens index files, manifests, restore points, the job log,
+    /// tombstones and vacuum's records as they are written and read; opened
+    /// without its key, it refuses every write but its own lease.
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
     }
 
     /// The storage below the sealing layer: objects exactly as stored.
-    pub fn stored_backend(&self) -> &dyn Backend {
+    pub(crate) fn stored_backend(&self) -> &dyn Backend {
         &*self.stored
     }
 
@@ -362,6 +366,10 @@ impl Store {
     /// shared file. A failure to log never fails the operation that already
     /// succeeded.
     pub(crate) fn log_job(&self, op: &str, report: &serde_json::Value) {
+        // Without the key nothing can be sealed, so nothing is logged.
+        if matches!(self.crypt, crypto::Crypt::Locked) {
+            return;
+        }
         let now = Moment::now();
         let entry = serde_json::json!({ "time": now, "op": op, "host": host_name(), "pid": std::process::id(), "report": report });
         let key = format!("log/{}.json", id::BackupId::generate(now));

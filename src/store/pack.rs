@@ -191,6 +191,12 @@ pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Traile
     let count = u32::from_le_bytes(bytes[16..20].try_into().unwrap_or_default());
     let crc = u32::from_le_bytes(bytes[20..24].try_into().unwrap_or_default());
     let plain_len = u64::from(count) * ENTRY as u64;
+    // Every entry names a record of at least a header's length before the
+    // index: a count larger than that space allows is a lie, refused before
+    // anything is allocated for it.
+    if u64::from(count) * RECORD_HEADER as u64 > index_offset.saturating_sub(PACK_HEADER) {
+        return Err(format!("{count} entries cannot fit before the pack index at {index_offset}"));
+    }
     // A sealed index's length follows from its envelope's own header,
     // checked when it is opened; here it must at least hold an envelope.
     let index_len = pack_len.checked_sub(TRAILER as u64).and_then(|end| end.checked_sub(index_offset));

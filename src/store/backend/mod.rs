@@ -47,6 +47,7 @@ mod locking;
 mod memory;
 #[cfg(feature = "object-store")]
 mod object;
+mod readonly;
 mod sealing;
 
 use std::io;
@@ -61,6 +62,7 @@ pub(crate) use locking::{LockingBackend, locked_key};
 pub use memory::MemoryBackend;
 #[cfg(feature = "object-store")]
 pub use object::ObjectBackend;
+pub(crate) use readonly::ReadOnlyBackend;
 pub(crate) use sealing::{SEALED_FOLDERS, SealError, SealingBackend};
 
 /// Requests a backend has made and bytes it has uploaded, since it was
@@ -184,9 +186,17 @@ pub(crate) fn copy_range(bytes: &[u8], key: &str, buf: &mut [u8], offset: u64) -
     Ok(())
 }
 
-/// Whether an object exists (a failed check counts as absent).
-pub(crate) fn exists(backend: &dyn Backend, key: &str) -> bool {
-    backend.stat(key).is_ok()
+/// Whether an object exists: `false` only when the storage says it is not
+/// there. A sealed object that does not open exists (damaged); any other
+/// failure to tell is an error, never taken for absence (a backup whose
+/// manifest could not be checked must not be fenced as unfinished).
+pub(crate) fn exists(backend: &dyn Backend, key: &str) -> io::Result<bool> {
+    match backend.stat(key) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<SealError>()) => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Bytes of every object under `prefix` (`""`: the whole store).

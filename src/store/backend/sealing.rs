@@ -1,13 +1,15 @@
 //! An encrypted store's view of its storage: every object under a sealed
 //! prefix (index files, manifests, restore points, the job log, vacuum's
-//! records) is an envelope (`crypto::envelope`), sealed as it is written
+//! records, tombstones) is an envelope (`crypto::envelope`), sealed as it is written
 //! and opened as it is read, so the store's logic reads and writes
 //! plaintext as it does in a plain store.
 //!
 //! Packs are not wrapped: their records and index are sealed one by one
 //! (records must stay readable alone, and vacuum copies them between packs
 //! as they are). The config and key objects are read before the key is
-//! known; leases, tombstones and damage markers are names and times only.
+//! known; leases (who holds the store) and damage markers (empty; names
+//! only) are not sealed: a forged one can only delay maintenance or make a
+//! restore pass over a sound copy, as deleting objects could.
 //!
 //! Reads of a range open only the segments that hold it. The layout of an
 //! object (its header and size) is kept after the first read, since every
@@ -24,8 +26,9 @@ use super::{Backend, ObjectInfo, ObjectWriter};
 use crate::store::crypto::Keys;
 use crate::store::crypto::envelope::{self, Layout, Opener};
 
-/// The folders whose objects are sealed.
-pub(crate) const SEALED_FOLDERS: [&str; 5] = ["index", "manifests", "points", "log", "condemned"];
+/// The folders whose objects are sealed: tombstones too, since one that
+/// anyone could write would hide a backup and have vacuum delete it.
+pub(crate) const SEALED_FOLDERS: [&str; 6] = ["index", "manifests", "points", "log", "condemned", "dropped"];
 
 /// Whether objects under `key` are envelopes in an encrypted store.
 fn sealed_key(key: &str) -> bool {
@@ -130,7 +133,7 @@ impl Backend for SealingBackend {
         let end = offset.checked_add(buf.len() as u64).filter(|end| *end <= layout.plain_len()).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{key} ends before byte {}", offset + buf.len() as u64),
+                format!("{key} ends before byte {}", offset.saturating_add(buf.len() as u64)),
             )
         })?;
         let segments = layout.segments_for(offset, end);
@@ -222,14 +225,14 @@ mod tests {
         let (inner, b) = backends();
         let plain: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 256) as u8).collect();
         put(&b, "manifests/m.manifest", &plain);
-        put(&b, "dropped/x", b"");
+        put(&b, "damaged/x", b"");
         assert_eq!(b.read_all("manifests/m.manifest").unwrap(), plain);
         assert_eq!(b.stat("manifests/m.manifest").unwrap().size, plain.len() as u64);
         let stored = inner.read_all("manifests/m.manifest").unwrap();
         assert!(stored.len() > plain.len() && !stored.windows(64).any(|w| w == &plain[1000..1064]));
         assert_eq!(b.list("manifests").unwrap()[0].size, stored.len() as u64, "listings give stored sizes");
         // Unsealed prefixes pass through.
-        assert_eq!(inner.read_all("dropped/x").unwrap(), b"");
+        assert_eq!(inner.read_all("damaged/x").unwrap(), b"");
         // Ranges: inside a segment, across segments, at the end, past it.
         let mut buf = vec![0u8; 100_000];
         for offset in [0u64, 1, 65_535, 65_536, 100_000, 200_000] {
@@ -260,5 +263,10 @@ mod tests {
         // Too short to be sealed at all.
         put(&*inner, "points/d.point", b"{}");
         assert_eq!(b.read_at("points/d.point", &mut buf[..1], 0).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        // Damaged is not absent: something relying on "does it exist"
+        // (fencing a lease, say) must not take it for missing.
+        assert!(crate::store::backend::exists(&b, "points/c.point").unwrap());
+        assert!(crate::store::backend::exists(&b, "points/d.point").unwrap());
+        assert!(!crate::store::backend::exists(&b, "points/none.point").unwrap());
     }
 }

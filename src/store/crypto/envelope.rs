@@ -49,8 +49,9 @@ pub fn plain_len(sealed: u64, segment: u32) -> Option<u64> {
     // Every segment but the last is full; the last holds its tag and CRC
     // and up to a whole segment.
     let segments = body.div_ceil(full).max(1);
-    let plain = body.checked_sub(segments * PER_SEGMENT)?;
-    let last = plain - (segments - 1) * u64::from(segment);
+    let plain = body.checked_sub(segments.checked_mul(PER_SEGMENT)?)?;
+    // A last segment with less than its tag and CRC: no size of ours.
+    let last = plain.checked_sub((segments - 1) * u64::from(segment))?;
     (last <= u64::from(segment) && (last > 0 || segments == 1)).then_some(plain)
 }
 
@@ -265,9 +266,17 @@ pub fn check(sealed: &[u8]) -> Result<u64, Error> {
     for i in 0..layout.segments() {
         let at = layout.segment(i);
         let bytes = sealed.get(at.offset as usize..at.offset as usize + at.len).ok_or_else(|| bad(at.offset, "cut"))?;
-        check_crc(bytes).map_err(|r| bad(at.offset, format!("segment {i}: {r}")))?;
+        check_segment(i, &at, bytes)?;
     }
     Ok(layout.plain_len())
+}
+
+/// Checks one stored segment's length and CRC (no key needed).
+pub fn check_segment(index: u64, at: &SegmentAt, bytes: &[u8]) -> Result<(), Error> {
+    if bytes.len() != at.len {
+        return Err(bad(at.offset, format!("segment {index} is {} bytes, not {}", bytes.len(), at.len)));
+    }
+    check_crc(bytes).map_err(|r| bad(at.offset, format!("segment {index}: {r}")))
 }
 
 /// Seals an object as a stream: the header first, then a segment each time
@@ -361,6 +370,26 @@ mod tests {
             assert_eq!(plain_len(sealed.len() as u64, SEGMENT), Some(len as u64), "{len}");
             assert_eq!(open(&keys(), "manifests/a.manifest", &sealed).unwrap(), plain, "{len}");
             assert_eq!(check(&sealed).unwrap(), len as u64);
+        }
+    }
+
+    #[test]
+    fn every_size_near_a_segment_boundary_is_judged_without_overflow() {
+        // Sizes whose last segment is shorter than a tag and CRC (found by
+        // review: the subtraction went below zero).
+        let full = u64::from(SEGMENT) + PER_SEGMENT;
+        for k in 0..3u64 {
+            for extra in 0..=2 * PER_SEGMENT {
+                let sealed = HEADER as u64 + k * full + extra;
+                if let Some(p) = plain_len(sealed, SEGMENT) {
+                    assert_eq!(sealed_len(p, SEGMENT), sealed, "{sealed}");
+                }
+            }
+        }
+        for sealed in [0, 1, 31, 32, 51, 52, u64::MAX, u64::MAX - 20] {
+            if let Some(p) = plain_len(sealed, SEGMENT) {
+                assert_eq!(sealed_len(p, SEGMENT), sealed);
+            }
         }
     }
 

@@ -59,12 +59,13 @@ impl Default for Argon2Params {
 }
 
 /// Largest Argon2id memory a key object may ask for: a hostile store must
-/// not make an open allocate without bound.
-pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
-/// Most Argon2id passes a key object may ask for.
-pub const MAX_ITERATIONS: u32 = 64;
+/// not make an open allocate without bound (1 GiB, four times the default).
+pub const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+/// Most Argon2id passes a key object may ask for: with the most memory,
+/// about 13 s here.
+pub const MAX_ITERATIONS: u32 = 16;
 /// Most Argon2id lanes a key object may ask for.
-pub const MAX_PARALLELISM: u32 = 16;
+pub const MAX_PARALLELISM: u32 = 4;
 
 impl Argon2Params {
     /// Cheap parameters, for tests: never for real passphrases.
@@ -79,7 +80,7 @@ impl Argon2Params {
             return Err(format!("Argon2id parallelism {parallelism} is not 1 to {MAX_PARALLELISM}"));
         }
         if !(8 * parallelism..=MAX_MEMORY_KIB).contains(&memory_kib) {
-            return Err(format!("Argon2id memory {memory_kib} KiB is not {} KiB to 4 GiB", 8 * parallelism));
+            return Err(format!("Argon2id memory {memory_kib} KiB is not {} KiB to 1 GiB", 8 * parallelism));
         }
         if !(1..=MAX_ITERATIONS).contains(&iterations) {
             return Err(format!("Argon2id iterations {iterations} is not 1 to {MAX_ITERATIONS}"));
@@ -136,6 +137,10 @@ pub struct KeyObject {
     /// The machine it was added on, for `key list`.
     #[serde(default)]
     pub host: String,
+    /// The keyed BLAKE3 (a key derived from the master key) of the compact
+    /// JSON of this object with `mac` empty: made only by a key holder.
+    #[serde(default)]
+    pub mac: String,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -217,7 +222,7 @@ impl KeyObject {
         let mut wrapped = buf.to_vec();
         buf.zeroize();
         wrapped.extend_from_slice(tag.as_ref());
-        Ok(KeyObject {
+        let mut object = KeyObject {
             format: FORMAT.into(),
             version: 1,
             id,
@@ -228,7 +233,33 @@ impl KeyObject {
             nonce: hex(&nonce),
             wrapped: hex(&wrapped),
             host,
-        })
+            mac: String::new(),
+        };
+        object.mac = object.compute_mac(&super::Keys::from_master(*master));
+        Ok(object)
+    }
+
+    fn compute_mac(&self, keys: &super::Keys) -> String {
+        let mut unsigned = self.clone();
+        unsigned.mac = String::new();
+        keys.key_object_mac(&serde_json::to_vec(&unsigned).unwrap_or_default())
+    }
+
+    /// Whether a holder of `keys`' master key made this object (its MAC
+    /// holds): a key object anyone could plant does not count as one of
+    /// the store's keys for removal, listing or retention.
+    pub fn authentic(&self, keys: &super::Keys) -> bool {
+        super::same_text(&self.mac, &self.compute_mac(keys))
+    }
+
+    /// What trying this object costs (memory times passes; a key file
+    /// costs nothing): the cheapest are tried first, so objects planted
+    /// with the highest costs are tried last.
+    pub fn cost(&self) -> u64 {
+        match &self.kdf {
+            Kdf::Argon2id { memory_kib, iterations, .. } => u64::from(*memory_kib) * u64::from(*iterations),
+            Kdf::Blake3 { .. } => 0,
+        }
     }
 
     /// The master key, if `key` opens this object of store `store_id`:
@@ -317,6 +348,12 @@ mod tests {
         let decoded = KeyObject::decode(&k.encode(), &k.id).unwrap();
         assert_eq!(decoded, k);
         assert_eq!(*k.unwrap("store1", &pass).unwrap().unwrap(), [42; 32]);
+        // Made by the master key's holder; a changed field breaks the MAC.
+        let keys = super::super::Keys::from_master([42; 32]);
+        assert!(k.authentic(&keys) && !k.authentic(&super::super::Keys::from_master([43; 32])));
+        let mut changed = k.clone();
+        changed.host = "elsewhere".into();
+        assert!(!changed.authentic(&keys));
         assert!(k.unwrap("store1", &StoreKey::passphrase("correct horsE")).unwrap().is_none());
         assert!(k.unwrap("store2", &pass).unwrap().is_none(), "another store's id");
         let file = StoreKey::key_file_bytes(vec![7; 32]).unwrap();
@@ -341,7 +378,8 @@ mod tests {
         assert!(with(&|_| {}).is_ok());
         assert!(with(&|v| v["kdf"]["memory_kib"] = (1u64 << 40).into()).is_err(), "a terabyte of memory");
         assert!(with(&|v| v["kdf"]["memory_kib"] = (MAX_MEMORY_KIB + 1).into()).is_err());
-        assert!(with(&|v| v["kdf"]["iterations"] = 1_000_000.into()).is_err());
+        assert!(with(&|v| v["kdf"]["iterations"] = (MAX_ITERATIONS + 1).into()).is_err());
+        assert!(with(&|v| v["kdf"]["parallelism"] = (MAX_PARALLELISM + 1).into()).is_err());
         assert!(with(&|v| v["kdf"]["parallelism"] = 0.into()).is_err());
         assert!(with(&|v| v["kdf"]["salt"] = "zz".into()).is_err());
         assert!(with(&|v| v["kind"] = "key_file".into()).is_err(), "kind and kdf disagree");

@@ -36,9 +36,16 @@ const CONTEXT_CHUNK_ID: &str = "vhdkit store 2026-12-04 chunk id";
 const CONTEXT_RECORD: &str = "vhdkit store 2026-12-04 chunk record";
 const CONTEXT_ENVELOPE: &str = "vhdkit store 2026-12-04 sealed object";
 const CONTEXT_CONFIG: &str = "vhdkit store 2026-12-04 config mac";
+const CONTEXT_KEYRING: &str = "vhdkit store 2026-12-04 key objects";
 
 /// The cipher's name in the config.
 pub const CIPHER: &str = "aes-256-gcm";
+
+/// Whether two strings (MACs in hex) are equal, compared without an early
+/// exit.
+pub(crate) fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// Random bytes from the operating system's CSPRNG.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
@@ -56,6 +63,7 @@ pub struct Keys {
     record: [u8; 32],
     envelope: [u8; 32],
     config: [u8; 32],
+    keyring: [u8; 32],
 }
 
 impl Keys {
@@ -66,6 +74,7 @@ impl Keys {
             record: blake3::derive_key(CONTEXT_RECORD, &master),
             envelope: blake3::derive_key(CONTEXT_ENVELOPE, &master),
             config: blake3::derive_key(CONTEXT_CONFIG, &master),
+            keyring: blake3::derive_key(CONTEXT_KEYRING, &master),
             master,
         }
     }
@@ -97,6 +106,13 @@ impl Keys {
     pub(crate) fn config_mac(&self, bytes: &[u8]) -> String {
         blake3::keyed_hash(&self.config, bytes).to_hex().to_string()
     }
+
+    /// A key object's MAC over `bytes` (lower-case hex): only a holder of
+    /// the master key makes one, so key objects planted by someone who can
+    /// merely write to the storage are told apart.
+    pub(crate) fn key_object_mac(&self, bytes: &[u8]) -> String {
+        blake3::keyed_hash(&self.keyring, bytes).to_hex().to_string()
+    }
 }
 
 impl Drop for Keys {
@@ -106,6 +122,7 @@ impl Drop for Keys {
         self.record.zeroize();
         self.envelope.zeroize();
         self.config.zeroize();
+        self.keyring.zeroize();
     }
 }
 
@@ -128,6 +145,14 @@ pub enum Crypt {
 }
 
 impl Crypt {
+    /// The keys, when the store is encrypted and was opened with its key.
+    pub(crate) fn keys(&self) -> Option<&Keys> {
+        match self {
+            Crypt::Sealed(k) => Some(k),
+            _ => None,
+        }
+    }
+
     /// The id of a chunk of `bytes`: BLAKE3, keyed in an encrypted store.
     pub fn chunk_id(&self, bytes: &[u8]) -> ChunkId {
         match self {
@@ -260,7 +285,7 @@ mod tests {
     #[test]
     fn each_purpose_has_its_own_key() {
         let k = Keys::for_tests(3);
-        let all = [k.master, k.chunk_id, k.record, k.envelope, k.config];
+        let all = [k.master, k.chunk_id, k.record, k.envelope, k.config, k.keyring];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b);

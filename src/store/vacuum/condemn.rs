@@ -232,7 +232,14 @@ impl Store {
         for p in &catalog.dropped_points {
             // The point's own disks go above (they are dropped with it);
             // the object and its tombstone go once no disk is reached.
-            let record_disks = super::super::point::PointRecord::read(backend, p).map(|r| r.disks).unwrap_or_default();
+            // A point object gone already has no disks left to wait for; one
+            // that cannot be read (damaged, or not this store's) is kept with
+            // its tombstone rather than guessed at (verify names it).
+            let record_disks = match super::super::point::PointRecord::read(backend, p) {
+                Ok(r) => r.disks,
+                Err(StoreError::NoSuchBackup(_)) => Vec::new(),
+                Err(_) => continue,
+            };
             if record_disks.iter().all(|d| unreached(&d.backup)) {
                 objects.push(point_key(p));
                 objects.push(tombstone_key(p.as_str()));
@@ -249,8 +256,12 @@ impl Store {
         }
         objects.extend(keys(self, "tmp")?);
         // Only what exists and is not condemned already.
-        let existing: HashSet<String> =
-            objects.iter().filter(|k| super::super::backend::exists(backend, k)).cloned().collect();
+        let mut existing: HashSet<String> = HashSet::new();
+        for k in &objects {
+            if super::super::backend::exists(backend, k).map_err(StoreError::io(backend.describe(k), "check"))? {
+                existing.insert(k.clone());
+            }
+        }
         let mut objects: Vec<String> =
             objects.into_iter().filter(|k| existing.contains(k) && !pending_keys.contains(k)).collect();
         objects.sort();

@@ -106,12 +106,18 @@ impl Store {
             let copies: Vec<IndexEntry> =
                 kept.locations(c).chain(doomed.locations(c)).map(|l| IndexEntry { id: *c, location: *l }).collect();
             // Prefer a copy that survives anyway; else rescue a pack.
-            let pick = copies.iter().find(|e| !going.contains(&e.location.pack)).or_else(|| {
-                copies.iter().find(|e| {
-                    due_packs.contains(&e.location.pack)
-                        && super::super::backend::exists(backend, &e.location.pack.key())
-                })
-            });
+            let mut pick = copies.iter().find(|e| !going.contains(&e.location.pack));
+            if pick.is_none() {
+                for e in copies.iter().filter(|e| due_packs.contains(&e.location.pack)) {
+                    let key = e.location.pack.key();
+                    if super::super::backend::exists(backend, &key)
+                        .map_err(StoreError::io(backend.describe(&key), "check pack"))?
+                    {
+                        pick = Some(e);
+                        break;
+                    }
+                }
+            }
             if let Some(e) = pick {
                 if going.contains(&e.location.pack) {
                     rescued.insert(e.location.pack);
@@ -186,10 +192,16 @@ impl Store {
             // A manifest (and its tombstone) a committed chain now reaches
             // stays: a backup continued from it meanwhile.
             // (A superseded generation goes regardless: the newer one stays.)
-            let reached_manifest = id_from_key(k).is_some_and(|(id, generation)| {
-                marked.reached.contains(&id)
-                    && !(generation < MERGED && super::super::backend::exists(backend, &manifest_key_gen(&id, MERGED)))
-            });
+            let reached_manifest = match id_from_key(k) {
+                Some((id, generation)) if marked.reached.contains(&id) => {
+                    let merged = manifest_key_gen(&id, MERGED);
+                    let superseded = generation < MERGED
+                        && super::super::backend::exists(backend, &merged)
+                            .map_err(StoreError::io(backend.describe(&merged), "check manifest"))?;
+                    !superseded
+                }
+                _ => false,
+            };
             let reached_tombstone = k
                 .strip_prefix("dropped/")
                 .and_then(|id| id.parse().ok())

@@ -55,8 +55,13 @@ impl Store {
         let now = lease.server_now();
         let half = Duration::from_secs(u64::from(lock.days) * 86_400 / 2);
         let mut objects = vec!["config".to_string()];
-        for prefix in ["packs", "index", "manifests", "points", "keys"] {
+        for prefix in ["packs", "index", "manifests", "points"] {
             objects.extend(list_keys(backend, prefix).map_err(StoreError::io(backend.describe(prefix), "list"))?);
+        }
+        // The store's own key objects; one planted by someone who can only
+        // write is left to expire, and a removed one is gone.
+        if let Some(keys) = self.crypt().keys() {
+            objects.extend(super::super::keyring::authentic_keys(backend, keys)?);
         }
         for key in objects {
             let pack = super::super::pack::PackId::from_key(&key);

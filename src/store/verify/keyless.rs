@@ -21,7 +21,7 @@ use crate::store::Store;
 use crate::store::backend::{Backend, SEALED_FOLDERS, list_keys};
 use crate::store::chunk::{RECORD_HEADER, decode_header};
 use crate::store::crypto::envelope;
-use crate::store::crypto::keyobj::KeyObject;
+use crate::store::crypto::keyobj::{KeyObject, MAX_KEY_OBJECT};
 use crate::store::error::{Result, StoreError};
 use crate::store::id::{BackupId, PointId};
 use crate::store::lease::LeaseMode;
@@ -57,13 +57,22 @@ impl Store {
 
         for key in list("keys", &mut problems) {
             let Some(id) = key.strip_prefix("keys/").and_then(|k| k.strip_suffix(".key")) else { continue };
-            match backend.read_all(&key) {
-                Ok(bytes) => {
-                    if let Err(e) = KeyObject::decode(&bytes, id) {
-                        problems.push(format!("{}: {e}", backend.describe(&key).display()));
-                    }
+            // The size first: a hostile object must not make us read
+            // gigabytes to find it is no key object.
+            let read = backend.stat(&key).and_then(|o| {
+                if o.size > MAX_KEY_OBJECT as u64 {
+                    Ok(Err(format!("{} bytes is too large for a key object", o.size)))
+                } else {
+                    backend.read_all(&key).map(Ok)
                 }
-                Err(e) => problems.push(format!("{}: unreadable: {e}", backend.describe(&key).display())),
+            });
+            let verdict = match read {
+                Ok(Ok(bytes)) => KeyObject::decode(&bytes, id).map(|_| ()).map_err(|e| e.to_string()),
+                Ok(Err(why)) => Err(why),
+                Err(e) => Err(format!("unreadable: {e}")),
+            };
+            if let Err(why) = verdict {
+                problems.push(format!("{}: {why}", backend.describe(&key).display()));
             }
         }
 
@@ -72,12 +81,12 @@ impl Store {
                 if options.cancel.is_cancelled() {
                     return Err(StoreError::Cancelled);
                 }
-                let verdict = match backend.read_all(&key) {
+                let verdict = match check_envelope(backend, &key) {
                     // Vacuum deletes what it condemned; a key gone since the
                     // listing is not damage.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => Err(format!("unreadable: {e}")),
-                    Ok(bytes) => envelope::check(&bytes).map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(verdict) => verdict,
                 };
                 if let Err(reason) = verdict {
                     problems.push(format!("{}: {reason}", backend.describe(&key).display()));
@@ -131,6 +140,46 @@ impl Store {
             traffic: self.stored_backend().traffic().since(t0),
         })
     }
+}
+
+/// Checks sealed object `key` as [`envelope::check`] does, a megabyte of
+/// segments at a time (a manifest may be large). The outer error is the
+/// storage's; the inner, what is wrong with the object.
+fn check_envelope(backend: &dyn Backend, key: &str) -> std::io::Result<Result<(), String>> {
+    let size = backend.stat(key)?.size;
+    let mut head = [0u8; envelope::HEADER];
+    if size < envelope::HEADER as u64 {
+        return Ok(Err(format!("{size} bytes is too short for a sealed object")));
+    }
+    backend.read_at(key, &mut head, 0)?;
+    let layout = match envelope::decode_header(&head).and_then(|h| envelope::Layout::new(h, size)) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < layout.segments() {
+        // Whole segments, about a megabyte of them per read.
+        let first = layout.segment(i);
+        let mut last = i;
+        while last + 1 < layout.segments()
+            && layout.segment(last + 1).offset + layout.segment(last + 1).len as u64 - first.offset <= 1 << 20
+        {
+            last += 1;
+        }
+        let end = layout.segment(last);
+        buf.resize((end.offset + end.len as u64 - first.offset) as usize, 0);
+        backend.read_at(key, &mut buf, first.offset)?;
+        for j in i..=last {
+            let at = layout.segment(j);
+            let from = (at.offset - first.offset) as usize;
+            if let Err(e) = envelope::check_segment(j, &at, &buf[from..from + at.len]) {
+                return Ok(Err(e.to_string()));
+            }
+        }
+        i = last + 1;
+    }
+    Ok(Ok(()))
 }
 
 /// The restore point whose object `key` is.

@@ -146,6 +146,9 @@ impl Store {
                 Catalog::empty()
             }
         };
+        for (key, e) in &catalog.forged {
+            problems.push(format!("{key}: ignored, it does not open (not written with the store's key): {e}"));
+        }
         for (key, e) in &catalog.problems {
             problems.push(format!("{key}: {e}"));
             if let Some((id, _)) = super::manifest::id_from_key(key) {
@@ -331,7 +334,7 @@ impl Store {
         for d in &damaged {
             if let (Ok(c), Some(p)) = (d.chunk.parse::<ChunkId>(), PackId::from_hex(&d.pack)) {
                 let key = damaged_key(&c, &p);
-                if !super::backend::exists(backend, &key)
+                if !super::backend::exists(backend, &key).unwrap_or(true)
                     && let Ok(w) = backend.create(&key)
                 {
                     let _ = w.commit();
