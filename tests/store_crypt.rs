@@ -573,3 +573,93 @@ fn a_forged_tombstone_hides_nothing_and_a_planted_key_counts_for_nothing() {
     let err = store.remove_key(&real_id).unwrap_err();
     assert!(err.to_string().contains("only key"), "the planted key counted: {err}");
 }
+
+/// Whether python3 has what `tests/spec_reader.py` needs; without it the
+/// test says so and passes, unless `VHDKIT_REQUIRE_SPEC_READER=1`.
+fn spec_reader_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import blake3, crc32c, zstandard, cryptography, argon2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("VHDKIT_REQUIRE_SPEC_READER").is_err(),
+            "VHDKIT_REQUIRE_SPEC_READER=1, but python3 lacks blake3, crc32c, zstandard, cryptography or argon2-cffi"
+        );
+        eprintln!("SKIPPED: pip install blake3 crc32c zstandard cryptography argon2-cffi to run the spec reader");
+    }
+    ok
+}
+
+/// Restores backup `id` with the independent reader; its bytes.
+fn spec_read(store: &Path, key: &[&str], id: &str, out: &Path) -> Vec<u8> {
+    let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("spec_reader.py");
+    let run = Command::new("python3")
+        .arg(&reader)
+        .arg(store)
+        .args(key)
+        .arg("--verify-packs")
+        .arg(id)
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "the spec reader failed on {id}: {}", String::from_utf8_lossy(&run.stderr));
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn a_reader_written_from_the_format_document_alone_restores_every_backup() {
+    if !spec_reader_available() {
+        return;
+    }
+    let dir = common::scratch("crypt-spec-reader");
+    // Key file, zstd, 64 KiB chunks: 2,400 data slots make manifests of
+    // several 64 KiB segments; half the chunks compress.
+    let at = dir.join("zstd");
+    let _ = std::fs::remove_dir_all(&at);
+    let options = common::tweak(common::init_options(64 * 1024, 8 << 20), |o| o.compression = Compression::Zstd);
+    let store = Store::init(&at, &common::encrypted(options)).unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..2400u64 {
+        let piece = common::noise(100 + i, 64 * 1024);
+        bytes.extend_from_slice(if i % 2 == 0 { &piece } else { &piece[..4096] });
+        if i % 2 == 1 {
+            bytes.extend(std::iter::repeat_n(i as u8, 60 * 1024));
+        }
+    }
+    let full = store
+        .backup(&OpenOptions::new().open_raw_reader(Box::new(bytes.clone()), "d"), &BackupOptions::new("d"))
+        .unwrap();
+    let first = bytes.clone();
+    bytes[5_000_000..5_300_000].fill(0xab);
+    let changes = ChangeList::from_ranges([5_000_000..5_300_000]);
+    let opts = common::tweak(BackupOptions::new("d"), |o| o.changes = Some(changes));
+    let incr = store.backup(&OpenOptions::new().open_raw_reader(Box::new(bytes.clone()), "d"), &opts).unwrap();
+    store.merge(incr.id.as_str(), &vhdkit::store::MergeOptions::default()).unwrap();
+    drop(store);
+    let key = dir.join("key");
+    std::fs::write(&key, [0x5e; 32]).unwrap();
+    let key_arg = ["--key-file", key.to_str().unwrap()];
+    assert!(spec_read(&at, &key_arg, full.id.as_str(), &dir.join("full.raw")) == first, "the full backup differs");
+    assert!(spec_read(&at, &key_arg, incr.id.as_str(), &dir.join("incr.raw")) == bytes, "the merged backup differs");
+
+    // A passphrase (Argon2id), no compression.
+    let at = dir.join("pass");
+    let _ = std::fs::remove_dir_all(&at);
+    let options = common::tweak(common::init_options(64 * 1024, 1 << 20), |o| {
+        o.encryption = Some(common::tweak(vhdkit::store::Encryption::new(StoreKey::passphrase("spec reader")), |e| {
+            e.argon2 = Argon2Params::insecure_for_tests();
+        }));
+    });
+    let store = Store::init(&at, &options).unwrap();
+    let disk = common::sparse_noise(21, 3 << 20);
+    let id = store
+        .backup(&OpenOptions::new().open_raw_reader(Box::new(disk.clone()), "p"), &BackupOptions::new("p"))
+        .unwrap()
+        .id;
+    drop(store);
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "spec reader\n").unwrap();
+    let pw_arg = ["--password-file", pw.to_str().unwrap()];
+    assert!(spec_read(&at, &pw_arg, id.as_str(), &dir.join("p.raw")) == disk, "the passphrase store's backup differs");
+}
