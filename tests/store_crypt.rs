@@ -632,7 +632,7 @@ fn a_reader_written_from_the_format_document_alone_restores_every_backup() {
         .unwrap();
     let first = bytes.clone();
     bytes[5_000_000..5_300_000].fill(0xab);
-    let changes = ChangeList::from_ranges([5_000_000..5_300_000]);
+    let changes = ChangeList::from_ranges(std::iter::once(5_000_000..5_300_000));
     let opts = common::tweak(BackupOptions::new("d"), |o| o.changes = Some(changes));
     let incr = store.backup(&OpenOptions::new().open_raw_reader(Box::new(bytes.clone()), "d"), &opts).unwrap();
     store.merge(incr.id.as_str(), &vhdkit::store::MergeOptions::default()).unwrap();
