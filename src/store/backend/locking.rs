@@ -11,10 +11,9 @@
 //! retention is short or missing.
 
 use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Backend, ObjectInfo, ObjectWriter};
+use super::{Backend, ObjectWriter};
 use crate::store::config::ObjectLock;
 
 /// Prefixes of the keys that are locked (key objects too: without them an
@@ -61,21 +60,6 @@ impl ObjectWriter for LockingWriter {
 }
 
 impl Backend for LockingBackend {
-    fn describe(&self, key: &str) -> PathBuf {
-        self.inner.describe(key)
-    }
-    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(key, buf, offset)
-    }
-    fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {
-        self.inner.read_all(key)
-    }
-    fn stat(&self, key: &str) -> io::Result<ObjectInfo> {
-        self.inner.stat(key)
-    }
-    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
         let inner = self.inner.create(key)?;
         if !locked_key(key) {
@@ -97,5 +81,5 @@ impl Backend for LockingBackend {
         }
         self.inner.delete(key)
     }
-    forward_to_inner!();
+    forward_to_inner!(reads);
 }

@@ -15,8 +15,27 @@
 
 /// The [`Backend`] methods a wrapper (cache, lock, seal) passes to the
 /// backend it wraps, field `inner`, unchanged: the storage's clock,
-/// traffic and Object Lock.
+/// traffic and Object Lock. `forward_to_inner!(reads)` passes reads,
+/// stats and listings on too, for wrappers that only guard writes.
 macro_rules! forward_to_inner {
+    (reads) => {
+        fn describe(&self, key: &str) -> std::path::PathBuf {
+            self.inner.describe(key)
+        }
+        fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.inner.read_at(key, buf, offset)
+        }
+        fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
+            self.inner.read_all(key)
+        }
+        fn stat(&self, key: &str) -> std::io::Result<$crate::store::backend::ObjectInfo> {
+            self.inner.stat(key)
+        }
+        fn list(&self, prefix: &str) -> std::io::Result<Vec<$crate::store::backend::ObjectInfo>> {
+            self.inner.list(prefix)
+        }
+        forward_to_inner!();
+    };
     () => {
         fn now(&self) -> std::io::Result<std::time::SystemTime> {
             self.inner.now()

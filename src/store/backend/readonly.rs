@@ -5,10 +5,9 @@
 //! log entry) would leak or damage it.
 
 use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Backend, ObjectInfo, ObjectWriter};
+use super::{Backend, ObjectWriter};
 
 /// `inner`, refusing every write outside `locks/`.
 #[derive(Debug)]
@@ -34,21 +33,6 @@ fn refused(key: &str) -> io::Error {
 }
 
 impl Backend for ReadOnlyBackend {
-    fn describe(&self, key: &str) -> PathBuf {
-        self.inner.describe(key)
-    }
-    fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(key, buf, offset)
-    }
-    fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {
-        self.inner.read_all(key)
-    }
-    fn stat(&self, key: &str) -> io::Result<ObjectInfo> {
-        self.inner.stat(key)
-    }
-    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
         if !writable(key) {
             return Err(refused(key));
@@ -61,5 +45,5 @@ impl Backend for ReadOnlyBackend {
         }
         self.inner.delete(key)
     }
-    forward_to_inner!();
+    forward_to_inner!(reads);
 }
