@@ -538,11 +538,17 @@ fn a_forged_tombstone_hides_nothing_and_a_planted_key_counts_for_nothing() {
     let w = work(&dir, &pristine);
     // Someone who can only write: a tombstone for backup b, in the clear.
     std::fs::write(w.join(format!("dropped/{}", known[2].0)), b"dropped by prune").unwrap();
+    // And one far too large to be a tombstone (sparse: no disk is used),
+    // which must be refused by its size, never fetched.
+    std::fs::File::create(w.join(format!("dropped/{}", known[1].0))).unwrap().set_len(8 << 30).unwrap();
     let store = open(&w);
     let listed: Vec<BackupId> = store.list().unwrap().into_iter().map(|b| b.id).collect();
     assert!(listed.contains(&known[2].0), "a forged tombstone hid a backup");
+    assert!(listed.contains(&known[1].0), "an oversized tombstone hid a backup");
     let report = verify(&store);
     assert!(!report.ok && names(&report, &format!("dropped/{}", known[2].0)), "{report:?}");
+    assert!(names(&report, "more than a sealed tombstone's 4096"), "{report:?}");
+    std::fs::remove_file(w.join(format!("dropped/{}", known[1].0))).unwrap();
     // Backups and vacuum go on past it, and delete nothing of b.
     let disk = OpenOptions::new().open_raw_reader(Box::new(common::sparse_noise(8, 1 << 20)), "c.raw");
     store.backup(&disk, &BackupOptions::new("c")).unwrap();

@@ -17,6 +17,12 @@ use super::manifest::{ChangeSource, Kind, ManifestHeader, SourceInfo, id_from_ke
 use super::point::{PointDisk, PointRecord, point_from_key};
 use super::time::Moment;
 
+/// The largest object under `dropped/` an encrypted store takes for a
+/// tombstone: what prune and fencing write is a few dozen bytes sealed in
+/// one envelope segment; anything larger is not read at all (a planted
+/// multi-gigabyte "tombstone" would otherwise be fetched by every open).
+const MAX_SEALED_TOMBSTONE: u64 = 4096;
+
 /// One backup (one disk's manifest), as `list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -213,18 +219,37 @@ impl Store {
             }
         };
         // In an encrypted store a tombstone is sealed: one that does not
-        // open was not written by a key holder (forged, to hide a backup
-        // from the catalog and have vacuum delete it) and counts for
-        // nothing; verify names it.
+        // open, or is too large to be one, was not written by a key holder
+        // (forged, to hide a backup from the catalog and have vacuum delete
+        // it) and counts for nothing; verify names it. A storage that
+        // cannot answer is an error, never a forgery: taking it for one
+        // would bring a dropped backup back as a parent whose packs vacuum
+        // may already have deleted.
         if self.is_encrypted() {
-            tombstones.retain(|key| match backend.read_all(key) {
-                Ok(_) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                Err(e) => {
-                    forged.push((key.clone(), StoreError::io(backend.describe(key), "read tombstone")(e)));
-                    false
+            let mut kept = Vec::with_capacity(tombstones.len());
+            for key in tombstones {
+                let read = match self.stored_backend().stat(&key) {
+                    Ok(info) if info.size > MAX_SEALED_TOMBSTONE => {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{} bytes, more than a sealed tombstone's {MAX_SEALED_TOMBSTONE}", info.size),
+                        );
+                        forged.push((key.clone(), StoreError::io(backend.describe(&key), "read tombstone")(e)));
+                        continue;
+                    }
+                    Ok(_) => backend.read_all(&key),
+                    Err(e) => Err(e),
+                };
+                match read {
+                    Ok(_) => kept.push(key),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) if super::backend::is_seal_error(&e) => {
+                        forged.push((key.clone(), StoreError::io(backend.describe(&key), "read tombstone")(e)));
+                    }
+                    Err(e) => return Err(StoreError::io(backend.describe(&key), "read tombstone")(e)),
                 }
-            });
+            }
+            tombstones = kept;
         }
         let dropped_ids: std::collections::HashSet<&str> =
             tombstones.iter().filter_map(|k| k.strip_prefix("dropped/")).collect();

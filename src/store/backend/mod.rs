@@ -213,9 +213,16 @@ pub(crate) fn exists(backend: &dyn Backend, key: &str) -> io::Result<bool> {
     match backend.stat(key) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<SealError>()) => Ok(true),
+        Err(e) if is_seal_error(&e) => Ok(true),
         Err(e) => Err(e),
     }
+}
+
+/// Whether a read failed because a sealed object did not open (forged,
+/// damaged or from another store), rather than because the storage could
+/// not answer: only the first says anything about the object.
+pub(crate) fn is_seal_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SealError>())
 }
 
 /// Bytes of every object under `prefix` (`""`: the whole store).
