@@ -219,6 +219,7 @@ fn a_flipped_byte_anywhere_is_named_by_verify_with_and_without_the_key_and_never
         .collect();
     assert!(objects.iter().any(|p| p.starts_with("points")), "no restore point to tamper with");
     let mut restores_failed = 0;
+    let mut records_hit = 0;
     for rel in &objects {
         let len = std::fs::metadata(pristine.join(rel)).unwrap().len() as usize;
         // In a pack, 72 is the first record's CRC field: a restore relies on
@@ -228,6 +229,20 @@ fn a_flipped_byte_anywhere_is_named_by_verify_with_and_without_the_key_and_never
             let mut bytes = std::fs::read(w.join(rel)).unwrap();
             bytes[at] ^= 0x20;
             std::fs::write(w.join(rel), &bytes).unwrap();
+            // Restore first, on its own: verify records what it finds
+            // under damaged/, and a restore after it would only be
+            // refusing what verify marked, not catching the flip itself.
+            let outcome = restores(&open(&w), &known);
+            let in_record = rel.starts_with("packs")
+                && records(&std::fs::read(pristine.join(rel)).unwrap()).iter().any(|r| {
+                    // A record's header before its CRC, or its sealed payload:
+                    // what a restore itself must catch (the CRC is verify's).
+                    (r.start..r.start + 48).contains(&at) || (r.start + 52..r.end).contains(&at)
+                });
+            records_hit += usize::from(in_record);
+            if in_record || rel.starts_with("manifests") {
+                assert!(outcome.iter().any(Result::is_err), "{}: a flip at {at} restored everything", rel.display());
+            }
             let keyless =
                 Store::open_with(&w, &common::tweak(vhdkit::store::OpenOptions::default(), |o| o.without_key = true))
                     .unwrap()
@@ -240,15 +255,19 @@ fn a_flipped_byte_anywhere_is_named_by_verify_with_and_without_the_key_and_never
             if !rel.starts_with("log") {
                 assert!(names(&report, &stem(rel)), "{}: verify does not name it: {report:?}", rel.display());
             }
-            let outcome = restores(&store, &known);
             if rel.starts_with("packs") || rel.starts_with("manifests") || rel.starts_with("index") {
-                // Something a backup needs was hit.
-                assert!(outcome.iter().any(Result::is_err), "{}: a flip at {at} restored everything", rel.display());
+                // After verify, whatever it found damaged is refused.
+                assert!(
+                    restores(&store, &known).iter().any(Result::is_err),
+                    "{}: a flip at {at} restored everything after verify",
+                    rel.display()
+                );
             }
             restores_failed += outcome.iter().filter(|r| r.is_err()).count();
         }
     }
     assert!(restores_failed > 0);
+    assert!(records_hit >= 3, "only {records_hit} flips landed in a record");
 }
 
 /// Byte ranges of the records in a pack, from its own headers.
@@ -302,6 +321,8 @@ fn swapped_records_are_found_even_with_their_crcs_fixed() {
             pack[b.clone()].copy_from_slice(&ra);
         }
         std::fs::write(w.join(&rel), &pack).unwrap();
+        // Restore before verify marks anything: the tags alone must refuse.
+        assert!(restores(&open(&w), &known).iter().any(Result::is_err), "swapped records restored");
         let keyless =
             Store::open_with(&w, &common::tweak(vhdkit::store::OpenOptions::default(), |o| o.without_key = true))
                 .unwrap()
@@ -346,11 +367,12 @@ fn swapped_manifests_and_truncated_objects_are_named_and_never_restored() {
     let (b1, b2) = (std::fs::read(&m1).unwrap(), std::fs::read(&m2).unwrap());
     std::fs::write(&m1, &b2).unwrap();
     std::fs::write(&m2, &b1).unwrap();
+    // Restore before verify marks anything: the envelopes alone refuse.
+    let outcome = restores(&open(&w), &known);
+    assert!(outcome[0].is_err() && outcome[2].is_err(), "{outcome:?}");
     let store = open(&w);
     let report = verify(&store);
     assert!(!report.ok && names(&report, known[0].0.as_str()) && names(&report, known[2].0.as_str()), "{report:?}");
-    let outcome = restores(&store, &known);
-    assert!(outcome[0].is_err() && outcome[2].is_err(), "{outcome:?}");
 
     // Each kind of object cut short.
     for prefix in ["packs", "manifests", "index", "points"] {
@@ -359,14 +381,16 @@ fn swapped_manifests_and_truncated_objects_are_named_and_never_restored() {
         let bytes = std::fs::read(w.join(&rel)).unwrap();
         for cut in [bytes.len() - 1, bytes.len() / 2] {
             std::fs::write(w.join(&rel), &bytes[..cut]).unwrap();
-            let store = open(&w);
-            let report = verify(&store);
-            assert!(!report.ok && names(&report, &stem(&rel)), "{} cut to {cut}: {report:?}", rel.display());
-            if prefix != "points" {
-                assert!(restores(&store, &known).iter().any(Result::is_err), "{} cut to {cut}", rel.display());
-            } else {
-                restores(&store, &known);
+            // Restore first (verify's marks would refuse for it), and it
+            // never returns a wrong byte. A restore point is not read by
+            // it, nor the last byte of a pack (its index's trailer, which
+            // restore finds in the index files).
+            let outcome = restores(&open(&w), &known);
+            if prefix != "points" && !(prefix == "packs" && cut == bytes.len() - 1) {
+                assert!(outcome.iter().any(Result::is_err), "{} cut to {cut}", rel.display());
             }
+            let report = verify(&open(&w));
+            assert!(!report.ok && names(&report, &stem(&rel)), "{} cut to {cut}: {report:?}", rel.display());
         }
     }
 }
@@ -641,11 +665,16 @@ fn a_reader_written_from_the_format_document_alone_restores_every_backup() {
     let changes = ChangeList::from_ranges(std::iter::once(5_000_000..5_300_000));
     let opts = common::tweak(BackupOptions::new("d"), |o| o.changes = Some(changes));
     let incr = store.backup(&OpenOptions::new().open_raw_reader(Box::new(bytes.clone()), "d"), &opts).unwrap();
-    store.merge(incr.id.as_str(), &vhdkit::store::MergeOptions::default()).unwrap();
-    drop(store);
+    let manifest = std::fs::metadata(at.join(format!("manifests/{}.manifest", full.id))).unwrap().len();
+    assert!(manifest > 64 * 1024, "a manifest of {manifest} bytes is one segment");
     let key = dir.join("key");
     std::fs::write(&key, [0x5e; 32]).unwrap();
     let key_arg = ["--key-file", key.to_str().unwrap()];
+    // Before the merge, the incremental's unchanged slots come from its
+    // parent: the document's chain walk.
+    assert!(spec_read(&at, &key_arg, incr.id.as_str(), &dir.join("chain.raw")) == bytes, "the chain differs");
+    store.merge(incr.id.as_str(), &vhdkit::store::MergeOptions::default()).unwrap();
+    drop(store);
     assert!(spec_read(&at, &key_arg, full.id.as_str(), &dir.join("full.raw")) == first, "the full backup differs");
     assert!(spec_read(&at, &key_arg, incr.id.as_str(), &dir.join("incr.raw")) == bytes, "the merged backup differs");
 
