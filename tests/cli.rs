@@ -326,7 +326,7 @@ fn an_encrypted_store_from_the_command_line() {
     assert!(std::fs::read(&out).unwrap() == qemu_raw(&image, &dir), "the restore differs from qemu's view");
 
     // A wrong passphrase, or none: exit 1 naming the store, nothing written.
-    let before = walk(&store);
+    let before = common::files(&store);
     let wrong = vhdkit_env(&[&"list", &store], &[("VHDKIT_PASSWORD", "not it")]);
     let said = String::from_utf8_lossy(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(1), "{said}");
@@ -334,7 +334,7 @@ fn an_encrypted_store_from_the_command_line() {
     let none = vhdkit_env(&[&"list", &store], &[]);
     assert_eq!(none.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&none.stderr).contains("is encrypted"));
-    assert_eq!(walk(&store), before, "a refused command wrote to the store");
+    assert!(common::files(&store) == before, "a refused command wrote to the store");
 
     // Verify without the key checks structure; with it, everything.
     let keyless: Value = serde_json::from_str(&ok_env(&[&"verify", &store, &"--no-key", &"--json"], &[])).unwrap();
@@ -360,13 +360,22 @@ fn an_encrypted_store_from_the_command_line() {
     ok_env(&[&"key", &"remove", &store, &prefix, &"--password-file", &file], &[]);
     assert_eq!(listed(&[]).len(), 1);
     assert_eq!(listed(&[])[0]["id"].as_str(), Some(added.trim()));
-    assert_eq!(vhdkit_env(&[&"list", &store], &pass).status.code(), Some(1), "the removed passphrase still opens");
+    let removed = vhdkit_env(&[&"list", &store], &pass);
+    assert_eq!(removed.status.code(), Some(1), "the removed passphrase still opens");
+    assert!(String::from_utf8_lossy(&removed.stderr).contains("no key of this store opens"));
     let last = vhdkit_env(&[&"key", &"remove", &store, &added.trim(), &"--password-file", &file], &[]);
     assert_eq!(last.status.code(), Some(1), "the last key went");
+    assert!(String::from_utf8_lossy(&last.stderr).contains("only key"), "{}", String::from_utf8_lossy(&last.stderr));
     ok_env(&[&"restore", &store, &id, &dir.join("again.raw"), &"--to", &"raw", &"--password-file", &file], &[]);
 
     // A key given for a plain store is refused.
     let plain = dir.join("plain");
     ok_env(&[&"store", &"init", &plain], &[]);
-    assert_eq!(vhdkit_env(&[&"list", &plain], &pass).status.code(), Some(1));
+    let given = vhdkit_env(&[&"list", &plain], &pass);
+    assert_eq!(given.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&given.stderr).contains("not encrypted"),
+        "{}",
+        String::from_utf8_lossy(&given.stderr)
+    );
 }

@@ -53,6 +53,7 @@ impl Store {
     /// Makes backup `spec` (see [`Store::resolve_backup`]) a full backup
     /// (exclusive lock). Metadata only: no chunk is read.
     pub fn merge(&self, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
+        self.require_writable()?;
         let spec = spec.as_ref();
         let t0 = self.backend().traffic();
         let _lease = self.lease(LeaseMode::Maintenance, "merge", options.wait)?;

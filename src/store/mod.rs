@@ -361,6 +361,16 @@ impl Store {
         Lease::acquire(self.backend.clone(), self.leases, mode, op, wait)
     }
 
+    /// Refuses an operation that writes when the store is encrypted and was
+    /// opened without its key: up front, with the reason, instead of
+    /// failing halfway on the first sealed object it cannot read or write.
+    pub(crate) fn require_writable(&self) -> Result<()> {
+        match self.crypt {
+            crypto::Crypt::Locked => Err(StoreError::KeyRequired { path: self.path() }),
+            _ => Ok(()),
+        }
+    }
+
     /// Records a finished operation in the job log: one small object per
     /// job (`log/<time>-<random>.json`), so writers never append to a
     /// shared file. A failure to log never fails the operation that already

@@ -126,6 +126,7 @@ impl Store {
     /// lock). A restore point is kept or dropped whole: its disks and
     /// attachments go together. With `dry_run`, changes nothing.
     pub fn prune(&self, name: &str, options: &PruneOptions) -> Result<PruneReport> {
+        self.require_writable()?;
         if options.policy.keeps_nothing() {
             return Err(StoreError::Invalid("the policy keeps nothing; refusing to drop every backup".into()));
         }

@@ -48,6 +48,7 @@ impl Store {
     /// Rebuilds the global index from the packs (exclusive lock; waits for
     /// it when `wait`).
     pub fn reindex(&self, options: &ReindexOptions) -> Result<ReindexReport> {
+        self.require_writable()?;
         let started = Instant::now();
         let t0 = self.backend().traffic();
         let _lease = self.lease(LeaseMode::Maintenance, "reindex", options.wait)?;

@@ -62,6 +62,24 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Every file under `dir`, by its path relative to `dir`, with its bytes:
+/// what a test compares to prove a store was (or was not) written.
+pub fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
 /// A scratch folder under the target directory, emptied first.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -352,15 +370,20 @@ pub fn cli() -> PathBuf {
 pub fn init_store(dir: &Path, options: &vhdkit::store::InitOptions) -> vhdkit::store::Store {
     use vhdkit::store::{CachedBackend, Store};
     let options = &suite_options(options.clone());
-    if std::env::var("VHDKIT_STORE_BACKEND").as_deref() != Ok("s3") {
-        return Store::init(dir, options).unwrap();
-    }
-    let s3 = s3::s3().expect("VHDKIT_STORE_BACKEND=s3 needs an S3 server (VHDKIT_S3_ENDPOINT or moto_server)");
-    let name = dir.strip_prefix(env!("CARGO_TARGET_TMPDIR")).unwrap_or(dir).to_string_lossy().replace('/', "-");
-    let url = s3.url(&name);
-    let store = Store::init_backend(s3.backend(&url), options).unwrap();
-    let cache = CachedBackend::new(s3.backend(&url), dir.join("cache").join(&store.config().store_id)).unwrap();
-    Store::open_backend_with(std::sync::Arc::new(cache), &open_options()).unwrap()
+    let store = if std::env::var("VHDKIT_STORE_BACKEND").as_deref() != Ok("s3") {
+        Store::init(dir, options).unwrap()
+    } else {
+        let s3 = s3::s3().expect("VHDKIT_STORE_BACKEND=s3 needs an S3 server (VHDKIT_S3_ENDPOINT or moto_server)");
+        let name = dir.strip_prefix(env!("CARGO_TARGET_TMPDIR")).unwrap_or(dir).to_string_lossy().replace('/', "-");
+        let url = s3.url(&name);
+        let store = Store::init_backend(s3.backend(&url), options).unwrap();
+        let cache = CachedBackend::new(s3.backend(&url), dir.join("cache").join(&store.config().store_id)).unwrap();
+        Store::open_backend_with(std::sync::Arc::new(cache), &open_options()).unwrap()
+    };
+    // The suite's encrypted run must really be encrypted, or it proves
+    // nothing it claims to.
+    assert_eq!(store.config().is_encrypted(), suite_encrypted() || options.encryption.is_some());
+    store
 }
 
 /// Whether the store suite runs on encrypted stores (`VHDKIT_STORE_ENCRYPT=1`).

@@ -257,6 +257,7 @@ impl Store {
     }
 
     fn run_job(&self, disks: &[JobDisk<'_>], options: &BackupOptions) -> Result<PointReport> {
+        self.require_writable()?;
         let started = Instant::now();
         let t0 = self.backend().traffic();
         check_job(disks, options)?;

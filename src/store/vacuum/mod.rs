@@ -137,6 +137,7 @@ pub struct VacuumReport {
 impl Store {
     /// Reclaims space; see the module documentation for the two phases.
     pub fn vacuum(&self, options: &VacuumOptions) -> Result<VacuumReport> {
+        self.require_writable()?;
         let started = Instant::now();
         let t0 = self.backend().traffic();
         let lease = self.lease(LeaseMode::Maintenance, "vacuum", options.wait)?;
