@@ -59,7 +59,9 @@ secs() {
   local t0 t1
   sync
   t0=$(date +%s.%N)
-  "$@" >/dev/null 2>&1
+  # A failed command is no timing: stop the script (set -e does not reach
+  # inside the $(...) that calls this).
+  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; kill -TERM $$; exit 1; }
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc
 }
@@ -141,13 +143,14 @@ if [[ " $PARTS " == *" restic "* ]]; then
     run_v() { store z zstd 3 0; secs "$VHDKIT" backup "$OUT/z" "$PERF/disk.vhdx" --name d; }
     run_r() {
       rm -rf "$OUT/restic"
-      restic init -q --repository-version 2 -r "$OUT/restic" >/dev/null 2>&1
+      restic init -q --repository-version 2 -r "$OUT/restic" >/dev/null 2>&1 ||
+        { echo "failed: restic init" >&2; kill -TERM $$; exit 1; }
       secs restic backup -q --no-cache -r "$OUT/restic" "$PERF/disk.vhdx"
     }
-    if [ $((i % 2)) = 0 ]; then tv=$(run_v); tr=$(run_r); else tr=$(run_r); tv=$(run_v); fi
-    ratios+=("$(echo "scale=4; $tr / $tv" | bc)")
+    if [ $((i % 2)) = 0 ]; then tv=$(run_v); trs=$(run_r); else trs=$(run_r); tv=$(run_v); fi
+    ratios+=("$(echo "scale=4; $trs / $tv" | bc)")
     printf '  round %d: vhdkit %6.2fs (%s MiB stored)  restic %6.2fs (%s MiB stored)\n' "$i" "$tv" \
-      "$(stat_mb "$OUT/z")" "$tr" "$(stat_mb "$OUT/restic")"
+      "$(stat_mb "$OUT/z")" "$trs" "$(stat_mb "$OUT/restic")"
   done
   printf 'vhdkit/restic throughput %s (geometric mean of %d)\n' "$(geomean "${ratios[@]}")" "$ROUNDS"
 fi

@@ -588,9 +588,26 @@ fn a_forged_tombstone_hides_nothing_and_a_planted_key_counts_for_nothing() {
     let keys = store.keys().unwrap();
     assert_eq!(keys.len(), 2);
     assert_eq!(keys.iter().filter(|k| k.authentic == Some(false)).count(), 1, "{keys:?}");
+    let report = verify(&store);
+    assert!(!report.ok && names(&report, &"0".repeat(32)), "verify passed a planted key object: {report:?}");
     let real_id = stem(&real);
     let err = store.remove_key(&real_id).unwrap_err();
     assert!(err.to_string().contains("only key"), "the planted key counted: {err}");
+    drop(store);
+
+    // A planted key object far too large to be one (sparse): the store
+    // still opens, and both verifies name it, without reading it.
+    let huge = w.join(format!("keys/{}.key", "1".repeat(32)));
+    std::fs::File::create(&huge).unwrap().set_len(8 << 30).unwrap();
+    let store = open(&w);
+    assert_eq!(store.keys().unwrap().len(), 2, "the oversized object counted as a key");
+    let report = verify(&store);
+    assert!(names(&report, "too large for a key object"), "{report:?}");
+    let keyless = Store::open_with(&w, &common::tweak(vhdkit::store::OpenOptions::default(), |o| o.without_key = true))
+        .unwrap()
+        .verify(&VerifyOptions::default())
+        .unwrap();
+    assert!(!keyless.ok && format!("{:?}", keyless.problems).contains("too large for a key object"), "{keyless:?}");
 }
 
 /// Whether python3 has what `tests/spec_reader.py` needs; without it the

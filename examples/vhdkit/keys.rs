@@ -252,7 +252,11 @@ pub(crate) fn key_command(cmd: KeyCommand) -> Result<u8, Failure> {
             // With the key (when one is given) the listing says which key
             // objects the store's key holders made.
             let s = match given_key()? {
-                Some(_) => open_store(&store)?,
+                Some(key) => {
+                    // Kept for open_store, which would read it again.
+                    let _ = KEY.set(Some(key));
+                    open_store(&store)?
+                }
                 None => super::store::open_store_keyless(&store)?,
             };
             let keys = s.keys()?;

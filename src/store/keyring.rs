@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::backend::{Backend, list_keys};
+use super::backend::{Backend, list_keys, read_small};
 use super::config::StoreConfig;
 use super::crypto::keyobj::{Argon2Params, KeyKind, KeyObject, MAX_KEY_OBJECT};
 use super::crypto::{Crypt, Keys, StoreKey};
@@ -65,13 +65,12 @@ fn read_all(backend: &dyn Backend) -> Result<(Vec<KeyObject>, Vec<String>)> {
     for key in keys {
         let Some(id) = id_of(&key) else { continue };
         let path = backend.describe(&key);
-        let size = backend.stat(&key).map_err(StoreError::io(&path, "read key object"))?.size;
-        if size > MAX_KEY_OBJECT as u64 {
-            problems.push(format!("{}: {size} bytes is too large for a key object", path.display()));
-            continue;
-        }
-        let bytes = match backend.read_all(&key) {
+        let bytes = match read_small(backend, &key, MAX_KEY_OBJECT as u64) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                problems.push(format!("{}: too large for a key object: {e}", path.display()));
+                continue;
+            }
             other => other.map_err(StoreError::io(&path, "read key object"))?,
         };
         match KeyObject::decode(&bytes, id) {
@@ -181,6 +180,22 @@ impl Store {
                 host: k.host,
             })
             .collect())
+    }
+
+    /// What verify says of `keys/`: objects that are no key object (too
+    /// large, undecodable), and key objects the store's key did not make
+    /// (planted beside the real ones). Nothing for a plain store.
+    pub(crate) fn key_problems(&self) -> Result<Vec<String>> {
+        let Some(keys) = self.crypt.keys() else { return Ok(Vec::new()) };
+        let backend = self.backend();
+        let (objects, mut problems) = read_all(backend)?;
+        for k in objects.iter().filter(|k| !k.authentic(keys)) {
+            problems.push(format!(
+                "{}: a key object not made with the store's key (planted?)",
+                backend.describe(&key_of(&k.id)).display()
+            ));
+        }
+        Ok(problems)
     }
 
     /// Adds a wrapping of the master key by `key` (a passphrase costs

@@ -225,6 +225,23 @@ pub(crate) fn is_seal_error(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<SealError>())
 }
 
+/// A small object's bytes, refused (`InvalidData`) when its size is over
+/// `max`: hostile storage must not make us fetch gigabytes to find that an
+/// object is not what its name says. Exactly the stated size is read, so an
+/// object swapped for a larger one after the stat is not read whole either.
+pub(crate) fn read_small(backend: &dyn Backend, key: &str, max: u64) -> io::Result<Vec<u8>> {
+    let size = backend.stat(key)?.size;
+    if size > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{size} bytes, more than the {max} allowed here"),
+        ));
+    }
+    let mut bytes = vec![0; size as usize];
+    backend.read_at(key, &mut bytes, 0)?;
+    Ok(bytes)
+}
+
 /// Bytes of every object under `prefix` (`""`: the whole store).
 pub(crate) fn total_bytes(backend: &dyn Backend, prefix: &str) -> io::Result<u64> {
     Ok(backend.list(prefix)?.iter().map(|o| o.size).sum())

@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::{DamagedChunk, VerifyOptions, VerifyReport};
 use crate::progress::Operation;
 use crate::store::Store;
-use crate::store::backend::{Backend, SEALED_FOLDERS, list_keys};
+use crate::store::backend::{Backend, SEALED_FOLDERS, list_keys, read_small};
 use crate::store::chunk::{RECORD_HEADER, decode_header};
 use crate::store::crypto::envelope;
 use crate::store::crypto::keyobj::{KeyObject, MAX_KEY_OBJECT};
@@ -57,18 +57,11 @@ impl Store {
 
         for key in list("keys", &mut problems) {
             let Some(id) = key.strip_prefix("keys/").and_then(|k| k.strip_suffix(".key")) else { continue };
-            // The size first: a hostile object must not make us read
-            // gigabytes to find it is no key object.
-            let read = backend.stat(&key).and_then(|o| {
-                if o.size > MAX_KEY_OBJECT as u64 {
-                    Ok(Err(format!("{} bytes is too large for a key object", o.size)))
-                } else {
-                    backend.read_all(&key).map(Ok)
+            let verdict = match read_small(backend, &key, MAX_KEY_OBJECT as u64) {
+                Ok(bytes) => KeyObject::decode(&bytes, id).map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    Err(format!("too large for a key object: {e}"))
                 }
-            });
-            let verdict = match read {
-                Ok(Ok(bytes)) => KeyObject::decode(&bytes, id).map(|_| ()).map_err(|e| e.to_string()),
-                Ok(Err(why)) => Err(why),
                 Err(e) => Err(format!("unreadable: {e}")),
             };
             if let Err(why) = verdict {

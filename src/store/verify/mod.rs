@@ -146,6 +146,7 @@ impl Store {
                 Catalog::empty()
             }
         };
+        problems.extend(self.key_problems()?);
         for (key, e) in &catalog.forged {
             problems.push(format!("{key}: ignored, it does not open (not written with the store's key): {e}"));
         }
