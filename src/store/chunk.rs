@@ -151,9 +151,36 @@ pub fn record_header(
     let len: usize = stored.iter().map(|p| p.len()).sum();
     let mut h = fixed_fields(compression, plain_len, len as u32, sealed);
     h[16..48].copy_from_slice(&id.0);
-    let crc = stored.iter().fold(crc32c::crc32c(&h[..48]), |crc, p| crc32c::crc32c_append(crc, p));
+    let crc = record_crc(&h, stored);
     h[48..52].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// A record's CRC-32C: of its header's first 48 bytes (`head` holds at
+/// least those), then its stored bytes, given in pieces.
+pub(crate) fn record_crc(head: &[u8], stored: &[&[u8]]) -> u32 {
+    stored.iter().fold(crc32c::crc32c(&head[..48]), |crc, p| crc32c::crc32c_append(crc, p))
+}
+
+/// What a CRC mismatch is called, wherever it is found.
+pub(crate) fn crc_mismatch(stored: u32, computed: u32) -> String {
+    format!("CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+}
+
+/// The stored bytes of `record` (after its header), checked against the
+/// header's length.
+fn stored_part<'a>(record: &'a [u8], h: &RecordHeader) -> Result<&'a [u8], RecordError> {
+    record
+        .get(RECORD_HEADER..RECORD_HEADER + h.stored_len as usize)
+        .ok_or_else(|| bad(RECORD_HEADER as u64, "stored bytes cut short"))
+}
+
+fn crc_holds(record: &[u8], stored: &[u8], h: &RecordHeader) -> Result<(), RecordError> {
+    let crc = record_crc(record, &[stored]);
+    if crc != h.crc {
+        return Err(bad(48, crc_mismatch(h.crc, crc)));
+    }
+    Ok(())
 }
 
 /// The header with its first 16 bytes filled: magic, version, compression,
@@ -289,17 +316,12 @@ pub fn decode_record(record: &[u8], expected: ChunkId, out: &mut Vec<u8>, crypt:
 /// changed (vacuum copies a record's bytes once they check out).
 pub fn decode_record_into(record: &[u8], expected: ChunkId, dst: &mut [u8], crypt: &Crypt) -> Result<(), RecordError> {
     let h = decode_header(record)?;
-    let stored = record
-        .get(RECORD_HEADER..RECORD_HEADER + h.stored_len as usize)
-        .ok_or_else(|| bad(RECORD_HEADER as u64, "stored bytes cut short"))?;
+    let stored = stored_part(record, &h)?;
     // A sealed record's tag covers all the CRC does (the header's fields
     // and the chunk id are its associated data): the CRC is there for
     // checks without the key, and is not computed twice.
     if !h.sealed {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&record[..48]), stored);
-        if crc != h.crc {
-            return Err(bad(48, format!("CRC mismatch (stored {:#010x}, computed {crc:#010x})", h.crc)));
-        }
+        crc_holds(record, stored, &h)?;
     }
     if h.id != expected {
         return Err(bad(16, format!("record holds chunk {} not {}", h.id, expected)));
@@ -346,14 +368,7 @@ pub fn decode_record_into(record: &[u8], expected: ChunkId, dst: &mut [u8], cryp
 /// instead; verify checks both, so it agrees with a check without the key).
 pub fn check_crc(record: &[u8]) -> Result<(), RecordError> {
     let h = decode_header(record)?;
-    let stored = record
-        .get(RECORD_HEADER..RECORD_HEADER + h.stored_len as usize)
-        .ok_or_else(|| bad(RECORD_HEADER as u64, "stored bytes cut short"))?;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&record[..48]), stored);
-    if crc != h.crc {
-        return Err(bad(48, format!("CRC mismatch (stored {:#010x}, computed {crc:#010x})", h.crc)));
-    }
-    Ok(())
+    crc_holds(record, stored_part(record, &h)?, &h)
 }
 
 thread_local! {

@@ -89,7 +89,14 @@ pub struct PackWriter {
     writer: Box<dyn ObjectWriter>,
     entries: Vec<PackEntry>,
     keys: Option<Arc<Keys>>,
+    /// Small pieces (record headers, salts, tags) not yet written: they go
+    /// out with the next large piece's turn, so a sealed record costs two
+    /// write calls, not four (a local writer is not buffered).
+    pending: Vec<u8>,
 }
+
+/// Pieces up to this size wait in `PackWriter::pending`.
+const SMALL_PIECE: usize = 4096;
 
 impl PackWriter {
     /// Starts a new pack with a fresh id, for a store sealed as `crypt`
@@ -106,7 +113,7 @@ impl PackWriter {
         let mut header = HEADER_MAGIC.to_vec();
         header.extend_from_slice(&id.0);
         writer.write(&header).map_err(StoreError::io(backend.describe(&key), "write pack"))?;
-        Ok(PackWriter { id, writer, entries: Vec::new(), keys })
+        Ok(PackWriter { id, writer, entries: Vec::new(), keys, pending: Vec::with_capacity(2 * SMALL_PIECE) })
     }
 
     /// The pack's id.
@@ -116,7 +123,25 @@ impl PackWriter {
 
     /// Bytes written so far.
     pub fn bytes_written(&self) -> u64 {
-        self.writer.position()
+        self.writer.position() + self.pending.len() as u64
+    }
+
+    /// Writes `bytes` after what is pending; small pieces only wait.
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.len() <= SMALL_PIECE && self.pending.len() + bytes.len() <= 2 * SMALL_PIECE {
+            self.pending.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.flush_pending()?;
+        self.writer.write(bytes)
+    }
+
+    fn flush_pending(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.writer.write(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
     }
 
     /// Appends a record whose stored bytes are the pieces `stored` (for an
@@ -132,10 +157,10 @@ impl PackWriter {
         let header = record_header(id, compression, plain_len, stored, self.keys.is_some());
         let len: usize = stored.iter().map(|p| p.len()).sum();
         let length = u32::try_from(header.len() + len).map_err(std::io::Error::other)?;
-        let entry = PackEntry { id, offset: self.writer.position(), length };
-        self.writer.write(&header)?;
+        let entry = PackEntry { id, offset: self.bytes_written(), length };
+        self.put(&header)?;
         for piece in stored.iter().filter(|p| !p.is_empty()) {
-            self.writer.write(piece)?;
+            self.put(piece)?;
         }
         self.entries.push(entry);
         Ok(entry)
@@ -144,7 +169,7 @@ impl PackWriter {
     /// Writes the pack index and trailer, flushes, and commits the pack
     /// under its key. Returns the id and its entries.
     pub fn seal(mut self) -> std::io::Result<(PackId, Vec<PackEntry>)> {
-        let index_offset = self.writer.position();
+        let index_offset = self.bytes_written();
         let mut index = Vec::with_capacity(self.entries.len() * ENTRY);
         for e in &self.entries {
             index.extend_from_slice(&e.id.0);
@@ -161,8 +186,9 @@ impl PackWriter {
         trailer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         trailer.extend_from_slice(&crc32c::crc32c(&index).to_le_bytes());
         trailer.extend_from_slice(END_MAGIC);
-        self.writer.write(&index)?;
-        self.writer.write(&trailer)?;
+        self.put(&index)?;
+        self.put(&trailer)?;
+        self.flush_pending()?;
         self.writer.commit()?;
         Ok((self.id, self.entries))
     }

@@ -44,7 +44,13 @@ pub const CIPHER: &str = "aes-256-gcm";
 /// Whether two strings (MACs in hex) are equal, compared without an early
 /// exit.
 pub(crate) fn same_text(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    same_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// Whether two secrets or MACs are equal, compared without an early exit
+/// (only their lengths may show).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Random bytes from the operating system's CSPRNG.
@@ -241,9 +247,7 @@ impl StoreKey {
     /// Whether `other` is the same key (for a passphrase typed twice);
     /// compared without an early exit.
     pub fn same_as(&self, other: &StoreKey) -> bool {
-        self.kind == other.kind
-            && self.secret.len() == other.secret.len()
-            && self.secret.iter().zip(other.secret.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        self.kind == other.kind && same_bytes(&self.secret, &other.secret)
     }
 
     /// Whether this is a passphrase (else a key file).

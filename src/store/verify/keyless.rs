@@ -19,7 +19,7 @@ use super::{DamagedChunk, VerifyOptions, VerifyReport};
 use crate::progress::Operation;
 use crate::store::Store;
 use crate::store::backend::{Backend, SEALED_FOLDERS, list_keys, read_small};
-use crate::store::chunk::{RECORD_HEADER, decode_header};
+use crate::store::chunk::{RECORD_HEADER, crc_mismatch, decode_header, record_crc};
 use crate::store::crypto::envelope;
 use crate::store::crypto::keyobj::{KeyObject, MAX_KEY_OBJECT};
 use crate::store::error::{Result, StoreError};
@@ -250,12 +250,12 @@ fn check_pack(backend: &dyn Backend, id: PackId, tick: &mut dyn FnMut(u64) -> bo
         if let Err(e) = backend.read_at(&key, &mut record, pos + RECORD_HEADER as u64) {
             return fail(out, format!("unreadable at byte {pos}: {e}"));
         }
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..48]), &record);
+        let crc = record_crc(&h, &[&record]);
         if crc != header.crc {
             out.damaged.push(DamagedChunk {
                 chunk: header.id.to_hex(),
                 pack: id.to_hex(),
-                reason: format!("at byte {pos}: CRC mismatch (stored {:#010x}, computed {crc:#010x})", header.crc),
+                reason: format!("at byte {pos}: {}", crc_mismatch(header.crc, crc)),
             });
         }
         out.records += 1;
