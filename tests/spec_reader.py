@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reader for vhdkit encrypted stores (version 3), written from
+"""Independent reader for vhdkit encrypted stores (version 4), written from
 docs/store-format.md alone, without reading the crate's code: it proves the
 document is enough to read a store, and tests/store_crypt.rs runs it against
 stores the crate writes, so the two cannot drift apart.
@@ -100,7 +100,7 @@ class Store:
             raise Corrupt("config is not an object")
         if cfg.get("format") != "vhdkit-store":
             raise Corrupt("config: bad format")
-        if cfg.get("version") != 3 or "encryption" not in cfg:
+        if cfg.get("version") != 4 or "encryption" not in cfg:
             raise Corrupt(f"config: version {cfg.get('version')} is not an encrypted store (NotEncrypted)")
         order = ["format", "version", "store_id", "chunk_size", "compression", "zstd_level",
                  "pack_size", "created", "object_lock", "encryption", "mac", "checksum"]

@@ -704,3 +704,19 @@ fn a_reader_written_from_the_format_document_alone_restores_every_backup() {
     let pw_arg = ["--password-file", pw.to_str().unwrap()];
     assert!(spec_read(&at, &pw_arg, id.as_str(), &dir.join("p.raw")) == disk, "the passphrase store's backup differs");
 }
+
+/// A store of the encryption preview (version 3: plain tombstones, key
+/// objects without a MAC) is refused by name, never read as a version 4
+/// store whose tombstones and keys would all look forged.
+#[test]
+fn a_version_3_preview_store_is_refused_by_name() {
+    let dir = common::scratch("crypt-preview");
+    let (pristine, _) = small_store(&dir);
+    let w = work(&dir, &pristine);
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join("config")).unwrap()).unwrap();
+    assert_eq!(config["version"], 4);
+    config["version"] = 3.into();
+    std::fs::write(w.join("config"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let err = Store::open_with(&w, &common::key_options()).unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedStore { .. }) && err.to_string().contains("8f8a734"), "{err}");
+}

@@ -411,9 +411,14 @@ fn no_interleaving_loses_a_committed_chunk() {
         }
     };
     let mut all = Events::default();
+    // Commits on the encrypted seeds alone: that they run is not enough.
+    let mut encrypted_commits = 0;
     for &seed in &seeds {
         match std::panic::catch_unwind(|| run(seed)) {
             Ok(Ok(e)) => {
+                if seed % 4 == 3 {
+                    encrypted_commits += e.committed;
+                }
                 all.steps += e.steps;
                 all.committed += e.committed;
                 all.lease_lost += e.lease_lost;
@@ -430,6 +435,7 @@ fn no_interleaving_loses_a_committed_chunk() {
     if seeds.len() >= 1000 {
         // The schedules reach every case the argument has.
         assert!(all.committed > 0 && all.packs_deleted > 0 && all.pending > 0, "{all:?}");
+        assert!(encrypted_commits > 0, "no encrypted schedule committed a backup");
         assert!(all.fenced > 0 && all.lease_lost > 0, "no process was paused past its lease and fenced: {all:?}");
         assert!(all.packs_rescued > 0, "no condemned pack was ever needed again: {all:?}");
     }

@@ -26,7 +26,13 @@ pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// The version of an encrypted store: version 2's layout with sealed
 /// records and objects, which a reader of version 2 must not take for
 /// plain ones. A plain store stays version 2.
-pub const ENCRYPTED_STORE_VERSION: u32 = 3;
+pub const ENCRYPTED_STORE_VERSION: u32 = 4;
+
+/// Encrypted stores as one earlier build wrote them (commit 8f8a734):
+/// plain tombstones and key objects without a MAC, which this crate would
+/// take for forgeries (bringing pruned backups back, and refusing to
+/// remove or keep locked the store's own keys). Refused by name.
+const ENCRYPTION_PREVIEW_VERSION: u32 = 3;
 
 /// The store's settings, as its `config` file holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +260,13 @@ impl StoreConfig {
             let reason = format!("format {:?} is not {FORMAT:?}", config.format);
             return Err(StoreError::NotAStore { path: path.to_path_buf(), reason });
         }
+        if config.version == ENCRYPTION_PREVIEW_VERSION {
+            let reason = "store format version 3, the encryption preview of vhdkit commit 8f8a734, whose \
+                          tombstones and key objects this vhdkit would take for forgeries: read it with that \
+                          build (or back it up anew into a version 4 store)"
+                .to_string();
+            return Err(StoreError::UnsupportedStore { path: path.to_path_buf(), reason });
+        }
         if !(OLDEST_READABLE_VERSION..=ENCRYPTED_STORE_VERSION).contains(&config.version) {
             let reason = format!(
                 "store format version {} (this vhdkit reads {OLDEST_READABLE_VERSION} to {ENCRYPTED_STORE_VERSION})",
@@ -266,7 +279,7 @@ impl StoreConfig {
         }
         check(config.chunk_size, config.zstd_level, config.pack_size)
             .map_err(|r| StoreError::UnsupportedStore { path: path.to_path_buf(), reason: r })?;
-        // Version 3 exactly when encrypted, with a cipher this crate has.
+        // Version 4 exactly when encrypted, with a cipher this crate has.
         match (&config.encryption, config.version == ENCRYPTED_STORE_VERSION) {
             (None, false) => {}
             (Some(e), true)
