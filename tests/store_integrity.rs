@@ -244,8 +244,11 @@ fn a_damaged_chunk_is_stored_again_by_the_next_backup() {
     let store = init(&dir.join("s"), Compression::None);
     let bytes = noise(5, 2 * MIB);
     let first = backup(&store, &raw(bytes.clone(), "d"), "d");
+    // Any record of any pack: how the workers split chunks among their
+    // packs varies from run to run (a pack may hold only a few).
     let pack = store.backend().list("packs").unwrap()[0].key.clone();
-    let e = read_pack_index(store.backend(), PackId::from_key(&pack).unwrap(), store.codec_crypt()).unwrap()[3];
+    let entries = read_pack_index(store.backend(), PackId::from_key(&pack).unwrap(), store.codec_crypt()).unwrap();
+    let e = entries[entries.len() / 2];
     flip(&dir.join("s").join(&pack), e.offset + 100);
     let report = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
     assert_eq!(report.damaged_backups, vec![first.id.clone()]);
