@@ -41,12 +41,14 @@ mod error;
 pub mod export;
 pub mod format;
 pub mod io;
+mod json_input;
 #[cfg(unix)]
 pub mod nbd;
 pub mod progress;
 pub mod store;
 mod zero;
 
+pub use json_input::json_text;
 pub use zero::is_all_zero;
 
 pub use cancel::CancelToken;

@@ -201,7 +201,7 @@ fn a_multi_disk_job_is_one_restore_point() {
 
     // Several disks: a single-file restore must say which.
     let refused = vhdkit(&[&"restore", &store, &"web", &dir.join("x.raw"), &"--to", &"raw"]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2), "an ambiguous request is a usage error");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("data.vhdx"), "the labels are listed");
     let streamed = vhdkit(&[&"restore", &store, &"web", &"-", &"--to", &"raw", &"--disk", &"data.vhdx"]);
     assert!(streamed.status.success(), "{}", String::from_utf8_lossy(&streamed.stderr));
@@ -271,7 +271,7 @@ fn trackers_change_lists_drive_incrementals() {
     .unwrap();
     // A stale token is refused; the right one goes through.
     let stale = vhdkit(&[&"backup", &store, &image, &"--name", &"d", &"--changed", &vmware, &"--since", &"rct:1"]);
-    assert_eq!(stale.status.code(), Some(1), "{}", String::from_utf8_lossy(&stale.stderr));
+    assert_eq!(stale.status.code(), Some(2), "{}", String::from_utf8_lossy(&stale.stderr));
     let r = json(&[&"backup", &store, &image, &"--name", &"d", &"--changed", &vmware, &"--since", &"rct:2", &"--json"]);
     assert_eq!(r["change_source"].as_str(), Some("ranges"));
     let _ = std::fs::remove_file(&out);
@@ -283,7 +283,7 @@ fn trackers_change_lists_drive_incrementals() {
     let other = dir.join("other.json");
     std::fs::write(&other, r#"[{"offset": 33488896, "length": 131072}]"#).unwrap();
     let refused = vhdkit(&[&"backup", &store, &image, &"--name", &"d", &"--changed", &other]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2), "a list for another disk is a usage error");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("another disk"));
     assert_eq!(json(&[&"list", &store, &"--json"]).as_array().unwrap().len(), before);
 }
@@ -364,7 +364,7 @@ fn an_encrypted_store_from_the_command_line() {
     assert_eq!(removed.status.code(), Some(1), "the removed passphrase still opens");
     assert!(String::from_utf8_lossy(&removed.stderr).contains("no key of this store opens"));
     let last = vhdkit_env(&[&"key", &"remove", &store, &added.trim(), &"--password-file", &file], &[]);
-    assert_eq!(last.status.code(), Some(1), "the last key went");
+    assert_eq!(last.status.code(), Some(2), "the last key went (a refused request: exit 2)");
     assert!(String::from_utf8_lossy(&last.stderr).contains("only key"), "{}", String::from_utf8_lossy(&last.stderr));
     ok_env(&[&"restore", &store, &id, &dir.join("again.raw"), &"--to", &"raw", &"--password-file", &file], &[]);
 

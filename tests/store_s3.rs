@@ -116,7 +116,7 @@ fn the_command_line_keeps_a_store_in_a_bucket() {
     let url = s3.url("cli");
     ok(s3, &["store", "init", &url, "--compression", "zstd"]);
     let again = vhdkit_cli(s3, &["store", "init", &url]);
-    assert_eq!(again.status.code(), Some(1), "init over a store must fail");
+    assert_eq!(again.status.code(), Some(2), "init over a store must fail, as a usage error");
     let missing = vhdkit_cli(s3, &["store", "init", "s3://no-such-bucket-here/x"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-bucket-here"));
@@ -178,7 +178,7 @@ fn proxied_store(s3: &S3, name: &str, faults: Faults, seed: u64) -> (Store, Faul
 #[test]
 fn transient_faults_are_retried_until_the_backup_commits() {
     let Some(s3) = common::s3::s3() else { return };
-    let faults = Faults { transient: 0.3, permanent: Box::new(|_| false) };
+    let faults = Faults { transient: 0.3, ..Faults::none() };
     let (store, proxy, url) = proxied_store(s3, "transient", faults, 42);
     let bytes = common::sparse_noise(3, 40 * MIB);
     let report = store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
@@ -202,6 +202,7 @@ fn a_permanent_failure_fails_cleanly_and_commits_nothing() {
             permanent: Box::new(move |target: &str| {
                 (target.starts_with("PUT ") || target.starts_with("POST ")) && target.contains(refused)
             }),
+            ..Faults::none()
         };
         let (store, _proxy, url) = proxied_store(s3, &format!("refused-{what}"), faults, 1);
         let bytes = common::sparse_noise(5, 20 * MIB);
@@ -355,8 +356,13 @@ fn object_lock_keeps_every_backup_through_an_attack() {
             assert!(status == 204 || status == 200, "delete {key} {version}: HTTP {status}");
         }
     }
+    assert!(keys.iter().filter(|k| k.starts_with("log/")).count() >= 3, "{keys:?}");
     for k in keys.iter().filter(|k| {
-        k.starts_with("packs/") || k.starts_with("index/") || k.starts_with("keys/") || k.as_str() == "config"
+        k.starts_with("packs/")
+            || k.starts_with("index/")
+            || k.starts_with("keys/")
+            || k.starts_with("log/")
+            || k.as_str() == "config"
     }) {
         assert!(refused.iter().any(|r| r.ends_with(k.as_str())), "the server let {k} be deleted");
     }
@@ -364,6 +370,11 @@ fn object_lock_keeps_every_backup_through_an_attack() {
     let v = after.verify(&VerifyOptions::default()).unwrap();
     assert!(v.ok, "{v:?}");
     assert!(read_back(&after, kept.as_ref(), kept_bytes.len()) == kept_bytes, "the kept backup differs");
+    // The record of what was backed up survives too.
+    let log = after.job_log().unwrap();
+    let ops: Vec<&str> = log.iter().filter_map(|e| e["op"].as_str()).collect();
+    assert_eq!(ops.iter().filter(|op| **op == "backup").count(), 3, "{ops:?}");
+    assert!(ops.contains(&"prune") && ops.contains(&"vacuum"), "{ops:?}");
     // The pruned ones are gone from the catalog but their data is all
     // there: their manifests survive the attack too.
     for (id, _) in &versions[..2] {
@@ -382,4 +393,79 @@ fn object_lock_keeps_every_backup_through_an_attack() {
     assert!(v.retention_extended >= 1, "{v:?}");
     let until = graw.retained_until(&pack).unwrap().unwrap();
     assert!(until > std::time::SystemTime::now() + Duration::from_secs(23 * 3600), "{until:?}");
+}
+
+/// Storage that ignores conditional writes (as Garage 2.5 does, simulated
+/// by a proxy that drops `If-None-Match` on its way to moto) is found out
+/// at init and refused, leaving nothing; `single_writer` accepts it, and
+/// the store says so at every open. Real moto, straight, passes the probe.
+#[test]
+fn storage_that_ignores_conditional_writes_is_refused_at_init() {
+    let Some(s3) = common::s3::s3() else { return };
+    let direct = s3.backend(&s3.url("probe-direct"));
+    assert!(vhdkit::store::probe_conditional_writes(&*direct).unwrap(), "moto honours If-None-Match");
+    assert!(direct.list("").unwrap().is_empty(), "the probe cleans up");
+
+    let proxy = FaultProxy::start(&s3.endpoint, Faults { ignore_conditions: true, ..Faults::none() }, 3);
+    let url = s3.url("probe-ignored");
+    let via: Arc<dyn Backend> = Arc::new(s3.backend_via(&url, &proxy.endpoint));
+    assert!(!vhdkit::store::probe_conditional_writes(&*via).unwrap());
+    let err = Store::init_backend(via.clone(), &common::init_options(256 * 1024, 4 << 20)).unwrap_err();
+    assert_eq!(err.kind(), vhdkit::ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("If-None-Match") && err.to_string().contains("single-writer"), "{err}");
+    assert!(via.list("").unwrap().is_empty(), "a refused init leaves nothing: {:?}", via.list("").unwrap());
+
+    let options = common::tweak(common::init_options(256 * 1024, 4 << 20), |o| o.single_writer = true);
+    let store = Store::init_backend(via.clone(), &options).unwrap();
+    assert!(store.config().single_writer);
+    let reopened = Store::open_backend(via.clone()).unwrap();
+    assert!(reopened.warnings().iter().any(|w| w.contains("ignores conditional writes")), "{:?}", reopened.warnings());
+    let bytes = common::sparse_noise(5, 3 * MIB);
+    let r = reopened.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
+    assert!(read_back(&reopened, r.id.as_ref(), bytes.len()) == bytes);
+    // A store on storage that honours them records nothing.
+    let honest = Store::init_backend(s3.backend(&s3.url("probe-honest")), &options).unwrap();
+    assert!(!honest.config().single_writer && honest.warnings().is_empty());
+}
+
+/// Two maintenance runs started together on S3 (whose `Last-Modified`
+/// has whole seconds) never both proceed: in every round exactly one
+/// holds maintenance while the other tries.
+#[test]
+fn maintenance_runs_racing_on_s3_never_both_proceed() {
+    let Some(s3) = common::s3::s3() else { return };
+    let url = s3.url("maintenance-race");
+    Store::init_backend(s3.backend(&url), &common::init_options(256 * 1024, 4 << 20)).unwrap();
+    let rounds = 25;
+    let mut both = 0;
+    for round in 0..rounds {
+        let barrier = std::sync::Barrier::new(2);
+        let won = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for who in ["vacuum", "prune"] {
+                let (barrier, won, url) = (&barrier, &won, &url);
+                scope.spawn(move || {
+                    let store = Store::open_backend(s3.backend(url)).unwrap();
+                    barrier.wait();
+                    let hold = store.hold_maintenance(who, false);
+                    match &hold {
+                        Ok(_) => {
+                            won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Err(vhdkit::store::StoreError::StoreBusy { .. }) => {}
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                    // Both have tried before either lets go.
+                    barrier.wait();
+                    drop(hold);
+                });
+            }
+        });
+        match won.into_inner() {
+            1 => {}
+            2 => both += 1,
+            n => panic!("round {round}: {n} holders"),
+        }
+    }
+    assert_eq!(both, 0, "in {both} of {rounds} rounds both maintenance runs proceeded");
 }

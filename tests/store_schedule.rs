@@ -14,6 +14,12 @@
 //! process is not picked while the clock runs past its lease, so others
 //! treat it as stale and fence it, and then it resumes where it stopped.
 //!
+//! The storage clock ticks in whole seconds, as S3's `Last-Modified` does,
+//! and each process sees it through its own skew (up to a minute either
+//! way, within the leases' margin), so no decision may rest on two
+//! processes' clocks agreeing or on which of two objects made in the same
+//! second came first.
+//!
 //! `VHDKIT_SCHEDULES` sets how many seeds run (default 10,000);
 //! `VHDKIT_SCHEDULE_SEED` runs one. A failure prints its seed.
 
@@ -154,6 +160,8 @@ struct Gated {
     inner: MemoryBackend,
     sched: Arc<SchedHandle>,
     me: usize,
+    /// This process's clock error, in seconds.
+    skew: i64,
 }
 
 struct SchedHandle(Sched);
@@ -212,7 +220,9 @@ impl Backend for Gated {
         self.inner.delete(key)
     }
     fn now(&self) -> io::Result<SystemTime> {
-        self.inner.now()
+        let now = self.inner.now()?;
+        let by = Duration::from_secs(self.skew.unsigned_abs());
+        Ok(if self.skew >= 0 { now + by } else { now - by })
     }
 }
 
@@ -318,7 +328,9 @@ fn run(seed: u64) -> Result<Events, String> {
                 // in the same order every run.
                 vhdkit::format::guid_testing::seed_thread(seed.wrapping_mul(31).wrapping_add(me as u64 + 1));
                 let clock = mem.clone();
-                let backend = Arc::new(Gated { inner: mem, sched: sched.clone(), me });
+                // Skews from the seed: -60..=60 s, within the margin.
+                let skew = (seed.wrapping_mul(0x2545_F491).wrapping_add(me as u64 * 7919) % 121) as i64 - 60;
+                let backend = Arc::new(Gated { inner: mem, sched: sched.clone(), me, skew });
                 if let Ok(mut store) = Store::open_backend_with(backend, &open) {
                     store.set_lease_settings(LeaseSettings::simulated(TTL, MARGIN));
                     for op in ops {

@@ -22,18 +22,18 @@ use super::{Failure, parse_size, to_json as json};
 pub(crate) struct KeyArgs {
     /// A key file that opens the store (with `store init --encrypt`: the key
     /// file to protect it with, made with 32 random bytes if absent).
-    #[arg(long, global = true, value_name = "FILE", conflicts_with = "password_file")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE", conflicts_with = "password_file")]
     key_file: Option<PathBuf>,
     /// A file whose first line is the store's passphrase (else
     /// VHDKIT_PASSWORD, else a prompt on the terminal).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     password_file: Option<PathBuf>,
     /// The key object to try first (id or prefix; `key list` shows them).
-    #[arg(long, global = true, value_name = "ID")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "ID")]
     key_id: Option<String>,
     /// Refuse a store that is not encrypted (also VHDKIT_REQUIRE_ENCRYPTION=1):
     /// a plain store in the place of an encrypted one may be an impostor.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     require_encryption: bool,
 }
 
@@ -207,6 +207,7 @@ pub(crate) enum KeyCommand {
     /// Add a passphrase or key file that opens STORE (the store's key is
     /// needed to add one).
     Add {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
         /// Add this key file (made with 32 random bytes if absent).
         #[arg(long, value_name = "FILE", conflicts_with = "new_password_file")]
@@ -220,14 +221,24 @@ pub(crate) enum KeyCommand {
     },
     /// The keys that open STORE (readable without the key).
     List {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
+        /// Print the keys as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove a key (by id or a unique prefix); the last one cannot go.
-    Remove { store: PathBuf, id: String },
+    Remove {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
+        store: PathBuf,
+        /// The key's id or a unique prefix (`key list` shows them).
+        id: String,
+    },
     /// Write a new key file of 32 random bytes (FILE must not exist).
-    Generate { file: PathBuf },
+    Generate {
+        /// Where to write the key file (must not exist).
+        file: PathBuf,
+    },
 }
 
 pub(crate) fn key_command(cmd: KeyCommand) -> Result<u8, Failure> {

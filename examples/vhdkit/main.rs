@@ -42,21 +42,27 @@ mod store;
 #[command(name = "vhdkit", version, about = "Read, convert and back up VHD/VHDX virtual disks")]
 struct Cli {
     /// Accept VHD footers and headers whose checksum does not match (with a warning).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     lenient: bool,
     /// Read images through a memory map: a backup hashes allocated blocks in
     /// place instead of copying them first. Only for images nothing writes
     /// or truncates meanwhile: a file cut short under the map kills the
     /// process (SIGBUS) instead of failing with an error.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     mmap: bool,
     /// Where a store on object storage keeps its local cache of index
     /// files, manifests and restore points (default: $XDG_CACHE_HOME/vhdkit).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Read a remote store's metadata from the store itself, keeping no local copy.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     no_cache: bool,
+    /// Open stores read-only: restore, verify, list, stats and log work and
+    /// nothing is written, not even a lease (so a vacuum elsewhere could
+    /// delete what a restore reads: it then fails, never writing a wrong
+    /// byte). Stores whose storage refuses writes are opened so by themselves.
+    #[arg(long, global = true, help_heading = "Global options")]
+    read_only: bool,
     #[command(flatten)]
     key: keys::KeyArgs,
     #[command(subcommand)]
@@ -66,16 +72,23 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole story on a disk the demo makes itself (in DIR, or a temporary folder).
-    Demo { dir: Option<PathBuf> },
+    Demo {
+        /// Where to work (kept afterwards); default: a temporary folder, removed.
+        dir: Option<PathBuf>,
+    },
     /// Format, sizes, identity, parent chain and allocation summary.
     Info {
+        /// A VHD or VHDX image (a differencing child opens with its parents).
         image: PathBuf,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
     /// Allocation extents: start, length, state (data|zero|unallocated|parent), depth.
     Map {
+        /// A VHD or VHDX image (a differencing child opens with its parents).
         image: PathBuf,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
         /// Only the image's own allocation; ranges its parent supplies show as `parent`.
@@ -83,7 +96,10 @@ enum Command {
         shallow: bool,
     },
     /// Structural validation: exit 0 clean, 1 corrupt, 2 usage or unsupported.
-    Check { image: PathBuf },
+    Check {
+        /// A VHD or VHDX image (its whole chain is checked).
+        image: PathBuf,
+    },
     /// Store administration: init, reindex.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -94,6 +110,7 @@ enum Command {
     Backup(store::BackupArgs),
     /// Serve backups over NBD (read-only, or writable into --overlay) until SIGINT/SIGTERM.
     Serve {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
         /// Backups to export (id, prefix or name), each under the name given.
         #[arg(required = true)]
@@ -103,45 +120,61 @@ enum Command {
     },
     /// Serve an image or chain over NBD (never written: a dirty log is replayed in memory).
     ServeImage {
+        /// A VHD or VHDX image or chain.
         image: PathBuf,
         #[command(flatten)]
         args: serve::ServeArgs,
     },
     /// Make BACKUP a full backup by folding its chain (metadata only).
     Merge {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
+        /// The backup (or restore point) to make full: id, name (its newest) or id prefix.
         backup: String,
         /// Which disk, when BACKUP names a restore point with several.
         #[arg(long)]
         disk: Option<String>,
-        /// Wait for running backups instead of failing with "busy".
+        /// Wait for another maintenance run (merge, prune, vacuum, reindex)
+        /// to end instead of failing with "busy"; backups never block it.
         #[arg(long)]
         wait: bool,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
     /// Drop backups of NAME outside the retention policy (kept incrementals
     /// are merged first; a restore point goes whole).
     Prune {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
+        /// The job name whose backups the policy applies to.
         name: String,
+        /// Keep the newest N jobs.
         #[arg(long, default_value_t = 0)]
         keep_last: usize,
+        /// Keep the newest job of each of the last N days that have one.
         #[arg(long, default_value_t = 0)]
         keep_daily: usize,
+        /// Keep the newest job of each of the last N ISO weeks that have one.
         #[arg(long, default_value_t = 0)]
         keep_weekly: usize,
+        /// Keep the newest job of each of the last N months that have one.
         #[arg(long, default_value_t = 0)]
         keep_monthly: usize,
+        /// Say what would be merged and dropped, changing nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Wait for another maintenance run (merge, prune, vacuum, reindex)
+        /// to end instead of failing with "busy"; backups never block it.
         #[arg(long)]
         wait: bool,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
     /// Delete unreferenced chunks, compact packs, and report the bytes reclaimed.
     Vacuum {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
         /// Rewrite packs whose dead bytes exceed this percentage of their live bytes.
         #[arg(long, default_value_t = 25.0)]
@@ -149,17 +182,29 @@ enum Command {
         /// Keep condemned objects this long before deleting them (e.g. 24h, 30m, 0).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         grace: std::time::Duration,
-        /// Wait for running backups instead of failing with "busy".
+        /// Spare packs no backup needs yet that are younger than this (e.g.
+        /// 7d): an interrupted backup's, which its next attempt takes over
+        /// instead of uploading again (default 0: condemn them).
+        #[arg(long, default_value = "0", value_parser = parse_duration)]
+        keep_unfinished: std::time::Duration,
+        /// Wait for another maintenance run (merge, prune, vacuum, reindex)
+        /// to end instead of failing with "busy". Backups and restores never
+        /// block vacuum and are not waited for: what they may still use is
+        /// condemned now and deleted by a later run.
         #[arg(long)]
         wait: bool,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
     /// List backups (one per disk), oldest first; with --points, restore points.
     List {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
+        /// List restore points (multi-disk jobs, tags, attachments) instead of backups.
         #[arg(long)]
         points: bool,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
@@ -168,6 +213,7 @@ enum Command {
     /// Check every pack, chunk and manifest (or only what BACKUP needs):
     /// exit 0 clean, 1 damage found.
     Verify {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
         /// A backup or restore point (id, name or id prefix): check only what it needs.
         backup: Option<String>,
@@ -175,28 +221,35 @@ enum Command {
         /// CRCs of every object (no tags, no backup's map).
         #[arg(long, conflicts_with = "backup")]
         no_key: bool,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
     /// The job log: one line per finished operation, oldest first.
     Log {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
         /// Only the newest N entries.
         #[arg(long)]
         last: Option<usize>,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
     /// Logical and stored bytes, chunks, dedup and compression ratios.
     Stats {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
     },
     /// Write IN as another format (a differencing chain is flattened), or as a
     /// differencing child of BASE holding only what differs from it.
     Convert {
+        /// The image to read (VHD, VHDX, a chain's top; with --from raw, a raw image).
         input: PathBuf,
+        /// The file to write (written whole, then renamed into place).
         output: PathBuf,
         /// raw, vhd, vhd-fixed, vhdx or vhdx-fixed.
         #[arg(long = "to")]
@@ -257,7 +310,8 @@ impl Failure {
     fn code(kind: ErrorKind) -> u8 {
         match kind {
             ErrorKind::Cancelled => 130,
-            ErrorKind::Unsupported => 2,
+            // What the caller asked cannot be done as asked: a usage error.
+            ErrorKind::Unsupported | ErrorKind::InvalidInput => 2,
             _ => 1,
         }
     }
@@ -315,7 +369,7 @@ fn cancel_on_signals() -> CancelToken {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cancel = cancel_on_signals();
-    store::set_open_options(cli.cache_dir.clone(), cli.no_cache);
+    store::set_open_options(cli.cache_dir.clone(), cli.no_cache, cli.read_only);
     keys::set_key_args(cli.key.clone());
     let options = OpenOptions::new()
         .checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict })
@@ -338,8 +392,8 @@ fn main() -> ExitCode {
             policy.keep_monthly = keep_monthly;
             store::prune(&store, &name, policy, dry_run, wait, json)
         }
-        Command::Vacuum { store, threshold, grace, wait, json } => {
-            store::vacuum(&store, threshold / 100.0, grace, wait, json, &cancel)
+        Command::Vacuum { store, threshold, grace, keep_unfinished, wait, json } => {
+            store::vacuum(&store, threshold / 100.0, (grace, keep_unfinished), wait, json, &cancel)
         }
         Command::List { store, points, json } => store::list(&store, points, json),
         Command::Restore(args) => store::restore(args, &cancel),
@@ -437,7 +491,7 @@ fn print_info(i: &DiskInfo, pad: &str) -> Result<(), Failure> {
     if let Some(p) = &i.parent {
         out!("{pad}parent id:      {}", p.expected_identity);
         for h in &p.hints {
-            out!("{pad}parent hint:    {:?} {}", h.kind, h.path);
+            out!("{pad}parent hint:    {} {}", name(&h.kind), h.path);
         }
         match &p.resolved {
             Some(r) => out!("{pad}parent file:    {}", r.display()),
@@ -513,7 +567,9 @@ fn map(options: &OpenOptions, image: &Path, json: bool, shallow: bool) -> Result
 fn check(options: &OpenOptions, image: &Path) -> Result<u8, Failure> {
     let disk = match options.open(image) {
         Ok(d) => d,
-        Err(e) if e.is_unsupported() => {
+        // Not a VHD/VHDX at all (a raw file), or a feature we do not
+        // read: nothing to check, which is not damage.
+        Err(e) if e.is_unsupported() || e.kind() == ErrorKind::InvalidInput => {
             out!("unsupported: {e}");
             return Ok(2);
         }

@@ -21,11 +21,37 @@ use super::{Failure, parse_size, to_json as json};
 /// How stores are opened (the global `--cache-dir` and `--no-cache`).
 static OPEN: std::sync::OnceLock<vhdkit::store::OpenOptions> = std::sync::OnceLock::new();
 
-pub(crate) fn set_open_options(cache_dir: Option<PathBuf>, no_cache: bool) {
+pub(crate) fn set_open_options(cache_dir: Option<PathBuf>, no_cache: bool, read_only: bool) {
     let mut o = vhdkit::store::OpenOptions::default();
     o.cache_dir = cache_dir;
     o.no_cache = no_cache;
+    o.read_only = read_only;
     let _ = OPEN.set(o);
+}
+
+/// The snake_case name serde gives a value (`zstd`, `incremental`,
+/// `differencing`), as the JSON output spells it: never a Rust debug name.
+pub(crate) fn name(v: &impl serde::Serialize) -> String {
+    use super::erased::Name;
+    v.name()
+}
+
+/// Says what an operator should know about a store (its warnings).
+pub(crate) fn warn_about(store: &Store) {
+    for w in store.warnings() {
+        note!("vhdkit: warning: {w}");
+    }
+}
+
+/// After a read: says so if the store turned out read-only (its storage
+/// refused the read's lease), which the open could not know.
+fn warn_if_found_read_only(store: &Store) {
+    let asked = OPEN.get().is_some_and(|o| o.read_only);
+    if store.is_read_only() && !asked {
+        for w in store.warnings().into_iter().filter(|w| w.contains("read-only")) {
+            note!("vhdkit: warning: {w}");
+        }
+    }
 }
 
 /// Opens a store (a folder or a URL); an encrypted one with the key the
@@ -41,6 +67,7 @@ pub(crate) fn open_store(location: &Path) -> Result<Store, Failure> {
         }
         other => other?,
     };
+    warn_about(&store);
     if super::keys::encryption_required() && !store.is_encrypted() {
         return Err(Failure {
             code: 1,
@@ -63,6 +90,8 @@ pub(crate) fn open_store_keyless(location: &Path) -> Result<Store, Failure> {
 pub(crate) enum StoreCommand {
     /// Create a store; chunk size and compression are fixed for its life.
     Init {
+        /// A folder (which must not exist, or be empty) or a URL
+        /// (s3://BUCKET/PREFIX: the bucket must exist, with nothing under PREFIX).
         store: PathBuf,
         /// Chunk size: a power of two from 64K to 4M.
         #[arg(long, value_parser = parse_size, default_value = "512K")]
@@ -92,10 +121,24 @@ pub(crate) enum StoreCommand {
         encrypt: bool,
         #[command(flatten)]
         argon2: super::keys::Argon2Args,
+        /// Make the store even where the storage ignores conditional writes
+        /// (If-None-Match: *), which init probes for and otherwise refuses:
+        /// one writer at a time is then a convention, recorded in the store
+        /// and repeated at every open.
+        #[arg(long)]
+        single_writer: bool,
+        /// Create missing parent folders of a store folder (by default they
+        /// must exist, so an unmounted share is not silently replaced by a
+        /// folder on the local disk).
+        #[arg(long)]
+        parents: bool,
     },
     /// Rebuild the global index from the packs alone.
     Reindex {
+        /// The store: a folder or a URL (s3://BUCKET/PREFIX).
         store: PathBuf,
+        /// Wait for another maintenance run (merge, prune, vacuum, reindex)
+        /// to end instead of failing with "busy"; backups never block it.
         #[arg(long)]
         wait: bool,
     },
@@ -113,8 +156,12 @@ pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
             lock_mode,
             encrypt,
             argon2,
+            single_writer,
+            parents,
         } => {
             let mut options = InitOptions::default();
+            options.single_writer = single_writer;
+            options.create_parents = parents;
             if let Some(key) = super::keys::init_key(encrypt)? {
                 let mut e = vhdkit::store::Encryption::new(key);
                 e.argon2 = argon2.params();
@@ -134,13 +181,14 @@ pub(crate) fn store_command(cmd: StoreCommand) -> Result<u8, Failure> {
             options.pack_size = u64::from(pack_size);
             let s = Store::init(&store, &options)?;
             out!(
-                "initialised {} (chunks {} KiB, compression {:?}, {}, store id {})",
+                "initialised {} (chunks {} KiB, compression {}, {}, store id {})",
                 store.display(),
                 s.config().chunk_size / 1024,
-                s.config().compression,
+                name(&s.config().compression),
                 if s.is_encrypted() { "encrypted" } else { "not encrypted" },
                 s.config().store_id
             );
+            warn_about(&s);
             Ok(0)
         }
         StoreCommand::Reindex { store, wait } => {
@@ -205,23 +253,43 @@ impl Bars {
 /// `vhdkit backup`.
 #[derive(Args)]
 pub(crate) struct BackupArgs {
+    /// The store: a folder or a URL (s3://BUCKET/PREFIX).
     store: PathBuf,
-    /// The disk image(s). Several disks of one VM make one restore point.
+    /// The disk image(s): VHD, VHDX or a differencing chain's top (with
+    /// --from raw, raw images or block devices). Several disks of one VM
+    /// make one restore point.
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// The job's name (a VM's or a disk's): incrementals continue the newest
+    /// backup of the same name.
     #[arg(long)]
     name: String,
+    /// Each disk's label in a multi-disk job (once per image, in order;
+    /// default: the image's file name). Give stable labels: Hyper-V renames
+    /// the running disk at every checkpoint. A disk whose label is new but
+    /// whose chain holds the image an earlier job captured continues that
+    /// disk's chain anyway, and says so.
+    #[arg(long)]
+    label: Vec<String>,
     /// A full backup even if an incremental is possible.
     #[arg(long)]
     full: bool,
     /// Changed byte ranges since the previous backup: our [{"offset","length"}], Hyper-V's
-    /// {"ChangedByteOffsets","ChangedByteLengths"} or VMware's {"changedArea"}. Once per image, in order.
+    /// {"ChangedByteOffsets","ChangedByteLengths","ProcessedByteLength"} or VMware's
+    /// {"startOffset","length","changedArea"}, in UTF-8 or UTF-16 (PowerShell's files as
+    /// they come). Once per image, in order.
     #[arg(long)]
     changed: Vec<PathBuf>,
+    /// A change list whose tracker answered for only part of the disk
+    /// (ProcessedByteLength short of its size, a CBT area smaller than it)
+    /// is refused; with this, the part it did not cover is read as changed.
+    #[arg(long)]
+    unprocessed_as_changed: bool,
     /// The change tracker's token for the disk's state now (RCT id, CBT change id). Once per image.
     #[arg(long)]
     change_id: Vec<String>,
-    /// Refuse the range list unless the previous backup stored this token. Once per image.
+    /// Refuse the range list unless the previous backup stored this token
+    /// (needs --changed). Once per image.
     #[arg(long)]
     since: Vec<String>,
     /// Back up even if the change information does not match the previous backup.
@@ -236,11 +304,21 @@ pub(crate) struct BackupArgs {
     /// A small file kept with the restore point (a VM's configuration); repeat for more.
     #[arg(long)]
     attach: Vec<PathBuf>,
+    /// Read the images as raw disks (a snapshot device, a raw file) instead
+    /// of sniffing VHD/VHDX.
+    #[arg(long, value_parser = ["raw"])]
+    from: Option<String>,
+    /// Fail, committing nothing, if a source file changes while it is read
+    /// (a running VM's disk without a checkpoint); by default the backup is
+    /// kept with a warning, in the report and the job log.
+    #[arg(long)]
+    require_stable: bool,
     /// Back up a served backup with what a client wrote into this overlay
     /// (from `serve --overlay`): the one positional argument is then the
     /// backup, and the change set is the overlay's map.
-    #[arg(long, conflicts_with_all = ["changed", "full"])]
+    #[arg(long, conflicts_with_all = ["changed", "full", "from"])]
     overlay: Option<PathBuf>,
+    /// Print the report as JSON (one disk: its report; several: the point's).
     #[arg(long)]
     json: bool,
 }
@@ -291,14 +369,43 @@ fn backup_overlay(args: &BackupArgs, overlay: &Path, cancel: &CancelToken) -> Re
         out!("{}", json(&report)?);
     } else {
         note!(
-            "{:?} backup of {base_id} and its overlay ({:?}): {} new chunks",
-            report.kind,
-            report.change_source,
+            "{} backup of {base_id} and its overlay ({}): {} new chunks",
+            name(&report.kind),
+            name(&report.change_source),
             report.new_chunks
         );
         out!("{}", report.id);
     }
     Ok(0)
+}
+
+/// A backup report's line for a person.
+fn describe(r: &vhdkit::store::BackupReport) -> String {
+    format!(
+        "{} backup ({}): read {} MiB, {} new chunks ({} MiB), {} deduplicated, {} zero, stored {} MiB in {:.2} s",
+        name(&r.kind),
+        name(&r.change_source),
+        r.bytes_read >> 20,
+        r.new_chunks,
+        r.new_bytes >> 20,
+        r.dedup_chunks,
+        r.zero_chunks,
+        r.stored_bytes >> 20,
+        r.seconds
+    )
+}
+
+/// What a person should hear about one disk's backup besides its figures.
+fn warn_report(r: &vhdkit::store::BackupReport) {
+    if let Some(l) = &r.continues_label {
+        note!(
+            "vhdkit: disk {} continues the chain of disk {l}: its chain holds the image that backup captured",
+            r.disk.as_deref().unwrap_or("?")
+        );
+    }
+    for c in &r.source_changed {
+        note!("vhdkit: warning: {c}; the backup is kept but may not be of one instant (--require-stable refuses it)");
+    }
 }
 
 pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelToken) -> Result<u8, Failure> {
@@ -309,6 +416,12 @@ pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelTok
     let changed = per_image(&args.changed, n, "--changed")?;
     let change_ids = per_image(&args.change_id, n, "--change-id")?;
     let sinces = per_image(&args.since, n, "--since")?;
+    let given_labels = per_image(&args.label, n, "--label")?;
+    if changed.iter().zip(&sinces).any(|(c, s)| c.is_none() && s.is_some()) {
+        return Err(Failure::usage(
+            "--since names the tracker state a --changed list starts from: give the list too (once per image)",
+        ));
+    }
     let lists = changed
         .into_iter()
         .map(|p| {
@@ -319,44 +432,46 @@ pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelTok
             .transpose()
         })
         .collect::<Result<Vec<_>, Failure>>()?;
+    let raw = args.from.is_some();
+    let disks = args
+        .images
+        .iter()
+        .map(|i| if raw { options.open_raw(i) } else { options.open(i) })
+        .collect::<Result<Vec<_>, _>>()?;
+    let lists: Vec<Option<ChangeList>> = lists
+        .into_iter()
+        .zip(&disks)
+        .map(|(l, d)| l.map(|l| if args.unprocessed_as_changed { l.cover_rest(d.size()) } else { l }))
+        .collect();
     let s = open_store(&args.store)?;
-    let disks = args.images.iter().map(|i| options.open(i)).collect::<Result<Vec<_>, _>>()?;
     let labels: Vec<String> = args
         .images
         .iter()
-        .map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .zip(given_labels)
+        .map(|(p, l)| l.unwrap_or_else(|| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()))
         .collect();
     let (sink, bars) = Bars::sink(labels.clone());
     let mut opts = BackupOptions::new(args.name);
     opts.full = args.full;
     opts.force = args.force;
     opts.max_chain = args.max_chain;
+    opts.require_stable = args.require_stable;
     opts.tags = args.tag.into_iter().collect();
     opts.attachments = args.attach.iter().map(Attachment::from_file).collect::<Result<Vec<_>, _>>()?;
     opts.cancel = cancel.clone();
     opts.progress = sink;
-    if n == 1 {
+    if n == 1 && args.label.is_empty() {
         opts.changes = lists.into_iter().next().flatten();
         opts.change_id = change_ids.into_iter().next().flatten();
         opts.since = sinces.into_iter().next().flatten();
         let result = s.backup(&disks[0], &opts);
         bars.clear();
         let report = result?;
+        warn_report(&report);
         if args.json {
             out!("{}", json(&report)?);
         } else {
-            note!(
-                "{:?} backup ({:?}): read {} MiB, {} new chunks ({} MiB), {} deduplicated, {} zero, stored {} MiB in {:.2} s",
-                report.kind,
-                report.change_source,
-                report.bytes_read >> 20,
-                report.new_chunks,
-                report.new_bytes >> 20,
-                report.dedup_chunks,
-                report.zero_chunks,
-                report.stored_bytes >> 20,
-                report.seconds
-            );
+            note!("{}", describe(&report));
             out!("{}", report.id);
         }
         return Ok(0);
@@ -374,20 +489,14 @@ pub(crate) fn backup(options: &OpenOptions, args: BackupArgs, cancel: &CancelTok
     let result = s.backup_point(&jobs, &opts);
     bars.clear();
     let report = result?;
+    for r in &report.disks {
+        warn_report(r);
+    }
     if args.json {
         out!("{}", json(&report)?);
     } else {
         for (job, r) in jobs.iter().zip(&report.disks) {
-            note!(
-                "{}: {:?} backup {} ({:?}): read {} MiB, {} new chunks, {} deduplicated",
-                job.label,
-                r.kind,
-                r.id,
-                r.change_source,
-                r.bytes_read >> 20,
-                r.new_chunks,
-                r.dedup_chunks
-            );
+            note!("{}: {} {}", job.label, r.id, describe(r));
         }
         out!("{}", report.point.map(|p| p.to_string()).unwrap_or_default());
     }
@@ -420,7 +529,7 @@ pub(crate) fn list(store: &Path, points: bool, json_out: bool) -> Result<u8, Fai
             "{:<33} {:<20} {:<12} {:>16} {:<16} {}",
             b.id,
             b.name,
-            format!("{:?}", b.kind).to_lowercase(),
+            name(&b.kind),
             b.virtual_size,
             b.disk.unwrap_or_default(),
             b.parent.map(|p| p.to_string()).unwrap_or_default()
@@ -432,10 +541,13 @@ pub(crate) fn list(store: &Path, points: bool, json_out: bool) -> Result<u8, Fai
 /// `vhdkit restore`.
 #[derive(Args)]
 pub(crate) struct RestoreArgs {
+    /// The store: a folder or a URL (s3://BUCKET/PREFIX).
     store: PathBuf,
     /// A backup or restore point: id, name (the newest), or id prefix.
     backup: String,
-    /// The output file; `-` streams raw to stdout; with --point, a folder.
+    /// The output file (refused if it exists, unless --force); `-` streams
+    /// raw to stdout; with --point, a folder (refused if not empty, unless
+    /// --force); with --in-place, an existing file or block device.
     output: PathBuf,
     /// raw, vhd, vhd-fixed, vhdx or vhdx-fixed.
     #[arg(long = "to")]
@@ -452,21 +564,97 @@ pub(crate) struct RestoreArgs {
     /// With --in-place: the target already reads as zeros; write only data.
     #[arg(long, requires = "in_place")]
     assume_zeroed: bool,
+    /// Replace an existing OUT file (or write into a --point folder that is not empty).
+    #[arg(long)]
+    force: bool,
+    /// Block size of a VHD/VHDX output, e.g. 2M or 32M.
+    #[arg(long, value_parser = parse_size)]
+    block_size: Option<u32>,
+    /// Print the report as JSON (not with OUT `-`, which is the data).
     #[arg(long)]
     json: bool,
 }
 
+/// Refuses, before any data is read, a restore that would destroy what it
+/// was not asked to or that cannot be written: an existing OUT without
+/// --force, a folder where a file goes, a missing or unwritable folder.
+fn check_output(args: &RestoreArgs) -> Result<(), Failure> {
+    let out = &args.output;
+    if args.in_place {
+        return match std::fs::metadata(out) {
+            Ok(m) if m.is_dir() => {
+                Err(Failure::usage(format!("{}: --in-place writes over a file or device, not a folder", out.display())))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                Err(Failure::usage(format!("{}: --in-place needs an existing file or device: {e}", out.display())))
+            }
+        };
+    }
+    if args.point {
+        if out.is_file() {
+            return Err(Failure::usage(format!("{}: --point writes into a folder, and this is a file", out.display())));
+        }
+        if out.is_dir()
+            && !args.force
+            && std::fs::read_dir(out).map_err(|e| Failure::usage(format!("{}: {e}", out.display())))?.next().is_some()
+        {
+            return Err(Failure::usage(format!(
+                "{} is not empty: restoring a point there could replace its files (--force to write anyway)",
+                out.display()
+            )));
+        }
+        let folder = if out.is_dir() { out.as_path() } else { out.parent().unwrap_or(Path::new(".")) };
+        return writable_folder(if folder.as_os_str().is_empty() { Path::new(".") } else { folder });
+    }
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => {
+            return Err(Failure::usage(format!("{} is a folder: name the file to restore to", out.display())));
+        }
+        Ok(_) if !args.force => {
+            return Err(Failure::usage(format!(
+                "{} exists: refusing to replace it (--force to replace)",
+                out.display()
+            )));
+        }
+        _ => {}
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    writable_folder(parent)
+}
+
+/// Whether files can be made in `folder`: it exists, is a folder, and
+/// takes a file (made and removed at once: permissions alone do not say,
+/// for root, a read-only mount or an ACL).
+fn writable_folder(folder: &Path) -> Result<(), Failure> {
+    if !folder.is_dir() {
+        return Err(Failure::usage(format!("{} does not exist or is not a folder", folder.display())));
+    }
+    let probe = folder.join(format!(".vhdkit-write-test-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Failure { code: 1, message: format!("{} cannot be written: {e}", folder.display()) }),
+    }
+}
+
 pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Failure> {
-    let s = open_store(&args.store)?;
-    let (sink, bars) = Bars::sink(Vec::new());
-    let mut options = RestoreOptions::default();
-    options.disk = args.disk.clone();
-    options.export.cancel = cancel.clone();
-    options.export.progress = sink;
     let stream = args.output.as_os_str() == "-";
     if (stream || args.in_place) && args.to != Target::Raw {
         return Err(Failure::usage("streaming to stdout and --in-place write raw images: use --to raw"));
     }
+    if !stream {
+        check_output(&args)?;
+    }
+    let s = open_store(&args.store)?;
+    let (sink, bars) = Bars::sink(Vec::new());
+    let mut options = RestoreOptions::default();
+    options.disk = args.disk.clone();
+    options.export.block_size = args.block_size;
+    options.export.cancel = cancel.clone();
+    options.export.progress = sink;
     if args.point {
         let result = s.restore_point(&args.backup, &args.output, args.to, &options);
         bars.clear();
@@ -494,6 +682,7 @@ pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Fai
         s.restore(&args.backup, &args.output, args.to, &options)
     };
     bars.clear();
+    warn_if_found_read_only(&s);
     let r = match result {
         // The reader of a stream went away: stop quietly.
         Err(e) if e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe) => return Ok(0),
@@ -530,6 +719,7 @@ pub(crate) fn verify(
     let result = s.verify(&options);
     bars.clear();
     let r = result?;
+    warn_if_found_read_only(&s);
     if json_out {
         out!("{}", json(&r)?);
     } else {
@@ -563,6 +753,7 @@ pub(crate) fn verify(
 pub(crate) fn stats(store: &Path, json_out: bool) -> Result<u8, Failure> {
     let s = open_store(store)?;
     let st = s.stats()?;
+    warn_if_found_read_only(&s);
     if json_out {
         out!("{}", json(&st)?);
     } else {
@@ -656,7 +847,7 @@ pub(crate) fn prune(
 pub(crate) fn vacuum(
     store: &Path,
     threshold: f64,
-    grace: std::time::Duration,
+    (grace, keep_unfinished): (std::time::Duration, std::time::Duration),
     wait: bool,
     json_out: bool,
     cancel: &CancelToken,
@@ -666,6 +857,7 @@ pub(crate) fn vacuum(
     let mut options = VacuumOptions::default();
     options.threshold = threshold;
     options.grace = grace;
+    options.keep_unfinished = keep_unfinished;
     options.wait = wait;
     options.cancel = cancel.clone();
     options.progress = sink;
@@ -675,24 +867,40 @@ pub(crate) fn vacuum(
     if json_out {
         out!("{}", json(&r)?);
     } else {
+        // Three things, said apart: what this run deleted (condemned by
+        // earlier runs), what it condemned (deleted by a later run), and
+        // the store's size, which grows while rewritten packs' old copies
+        // wait out their grace period.
         out!(
-            "reclaimed {} bytes ({} -> {}): {} packs deleted, {} rewritten, {} live chunks, {:.2} s",
-            r.bytes_reclaimed,
-            r.bytes_before,
-            r.bytes_after,
+            "deleted {} packs and {} other objects that earlier runs condemned: reclaimed {} bytes",
             r.packs_deleted,
-            r.packs_rewritten,
-            r.live_chunks,
-            r.seconds
+            r.objects_deleted,
+            r.bytes_reclaimed
         );
-        if r.packs_condemned + r.objects_condemned > 0 || r.records_pending > 0 {
+        if r.packs_condemned + r.objects_condemned > 0 {
             out!(
-                "condemned {} packs and {} other objects; {} records wait for their grace period or for leases held when they were made",
+                "condemned {} packs and {} other objects: a vacuum deletes them after the grace period ({} s), once \
+                 every lease held now has ended",
                 r.packs_condemned,
                 r.objects_condemned,
+                grace.as_secs()
+            );
+        }
+        if r.records_pending > 0 {
+            out!(
+                "{} earlier condemnation records still wait for their grace period or for leases held when they were made",
                 r.records_pending
             );
         }
+        out!(
+            "rewrote {} packs into {}; {} live chunks; store {} -> {} bytes; {:.2} s",
+            r.packs_rewritten,
+            r.packs_written,
+            r.live_chunks,
+            r.bytes_before,
+            r.bytes_after,
+            r.seconds
+        );
         if r.records_locked > 0 {
             out!("{} records are due but wait for their objects' Object Lock to end", r.records_locked);
         }

@@ -239,4 +239,8 @@ impl VirtualDisk for Disk {
     fn borrow_at(&self, offset: u64, len: usize) -> crate::Result<Option<&[u8]>> {
         Ok(Disk::borrow_at(self, offset, len)?)
     }
+
+    fn chain_info(&self) -> Vec<&DiskInfo> {
+        self.chain().collect()
+    }
 }

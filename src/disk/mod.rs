@@ -73,6 +73,30 @@ pub trait VirtualDisk: Send + Sync {
     fn size(&self) -> u64 {
         self.info().virtual_size
     }
+
+    /// What each image of the chain is, top first (the default: the top
+    /// image only). A backup reads it to match the image a previous job
+    /// captured by identity, and to tell whether the files changed while
+    /// they were read.
+    fn chain_info(&self) -> Vec<&DiskInfo> {
+        vec![self.info()]
+    }
+
+    /// The identities (VHDX DataWriteGuid, VHD unique id) of every image
+    /// in the chain, top first, with the identity each child expects of its
+    /// parent: what a backup matches against the image a previous job
+    /// captured.
+    fn chain_identities(&self) -> Vec<Guid> {
+        let mut ids = Vec::new();
+        for info in self.chain_info() {
+            ids.push(info.identity);
+            if let Some(p) = &info.parent {
+                ids.push(p.expected_identity);
+                ids.extend(p.alternate_identity);
+            }
+        }
+        ids
+    }
 }
 
 /// Container format.

@@ -197,10 +197,11 @@ impl OpenOptions {
         Disk::from_layers(vec![Layer::Raw(Box::new(RawImage::open(source)))])
     }
 
-    /// Opens `path` as a raw image: its bytes are the disk.
+    /// Opens `path` as a raw image: its bytes are the disk. `path` may be a
+    /// regular file or a block device (a host's snapshot device).
     pub fn open_raw(&self, path: impl AsRef<Path>) -> Result<Disk> {
         let path = path.as_ref();
-        let reader = FileReader::open(path).map_err(|e| DiskError::io(path, 0, e))?;
+        let reader = FileReader::open_device(path).map_err(|e| DiskError::io(path, 0, e))?;
         let source = Source::new(Box::new(reader), path.to_path_buf());
         Ok(Disk::from_layers(vec![Layer::Raw(Box::new(RawImage::open(source)))]))
     }

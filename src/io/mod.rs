@@ -112,6 +112,34 @@ impl FileReader {
         Self::new(file)
     }
 
+    /// Opens `path` read-only as a regular file or a block device (a
+    /// snapshot device a host hands a backup: `/dev/...`, `\\.\PhysicalDriveN`).
+    /// Only for a path the caller chose to read raw, never for a name
+    /// found inside an image. A device's size is where a seek to its end
+    /// lands, since its metadata says 0.
+    pub fn open_device(path: &Path) -> io::Result<Self> {
+        let file = File::options().read(true).open(path)?;
+        let meta = file.metadata()?;
+        #[cfg(unix)]
+        let device = {
+            use std::os::unix::fs::FileTypeExt;
+            meta.file_type().is_block_device()
+        };
+        #[cfg(not(unix))]
+        let device = !meta.is_file() && !meta.is_dir();
+        if meta.is_file() {
+            return Self::new(file);
+        }
+        if !device {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "neither a regular file nor a block device"));
+        }
+        let size = {
+            use std::io::Seek;
+            (&file).seek(io::SeekFrom::End(0))?
+        };
+        Ok(Self { file, size })
+    }
+
     /// Wraps an already open file.
     pub fn new(file: File) -> io::Result<Self> {
         let size = file.metadata()?.len();

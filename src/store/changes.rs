@@ -4,15 +4,30 @@
 //! Three JSON shapes are read:
 //! - ours: `[{"offset": N, "length": N}, ...]`;
 //! - Hyper-V's `GetVirtualDiskChanges` (RCT), as PowerShell serialises it:
-//!   `{"ChangedByteOffsets": [...], "ChangedByteLengths": [...]}` (a single
-//!   number where PowerShell unrolled a one-element array);
-//! - VMware's `QueryChangedDiskAreas` (CBT): `{"changedArea": [{"start": N,
-//!   "length": N}, ...]}` (other fields, such as `startOffset`, are ignored).
+//!   `{"ChangedByteOffsets": [...], "ChangedByteLengths": [...],
+//!   "ProcessedByteLength": N}` (a single number where PowerShell unrolled
+//!   a one-element array);
+//! - VMware's `QueryChangedDiskAreas` (CBT): `{"startOffset": N, "length":
+//!   N, "changedArea": [{"start": N, "length": N}, ...]}`.
+//!
+//! A tracker may answer for only part of the disk: RCT's
+//! `ProcessedByteLength` says how far from the start it got (the caller
+//! must ask again for the rest), CBT's `startOffset` and `length` which
+//! area its answer covers. A list says nothing about the bytes outside that
+//! area, so a backup refuses a list that does not cover the whole disk
+//! ([`StoreError::PartialChangeList`]) rather than take silence for "no
+//! change": a wrong incremental is worse than none. A caller that wants the
+//! uncovered bytes read instead says so with [`ChangeList::cover_rest`].
+//! Our own shape has no such field and covers the whole disk.
 //!
 //! Whatever the shape, ranges are normalised: empty ones dropped, the rest
 //! sorted and merged where they overlap or touch. A range that reaches past
 //! the disk's end is refused when the backup starts (the list belongs to
 //! another disk), before anything is written.
+//!
+//! The text may be UTF-8 (with or without a byte-order mark) or UTF-16 with
+//! a byte-order mark, as Windows PowerShell 5.1 writes files by default
+//! ([`crate::json_text`]).
 
 use std::ops::Range;
 
@@ -25,6 +40,8 @@ use super::error::{Result, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangeList {
     ranges: Vec<Range<u64>>,
+    /// The bytes the tracker answered for; `None`: the whole disk.
+    covered: Option<Range<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -34,7 +51,6 @@ struct OffsetLength {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct VmwareArea {
     start: u64,
     length: u64,
@@ -70,12 +86,15 @@ impl ChangeList {
                 _ => out.push(r),
             }
         }
-        ChangeList { ranges: out }
+        ChangeList { ranges: out, covered: None }
     }
 
-    /// Parses any of the three shapes in the module documentation.
+    /// Parses any of the three shapes in the module documentation, in
+    /// UTF-8 or UTF-16 with a byte-order mark.
     pub fn from_json(text: &[u8]) -> Result<ChangeList> {
-        let v: Value = serde_json::from_slice(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let text = crate::json_text(text).map_err(bad)?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let mut covered = None;
         let ranges = match &v {
             Value::Array(_) => {
                 let list: Vec<OffsetLength> = serde_json::from_value(v)
@@ -89,11 +108,24 @@ impl ChangeList {
                 if offsets.len() != lengths.len() {
                     return Err(bad(format!("{} offsets but {} lengths", offsets.len(), lengths.len())));
                 }
+                if let Some(p) = map.get("ProcessedByteLength").filter(|p| !p.is_null()) {
+                    let p = p.as_u64().ok_or_else(|| bad(format!("ProcessedByteLength: {p} is not a byte count")))?;
+                    covered = Some(0..p);
+                }
                 offsets.into_iter().zip(lengths).map(|(o, l)| range(o, l)).collect::<Result<Vec<_>>>()?
             }
             Value::Object(map) if map.contains_key("changedArea") => {
                 let areas: Vec<VmwareArea> = serde_json::from_value(map["changedArea"].clone())
                     .map_err(|e| bad(format!("changedArea: expected [{{\"start\": N, \"length\": N}}, ...]: {e}")))?;
+                match (map.get("startOffset"), map.get("length")) {
+                    (None, None) => {}
+                    (Some(start), Some(length)) => {
+                        let n =
+                            |v: &Value, f: &str| v.as_u64().ok_or_else(|| bad(format!("{f}: {v} is not a byte count")));
+                        covered = Some(range(n(start, "startOffset")?, n(length, "length")?)?);
+                    }
+                    _ => return Err(bad("startOffset and length come together: the area the answer covers")),
+                }
                 areas.into_iter().map(|a| range(a.start, a.length)).collect::<Result<Vec<_>>>()?
             }
             _ => {
@@ -103,7 +135,25 @@ impl ChangeList {
                 ));
             }
         };
-        Ok(ChangeList::from_ranges(ranges))
+        let mut list = ChangeList::from_ranges(ranges);
+        list.covered = covered;
+        Ok(list)
+    }
+
+    /// The bytes the tracker answered for (`None`: the whole disk).
+    pub fn covered(&self) -> Option<Range<u64>> {
+        self.covered.clone()
+    }
+
+    /// This list with every byte of a `size`-byte disk that the tracker did
+    /// not answer for counted as changed, so a backup reads it: for a
+    /// caller who would rather read more than ask the tracker again.
+    pub fn cover_rest(&self, size: u64) -> ChangeList {
+        let Some(c) = &self.covered else { return self.clone() };
+        let mut ranges = self.ranges.clone();
+        ranges.push(0..c.start.min(size));
+        ranges.push(c.end.min(size)..size);
+        ChangeList::from_ranges(ranges)
     }
 
     /// The ranges, sorted and merged.
@@ -116,8 +166,14 @@ impl ChangeList {
         self.ranges.iter().map(|r| r.end - r.start).sum()
     }
 
-    /// Refuses a list that reaches past a disk of `size` bytes.
+    /// Refuses a list that reaches past a disk of `size` bytes, or that
+    /// answers for less than all of it.
     pub(crate) fn check_fits(&self, size: u64) -> Result<()> {
+        if let Some(c) = &self.covered
+            && (c.start > 0 || c.end < size)
+        {
+            return Err(StoreError::PartialChangeList { covered: c.clone(), size });
+        }
         match self.ranges.last() {
             Some(r) if r.end > size => Err(bad(format!(
                 "the range {}..{} reaches past the end of the {size}-byte disk: the list belongs to another disk",
@@ -164,6 +220,41 @@ mod tests {
         }
         let unrolled = br#"{"ChangedByteOffsets": 1024, "ChangedByteLengths": 10}"#;
         assert_eq!(ChangeList::from_json(unrolled).unwrap().ranges().to_vec(), vec![1024u64..1034]);
+    }
+
+    /// The issue's own list: RCT answered for the first 100 MiB of a disk
+    /// that changed at 200 MiB. Taken as complete it would read nothing.
+    #[test]
+    fn a_list_that_covers_part_of_the_disk_is_refused_unless_the_rest_is_read() {
+        let mib = 1u64 << 20;
+        let rct = br#"{"ChangedByteOffsets":[],"ChangedByteLengths":[],"ProcessedByteLength":104857600}"#;
+        let list = ChangeList::from_json(rct).unwrap();
+        assert_eq!(list.covered(), Some(0..100 * mib));
+        let err = list.check_fits(256 * mib).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::PartialChangeList { covered, size } if covered.end == 100 * mib && *size == 256 * mib)
+        );
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        let whole = list.cover_rest(256 * mib);
+        assert!(whole.check_fits(256 * mib).is_ok());
+        assert_eq!(whole.ranges().to_vec(), vec![(100 * mib)..(256 * mib)]);
+        // Processed to the end (or past it, as RCT rounds up): complete.
+        let done = br#"{"ChangedByteOffsets":[4096],"ChangedByteLengths":[512],"ProcessedByteLength":268435456}"#;
+        assert!(ChangeList::from_json(done).unwrap().check_fits(256 * mib).is_ok());
+        // CBT: an answer for one area in the middle; the rest is read around it.
+        let cbt =
+            br#"{"startOffset": 1048576, "length": 2097152, "changedArea": [{"start": 1048576, "length": 4096}]}"#;
+        let list = ChangeList::from_json(cbt).unwrap();
+        assert!(matches!(list.check_fits(4 * mib), Err(StoreError::PartialChangeList { .. })));
+        assert_eq!(list.cover_rest(4 * mib).ranges(), &[0..mib + 4096, 3 * mib..4 * mib]);
+        let half = br#"{"startOffset": 0, "changedArea": []}"#;
+        assert!(matches!(ChangeList::from_json(half), Err(StoreError::BadChangeList(_))));
+        // PowerShell 5.1's default file encoding.
+        let mut utf16 = vec![0xFF, 0xFE];
+        for u in std::str::from_utf8(rct).unwrap().encode_utf16() {
+            utf16.extend_from_slice(&u.to_le_bytes());
+        }
+        assert_eq!(ChangeList::from_json(&utf16).unwrap(), ChangeList::from_json(rct).unwrap());
     }
 
     #[test]

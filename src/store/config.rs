@@ -60,6 +60,14 @@ pub struct StoreConfig {
     /// Encryption at rest, when the store has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionConfig>,
+    /// The storage replaced an existing object on a conditional create when
+    /// `store init` probed it, and the store was made anyway
+    /// ([`InitOptions::single_writer`]): nothing the store promises that
+    /// rests on put-if-absent (nothing overwritten, maintenance excluding
+    /// maintenance, fencing) holds here, and one writer at a time is a
+    /// convention its users keep. Absent (false) in every other store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_writer: bool,
     /// In an encrypted store: the keyed BLAKE3 (the config key, derived
     /// from the master key) of the compact JSON with this field and
     /// `checksum` empty. It proves at open that the key is this store's
@@ -98,6 +106,15 @@ pub struct InitOptions {
     /// Encrypt the store with a new random master key, wrapped by this
     /// key (default: none, a plain store). More keys can be added later.
     pub encryption: Option<Encryption>,
+    /// Make the store even on storage that ignores conditional writes
+    /// (`If-None-Match: *`), which init probes for and otherwise refuses:
+    /// the config records it, and every open warns that exclusion between
+    /// writers is by convention only (default: false).
+    pub single_writer: bool,
+    /// Create a store folder's missing parent folders (default: false, so
+    /// an unmounted share's mount point does not quietly become a store on
+    /// the local disk).
+    pub create_parents: bool,
 }
 
 /// How a new store is encrypted.
@@ -165,6 +182,8 @@ impl Default for InitOptions {
             pack_size: 64 << 20,
             object_lock: None,
             encryption: None,
+            single_writer: false,
+            create_parents: false,
         }
     }
 }
@@ -206,6 +225,7 @@ impl StoreConfig {
             created,
             object_lock: options.object_lock,
             encryption,
+            single_writer: options.single_writer,
             mac: None,
             checksum: String::new(),
         };

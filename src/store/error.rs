@@ -106,6 +106,36 @@ pub enum StoreError {
     #[error("bad changed-range list: {0}")]
     BadChangeList(String),
 
+    /// A changed-range list whose tracker answered for only part of the
+    /// disk (RCT's `ProcessedByteLength`, CBT's `startOffset`/`length`):
+    /// what it says nothing about may have changed. Ask the tracker again
+    /// for the rest, or count the rest as changed
+    /// ([`ChangeList::cover_rest`](super::ChangeList::cover_rest), the
+    /// CLI's `--unprocessed-as-changed`).
+    #[error(
+        "the changed-range list covers only bytes {}..{} of the {size}-byte disk: the tracker must be asked again \
+         for the rest (or use --unprocessed-as-changed to read it)",
+        covered.start,
+        covered.end
+    )]
+    PartialChangeList {
+        /// The bytes the tracker answered for.
+        covered: std::ops::Range<u64>,
+        /// The disk's size.
+        size: u64,
+    },
+
+    /// The source changed while it was read, and the backup was asked to
+    /// require a still source ([`BackupOptions::require_stable`](super::BackupOptions::require_stable)):
+    /// nothing was committed. Take a checkpoint and back that up.
+    #[error("{} changed while it was backed up (nothing committed): {}", path.display(), changes.join("; "))]
+    SourceChanged {
+        /// The source image (the top of its chain).
+        path: PathBuf,
+        /// What changed.
+        changes: Vec<String>,
+    },
+
     /// Reading the disk being backed up failed (not the store).
     #[error("reading the source {}: {source}", path.display())]
     Source {
@@ -184,10 +214,13 @@ impl StoreError {
             StoreError::Corrupt { .. } | StoreError::ChunkUnavailable { .. } => ErrorKind::Corrupt,
             StoreError::NotAStore { .. } | StoreError::NoSuchBackup(_) => ErrorKind::NotFound,
             StoreError::UnsupportedStore { .. } => ErrorKind::Unsupported,
-            StoreError::StoreBusy { .. } | StoreError::LeaseLost(_) => ErrorKind::Busy,
+            StoreError::StoreBusy { .. } | StoreError::LeaseLost(_) | StoreError::SourceChanged { .. } => {
+                ErrorKind::Busy
+            }
             StoreError::Ambiguous { .. }
             | StoreError::BaselineMismatch(_)
             | StoreError::BadChangeList(_)
+            | StoreError::PartialChangeList { .. }
             | StoreError::Invalid(_) => ErrorKind::InvalidInput,
             StoreError::Source { source, .. } | StoreError::Output { source, .. } => source.kind(),
             StoreError::Cancelled => ErrorKind::Cancelled,

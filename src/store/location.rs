@@ -37,6 +37,12 @@ pub struct OpenOptions {
     /// it: structure, sizes, CRCs) and [`Store::keys`](super::Store::keys)
     /// work, and nothing but the verify's own lease is written.
     pub without_key: bool,
+    /// Open read-only: restore, verify, list, stats and the log work, and
+    /// nothing is written, not even a lease (so a vacuum elsewhere could
+    /// delete what a read needs: the read then fails, naming the chunk).
+    /// Without it, a store whose storage refuses the lease of a read is
+    /// found read-only at that read and goes on the same way.
+    pub read_only: bool,
 }
 
 /// The URL in `location`, when it is one.

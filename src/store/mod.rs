@@ -107,6 +107,13 @@ pub use verify::{DamagedChunk, VerifyOptions, VerifyReport};
 pub use crate::cancel::CancelToken;
 pub use crate::progress::{Operation, Progress, ProgressSink};
 
+/// The store's maintenance slot, held until dropped
+/// ([`Store::hold_maintenance`]).
+#[derive(Debug)]
+pub struct MaintenanceHold {
+    _lease: Lease,
+}
+
 /// An open store.
 #[derive(Debug)]
 pub struct Store {
@@ -122,6 +129,12 @@ pub struct Store {
     key_id: Option<String>,
     limits: backup::Limits,
     leases: LeaseSettings,
+    /// Opened read-only on request ([`OpenOptions::read_only`]): nothing
+    /// is written, not even a lease.
+    read_only_asked: bool,
+    /// Found read-only: the storage refused a read lease, so reads go on
+    /// without one (see [`Store::read_lease`]).
+    read_only_found: std::sync::atomic::AtomicBool,
 }
 
 const FOLDERS: [&str; 11] =
@@ -129,9 +142,11 @@ const FOLDERS: [&str; 11] =
 
 impl Store {
     /// Creates a store at `location` with `options` fixed for its
-    /// lifetime. A folder must not exist or be empty; a URL
-    /// (`s3://BUCKET/PREFIX`, see [`SCHEMES`]) must name an existing bucket
-    /// with nothing under the prefix (buckets are never created here).
+    /// lifetime. A folder must not exist or be empty, and its parent must
+    /// exist unless `options.create_parents`; a URL (`s3://BUCKET/PREFIX`,
+    /// see [`SCHEMES`]) must name an existing bucket with nothing under the
+    /// prefix (buckets are never created here). A refused init leaves
+    /// nothing behind: no folder it made, no object it wrote.
     pub fn init(location: impl AsRef<Path>, options: &InitOptions) -> Result<Store> {
         let path = location.as_ref();
         if let Some(url) = url_of(path) {
@@ -142,23 +157,66 @@ impl Store {
             }
             return Store::init_backend(backend, options);
         }
-        if path.exists() {
+        let existed = path.exists();
+        if existed {
             let empty = std::fs::read_dir(path).map_err(StoreError::io(path, "read folder"))?.next().is_none();
             if !empty {
                 return Err(StoreError::Invalid(format!("{} exists and is not empty", path.display())));
             }
+        } else if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+            && !options.create_parents
+        {
+            return Err(StoreError::Invalid(format!(
+                "{} does not exist (an unmounted share?): create it first, or ask for missing parents \
+                 (--parents, InitOptions::create_parents)",
+                parent.display()
+            )));
         }
-        for dir in FOLDERS {
-            std::fs::create_dir_all(path.join(dir)).map_err(StoreError::io(path.join(dir), "create folder"))?;
+        let made = (|| {
+            for dir in FOLDERS {
+                std::fs::create_dir_all(path.join(dir)).map_err(StoreError::io(path.join(dir), "create folder"))?;
+            }
+            Store::init_backend(Arc::new(LocalDir::new(path)), options)
+        })();
+        if made.is_err() {
+            // Only what this call made: the folder was empty or absent.
+            if existed {
+                for dir in FOLDERS {
+                    let _ = std::fs::remove_dir_all(path.join(dir));
+                }
+                let _ = std::fs::remove_file(path.join("config"));
+            } else {
+                let _ = std::fs::remove_dir_all(path);
+            }
         }
-        Store::init_backend(Arc::new(LocalDir::new(path)), options)
+        made
     }
 
     /// Creates a store over any backend. An encrypted store's key object
     /// is written before its config, so a store whose config exists can
-    /// always be opened.
+    /// always be opened. The storage is first probed for put-if-absent
+    /// (see [`probe_conditional_writes`]): storage that replaces an
+    /// existing object is refused unless `options.single_writer`. Settings
+    /// out of range are refused before anything is written.
     pub fn init_backend(backend: Arc<dyn Backend>, options: &InitOptions) -> Result<Store> {
         let store_id = pack::PackId::new_random().to_hex();
+        // Settings first, so a bad one writes nothing (not even the probe).
+        StoreConfig::new(options, store_id.clone(), Moment::now(), None)?;
+        let honoured = probe_conditional_writes(&*backend)?;
+        if !honoured && !options.single_writer {
+            return Err(StoreError::UnsupportedStore {
+                path: backend.describe(""),
+                reason: "this storage replaced an existing object when asked to create it only if absent \
+                         (If-None-Match: *), so nothing would stop two writers from overwriting each other or \
+                         running maintenance at once; use storage that honours conditional writes, or accept \
+                         one writer at a time with --single-writer (InitOptions::single_writer)"
+                    .into(),
+            });
+        }
+        let mut options = options.clone();
+        options.single_writer = !honoured;
+        let options = &options;
         let keys = options.encryption.as_ref().map(|_| Arc::new(crypto::Keys::generate()));
         let config = StoreConfig::new(options, store_id, Moment::now(), keys.as_deref())?;
         let backend = match config.object_lock {
@@ -217,6 +275,8 @@ impl Store {
             key_id,
             limits: backup::Limits::DEFAULT,
             leases: LeaseSettings::default(),
+            read_only_asked: false,
+            read_only_found: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -261,6 +321,12 @@ impl Store {
     /// Unlocks an encrypted store with the key `options` give (or opens it
     /// keyless, if they say so); checks that a plain store was given none.
     fn unlock(backend: Arc<dyn Backend>, config: StoreConfig, options: &OpenOptions) -> Result<Store> {
+        let mut store = Store::unlock_keys(backend, config, options)?;
+        store.read_only_asked = options.read_only;
+        Ok(store)
+    }
+
+    fn unlock_keys(backend: Arc<dyn Backend>, config: StoreConfig, options: &OpenOptions) -> Result<Store> {
         let path = backend.describe("");
         if options.key.is_some() && options.without_key {
             return Err(StoreError::Invalid("a key and `without_key` together: give one or the other".into()));
@@ -298,6 +364,32 @@ impl Store {
     /// The store's settings.
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// What an operator should know about this store before relying on it
+    /// (empty for most stores): today, that its storage ignores
+    /// conditional writes and it was made with
+    /// [`InitOptions::single_writer`].
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.is_read_only() {
+            out.push(format!(
+                "{}: opened read-only ({}): no lease is held, so a vacuum running elsewhere could delete what a \
+                 restore or verify is reading; such a read fails with an error naming the missing chunk, never \
+                 with a wrong byte",
+                self.path().display(),
+                if self.read_only_asked { "as asked" } else { "the storage refused to write a lease" }
+            ));
+        }
+        if self.config.single_writer {
+            out.push(format!(
+                "{}: this store's storage ignores conditional writes (made with --single-writer): nothing stops two \
+                 hosts from overwriting each other's objects or running maintenance at the same time; keep to one \
+                 writer at a time",
+                self.path().display()
+            ));
+        }
+        out
     }
 
     /// Where the store keeps its files. In an encrypted store this view
@@ -361,13 +453,63 @@ impl Store {
         Lease::acquire(self.backend.clone(), self.leases, mode, op, wait)
     }
 
+    /// Holds the store's maintenance slot until the returned hold is
+    /// dropped: no merge, prune, vacuum, reindex or key change runs
+    /// meanwhile, on any host (they get [`StoreError::StoreBusy`], or wait).
+    /// For a product that copies or inspects a store's files and must not
+    /// see them rearranged; backups and restores go on. `op` names the
+    /// holder in others' busy messages. Costs a lease (one small object,
+    /// refreshed in the background) and a maintenance claim.
+    pub fn hold_maintenance(&self, op: &str, wait: bool) -> Result<MaintenanceHold> {
+        self.require_writable()?;
+        Ok(MaintenanceHold { _lease: self.lease(LeaseMode::Maintenance, op, wait)? })
+    }
+
     /// Refuses an operation that writes when the store is encrypted and was
-    /// opened without its key: up front, with the reason, instead of
-    /// failing halfway on the first sealed object it cannot read or write.
+    /// opened without its key, or was opened read-only: up front, with the
+    /// reason, instead of failing halfway on the first object it cannot
+    /// read or write.
     pub(crate) fn require_writable(&self) -> Result<()> {
+        if self.read_only_asked {
+            return Err(StoreError::Invalid(format!(
+                "{} was opened read-only: only restore, verify, list, stats and the log work",
+                self.path().display()
+            )));
+        }
         match self.crypt {
             crypto::Crypt::Locked => Err(StoreError::KeyRequired { path: self.path() }),
             _ => Ok(()),
+        }
+    }
+
+    /// Whether the store is read-only: opened so, or found so when the
+    /// storage refused a read lease.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only_asked || self.read_only_found.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A lease for a read (restore, verify, stats), or none on a read-only
+    /// store: one opened read-only, or storage that refuses the lease's
+    /// write (read-only credentials, a WORM share, a snapshot of a store
+    /// folder). Without a lease a vacuum elsewhere does not know of the
+    /// read and may delete what it needs: the read then fails on a missing
+    /// chunk (every chunk is verified as it is read), never with wrong data.
+    pub(crate) fn read_lease(&self, op: &str) -> Result<Option<Lease>> {
+        if self.is_read_only() {
+            return Ok(None);
+        }
+        match self.lease(LeaseMode::Read, op, false) {
+            Ok(l) => Ok(Some(l)),
+            Err(StoreError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                self.read_only_found.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -376,8 +518,9 @@ impl Store {
     /// shared file. A failure to log never fails the operation that already
     /// succeeded.
     pub(crate) fn log_job(&self, op: &str, report: &serde_json::Value) {
-        // Without the key nothing can be sealed, so nothing is logged.
-        if matches!(self.crypt, crypto::Crypt::Locked) {
+        // Without the key nothing can be sealed, so nothing is logged; a
+        // read-only store is not written at all.
+        if matches!(self.crypt, crypto::Crypt::Locked) || self.is_read_only() {
             return;
         }
         let now = Moment::now();
@@ -413,6 +556,30 @@ impl Store {
         }
         entries.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
         Ok(entries)
+    }
+}
+
+/// Whether `backend` honours put-if-absent: creates a probe object under
+/// `locks/`, asks to create it again only if absent, and deletes it. The
+/// second create must fail with `AlreadyExists`; storage that accepts it
+/// (some S3 servers ignore `If-None-Match: *`) replaced an object, and
+/// every guarantee the store rests on put-if-absent would be void there.
+/// Two requests and a delete, once, at init; [`Store::open`] trusts what
+/// the config recorded.
+pub fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
+    let key = format!("locks/probe-{}", pack::PackId::new_random().to_hex());
+    let create = |bytes: &[u8]| -> std::io::Result<()> {
+        let mut w = backend.create(&key)?;
+        w.write(bytes)?;
+        w.commit()
+    };
+    create(b"first").map_err(StoreError::io(backend.describe(&key), "probe conditional writes"))?;
+    let second = create(b"second");
+    let _ = backend.delete(&key);
+    match second {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),
+        Ok(()) => Ok(false),
+        Err(e) => Err(StoreError::io(backend.describe(&key), "probe conditional writes")(e)),
     }
 }
 

@@ -27,7 +27,7 @@ use super::crypto::Crypt;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::index::Index;
-use super::lease::{Lease, LeaseMode};
+use super::lease::Lease;
 use super::point::{PointRecord, plain_file_name};
 use super::{Store, pack::PackId};
 use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
@@ -56,7 +56,7 @@ pub struct BackupReader {
     ids: Vec<ChunkId>,
     /// The most recently decoded chunk, for reads smaller than a chunk.
     last: Mutex<Option<(u64, Vec<u8>)>>,
-    _lease: Lease,
+    _lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for BackupReader {
@@ -134,7 +134,7 @@ impl Store {
     /// Opens one disk's backup of a restore point (by its label) for reading.
     pub fn reader_disk(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupReader> {
         let spec = spec.as_ref();
-        let lease = self.lease(LeaseMode::Read, "restore", false)?;
+        let lease = self.read_lease("restore")?;
         let id = self.resolve_backup(spec, disk)?.id;
         let index = Arc::new(self.index_avoiding_condemned()?);
         self.reader_with(&id, index, lease)
@@ -142,7 +142,7 @@ impl Store {
 
     /// Opens backup `id` with an index already loaded, under a lock the
     /// caller holds.
-    pub(crate) fn reader_with(&self, id: &BackupId, index: Arc<Index>, lease: Lease) -> Result<BackupReader> {
+    pub(crate) fn reader_with(&self, id: &BackupId, index: Arc<Index>, lease: Option<Lease>) -> Result<BackupReader> {
         let id = id.clone();
         let mut cursor = ChainCursor::open(self.backend(), &id)?;
         let header = cursor.header().clone();
@@ -347,7 +347,7 @@ impl Store {
             disks.push(self.restore(d.backup.as_str(), &out, target, &o)?);
         }
         let record = PointRecord::read(self.backend(), &point.id)?;
-        let _lease = self.lease(LeaseMode::Read, "restore point", false)?;
+        let _lease = self.read_lease("restore point")?;
         let index = self.index_avoiding_condemned()?;
         let mut attachments = Vec::new();
         for a in &record.attachments {

@@ -8,7 +8,6 @@ use super::Store;
 use super::chain::{ChainCursor, Resolved};
 use super::error::{Result, StoreError};
 use super::index::Index;
-use super::lease::LeaseMode;
 
 /// The store's size and savings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,7 +40,7 @@ impl Store {
     /// that fails is an error: the figures are never computed over part of
     /// the store.
     pub fn stats(&self) -> Result<Stats> {
-        let _lease = self.lease(LeaseMode::Read, "stats", false)?;
+        let _lease = self.read_lease("stats")?;
         let backend = self.backend();
         let index = Index::load(backend)?;
         let mut unique_bytes = 0u64;

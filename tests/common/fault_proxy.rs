@@ -16,6 +16,17 @@ pub struct Faults {
     pub transient: f64,
     /// Requests ("METHOD /path?query") refused with 403 Forbidden.
     pub permanent: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Drop `If-None-Match` and `If-Match` from every request, as S3
+    /// servers that ignore conditional writes do (Garage 2.5): a create
+    /// "only if absent" then replaces an existing object.
+    pub ignore_conditions: bool,
+}
+
+impl Faults {
+    /// No faults: every request passes.
+    pub fn none() -> Faults {
+        Faults { transient: 0.0, permanent: Box::new(|_| false), ignore_conditions: false }
+    }
 }
 
 /// A running proxy.
@@ -69,7 +80,7 @@ impl FaultProxy {
 /// in) and its body.
 type Request = (String, Vec<u8>, Vec<u8>);
 
-fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>> {
+fn read_request(r: &mut BufReader<TcpStream>, ignore_conditions: bool) -> std::io::Result<Option<Request>> {
     let mut head = Vec::new();
     let mut first = String::new();
     let mut length = 0usize;
@@ -85,7 +96,9 @@ fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>
         if let Some(v) = lower.strip_prefix("content-length:") {
             length = v.trim().parse().unwrap_or(0);
         }
-        if lower.starts_with("connection:") {
+        if lower.starts_with("connection:")
+            || (ignore_conditions && (lower.starts_with("if-none-match:") || lower.starts_with("if-match:")))
+        {
             continue;
         }
         if line == "\r\n" {
@@ -120,7 +133,7 @@ fn serve(
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
-    let Some((first, head, body)) = read_request(&mut reader)? else { return Ok(()) };
+    let Some((first, head, body)) = read_request(&mut reader, faults.ignore_conditions)? else { return Ok(()) };
     seen.fetch_add(1, Ordering::Relaxed);
     let target = first.rsplit_once(' ').map_or(first.as_str(), |(t, _)| t);
     if (faults.permanent)(target) {

@@ -1,10 +1,14 @@
 //! A store under Object Lock: every object a backup needs is locked as it
 //! is committed, and nothing locked is deleted.
 //!
-//! Locked are the config, packs, index files, manifests, restore points
-//! and key objects; not leases, tombstones, vacuum's records or the job log, which
-//! the store must be able to delete (a tombstone lost to an attacker only
-//! brings a pruned backup back). The lock is set right after the object
+//! Locked are the config, packs, index files, manifests, restore points,
+//! key objects and the job log's entries (so whoever holds the store's
+//! credentials cannot erase the record of what was backed up); not
+//! leases, maintenance claims, tombstones or vacuum's records, which the
+//! store must be able to delete (a tombstone lost to an attacker only
+//! brings a pruned backup back; a lease lost only lets maintenance run
+//! sooner). A log entry is locked for the store's days from when it was
+//! written and is not extended: vacuum extends only what backups need. The lock is set right after the object
 //! is created (S3 takes retention on a completed object; a multipart
 //! upload cannot carry it), so a process killed in between leaves an
 //! unlocked object: vacuum's extension pass locks every live object whose
@@ -17,8 +21,8 @@ use super::{Backend, ObjectWriter};
 use crate::store::config::ObjectLock;
 
 /// Prefixes of the keys that are locked (key objects too: without them an
-/// encrypted store cannot be opened).
-const LOCKED: [&str; 5] = ["packs/", "index/", "manifests/", "points/", "keys/"];
+/// encrypted store cannot be opened; attachments are chunks in packs).
+const LOCKED: [&str; 6] = ["packs/", "index/", "manifests/", "points/", "keys/", "log/"];
 
 /// Whether objects under `key` are locked in a store under Object Lock.
 pub(crate) fn locked_key(key: &str) -> bool {

@@ -23,6 +23,8 @@ mod baseline;
 mod packer;
 mod pipeline;
 mod plan;
+mod resume;
+mod stability;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -96,6 +98,11 @@ pub struct BackupOptions {
     pub cancel: CancelToken,
     /// Receives progress, per disk.
     pub progress: ProgressSink,
+    /// Fail, committing nothing, when a source file changed while it was
+    /// read (a running VM's disk without a checkpoint); by default the
+    /// backup commits and says so in [`BackupReport::source_changed`] and
+    /// the job log.
+    pub require_stable: bool,
 }
 
 impl BackupOptions {
@@ -168,6 +175,22 @@ pub struct BackupReport {
     pub disk: Option<String>,
     /// The tracker token stored with it.
     pub change_id: Option<String>,
+    /// The label of the disk whose chain this backup continues, when it is
+    /// not this disk's own: Hyper-V names the running disk anew at every
+    /// checkpoint, and a disk whose chain holds the image a previous job
+    /// captured (by identity) continues that disk's chain under its new
+    /// label rather than starting over with a full backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continues_label: Option<String>,
+    /// Why the source may have changed while it was read (its size,
+    /// modification time or VHDX header sequence differed before and
+    /// after): empty when it held still.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_changed: Vec<String>,
+    /// Chunks taken over from packs an interrupted backup sealed but never
+    /// indexed (counted among `dedup_chunks`): what resuming saved
+    /// uploading again.
+    pub resumed_chunks: u64,
     /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
     #[serde(flatten)]
     pub traffic: Traffic,
@@ -284,10 +307,11 @@ impl Store {
             )?;
             // Read after the lease is taken: a vacuum that condemns later
             // waits for this lease before deleting anything.
-            let index = self.index_avoiding_condemned()?;
+            let (index, orphans) = self.index_and_orphans()?;
             let catalog = self.catalog()?.strict()?;
+            let labels: HashSet<&str> = disks.iter().filter_map(|d| d.label).collect();
             let previous: Vec<Option<&BackupSummary>> =
-                disks.iter().map(|d| catalog.newest(&options.name, d.label)).collect();
+                disks.iter().map(|d| previous_of(&catalog, &options.name, d, &labels)).collect();
             // Everything that can be refused is refused before anything is written.
             for (d, prev) in disks.iter().zip(&previous) {
                 precheck(d.disk.info(), *prev, &change_input(d, options))?;
@@ -307,8 +331,24 @@ impl Store {
                     created,
                     progress: options.progress.for_item(i, disks.len()),
                 };
-                let run = self.plan_disk(run, &index, &claims, &lease, options)?;
-                manifests.push(self.finish_disk(run)?);
+                let before = stability::SourceState::take(d.disk);
+                let adopted = orphans.adopted();
+                let mut run = self.plan_disk(run, &index, &orphans, &claims, &lease, options)?;
+                if let (Some(p), Some(l)) = (prev, d.label)
+                    && p.disk.as_deref() != Some(l)
+                {
+                    run.report.continues_label = p.disk.clone();
+                }
+                let (manifest, mut report) = self.finish_disk(run)?;
+                report.resumed_chunks = orphans.adopted() - adopted;
+                report.source_changed = stability::SourceState::take(d.disk).changes_since(&before);
+                if options.require_stable && !report.source_changed.is_empty() {
+                    return Err(StoreError::SourceChanged {
+                        path: d.disk.info().path.clone(),
+                        changes: report.source_changed,
+                    });
+                }
+                manifests.push((manifest, report));
             }
             if point.is_some() {
                 attachments = attach::store_attachments(self, &index, &claims, &options.attachments, &options.cancel)?;
@@ -386,6 +426,7 @@ impl Store {
         &'r self,
         plan: DiskPlan<'r, '_>,
         index: &'r Index,
+        orphans: &'r resume::Orphans,
         claims: &'r Claims,
         lease: &'r Lease,
         options: &'r BackupOptions,
@@ -430,6 +471,9 @@ impl Store {
             point: point.cloned(),
             disk: d.label.map(str::to_string),
             change_id: d.change_id.map(str::to_string),
+            continues_label: None,
+            source_changed: Vec::new(),
+            resumed_chunks: 0,
             traffic: Traffic::default(),
         };
         let backend = self.backend();
@@ -453,6 +497,7 @@ impl Store {
             store: self,
             disk: d.disk,
             index,
+            orphans,
             claims,
             change,
             prev,
@@ -493,6 +538,33 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// The backup a disk of the job continues: the newest of the job's name
+/// with the disk's label, or else (a label the store has not seen, as
+/// Hyper-V's new `.avhdx` name after a checkpoint) the newest backup of
+/// another label, not used in this job, whose captured image is in this
+/// disk's chain by identity.
+fn previous_of<'c>(
+    catalog: &'c super::catalog::Catalog,
+    name: &str,
+    d: &JobDisk<'_>,
+    labels: &HashSet<&str>,
+) -> Option<&'c BackupSummary> {
+    if let Some(p) = catalog.newest(name, d.label) {
+        return Some(p);
+    }
+    d.label?;
+    let chain = d.disk.chain_identities();
+    let mut newest_per_label: Vec<&BackupSummary> = Vec::new();
+    for b in catalog.backups.iter().rev().filter(|b| b.name == name) {
+        let Some(l) = b.disk.as_deref() else { continue };
+        if labels.contains(l) || newest_per_label.iter().any(|n| n.disk.as_deref() == Some(l)) {
+            continue;
+        }
+        newest_per_label.push(b);
+    }
+    newest_per_label.into_iter().find(|b| chain.contains(&b.source.identity))
 }
 
 /// A disk's label in its restore point: the job's label, or for a

@@ -61,6 +61,13 @@ impl Claims {
         (sealed.len() >= at_least.max(1)).then(|| std::mem::take(&mut *sealed))
     }
 
+    /// A copy in an orphan pack this job deduplicated against (see
+    /// `super::resume`): indexed with the job's next index file, before
+    /// its commit.
+    pub(super) fn adopt(&self, entry: IndexEntry) {
+        self.sealed.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
+    }
+
     fn add_sealed(&self, entries: &mut Vec<IndexEntry>) {
         self.sealed.lock().unwrap_or_else(|p| p.into_inner()).append(entries);
     }

@@ -38,6 +38,7 @@ pub(super) struct DiskRun<'r> {
     pub store: &'r Store,
     pub disk: &'r dyn VirtualDisk,
     pub index: &'r Index,
+    pub orphans: &'r super::resume::Orphans,
     pub claims: &'r Claims,
     pub change: ChangeSet,
     /// A differencing source's partial slots start from these chunks.
@@ -200,6 +201,7 @@ impl Worker {
         &mut self,
         store: &Store,
         index: &Index,
+        orphans: &super::resume::Orphans,
         claims: &Claims,
         mut chunk: Chunk<'d>,
     ) -> Result<Outcome<'d>> {
@@ -208,10 +210,22 @@ impl Worker {
             return Ok(Outcome::Zero(chunk));
         }
         let id = store.crypt().chunk_id(bytes);
-        if index.contains(&id) || !claims.claim(id) {
+        let plain_len = bytes.len() as u32;
+        if index.contains(&id) {
             return Ok(Outcome::Known(id, chunk));
         }
-        let plain_len = bytes.len() as u32;
+        // A copy an interrupted job sealed: indexed once, by the first
+        // worker to claim it.
+        if let Some(entry) = orphans.entry(&id, plain_len) {
+            if claims.claim(id) {
+                claims.adopt(entry);
+                orphans.count();
+            }
+            return Ok(Outcome::Known(id, chunk));
+        }
+        if !claims.claim(id) {
+            return Ok(Outcome::Known(id, chunk));
+        }
         // From here the plain bytes are needed no more (only their length):
         // an encrypted store seals them in the worker's own buffer.
         let bytes = match chunk.view {
@@ -229,13 +243,14 @@ impl Worker {
 fn work_stage<'d>(
     store: &Store,
     index: &Index,
+    orphans: &super::resume::Orphans,
     claims: &Claims,
     jobs: Receiver<Job<'d>>,
     results: Results<'d>,
 ) -> Result<()> {
     let mut worker = Worker::new(store);
     for Job { slot, chunk } in jobs {
-        let outcome = worker.process(store, index, claims, chunk);
+        let outcome = worker.process(store, index, orphans, claims, chunk);
         let failed = outcome.is_err();
         if results.send((slot, outcome.map(Item::Chunk))).is_err() || failed {
             return Ok(());
@@ -264,7 +279,8 @@ impl DiskRun<'_> {
         }
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (res_tx, res_rx) = unbounded::<(u64, Result<Item>)>();
-        let (store, index, claims, cancel, lease) = (self.store, self.index, self.claims, self.cancel, self.lease);
+        let (store, index, orphans, claims, cancel, lease) =
+            (self.store, self.index, self.orphans, self.claims, self.cancel, self.lease);
         let change = &std::mem::replace(&mut self.change, ChangeSet::All);
         let prev = self.prev.take();
         let sink = self.progress.clone();
@@ -295,7 +311,7 @@ impl DiskRun<'_> {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     let (jobs, results) = (job_rx.clone(), res_tx.clone());
-                    scope.spawn(move || work_stage(store, index, claims, jobs, results))
+                    scope.spawn(move || work_stage(store, index, orphans, claims, jobs, results))
                 })
                 .collect();
             drop(job_rx);
@@ -346,7 +362,8 @@ impl DiskRun<'_> {
         let chunk = u64::from(self.store.config.chunk_size);
         let disk = self.disk;
         let size = disk.size();
-        let (store, index, claims, cancel, lease) = (self.store, self.index, self.claims, self.cancel, self.lease);
+        let (store, index, orphans, claims, cancel, lease) =
+            (self.store, self.index, self.orphans, self.claims, self.cancel, self.lease);
         let change = std::mem::replace(&mut self.change, ChangeSet::All);
         let prev = self.prev.take();
         let sink = self.progress.clone();
@@ -362,7 +379,7 @@ impl DiskRun<'_> {
             &mut |slot, step| {
                 let item = step.and_then(|step| match step {
                     Step::Run(s, n) => Ok(Item::Run(s, n)),
-                    Step::Read(c) => worker.process(store, index, claims, c).map(Item::Chunk),
+                    Step::Read(c) => worker.process(store, index, orphans, claims, c).map(Item::Chunk),
                 });
                 let taken = item.and_then(|item| self.take(item, slot, chunk, size, &pool_tx));
                 match taken {

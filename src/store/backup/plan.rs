@@ -53,6 +53,12 @@ pub(super) struct ChangeInput<'a> {
 pub(super) fn precheck(info: &DiskInfo, previous: Option<&BackupSummary>, input: &ChangeInput<'_>) -> Result<()> {
     if let Some(changes) = input.changes {
         changes.check_fits(info.virtual_size)?;
+    } else if let Some(since) = input.since {
+        // `since` vouches for a change list; without one it would be
+        // silently ignored, and the caller would believe it was checked.
+        return Err(StoreError::Invalid(format!(
+            "since {since:?} is given without a changed-range list: it names the tracker state the list starts from"
+        )));
     }
     if let Some(since) = input.since {
         let stored = previous.and_then(|p| p.change_id.as_deref());

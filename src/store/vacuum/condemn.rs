@@ -132,6 +132,20 @@ impl Store {
         // Under Object Lock a pack cannot go before its lock ends: copying
         // its live records sooner would only store them twice.
         let now = lease.server_now();
+        // Packs an interrupted backup may still take over (see
+        // `VacuumOptions::keep_unfinished`): young enough, by the listing.
+        let young: HashSet<PackId> = if options.keep_unfinished.is_zero() {
+            HashSet::new()
+        } else {
+            match backend.list("packs") {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                other => other.map_err(StoreError::io(backend.describe("packs"), "list"))?,
+            }
+            .iter()
+            .filter(|o| now.duration_since(o.modified).unwrap_or_default() < options.keep_unfinished)
+            .filter_map(|o| PackId::from_key(&o.key))
+            .collect()
+        };
         let locked: HashSet<PackId> = match self.config.object_lock {
             Some(_) => packs
                 .iter()
@@ -147,7 +161,9 @@ impl Store {
         let mut copied = 0u64;
         for p in &packs {
             if p.live_bytes == 0 {
-                dead_packs.push(p.id);
+                if !young.contains(&p.id) {
+                    dead_packs.push(p.id);
+                }
                 continue;
             }
             if !sparse(p) {
@@ -207,6 +223,10 @@ impl Store {
         let mut entries: Vec<IndexEntry> =
             locations.into_iter().map(|(id, location)| IndexEntry { id, location }).collect();
         entries.extend(index.entries().iter().filter(|e| unplaced.contains(&e.id)).copied());
+        // Spared young packs keep whatever entries the index had for them.
+        let spared: HashSet<PackId> =
+            packs.iter().filter(|p| p.live_bytes == 0 && young.contains(&p.id)).map(|p| p.id).collect();
+        entries.extend(index.entries().iter().filter(|e| spared.contains(&e.location.pack)).copied());
         let referenced: HashSet<PackId> = entries.iter().map(|e| e.location.pack).collect();
         let dead_packs: Vec<PackId> = dead_packs.into_iter().filter(|p| !referenced.contains(p)).collect();
         let reindexed = !dead_packs.is_empty() || report.packs_rewritten > 0 || index_files.len() > 1;

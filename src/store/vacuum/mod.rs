@@ -56,6 +56,12 @@ pub struct VacuumOptions {
     /// when they were condemned remains: right for a store nothing else
     /// uses at the time.
     pub grace: Duration,
+    /// Packs no committed backup needs that are younger than this are
+    /// neither condemned nor dropped from the index, so a re-run of the
+    /// backup that was interrupted while writing them takes their chunks
+    /// over instead of uploading them again (default: zero, every such
+    /// pack is condemned).
+    pub keep_unfinished: Duration,
     /// Checked between manifests and records until deleting starts.
     pub cancel: CancelToken,
     /// Receives progress: bytes of records copied.
@@ -68,6 +74,7 @@ impl Default for VacuumOptions {
             threshold: 0.25,
             wait: false,
             grace: Duration::from_secs(24 * 3600),
+            keep_unfinished: Duration::ZERO,
             cancel: CancelToken::default(),
             progress: ProgressSink::default(),
         }

@@ -24,7 +24,6 @@ use crate::store::crypto::envelope;
 use crate::store::crypto::keyobj::{KeyObject, MAX_KEY_OBJECT};
 use crate::store::error::{Result, StoreError};
 use crate::store::id::{BackupId, PointId};
-use crate::store::lease::LeaseMode;
 use crate::store::pack::{ENTRY, PACK_HEADER, PackId, TRAILER, check_pack_header, decode_trailer};
 
 /// What one pack's walk found.
@@ -41,7 +40,7 @@ impl Store {
     pub(super) fn verify_keyless(&self, options: &VerifyOptions) -> Result<VerifyReport> {
         let started = Instant::now();
         let t0 = self.stored_backend().traffic();
-        let _lease = self.lease(LeaseMode::Read, "verify", false)?;
+        let _lease = self.read_lease("verify")?;
         let backend = self.stored_backend();
         let mut problems = Vec::new();
         let mut damaged_backups = BTreeSet::new();
@@ -121,6 +120,7 @@ impl Store {
             ok: problems.is_empty() && damaged_chunks.is_empty(),
             packs_checked: packs.len() as u64,
             chunks_checked: records,
+            records_checked: records,
             backups_checked: 0,
             damaged_chunks,
             damaged_backups,

@@ -32,7 +32,6 @@ use super::crypto::Crypt;
 use super::error::{Result, StoreError};
 use super::id::{BackupId, PointId};
 use super::index::{damaged_key, decode_index};
-use super::lease::LeaseMode;
 use super::pack::{PackEntry, PackId, read_pack_index};
 use crate::cancel::CancelToken;
 use crate::progress::{Operation, ProgressSink};
@@ -71,8 +70,13 @@ pub struct VerifyReport {
     pub ok: bool,
     /// Packs whose index was read.
     pub packs_checked: u64,
-    /// Records checked.
+    /// Distinct chunks checked (as [`Stats::chunks`](super::Stats::chunks)
+    /// counts them; without the key, where copies cannot be told apart,
+    /// every record).
     pub chunks_checked: u64,
+    /// Records checked: every stored copy, duplicates and records no backup
+    /// needs any more included.
+    pub records_checked: u64,
     /// Backups whose whole map was checked.
     pub backups_checked: u64,
     /// Copies that failed (a chunk with another sound copy is still restorable).
@@ -113,7 +117,7 @@ impl Store {
         }
         let started = Instant::now();
         let t0 = self.backend().traffic();
-        let _lease = self.lease(LeaseMode::Read, "verify", false)?;
+        let _lease = self.read_lease("verify")?;
         let backend = self.backend();
         let mut problems = Vec::new();
         let mut damaged_backups: BTreeSet<BackupId> = BTreeSet::new();
@@ -242,7 +246,8 @@ impl Store {
         let mut sound: HashSet<(ChunkId, PackId, u64)> = HashSet::new();
         let mut packs_present: HashSet<PackId> = HashSet::new();
         let mut bad_packs: HashMap<PackId, String> = HashMap::new();
-        let mut chunks_checked = 0u64;
+        let mut records_checked = 0u64;
+        let mut distinct: HashSet<ChunkId> = HashSet::new();
         for (pack, result) in &results {
             packs_present.insert(*pack);
             match result {
@@ -252,7 +257,8 @@ impl Store {
                 }
                 Ok(entries) => {
                     for (e, verdict) in entries {
-                        chunks_checked += 1;
+                        records_checked += 1;
+                        distinct.insert(e.id);
                         match verdict {
                             None => {
                                 sound.insert((e.id, *pack, e.offset));
@@ -331,8 +337,9 @@ impl Store {
             }
         }
 
-        // Record damaged copies so backups stop deduplicating against them.
-        for d in &damaged {
+        // Record damaged copies so backups stop deduplicating against them
+        // (not in a read-only store, which is not written).
+        for d in damaged.iter().filter(|_| !self.is_read_only()) {
             if let (Ok(c), Some(p)) = (d.chunk.parse::<ChunkId>(), PackId::from_hex(&d.pack)) {
                 let key = damaged_key(&c, &p);
                 if !super::backend::exists(backend, &key).unwrap_or(true)
@@ -349,7 +356,8 @@ impl Store {
                 && damaged_points.is_empty()
                 && problems.is_empty(),
             packs_checked: results.len() as u64,
-            chunks_checked,
+            chunks_checked: distinct.len() as u64,
+            records_checked,
             backups_checked,
             damaged_chunks,
             damaged_backups: damaged_backups.into_iter().collect(),
