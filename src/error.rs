@@ -37,6 +37,10 @@ pub enum ErrorKind {
     /// An encrypted store was opened without its key, or with a key that
     /// is none of its keys (or a key was given for a plain store).
     Unauthorized,
+    /// Something vhdkit did not expect of itself: a worker thread that
+    /// panicked, structures that should agree and do not. A bug to report,
+    /// with the message; retrying may not help.
+    Internal,
 }
 
 /// Any error this crate returns, by layer.

@@ -380,3 +380,20 @@ fn vacuum_keeps_an_interrupted_backups_packs_when_asked() {
         assert!(store.verify(&Default::default()).unwrap().ok);
     }
 }
+
+/// Raw disks have no identity: a new label never continues another raw
+/// disk's chain (snapshot device names change from job to job; a wrong
+/// parent would restore another disk's bytes).
+#[test]
+fn raw_disks_with_new_labels_start_new_chains() {
+    let store = Store::init_backend(Arc::new(MemoryBackend::new()), &options()).unwrap();
+    let (a, b) = (common::sparse_noise(10, 2 * MIB), common::sparse_noise(11, 2 * MIB));
+    let (da, db) = (raw(&a, "a"), raw(&b, "b"));
+    store.backup_point(&[DiskJob::new("sdb", &da), DiskJob::new("sdc", &db)], &BackupOptions::new("vm")).unwrap();
+    let second =
+        store.backup_point(&[DiskJob::new("sdd", &da), DiskJob::new("sde", &db)], &BackupOptions::new("vm")).unwrap();
+    for r in &second.disks {
+        assert_eq!(r.kind, Kind::Full, "{r:?}");
+        assert!(r.continues_label.is_none() && r.parent.is_none(), "{r:?}");
+    }
+}

@@ -11,8 +11,10 @@
 //!   N, "changedArea": [{"start": N, "length": N}, ...]}`.
 //!
 //! A tracker may answer for only part of the disk: RCT's
-//! `ProcessedByteLength` says how far from the start it got (the caller
-//! must ask again for the rest), CBT's `startOffset` and `length` which
+//! `ProcessedByteLength` says how far from the request's `ByteOffset` it
+//! got (the caller must ask again for the rest; the answer does not repeat
+//! the offset, so a list for a request that did not start at 0 carries
+//! `"ByteOffset": N` beside it, and merged answers carry neither), CBT's `startOffset` and `length` which
 //! area its answer covers. A list says nothing about the bytes outside that
 //! area, so a backup refuses a list that does not cover the whole disk
 //! ([`StoreError::PartialChangeList`]) rather than take silence for "no
@@ -110,7 +112,14 @@ impl ChangeList {
                 }
                 if let Some(p) = map.get("ProcessedByteLength").filter(|p| !p.is_null()) {
                     let p = p.as_u64().ok_or_else(|| bad(format!("ProcessedByteLength: {p} is not a byte count")))?;
-                    covered = Some(0..p);
+                    // Relative to the request's ByteOffset, which the
+                    // answer does not repeat: a caller that asked from
+                    // elsewhere than 0 adds it.
+                    let from = match map.get("ByteOffset").filter(|o| !o.is_null()) {
+                        Some(o) => o.as_u64().ok_or_else(|| bad(format!("ByteOffset: {o} is not a byte count")))?,
+                        None => 0,
+                    };
+                    covered = Some(range(from, p)?);
                 }
                 offsets.into_iter().zip(lengths).map(|(o, l)| range(o, l)).collect::<Result<Vec<_>>>()?
             }

@@ -101,6 +101,11 @@ pub enum StoreError {
     #[error("refusing an incremental: {0} (use --force to back up anyway)")]
     BaselineMismatch(String),
 
+    /// Something this crate did not expect of itself (a worker thread
+    /// panicked; structures it wrote disagree): a bug to report.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A changed-range list that cannot be this disk's (a range past its
     /// end, an overflow) or that is not one of the shapes we read.
     #[error("bad changed-range list: {0}")]
@@ -224,6 +229,7 @@ impl StoreError {
             | StoreError::Invalid(_) => ErrorKind::InvalidInput,
             StoreError::Source { source, .. } | StoreError::Output { source, .. } => source.kind(),
             StoreError::Cancelled => ErrorKind::Cancelled,
+            StoreError::Internal(_) => ErrorKind::Internal,
             StoreError::KeyRequired { .. } | StoreError::WrongKey { .. } | StoreError::NotEncrypted { .. } => {
                 ErrorKind::Unauthorized
             }

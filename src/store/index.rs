@@ -103,7 +103,7 @@ pub fn decode_index(bytes: &[u8]) -> std::result::Result<Vec<IndexEntry>, (u64, 
 
 /// The key of a new index file.
 pub fn new_index_key() -> String {
-    format!("index/{}.idx", PackId::new_random().to_hex())
+    super::layout::index_key(&PackId::new_random().to_hex())
 }
 
 /// Writes `entries` as a new index file and commits it (flushed, renamed
@@ -230,7 +230,7 @@ impl Index {
 
 /// `damaged/<chunk id>.<pack id>`.
 pub fn damaged_key(id: &ChunkId, pack: &PackId) -> String {
-    format!("damaged/{id}.{pack}")
+    super::layout::damaged_key(&id.to_string(), &pack.to_string())
 }
 
 fn parse_damaged(key: &str) -> Option<(ChunkId, PackId)> {

@@ -23,7 +23,7 @@ use super::{Store, host_name};
 pub(crate) const KEYS: &str = "keys";
 
 fn key_of(id: &str) -> String {
-    format!("{KEYS}/{id}.key")
+    super::layout::key_object_key_of(id)
 }
 
 fn id_of(key: &str) -> Option<&str> {

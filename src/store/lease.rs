@@ -135,14 +135,8 @@ pub(crate) struct LeaseRecord {
     pub commits: Vec<String>,
 }
 
-fn lease_key(id: &str, seq: u64) -> String {
-    format!("locks/{id}/{seq}.lease")
-}
-
-/// The tombstone of a backup or restore point id.
-pub(crate) fn tombstone_key(id: &str) -> String {
-    format!("dropped/{id}")
-}
+pub(crate) use super::layout::tombstone_key;
+use super::layout::{CLAIMS, claim_key, lease_key};
 
 fn io(backend: &dyn Backend, key: &str, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
     StoreError::io(backend.describe(key), action)
@@ -423,14 +417,6 @@ impl Drop for Lease {
     }
 }
 
-/// Where maintenance claims live.
-const CLAIMS: &str = "locks/maintenance";
-
-fn claim_key(n: u64) -> String {
-    // Zero-padded, so a listing sorted by key is sorted by number.
-    format!("{CLAIMS}/{n:020}.claim")
-}
-
 /// What a maintenance claim holds: whose it is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ClaimRecord {
@@ -478,10 +464,13 @@ fn live_holder(backend: &dyn Backend, me: &Lease, n: u64) -> Result<Option<Strin
     if record.lease == me.inner.id {
         return Ok(None);
     }
-    let table = LeaseTable::read(backend)?;
+    // Only the holder's own folder: listing every lease would leave a
+    // window for its refresh to hide it.
+    let Some(holder) = lease_info(backend, &record.lease)? else { return Ok(None) };
     let now = me.server_now();
-    let alive =
-        table.leases.iter().any(|l| l.id == record.lease && l.fresh(now, &me.inner.settings) && l.holder_may_run());
+    let alive = holder.record.mode == LeaseMode::Maintenance
+        && holder.fresh(now, &me.inner.settings)
+        && holder.holder_may_run();
     Ok(alive.then(|| format!("{} (pid {} on {})", record.op, record.pid, record.host)))
 }
 
@@ -531,10 +520,8 @@ fn claim_maintenance(lease: &Lease) -> Result<Claim> {
         }
         return Ok(Claim::Won);
     }
-    Err(StoreError::StoreBusy {
-        path: backend.describe(CLAIMS),
-        holder: "others racing for maintenance (64 claims lost in a row)".into(),
-    })
+    // Busy, as any other lost race is (so `wait` waits it out).
+    Ok(Claim::Held("others racing for maintenance (64 claims lost in a row)".into()))
 }
 
 /// One lease as others see it.
@@ -583,10 +570,15 @@ impl LeaseInfo {
         }
     }
 
-    /// Whether the lease is younger than `ttl + margin` at `now`.
+    /// Whether the lease is younger than `ttl + margin` at `now`, with the
+    /// longer of the holder's ttl and ours.
     pub(crate) fn fresh(&self, now: SystemTime, settings: &LeaseSettings) -> bool {
         let age = now.duration_since(self.modified).unwrap_or_default();
-        age <= settings.ttl + settings.margin
+        // The holder refreshes by its own ttl, which may be longer than ours
+        // (up to a day: a lease that claims more cannot hold maintenance
+        // for longer than that).
+        let ttl = settings.ttl.max(Duration::from_secs(self.record.ttl_secs.min(86_400)));
+        age <= ttl.saturating_add(settings.margin)
     }
 }
 
@@ -614,19 +606,57 @@ impl LeaseTable {
         }
         let mut leases = Vec::new();
         for (id, (_, info)) in by_id {
-            let record: LeaseRecord = match backend.read_all(&info.key) {
-                Ok(bytes) => match serde_json::from_slice(&bytes) {
-                    Ok(r) => r,
-                    Err(_) => continue,
-                },
-                // Refreshed or released since the listing.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(backend, &info.key, "read lease")(e)),
+            // A refresh creates `seq + 1` before it deletes `seq`: an object
+            // gone since the listing means a newer one exists, unless the
+            // lease ended. Look again in its own folder before leaving it out.
+            let found = match read_record(backend, &info)? {
+                Some(record) => Some((record, info.modified)),
+                None => lease_info(backend, &id)?.map(|l| (l.record, l.modified)),
             };
-            leases.push(LeaseInfo { id, record, modified: info.modified });
+            if let Some((record, modified)) = found {
+                leases.push(LeaseInfo { id, record, modified });
+            }
         }
         Ok(LeaseTable { leases })
     }
+}
+
+/// The record of lease object `info`: `None` if it is gone (refreshed or
+/// released since it was listed), or does not parse (written by hand).
+fn read_record(backend: &dyn Backend, info: &ObjectInfo) -> Result<Option<LeaseRecord>> {
+    match backend.read_all(&info.key) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(backend, &info.key, "read lease")(e)),
+    }
+}
+
+/// Lease `id` as it stands: its newest object's record and time, read from
+/// a listing of its own folder, tried again while refreshes race the read
+/// (a few times: each retry means its holder refreshed in between). `None`
+/// only when its folder is empty: the lease has ended.
+pub(crate) fn lease_info(backend: &dyn Backend, id: &str) -> Result<Option<LeaseInfo>> {
+    let folder = format!("locks/{id}");
+    for _ in 0..8 {
+        let listed = match backend.list(&folder) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            other => other.map_err(io(backend, &folder, "list lease"))?,
+        };
+        let newest = listed
+            .into_iter()
+            .filter_map(|o| {
+                let seq = o.key.rsplit('/').next()?.strip_suffix(".lease")?.parse::<u64>().ok()?;
+                Some((seq, o))
+            })
+            .max_by_key(|(seq, _)| *seq);
+        let Some((_, info)) = newest else { return Ok(None) };
+        if let Some(record) = read_record(backend, &info)? {
+            return Ok(Some(LeaseInfo { id: id.to_string(), record, modified: info.modified }));
+        }
+    }
+    Err(StoreError::io(backend.describe(&folder), "read lease")(std::io::Error::other(
+        "the lease changed under every one of 8 reads",
+    )))
 }
 
 /// Fences a stale lease: tombstones every id it may commit that is not
@@ -635,7 +665,11 @@ impl LeaseTable {
 pub(crate) fn fence(backend: &dyn Backend, lease: &LeaseInfo) -> Result<()> {
     for id in &lease.record.commits {
         let mut committed = false;
-        for k in [format!("manifests/{id}.manifest"), format!("points/{id}.point")] {
+        // An id that is no id (a hand-written lease) names nothing to fence.
+        let (Ok(backup), Ok(point)) = (id.parse::<super::id::BackupId>(), id.parse::<super::id::PointId>()) else {
+            continue;
+        };
+        for k in [super::layout::manifest_key(&backup, 0), super::layout::point_key(&point)] {
             committed |= super::backend::exists(backend, &k).map_err(io(backend, &k, "check commit"))?;
         }
         if committed {
@@ -790,6 +824,66 @@ mod tests {
         let top = list_claims(&mem).unwrap().last().copied().unwrap();
         put_new(&mem, &claim_key(top + 1), b"not a claim").unwrap();
         drop(Lease::acquire(behind, settings(), m, "vacuum", false).unwrap());
+    }
+
+    /// Storage where every lease object is refreshed away (its holder
+    /// writes `seq + 1` and deletes `seq`) just before it is read: the
+    /// window between a listing and a read that hid live leases.
+    #[derive(Debug)]
+    struct RefreshedUnderfoot {
+        inner: MemoryBackend,
+        races: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Backend for RefreshedUnderfoot {
+        fn create(&self, key: &str) -> std::io::Result<Box<dyn crate::store::backend::ObjectWriter>> {
+            self.inner.create(key)
+        }
+        fn delete(&self, key: &str) -> std::io::Result<()> {
+            self.inner.delete(key)
+        }
+        fn describe(&self, key: &str) -> std::path::PathBuf {
+            self.inner.describe(key)
+        }
+        fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.inner.read_at(key, buf, offset)
+        }
+        fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
+            if let Some(seq) =
+                key.strip_suffix(".lease").and_then(|k| k.rsplit('/').next()).and_then(|s| s.parse::<u64>().ok())
+                && self.races.load(std::sync::atomic::Ordering::SeqCst) < 3
+            {
+                self.races.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let bytes = self.inner.read_all(key)?;
+                let next = key.replace(&format!("/{seq}.lease"), &format!("/{}.lease", seq + 1));
+                put_new(&self.inner, &next, &bytes)?;
+                self.inner.delete(key)?;
+                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, key.to_string()));
+            }
+            self.inner.read_all(key)
+        }
+        fn stat(&self, key: &str) -> std::io::Result<ObjectInfo> {
+            self.inner.stat(key)
+        }
+        fn list(&self, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
+            self.inner.list(prefix)
+        }
+        fn now(&self) -> std::io::Result<SystemTime> {
+            self.inner.now()
+        }
+    }
+
+    #[test]
+    fn a_lease_refreshed_between_listing_and_reading_is_still_seen() {
+        let mem = MemoryBackend::new();
+        let holder: Arc<dyn Backend> = Arc::new(mem.clone());
+        let vacuum = Lease::acquire(holder.clone(), settings(), LeaseMode::Maintenance, "vacuum", false).unwrap();
+        let racing: Arc<dyn Backend> =
+            Arc::new(RefreshedUnderfoot { inner: mem.clone(), races: std::sync::atomic::AtomicUsize::new(0) });
+        let table = LeaseTable::read(&*racing).unwrap();
+        assert!(table.leases.iter().any(|l| l.id == vacuum.id()), "a refreshed lease vanished from the table");
+        let err = Lease::acquire(racing, settings(), LeaseMode::Maintenance, "prune", false).unwrap_err();
+        assert!(matches!(&err, StoreError::StoreBusy { holder, .. } if holder.starts_with("vacuum")), "{err}");
     }
 
     /// A lease nobody refreshed goes stale by the storage's clock; fencing

@@ -137,10 +137,7 @@ pub const MERGED: u32 = 1;
 /// The key of generation `generation` of backup `id`'s manifest:
 /// `manifests/<id>.manifest`, then `manifests/<id>~<generation>.manifest`.
 pub fn manifest_key_gen(id: &BackupId, generation: u32) -> String {
-    match generation {
-        0 => format!("manifests/{id}.manifest"),
-        g => format!("manifests/{id}~{g}.manifest"),
-    }
+    super::layout::manifest_key(id, generation)
 }
 
 /// The key of backup `id`'s first manifest, for messages.
@@ -263,7 +260,7 @@ impl ManifestWriter {
         let key = manifest_key_gen(&header.id, generation);
         let path = backend.describe(&key);
         let writer = backend.create(&key).map_err(StoreError::io(&path, "create manifest"))?;
-        let json = serde_json::to_vec(header).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let json = serde_json::to_vec(header).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut m = ManifestWriter {
             writer,
             path,
@@ -324,7 +321,7 @@ impl ManifestWriter {
             Slot::Zero | Slot::Inherit => {
                 let tag = if slot == Slot::Zero { TAG_ZERO } else { TAG_INHERIT };
                 if tag == TAG_INHERIT && !self.incremental {
-                    return Err(StoreError::Invalid("a full manifest cannot inherit slots".into()));
+                    return Err(StoreError::Internal("a full manifest cannot inherit slots".into()));
                 }
                 match &mut self.run {
                     Some((t, n)) if *t == tag => *n += count,
@@ -344,7 +341,7 @@ impl ManifestWriter {
     pub fn commit(mut self) -> Result<()> {
         self.end_run()?;
         if self.slots != self.expected {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Internal(format!(
                 "manifest maps {} slots, the disk has {}",
                 self.slots, self.expected
             )));

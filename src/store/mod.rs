@@ -27,6 +27,7 @@ mod config;
 mod error;
 mod id;
 mod keyring;
+mod layout;
 mod lease;
 mod location;
 mod merge;
@@ -137,9 +138,6 @@ pub struct Store {
     read_only_found: std::sync::atomic::AtomicBool,
 }
 
-const FOLDERS: [&str; 11] =
-    ["packs", "index", "manifests", "points", "damaged", "dropped", "condemned", "locks", "log", "tmp", "keys"];
-
 impl Store {
     /// Creates a store at `location` with `options` fixed for its
     /// lifetime. A folder must not exist or be empty, and its parent must
@@ -174,20 +172,20 @@ impl Store {
             )));
         }
         let made = (|| {
-            for dir in FOLDERS {
+            for dir in layout::Folder::ALL.map(layout::Folder::name) {
                 std::fs::create_dir_all(path.join(dir)).map_err(StoreError::io(path.join(dir), "create folder"))?;
             }
             Store::init_backend(Arc::new(LocalDir::new(path)), options)
         })();
-        if made.is_err() {
-            // Only what this call made: the folder was empty or absent.
-            if existed {
-                for dir in FOLDERS {
-                    let _ = std::fs::remove_dir_all(path.join(dir));
-                }
-                let _ = std::fs::remove_file(path.join("config"));
-            } else {
-                let _ = std::fs::remove_dir_all(path);
+        // Only what this call made, and only while it is empty: another
+        // init racing this one for the same folder may have made a store
+        // there (its config is there), and that is never touched.
+        if made.is_err() && !path.join(layout::CONFIG).exists() {
+            for dir in layout::Folder::ALL.map(layout::Folder::name) {
+                let _ = std::fs::remove_dir(path.join(dir));
+            }
+            if !existed {
+                let _ = std::fs::remove_dir(path);
             }
         }
         made
@@ -243,16 +241,22 @@ impl Store {
             keyring::write_key_object(&*backend, &object)?;
             key_id = Some(object.id);
         }
-        let path = backend.describe("config");
-        let mut w = backend.create("config").map_err(StoreError::io(&path, "create config"))?;
-        w.write(&config.encode()).map_err(StoreError::io(&path, "write config"))?;
-        w.commit().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
+        let path = backend.describe(layout::CONFIG);
+        let written = backend.create(layout::CONFIG).and_then(|mut w| {
+            w.write(&config.encode())?;
+            w.commit()
+        });
+        if let Err(e) = written {
+            // A key object without a config opens nothing: take it back.
+            if let Some(id) = &key_id {
+                let _ = backend.delete(&layout::key_object_key_of(id));
+            }
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
                 StoreError::Invalid(format!("{} already holds a store", backend.describe("").display()))
             } else {
-                StoreError::io(&path, "commit config")(e)
-            }
-        })?;
+                StoreError::io(&path, "write config")(e)
+            });
+        }
         let crypt = keys.map_or(crypto::Crypt::Plain, crypto::Crypt::Sealed);
         let store = Store::assemble(backend, config, crypt, key_id);
         store.log_job("init", &serde_json::json!({ "config": store.config }));
@@ -483,7 +487,7 @@ impl Store {
     }
 
     /// Whether the store is read-only: opened so, or found so when the
-    /// storage refused a read lease.
+    /// storage refused the lease of a read (which later reads ask again).
     pub fn is_read_only(&self) -> bool {
         self.read_only_asked || self.read_only_found.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -495,7 +499,9 @@ impl Store {
     /// read and may delete what it needs: the read then fails on a missing
     /// chunk (every chunk is verified as it is read), never with wrong data.
     pub(crate) fn read_lease(&self, op: &str) -> Result<Option<Lease>> {
-        if self.is_read_only() {
+        // Asked each time when found so: a refusal may have been passing
+        // (an expired token), and the next read should hold a lease again.
+        if self.read_only_asked {
             return Ok(None);
         }
         match self.lease(LeaseMode::Read, op, false) {
@@ -520,12 +526,12 @@ impl Store {
     pub(crate) fn log_job(&self, op: &str, report: &serde_json::Value) {
         // Without the key nothing can be sealed, so nothing is logged; a
         // read-only store is not written at all.
-        if matches!(self.crypt, crypto::Crypt::Locked) || self.is_read_only() {
+        if matches!(self.crypt, crypto::Crypt::Locked) || self.read_only_asked {
             return;
         }
         let now = Moment::now();
         let entry = serde_json::json!({ "time": now, "op": op, "host": host_name(), "pid": std::process::id(), "report": report });
-        let key = format!("log/{}.json", id::BackupId::generate(now));
+        let key = layout::log_key(&id::BackupId::generate(now));
         if let Ok(mut w) = self.backend.create(&key) {
             let _ = w.write(entry.to_string().as_bytes()).and_then(|()| w.commit());
         }

@@ -49,8 +49,7 @@ impl PackId {
 
     /// The pack's key in the store.
     pub fn key(&self) -> String {
-        let hex = self.to_hex();
-        format!("packs/{}/{hex}.pack", &hex[..2])
+        super::layout::pack_key(&self.to_hex())
     }
 
     /// The pack id in a key `packs/XX/<id>.pack`.

@@ -87,7 +87,7 @@ pub(crate) fn plain_file_name(name: &str) -> bool {
 
 /// The key of point `id`.
 pub(crate) fn point_key(id: &PointId) -> String {
-    format!("points/{id}.point")
+    super::layout::point_key(id)
 }
 
 /// The point id in a key, if the key is one.

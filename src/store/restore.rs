@@ -591,7 +591,7 @@ impl VirtualDisk for BackupReader {
                 })
                 .collect();
             for h in handles {
-                h.join().map_err(|_| StoreError::Invalid("a reading thread panicked".into()))??;
+                h.join().map_err(|_| StoreError::Internal("a reading thread panicked".into()))??;
             }
             Ok::<(), StoreError>(())
         })?;

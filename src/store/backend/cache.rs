@@ -23,8 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Backend, ObjectInfo, ObjectWriter};
-
-const CACHED: [&str; 3] = ["index/", "manifests/", "points/"];
+use crate::store::layout::Folder;
 
 /// The largest object fetched whole to answer a range read (a manifest of
 /// a 4 TiB disk at 512 KiB chunks is about 300 MiB: such reads go to the
@@ -63,7 +62,7 @@ enum Known {
 }
 
 fn cacheable(key: &str) -> bool {
-    CACHED.iter().any(|p| key.starts_with(p)) && !key.split('/').any(|part| part == ".." || part.is_empty())
+    Folder::of(key).is_some_and(Folder::cached) && !key.split('/').any(|part| part == ".." || part.is_empty())
 }
 
 impl CachedBackend {
@@ -182,7 +181,7 @@ impl CachedBackend {
     /// that are gone.
     fn note_listing(&self, prefix: &str, objects: &[ObjectInfo]) {
         let folder = prefix.trim_end_matches('/');
-        if !CACHED.iter().any(|p| p.trim_end_matches('/') == folder) {
+        if !Folder::ALL.into_iter().any(|f| f.cached() && f.name() == folder) {
             return;
         }
         let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());

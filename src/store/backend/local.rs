@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 use crate::io::sync_dir;
+use crate::store::layout::{self, Folder};
 
 /// A store in a local folder.
 #[derive(Debug)]
@@ -47,7 +48,7 @@ impl LocalDir {
     /// immutable, but a cached handle of a deleted and re-created key (a
     /// damage marker) would read the old file.
     fn handle(&self, key: &str) -> io::Result<Arc<File>> {
-        if !key.starts_with("packs/") {
+        if Folder::of(key) != Some(Folder::Packs) {
             return Ok(Arc::new(File::open(self.path(key))?));
         }
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,10 +206,18 @@ impl Backend for LocalDir {
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
         self.counters.request();
-        // A store's folders exist from init on: a missing one is a damaged
-        // or unmounted store, never an empty listing.
+        // A store's folders exist from init on: a missing data folder is a
+        // damaged or unmounted store, never an empty listing. Folders of
+        // bookkeeping that may well be empty (which copies made by tools
+        // that drop empty folders, git among them, leave out) list as empty
+        // when the store itself is there.
         let top = self.path(prefix);
         if !top.is_dir() {
+            let first = prefix.trim_end_matches('/').split('/').next().unwrap_or_default();
+            let optional = Folder::ALL.into_iter().any(|f| f.name() == first && f.may_be_absent());
+            if optional && self.root.join(layout::CONFIG).is_file() && !top.exists() {
+                return Ok(Vec::new());
+            }
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not a folder", top.display())));
         }
         let mut out = Vec::new();

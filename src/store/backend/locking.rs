@@ -20,14 +20,7 @@ use std::sync::Arc;
 use super::{Backend, ObjectWriter};
 use crate::store::config::ObjectLock;
 
-/// Prefixes of the keys that are locked (key objects too: without them an
-/// encrypted store cannot be opened; attachments are chunks in packs).
-const LOCKED: [&str; 6] = ["packs/", "index/", "manifests/", "points/", "keys/", "log/"];
-
-/// Whether objects under `key` are locked in a store under Object Lock.
-pub(crate) fn locked_key(key: &str) -> bool {
-    key == "config" || LOCKED.iter().any(|p| key.starts_with(p))
-}
+use crate::store::layout::locked_key;
 
 /// `inner`, locking what it creates.
 #[derive(Debug)]

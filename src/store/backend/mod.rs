@@ -77,12 +77,12 @@ use super::config::LockMode;
 
 pub use cache::CachedBackend;
 pub use local::LocalDir;
-pub(crate) use locking::{LockingBackend, locked_key};
+pub(crate) use locking::LockingBackend;
 pub use memory::MemoryBackend;
 #[cfg(feature = "object-store")]
 pub use object::ObjectBackend;
 pub(crate) use readonly::ReadOnlyBackend;
-pub(crate) use sealing::{SEALED_FOLDERS, SealError, SealingBackend};
+pub(crate) use sealing::{SealError, SealingBackend};
 
 /// Requests a backend has made and bytes it has uploaded, since it was
 /// made: [`Backend::traffic`]. On object storage a request is one HTTP

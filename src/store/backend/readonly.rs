@@ -22,7 +22,7 @@ impl ReadOnlyBackend {
 }
 
 fn writable(key: &str) -> bool {
-    key.starts_with("locks/")
+    crate::store::layout::Folder::of(key).is_some_and(crate::store::layout::Folder::writable_without_key)
 }
 
 fn refused(key: &str) -> io::Error {

@@ -26,14 +26,7 @@ use super::{Backend, ObjectInfo, ObjectWriter};
 use crate::store::crypto::Keys;
 use crate::store::crypto::envelope::{self, Layout, Opener};
 
-/// The folders whose objects are sealed: tombstones too, since one that
-/// anyone could write would hide a backup and have vacuum delete it.
-pub(crate) const SEALED_FOLDERS: [&str; 6] = ["index", "manifests", "points", "log", "condemned", "dropped"];
-
-/// Whether objects under `key` are envelopes in an encrypted store.
-fn sealed_key(key: &str) -> bool {
-    SEALED_FOLDERS.iter().any(|p| key.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
-}
+use crate::store::layout::sealed_key;
 
 /// Layouts remembered at most (a few hundred bytes each).
 const LAYOUTS: usize = 4096;

@@ -41,7 +41,7 @@ impl<'a> PrevChunks<'a> {
                 && slot < start + len
             {
                 if slot < start {
-                    return Err(StoreError::Invalid("previous chunks asked for out of order".into()));
+                    return Err(StoreError::Internal("previous chunks asked for out of order".into()));
                 }
                 match r {
                     Resolved::Zero => buf.fill(0),
@@ -110,7 +110,10 @@ impl<'a> Compare<'a> {
     }
 
     fn short(&self) -> StoreError {
-        StoreError::Invalid(format!("the parent backup {} maps fewer slots than the disk has", self.cursor.header().id))
+        StoreError::Internal(format!(
+            "the parent backup {} maps fewer slots than the disk has",
+            self.cursor.header().id
+        ))
     }
 
     /// Advances past `n` slots.

@@ -309,9 +309,7 @@ impl Store {
             // waits for this lease before deleting anything.
             let (index, orphans) = self.index_and_orphans()?;
             let catalog = self.catalog()?.strict()?;
-            let labels: HashSet<&str> = disks.iter().filter_map(|d| d.label).collect();
-            let previous: Vec<Option<&BackupSummary>> =
-                disks.iter().map(|d| previous_of(&catalog, &options.name, d, &labels)).collect();
+            let previous = previous_of(&catalog, &options.name, disks);
             // Everything that can be refused is refused before anything is written.
             for (d, prev) in disks.iter().zip(&previous) {
                 precheck(d.disk.info(), *prev, &change_input(d, options))?;
@@ -540,22 +538,20 @@ impl Store {
     }
 }
 
-/// The backup a disk of the job continues: the newest of the job's name
-/// with the disk's label, or else (a label the store has not seen, as
-/// Hyper-V's new `.avhdx` name after a checkpoint) the newest backup of
-/// another label, not used in this job, whose captured image is in this
-/// disk's chain by identity.
+/// The backup each disk of the job continues: the newest of the job's
+/// name with the disk's label, or else (a label the store has not seen,
+/// as Hyper-V's new `.avhdx` name after a checkpoint) the newest backup of
+/// another label, not used in this job, that captured this very image or
+/// its parent (by identity: VHDX DataWriteGuid, VHD unique id; never the
+/// nil identity of raw disks), when exactly one such label exists and no
+/// other disk of the job matches it too. Anything less certain starts a
+/// new chain: a full backup is slower, a wrong parent would be wrong.
 fn previous_of<'c>(
     catalog: &'c super::catalog::Catalog,
     name: &str,
-    d: &JobDisk<'_>,
-    labels: &HashSet<&str>,
-) -> Option<&'c BackupSummary> {
-    if let Some(p) = catalog.newest(name, d.label) {
-        return Some(p);
-    }
-    d.label?;
-    let chain = d.disk.chain_identities();
+    disks: &[JobDisk<'_>],
+) -> Vec<Option<&'c BackupSummary>> {
+    let labels: HashSet<&str> = disks.iter().filter_map(|d| d.label).collect();
     let mut newest_per_label: Vec<&BackupSummary> = Vec::new();
     for b in catalog.backups.iter().rev().filter(|b| b.name == name) {
         let Some(l) = b.disk.as_deref() else { continue };
@@ -564,7 +560,30 @@ fn previous_of<'c>(
         }
         newest_per_label.push(b);
     }
-    newest_per_label.into_iter().find(|b| chain.contains(&b.source.identity))
+    let matches = |d: &JobDisk<'_>| -> Vec<&'c BackupSummary> {
+        let info = d.disk.info();
+        let mut ids = vec![info.identity];
+        if let Some(p) = &info.parent {
+            ids.push(p.expected_identity);
+            ids.extend(p.alternate_identity);
+        }
+        ids.retain(|g| *g != crate::Guid::NIL);
+        newest_per_label.iter().copied().filter(|b| ids.contains(&b.source.identity)).collect()
+    };
+    let own: Vec<Option<&BackupSummary>> = disks.iter().map(|d| catalog.newest(name, d.label)).collect();
+    let found: Vec<Vec<&BackupSummary>> = disks
+        .iter()
+        .zip(&own)
+        .map(|(d, o)| if o.is_none() && d.label.is_some() { matches(d) } else { Vec::new() })
+        .collect();
+    own.iter()
+        .zip(&found)
+        .map(|(o, f)| match (o, f.as_slice()) {
+            (Some(p), _) => Some(*p),
+            (None, [one]) if found.iter().filter(|g| g.iter().any(|b| b.id == one.id)).count() == 1 => Some(*one),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A disk's label in its restore point: the job's label, or for a

@@ -169,7 +169,7 @@ fn read_stage<'d>(
                                 buf.resize(len, 0);
                                 read_partial(disk, prev, slot * chunk, &mut buf).map(|()| None)
                             }
-                            (_, None) => Err(StoreError::Invalid("a partial slot without a previous backup".into())),
+                            (_, None) => Err(StoreError::Internal("a partial slot without a previous backup".into())),
                         };
                         let step = read.map(|view| Step::Read(Chunk { buf, view }));
                         let failed = step.is_err();
@@ -326,7 +326,7 @@ impl DiskRun<'_> {
                     return Err(StoreError::Cancelled);
                 }
                 let Ok((slot, item)) = res_rx.recv() else {
-                    return Err(StoreError::Invalid(format!("the backup stopped at slot {next} of {total_slots}")));
+                    return Err(StoreError::Internal(format!("the backup stopped at slot {next} of {total_slots}")));
                 };
                 pending.insert(slot, item?);
                 while let Some(item) = pending.remove(&next) {
@@ -348,7 +348,7 @@ impl DiskRun<'_> {
             // Every worker seals its last pack before the job's last index
             // file is written.
             for h in handles {
-                h.join().map_err(|_| StoreError::Invalid("a backup worker panicked".into()))??;
+                h.join().map_err(|_| StoreError::Internal("a backup worker panicked".into()))??;
             }
             Ok(())
         })
@@ -411,7 +411,7 @@ impl DiskRun<'_> {
             return Err(StoreError::Cancelled);
         }
         if next < size.div_ceil(chunk) {
-            return Err(StoreError::Invalid(format!("the backup stopped at slot {next}")));
+            return Err(StoreError::Internal(format!("the backup stopped at slot {next}")));
         }
         progress.finish();
         worker.own.seal(store, claims)

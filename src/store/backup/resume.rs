@@ -40,6 +40,11 @@ use super::super::error::{Result, StoreError};
 use super::super::index::{Index, IndexEntry, Location};
 use super::super::pack::{PACK_HEADER, PackEntry, PackId, read_pack_index};
 
+/// Orphan copies remembered at most: a million, about 100 MiB, more than
+/// the unindexed tail of several interrupted jobs (index files are written
+/// every 65,536 records).
+const MAX_ORPHAN_COPIES: usize = 1 << 20;
+
 /// The orphan packs' records, by chunk: the first sound copy of each.
 #[derive(Default)]
 pub(super) struct Orphans {
@@ -108,6 +113,11 @@ impl Store {
                 continue;
             }
             for e in entries {
+                // Memory stays bounded (about 100 bytes a copy): past the
+                // cap, the rest is stored again as it would have been.
+                if orphans.copies.len() >= MAX_ORPHAN_COPIES {
+                    break;
+                }
                 if !index.is_damaged(&e.id, &pack) && !index.contains(&e.id) {
                     orphans.copies.entry(e.id).or_insert((pack, e));
                 }

@@ -6,7 +6,10 @@
 //! condemned and extends to `days` from now any that has less than half of
 //! that left (or none: a writer killed between its upload and its lock).
 //! And it never deletes a locked object: a condemnation record with any
-//! object still retained waits, whole, for a later run.
+//! object still retained waits, whole, for a later run. Job-log entries
+//! are not extended (they are kept for `days` from when they were
+//! written), but one left unlocked by a writer killed before it locked it
+//! is locked then.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +18,7 @@ use super::super::backend::{Backend, list_keys};
 use super::super::condemned::{Condemned, Found};
 use super::super::config::ObjectLock;
 use super::super::error::{Result, StoreError};
+use super::super::layout::Folder;
 use super::super::lease::Lease;
 use super::VacuumReport;
 
@@ -39,7 +43,7 @@ impl Store {
         let backend = self.backend();
         let packs = f.record.packs.iter().filter_map(|p| super::super::pack::PackId::from_hex(p)).map(|p| p.key());
         for key in packs.chain(f.record.objects.iter().cloned()) {
-            if super::super::backend::locked_key(&key) && retained(backend, &key, now)? {
+            if super::super::layout::locked_key(&key) && retained(backend, &key, now)? {
                 return Ok(true);
             }
         }
@@ -62,6 +66,28 @@ impl Store {
         // write is left to expire, and a removed one is gone.
         if let Some(keys) = self.crypt().keys() {
             objects.extend(super::super::keyring::authentic_keys(backend, keys)?);
+        }
+        // Job-log entries keep the lock they were written with; one whose
+        // writer died before locking it (written within the lock's days)
+        // is locked now, once.
+        let window = Duration::from_secs(u64::from(lock.days) * 86_400);
+        let log = Folder::Log.name();
+        let unlocked_logs = match backend.list(log) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other.map_err(StoreError::io(backend.describe(log), "list"))?,
+        };
+        for o in unlocked_logs.iter().filter(|o| now.duration_since(o.modified).unwrap_or_default() < window) {
+            match backend.retained_until(&o.key) {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(backend.describe(&o.key), "read the retention")(e)),
+            }
+            lease.check()?;
+            backend
+                .retain(&o.key, lock.mode, lock.until(o.modified))
+                .map_err(StoreError::io(backend.describe(&o.key), "lock a job-log entry"))?;
+            report.retention_extended += 1;
         }
         for key in objects {
             let pack = super::super::pack::PackId::from_key(&key);

@@ -18,12 +18,13 @@ use std::time::Instant;
 use super::{DamagedChunk, VerifyOptions, VerifyReport};
 use crate::progress::Operation;
 use crate::store::Store;
-use crate::store::backend::{Backend, SEALED_FOLDERS, list_keys, read_small};
+use crate::store::backend::{Backend, list_keys, read_small};
 use crate::store::chunk::{RECORD_HEADER, crc_mismatch, decode_header, record_crc};
 use crate::store::crypto::envelope;
 use crate::store::crypto::keyobj::{KeyObject, MAX_KEY_OBJECT};
 use crate::store::error::{Result, StoreError};
 use crate::store::id::{BackupId, PointId};
+use crate::store::layout::Folder;
 use crate::store::pack::{ENTRY, PACK_HEADER, PackId, TRAILER, check_pack_header, decode_trailer};
 
 /// What one pack's walk found.
@@ -68,7 +69,7 @@ impl Store {
             }
         }
 
-        for prefix in SEALED_FOLDERS {
+        for prefix in Folder::ALL.into_iter().filter(|f| f.sealed()).map(Folder::name) {
             for key in list(prefix, &mut problems) {
                 if options.cancel.is_cancelled() {
                     return Err(StoreError::Cancelled);
