@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::checked_json::Checksummed;
 use super::chunk::Compression;
 use super::crypto::keyobj::Argon2Params;
 use super::crypto::{Keys, StoreKey};
@@ -202,6 +203,12 @@ fn check(chunk_size: u32, zstd_level: i32, pack_size: u64) -> std::result::Resul
     Ok(())
 }
 
+impl Checksummed for StoreConfig {
+    fn checksum_mut(&mut self) -> &mut String {
+        &mut self.checksum
+    }
+}
+
 impl StoreConfig {
     /// A new config from `options`, checked; an encrypted store's is
     /// MACed with `keys`.
@@ -257,18 +264,9 @@ impl StoreConfig {
         self.encryption.is_some()
     }
 
-    fn compute_checksum(&self) -> String {
-        let mut unsealed = self.clone();
-        unsealed.checksum = String::new();
-        let json = serde_json::to_vec(&unsealed).unwrap_or_default();
-        blake3::hash(&json).to_hex().to_string()
-    }
-
     /// Encodes the config as the `config` file.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
+        self.encode_pretty()
     }
 
     /// Decodes and checks a `config` file read from `path`: the same checks

@@ -688,6 +688,8 @@ pub(crate) fn fence(backend: &dyn Backend, lease: &LeaseInfo) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+
     use super::*;
     use crate::store::backend::MemoryBackend;
 
@@ -718,15 +720,24 @@ mod tests {
         assert!(left.iter().all(|o| o.key.starts_with("locks/maintenance/")), "{left:?}");
     }
 
-    /// A storage view whose clock is off by `skew` seconds from the
-    /// storage's (another host's idea of the time).
+    /// Another process's view of the storage: its clock off by `skew`
+    /// seconds, and (while `races` lasts) every lease object refreshed away
+    /// just before it is read (its holder writes `seq + 1` and deletes
+    /// `seq`): the window between a listing and a read.
     #[derive(Debug)]
-    struct Skewed {
+    struct View {
         inner: MemoryBackend,
         skew: i64,
+        races: std::sync::atomic::AtomicUsize,
     }
 
-    impl Backend for Skewed {
+    impl View {
+        fn skewed(inner: MemoryBackend, skew: i64) -> View {
+            View { inner, skew, races: std::sync::atomic::AtomicUsize::new(0) }
+        }
+    }
+
+    impl Backend for View {
         fn create(&self, key: &str) -> std::io::Result<Box<dyn crate::store::backend::ObjectWriter>> {
             self.inner.create(key)
         }
@@ -740,6 +751,15 @@ mod tests {
             self.inner.read_at(key, buf, offset)
         }
         fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
+            let seq = key.strip_suffix(".lease").and_then(|k| k.rsplit('/').next()).and_then(|s| s.parse::<u64>().ok());
+            let racing = self.races.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+            if let (Some(seq), true) = (seq, racing) {
+                let bytes = self.inner.read_all(key)?;
+                let next = key.replace(&format!("/{seq}.lease"), &format!("/{}.lease", seq + 1));
+                put_new(&self.inner, &next, &bytes)?;
+                self.inner.delete(key)?;
+                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, key.to_string()));
+            }
             self.inner.read_all(key)
         }
         fn stat(&self, key: &str) -> std::io::Result<ObjectInfo> {
@@ -770,7 +790,7 @@ mod tests {
                 for skew in skews.iter().take(racers) {
                     let (mem, barrier, won) = (mem.clone(), &barrier, &won);
                     scope.spawn(move || {
-                        let b: Arc<dyn Backend> = Arc::new(Skewed { inner: mem, skew: *skew });
+                        let b: Arc<dyn Backend> = Arc::new(View::skewed(mem, *skew));
                         barrier.wait();
                         // Judged as production judges: by the storage's
                         // time learnt from each holder's own lease object.
@@ -800,8 +820,8 @@ mod tests {
     #[test]
     fn ended_claims_free_maintenance_and_live_ones_hold_it() {
         let mem = MemoryBackend::with_logical_clock(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
-        let ahead: Arc<dyn Backend> = Arc::new(Skewed { inner: mem.clone(), skew: 50 });
-        let behind: Arc<dyn Backend> = Arc::new(Skewed { inner: mem.clone(), skew: -50 });
+        let ahead: Arc<dyn Backend> = Arc::new(View::skewed(mem.clone(), 50));
+        let behind: Arc<dyn Backend> = Arc::new(View::skewed(mem.clone(), -50));
         let m = LeaseMode::Maintenance;
         // Released: the next one wins at once.
         drop(Lease::acquire(ahead.clone(), settings(), m, "prune", false).unwrap());
@@ -826,60 +846,13 @@ mod tests {
         drop(Lease::acquire(behind, settings(), m, "vacuum", false).unwrap());
     }
 
-    /// Storage where every lease object is refreshed away (its holder
-    /// writes `seq + 1` and deletes `seq`) just before it is read: the
-    /// window between a listing and a read that hid live leases.
-    #[derive(Debug)]
-    struct RefreshedUnderfoot {
-        inner: MemoryBackend,
-        races: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Backend for RefreshedUnderfoot {
-        fn create(&self, key: &str) -> std::io::Result<Box<dyn crate::store::backend::ObjectWriter>> {
-            self.inner.create(key)
-        }
-        fn delete(&self, key: &str) -> std::io::Result<()> {
-            self.inner.delete(key)
-        }
-        fn describe(&self, key: &str) -> std::path::PathBuf {
-            self.inner.describe(key)
-        }
-        fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.inner.read_at(key, buf, offset)
-        }
-        fn read_all(&self, key: &str) -> std::io::Result<Vec<u8>> {
-            if let Some(seq) =
-                key.strip_suffix(".lease").and_then(|k| k.rsplit('/').next()).and_then(|s| s.parse::<u64>().ok())
-                && self.races.load(std::sync::atomic::Ordering::SeqCst) < 3
-            {
-                self.races.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let bytes = self.inner.read_all(key)?;
-                let next = key.replace(&format!("/{seq}.lease"), &format!("/{}.lease", seq + 1));
-                put_new(&self.inner, &next, &bytes)?;
-                self.inner.delete(key)?;
-                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, key.to_string()));
-            }
-            self.inner.read_all(key)
-        }
-        fn stat(&self, key: &str) -> std::io::Result<ObjectInfo> {
-            self.inner.stat(key)
-        }
-        fn list(&self, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
-            self.inner.list(prefix)
-        }
-        fn now(&self) -> std::io::Result<SystemTime> {
-            self.inner.now()
-        }
-    }
-
     #[test]
     fn a_lease_refreshed_between_listing_and_reading_is_still_seen() {
         let mem = MemoryBackend::new();
         let holder: Arc<dyn Backend> = Arc::new(mem.clone());
         let vacuum = Lease::acquire(holder.clone(), settings(), LeaseMode::Maintenance, "vacuum", false).unwrap();
         let racing: Arc<dyn Backend> =
-            Arc::new(RefreshedUnderfoot { inner: mem.clone(), races: std::sync::atomic::AtomicUsize::new(0) });
+            Arc::new(View { inner: mem.clone(), skew: 0, races: std::sync::atomic::AtomicUsize::new(3) });
         let table = LeaseTable::read(&*racing).unwrap();
         assert!(table.leases.iter().any(|l| l.id == vacuum.id()), "a refreshed lease vanished from the table");
         let err = Lease::acquire(racing, settings(), LeaseMode::Maintenance, "prune", false).unwrap_err();

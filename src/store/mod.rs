@@ -22,6 +22,7 @@ mod backend;
 mod backup;
 mod catalog;
 mod changes;
+mod checked_json;
 mod condemned;
 mod config;
 mod error;

@@ -12,6 +12,7 @@
 //! The object is JSON, checksummed like the store config: BLAKE3 of the
 //! compact serialisation with `checksum` set to `""`.
 
+use super::checked_json::Checksummed;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,12 @@ pub(crate) fn point_from_key(key: &str) -> Option<PointId> {
     key.strip_prefix("points/")?.strip_suffix(".point")?.parse().ok()
 }
 
+impl Checksummed for PointRecord {
+    fn checksum_mut(&mut self) -> &mut String {
+        &mut self.checksum
+    }
+}
+
 impl PointRecord {
     pub(crate) fn new(
         id: PointId,
@@ -119,18 +126,9 @@ impl PointRecord {
         p
     }
 
-    fn compute_checksum(&self) -> String {
-        let mut unsealed = self.clone();
-        unsealed.checksum = String::new();
-        let json = serde_json::to_vec(&unsealed).unwrap_or_default();
-        blake3::hash(&json).to_hex().to_string()
-    }
-
     /// The object's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
+        self.encode_pretty()
     }
 
     /// Decodes and checks a point object read as point `expected`.
