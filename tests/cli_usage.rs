@@ -115,6 +115,7 @@ fn every_argument_of_every_command_is_documented() {
             );
         }
     }
+    eprintln!("{checked} arguments and options checked");
     assert!(checked > 100, "only {checked} arguments were seen: the walk is broken");
     assert!(undocumented.is_empty(), "undocumented:\n{}", undocumented.join("\n"));
 }
@@ -343,4 +344,64 @@ fn raw_sources_back_up_and_restore_bit_exact() {
     let names: BTreeSet<String> =
         std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.starts_with(".vhdkit-write-test")), "{names:?}");
+}
+
+/// A backup killed with SIGKILL midway, then run again: the second
+/// attempt takes over the packs the first sealed and uploads only the
+/// rest (bytes_uploaded measured against the disk's size).
+#[test]
+fn a_killed_backup_resumes_from_its_sealed_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("disk.raw");
+    let size = 192 << 20;
+    std::fs::write(&raw, common::noise(12, size)).unwrap();
+    for attempt in 0..3 {
+        let store = d.join(format!("store{attempt}"));
+        ok(&[&"store", &"init", &store, &"--chunk-size", &"64K", &"--pack-size", &"1M"]);
+        let mut child = Command::new(common::cli())
+            .args(["backup".as_ref(), store.as_os_str(), "--from".as_ref(), "raw".as_ref(), raw.as_os_str()])
+            .args(["--name", "vm"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it once a third of its packs are sealed (a condition, not a time).
+        let packs = |s: &Path| walk_count(&s.join("packs"));
+        let killed = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break !status.success();
+            }
+            if packs(&store) >= 64 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break true;
+            }
+            std::thread::yield_now();
+        };
+        if !killed {
+            continue; // It finished first: try again on a fresh store.
+        }
+        let sealed = packs(&store);
+        let out = ok(&[&"backup", &store, &"--from", &"raw", &raw, &"--name", &"vm", &"--json"]);
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let uploaded = r["bytes_uploaded"].as_u64().unwrap();
+        eprintln!(
+            "killed after {sealed} packs; the next attempt uploaded {uploaded} of {size} bytes, taking over {} chunks",
+            r["resumed_chunks"]
+        );
+        assert!(r["resumed_chunks"].as_u64().unwrap() > 0, "{r}");
+        assert!(uploaded < size as u64 * 9 / 10, "uploaded {uploaded} of {size} bytes again: {r}");
+        let restored = d.join("restored.raw");
+        ok(&[&"restore", &store, &"vm", &restored, &"--to", &"raw"]);
+        assert!(std::fs::read(&restored).unwrap() == std::fs::read(&raw).unwrap());
+        assert!(vhdkit(&[&"verify", &store]).status.success());
+        return;
+    }
+    panic!("three backups of {size} bytes finished before a third of their packs could be counted");
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()
 }
