@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod cancel;
+pub mod cow;
 pub mod disk;
 mod error;
 pub mod export;

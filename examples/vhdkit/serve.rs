@@ -8,8 +8,9 @@ use std::sync::Arc;
 use clap::Args;
 use vhdkit::CancelToken;
 use vhdkit::VirtualDisk;
+use vhdkit::cow::CowOverlay;
 use vhdkit::disk::OpenOptions;
-use vhdkit::nbd::{Export, Listener, Overlay, Server, ServerOptions};
+use vhdkit::nbd::{Export, Listener, Server, ServerOptions};
 
 use super::Failure;
 use super::store::open_store;
@@ -75,8 +76,9 @@ fn run(exports: Vec<Export>, args: &ServeArgs, cancel: &CancelToken) -> Result<u
 
 fn with_overlay(export: Export, args: &ServeArgs) -> Result<Export, Failure> {
     let Some(path) = &args.overlay else { return Ok(export) };
-    let overlay =
-        Arc::new(Overlay::open(path, export.size()).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?);
+    let overlay = Arc::new(
+        CowOverlay::open(path, export.size()).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,
+    );
     Ok(export.with_overlay(overlay)?)
 }
 

@@ -352,10 +352,10 @@ fn backup_overlay(args: &BackupArgs, overlay: &Path, cancel: &CancelToken) -> Re
     let reader = s.reader(&spec)?;
     let base_id = reader.id().clone();
     let size = vhdkit::VirtualDisk::info(&reader).virtual_size;
-    let overlay =
-        vhdkit::nbd::Overlay::open(overlay, size).map_err(|e| Failure::usage(format!("{}: {e}", overlay.display())))?;
+    let overlay = vhdkit::cow::CowOverlay::open(overlay, size)
+        .map_err(|e| Failure::usage(format!("{}: {e}", overlay.display())))?;
     let overlay = Arc::new(overlay);
-    let disk = vhdkit::nbd::OverlayDisk::new(Arc::new(reader), overlay.clone())?;
+    let disk = vhdkit::cow::CowDisk::new(Arc::new(reader), overlay.clone())?;
     let newest = s.list()?.into_iter().filter(|b| b.name == args.name).map(|b| b.id).max();
     let mut opts = BackupOptions::new(args.name.clone());
     opts.force = args.force;

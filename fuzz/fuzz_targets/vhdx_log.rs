@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use vhdkit::Guid;
 use vhdkit::format::vhdx::{LogWrite, find_active_sequence};
-use vhdkit::io::{Overlay, ReadAt};
+use vhdkit::io::{LogOverlay, ReadAt};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 16 {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     log.resize(log.len().div_ceil(4096).max(1) * 4096, 0);
     let Ok(Some(seq)) = find_active_sequence(&log, 1 << 20, guid) else { return };
     let size = seq.replayed_size(8 << 20);
-    let mut overlay = Overlay::new(vec![0x11u8; 1 << 16], 1 << 16);
+    let mut overlay = LogOverlay::new(vec![0x11u8; 1 << 16], 1 << 16);
     for w in seq.writes() {
         match w {
             LogWrite::Data { file_offset, sector } => overlay.write(*file_offset, &sector[..]),

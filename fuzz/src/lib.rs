@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use vhdkit::disk::{Disk, ExtentState, OpenOptions};
 use vhdkit::export::{ExportOptions, Target, export};
-use vhdkit::io::{Overlay, ReadAt};
+use vhdkit::io::{LogOverlay, ReadAt};
 
 /// Opens `reader` (no parents) and, if it opens, maps it and reads every
 /// extent that holds data (in bounded pieces). Errors are fine; panics,
@@ -71,7 +71,7 @@ pub fn patched(template: &Arc<Vec<u8>>, mut data: &[u8]) -> Box<dyn ReadAt> {
         cut = u64::from(u32::from_le_bytes([data[1], data[2], data[3], data[4]])) % (size + 1);
         data = &data[5..];
     }
-    let mut overlay = Overlay::new(template.clone(), size);
+    let mut overlay = LogOverlay::new(template.clone(), size);
     while data.len() >= 5 {
         let offset = u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]])) % size.max(1);
         let len = usize::from(data[4]).min(data.len() - 5);

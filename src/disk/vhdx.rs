@@ -2,7 +2,7 @@
 //! the BAT, and the lookup from a virtual offset to where its bytes are.
 //!
 //! Opening follows [MS-VHDX]'s order: headers, then the log (replayed into
-//! an in-memory [`Overlay`] when the current header's LogGuid is set), and
+//! an in-memory [`LogOverlay`] when the current header's LogGuid is set), and
 //! only then the region table, metadata and BAT, read through the overlay
 //! because the log may hold newer copies of them.
 //!
@@ -24,7 +24,7 @@ use crate::format::vhdx::metadata::{METADATA_TABLE_SIZE, Metadata, MetadataTable
 use crate::format::vhdx::region::{REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, RegionTable, Regions};
 use crate::format::vhdx::{self, FileIdentifier, MIB, SECTOR_BITMAP_BLOCK};
 use crate::format::{FormatError, Structure};
-use crate::io::{Overlay, ReadAt};
+use crate::io::{LogOverlay, ReadAt};
 
 /// A metadata item read failed: in the bytes, or in the I/O.
 enum ItemError {
@@ -111,7 +111,7 @@ impl VhdxImage {
             let writes = seq.writes().count();
             let entries = seq.entries.len();
             source.replace_reader(|file| {
-                let mut overlay = Overlay::new(file, size);
+                let mut overlay = LogOverlay::new(file, size);
                 for w in seq.writes() {
                     match w {
                         LogWrite::Data { file_offset, sector } => overlay.write(*file_offset, &sector[..]),

@@ -16,7 +16,7 @@ mod mmap;
 mod overlay;
 #[cfg(feature = "mmap")]
 pub use mmap::MmapReader;
-pub use overlay::Overlay;
+pub use overlay::LogOverlay;
 
 /// A source of bytes addressed by absolute offset.
 ///

@@ -22,7 +22,7 @@ enum Patch {
 
 /// A source with patches; see the module documentation.
 #[derive(Debug)]
-pub struct Overlay<R> {
+pub struct LogOverlay<R> {
     base: R,
     /// The base's size when the overlay was made: below it, a short read is
     /// an error, not zeros.
@@ -32,12 +32,12 @@ pub struct Overlay<R> {
     patches: BTreeMap<u64, (u64, Patch)>,
 }
 
-impl<R: ReadAt> Overlay<R> {
+impl<R: ReadAt> LogOverlay<R> {
     /// An overlay with no patches over `base`, `size` bytes long (at least
     /// the base's size).
     pub fn new(base: R, size: u64) -> Self {
         let base_size = base.size();
-        Overlay { base, base_size, size: size.max(base_size), patches: BTreeMap::new() }
+        LogOverlay { base, base_size, size: size.max(base_size), patches: BTreeMap::new() }
     }
 
     /// Lays `bytes` over `offset..offset + bytes.len()`.
@@ -91,7 +91,7 @@ fn slice_patch(p: &Patch, origin: u64, from: u64, to: u64) -> Patch {
     }
 }
 
-impl<R: ReadAt> ReadAt for Overlay<R> {
+impl<R: ReadAt> ReadAt for LogOverlay<R> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         if offset >= self.size {
             return Ok(0);
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn later_writes_win_and_the_size_grows() {
         let base = vec![1u8; 16];
-        let mut o = Overlay::new(base, 16);
+        let mut o = LogOverlay::new(base, 16);
         o.write(4, &[9; 8]);
         o.zero(6, 2);
         o.write(14, &[7; 4]);
@@ -157,7 +157,7 @@ mod tests {
         ) {
             let base: Vec<u8> = (0..base_len).map(|i| i as u8 ^ 0x55).collect();
             let mut model = base.clone();
-            let mut o = Overlay::new(base, base_len as u64);
+            let mut o = LogOverlay::new(base, base_len as u64);
             for (off, len, fill, zero) in ops {
                 let end = off as usize + len;
                 if model.len() < end { model.resize(end, 0); }

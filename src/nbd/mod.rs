@@ -12,9 +12,9 @@
 //! advertise `CAN_MULTI_CONN`. No TLS: serve on loopback or a Unix socket
 //! (the default address is loopback), or behind a tunnel.
 //!
-//! An export may have a copy-on-write [`Overlay`]: it is then writable,
+//! An export may have a copy-on-write [`CowOverlay`]: it is then writable,
 //! and writes, trims and write-zeroes land in the overlay file, never in
-//! the disk served. [`OverlayDisk`] is the merged view, which a backup can
+//! the disk served. [`CowDisk`] is the merged view, which a backup can
 //! capture as an incremental whose change set is the overlay's map.
 //!
 //! One thread per connection, at most [`ServerOptions::max_connections`]
@@ -22,7 +22,6 @@
 //! bounded (see the session module). [`Server::serve`] returns once its
 //! cancel token is cancelled, after every connection has ended.
 
-mod overlay;
 #[cfg(feature = "fuzzing")]
 pub mod proto;
 #[cfg(not(feature = "fuzzing"))]
@@ -38,9 +37,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use overlay::{Overlay, OverlayDisk};
-
 use crate::cancel::CancelToken;
+use crate::cow::CowOverlay;
 use crate::disk::VirtualDisk;
 
 /// One disk served under a name.
@@ -50,7 +48,7 @@ pub struct Export {
     /// A line describing it, sent to clients that ask.
     pub description: String,
     disk: Arc<dyn VirtualDisk>,
-    overlay: Option<Arc<Overlay>>,
+    overlay: Option<Arc<CowOverlay>>,
     cache: Mutex<BlockCache>,
 }
 
@@ -142,7 +140,7 @@ impl Export {
 
     /// The same export, writable through `overlay` (which must be the
     /// disk's size).
-    pub fn with_overlay(mut self, overlay: Arc<Overlay>) -> io::Result<Export> {
+    pub fn with_overlay(mut self, overlay: Arc<CowOverlay>) -> io::Result<Export> {
         if overlay.size() != self.size() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -1,5 +1,10 @@
-//! A copy-on-write overlay: what a client wrote to an export, kept in a
-//! local sparse file beside its map, never in the disk served.
+//! A copy-on-write overlay over any [`VirtualDisk`]: what was written to
+//! it (an NBD client writing to an export, a product writing to a mounted
+//! backup), kept in a local sparse file beside its map, never in the disk
+//! underneath. [`CowDisk`] is the merged view, which a backup can capture
+//! as an incremental whose change set is the overlay's map. Not specific to
+//! NBD, and on every platform. (The other overlay, `io::LogOverlay`,
+//! replays a VHDX log in memory.)
 //!
 //! The overlay tracks 64 KiB blocks, each either `data` (its bytes are in
 //! the file, at the block's own offset) or `zero`. A write or zero that
@@ -20,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::disk::{DiskInfo, Extent, ExtentState, VirtualDisk};
 
 /// Bytes per overlay block.
-pub const OVERLAY_BLOCK: u64 = 64 * 1024;
+pub const COW_BLOCK: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,7 +46,7 @@ struct MapFile {
 
 /// A copy-on-write overlay over a disk of a given size.
 #[derive(Debug)]
-pub struct Overlay {
+pub struct CowOverlay {
     size: u64,
     file: File,
     map_path: PathBuf,
@@ -65,17 +70,17 @@ fn runs(blocks: &BTreeMap<u64, Block>, want: Block) -> Vec<(u64, u64)> {
     out
 }
 
-impl Overlay {
+impl CowOverlay {
     /// Opens the overlay at `path` for a disk of `size` bytes: a new one if
     /// there is none, else the one there (its map must be for that size).
-    pub fn open(path: &Path, size: u64) -> io::Result<Overlay> {
+    pub fn open(path: &Path, size: u64) -> io::Result<CowOverlay> {
         let map_path = PathBuf::from(format!("{}.map", path.display()));
         let mut blocks = BTreeMap::new();
         if map_path.exists() {
             let text = std::fs::read(&map_path)?;
             let map: MapFile = serde_json::from_slice(&text)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", map_path.display())))?;
-            if map.size != size || map.block != OVERLAY_BLOCK {
+            if map.size != size || map.block != COW_BLOCK {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
@@ -85,7 +90,7 @@ impl Overlay {
                     ),
                 ));
             }
-            let last = size.div_ceil(OVERLAY_BLOCK);
+            let last = size.div_ceil(COW_BLOCK);
             for (runs, state) in [(map.data, Block::Data), (map.zero, Block::Zero)] {
                 for (first, count) in runs {
                     let end = first.checked_add(count).filter(|e| *e <= last).ok_or_else(|| {
@@ -104,7 +109,7 @@ impl Overlay {
         if file.metadata()?.len() < size {
             file.set_len(size)?;
         }
-        Ok(Overlay { size, file, map_path, blocks: RwLock::new(blocks) })
+        Ok(CowOverlay { size, file, map_path, blocks: RwLock::new(blocks) })
     }
 
     /// Bytes of the disk it overlays.
@@ -118,8 +123,8 @@ impl Overlay {
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<Range<u64>> = Vec::new();
         for &b in blocks.keys() {
-            let start = b * OVERLAY_BLOCK;
-            let end = (start + OVERLAY_BLOCK).min(self.size);
+            let start = b * COW_BLOCK;
+            let end = (start + COW_BLOCK).min(self.size);
             match out.last_mut() {
                 Some(last) if last.end == start => last.end = end,
                 _ => out.push(start..end),
@@ -129,15 +134,47 @@ impl Overlay {
     }
 
     fn block_len(&self, b: u64) -> usize {
-        (OVERLAY_BLOCK.min(self.size - b * OVERLAY_BLOCK)) as usize
+        (COW_BLOCK.min(self.size - b * COW_BLOCK)) as usize
     }
 
+    #[cfg(unix)]
     fn pread(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
     }
 
+    #[cfg(unix)]
     fn pwrite(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
+    }
+
+    #[cfg(windows)]
+    fn pread(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        while !buf.is_empty() {
+            match self.file.seek_read(buf, offset)? {
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(windows)]
+    fn pwrite(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        while !buf.is_empty() {
+            match self.file.seek_write(buf, offset)? {
+                0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                n => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads the merged view.
@@ -157,12 +194,12 @@ impl Overlay {
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
         let mut pos = offset;
         while pos < end {
-            let b = pos / OVERLAY_BLOCK;
+            let b = pos / COW_BLOCK;
             let state = blocks.get(&b).copied();
             // A run of blocks in the same state, read at once.
-            let mut stop = ((b + 1) * OVERLAY_BLOCK).min(end);
-            while stop < end && blocks.get(&(stop / OVERLAY_BLOCK)).copied() == state {
-                stop = ((stop / OVERLAY_BLOCK + 1) * OVERLAY_BLOCK).min(end);
+            let mut stop = ((b + 1) * COW_BLOCK).min(end);
+            while stop < end && blocks.get(&(stop / COW_BLOCK)).copied() == state {
+                stop = ((stop / COW_BLOCK + 1) * COW_BLOCK).min(end);
             }
             let out = &mut buf[(pos - offset) as usize..(stop - offset) as usize];
             match state {
@@ -179,9 +216,9 @@ impl Overlay {
     fn current(&self, blocks: &BTreeMap<u64, Block>, b: u64, base: BaseRead<'_>) -> io::Result<Vec<u8>> {
         let mut bytes = vec![0u8; self.block_len(b)];
         match blocks.get(&b) {
-            Some(Block::Data) => self.pread(&mut bytes, b * OVERLAY_BLOCK)?,
+            Some(Block::Data) => self.pread(&mut bytes, b * COW_BLOCK)?,
             Some(Block::Zero) => {}
-            None => base(&mut bytes, b * OVERLAY_BLOCK).map_err(io::Error::other)?,
+            None => base(&mut bytes, b * COW_BLOCK).map_err(io::Error::other)?,
         }
         Ok(bytes)
     }
@@ -216,8 +253,8 @@ impl Overlay {
         let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
         let mut pos = offset;
         while pos < end {
-            let b = pos / OVERLAY_BLOCK;
-            let start = b * OVERLAY_BLOCK;
+            let b = pos / COW_BLOCK;
+            let start = b * COW_BLOCK;
             let len = self.block_len(b) as u64;
             let stop = (start + len).min(end);
             let whole = pos == start && stop == start + len;
@@ -241,7 +278,7 @@ impl Overlay {
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
         let map = MapFile {
             size: self.size,
-            block: OVERLAY_BLOCK,
+            block: COW_BLOCK,
             data: runs(&blocks, Block::Data),
             zero: runs(&blocks, Block::Zero),
         };
@@ -263,12 +300,12 @@ impl Overlay {
     /// `base` (the disk's extents of `range`) with the overlay's blocks over it.
     pub(crate) fn merge_extents(&self, base: Vec<Extent>, range: Range<u64>) -> Vec<Extent> {
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
-        let first = range.start / OVERLAY_BLOCK;
-        let last = range.end.div_ceil(OVERLAY_BLOCK);
+        let first = range.start / COW_BLOCK;
+        let last = range.end.div_ceil(COW_BLOCK);
         let mut paint: Vec<(u64, u64, ExtentState)> = Vec::new();
         for (&b, &s) in blocks.range(first..last) {
-            let start = (b * OVERLAY_BLOCK).max(range.start);
-            let end = ((b + 1) * OVERLAY_BLOCK).min(range.end).min(self.size);
+            let start = (b * COW_BLOCK).max(range.start);
+            let end = ((b + 1) * COW_BLOCK).min(range.end).min(self.size);
             let state = if s == Block::Data { ExtentState::Data } else { ExtentState::Zero };
             match paint.last_mut() {
                 Some(p) if p.1 == start && p.2 == state => p.1 = end,
@@ -321,29 +358,29 @@ impl Overlay {
 
 /// A disk and its overlay, read as one: what a VM served the export sees
 /// now, and what `vhdkit backup --overlay` captures.
-pub struct OverlayDisk {
+pub struct CowDisk {
     base: Arc<dyn VirtualDisk>,
-    overlay: Arc<Overlay>,
+    overlay: Arc<CowOverlay>,
     info: DiskInfo,
 }
 
-impl OverlayDisk {
+impl CowDisk {
     /// `base` seen through `overlay` (of the same size).
-    pub fn new(base: Arc<dyn VirtualDisk>, overlay: Arc<Overlay>) -> io::Result<OverlayDisk> {
+    pub fn new(base: Arc<dyn VirtualDisk>, overlay: Arc<CowOverlay>) -> io::Result<CowDisk> {
         if overlay.size() != base.info().virtual_size {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "the overlay is not the disk's size"));
         }
         let info = base.info().clone();
-        Ok(OverlayDisk { base, overlay, info })
+        Ok(CowDisk { base, overlay, info })
     }
 
     /// The overlay.
-    pub fn overlay(&self) -> &Overlay {
+    pub fn overlay(&self) -> &CowOverlay {
         &self.overlay
     }
 }
 
-impl VirtualDisk for OverlayDisk {
+impl VirtualDisk for CowDisk {
     fn info(&self) -> &DiskInfo {
         &self.info
     }
