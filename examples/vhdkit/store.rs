@@ -653,6 +653,9 @@ pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Fai
     let mut options = RestoreOptions::default();
     options.disk = args.disk.clone();
     options.export.block_size = args.block_size;
+    // Checked up front, and again when the output is put in place: one
+    // that appeared meanwhile is kept too.
+    options.export.replace = args.force;
     options.export.cancel = cancel.clone();
     options.export.progress = sink;
     if args.point {

@@ -84,9 +84,15 @@ impl Target {
 /// complete (and flushed first when `sync`): small files such as a restore
 /// point's attachments.
 pub fn write_file_atomically(out: &Path, bytes: &[u8], sync: bool) -> crate::Result<()> {
+    write_file_atomically_with(out, bytes, sync, true)
+}
+
+/// [`write_file_atomically`], keeping an existing `out` (failing with
+/// `AlreadyExists`) unless `replace`.
+pub fn write_file_atomically_with(out: &Path, bytes: &[u8], sync: bool, replace: bool) -> crate::Result<()> {
     let pending = output::PendingFile::create(out)?;
     pending.write_at(bytes, 0)?;
-    pending.commit(sync)?;
+    pending.commit(sync, replace)?;
     Ok(())
 }
 
@@ -111,6 +117,11 @@ pub struct ExportOptions {
     /// (default). Turning it off is for benchmarks and scratch copies: a
     /// crash may then leave a complete-looking file with missing data.
     pub sync: bool,
+    /// Replace an output file that exists when the export is put in place
+    /// (default). Off, an output that appeared while the export was being
+    /// written (or was there before) is kept and the export fails with
+    /// `AlreadyExists`: what a restore that must not clobber asks for.
+    pub replace: bool,
     /// Checked every few MiB; a cancelled export leaves no output file.
     pub cancel: CancelToken,
     /// Receives progress.
@@ -127,6 +138,7 @@ impl Default for ExportOptions {
             disk_id: None,
             open: OpenOptions::default(),
             sync: true,
+            replace: true,
             cancel: CancelToken::default(),
             progress: ProgressSink::default(),
             operation: Operation::Export,

@@ -46,17 +46,30 @@ impl PendingFile {
         write_all_at(self.file(), buf, offset).map_err(self.io_err("write"))
     }
 
-    /// Flushes the data (when `sync`), renames the file into place and
-    /// syncs the folder.
-    pub(crate) fn commit(mut self, sync: bool) -> Result<(), ExportError> {
+    /// Flushes the data (when `sync`), puts the file in place and syncs
+    /// the folder. Unless `replace`, an existing target is kept (the put
+    /// is a hard link, which fails if the name is taken, then the temporary
+    /// name goes; where links are not to be had, a check just before the
+    /// rename).
+    pub(crate) fn commit(mut self, sync: bool, replace: bool) -> Result<(), ExportError> {
         let file = self.file.take().expect("file present until commit");
         if sync {
             file.sync_all().map_err(|source| ExportError::Io { path: self.temp.clone(), action: "sync", source })?;
         }
         drop(file);
-        fs::rename(&self.temp, &self.target).map_err(|source| ExportError::Io {
+        let placed = if replace {
+            fs::rename(&self.temp, &self.target)
+        } else {
+            match fs::hard_link(&self.temp, &self.target) {
+                Ok(()) => fs::remove_file(&self.temp),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+                Err(_) if self.target.exists() => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)),
+                Err(_) => fs::rename(&self.temp, &self.target),
+            }
+        };
+        placed.map_err(|source| ExportError::Io {
             path: self.target.clone(),
-            action: "rename into place",
+            action: if replace { "rename into place" } else { "put into place (an existing file is kept)" },
             source,
         })?;
         self.committed = true;
@@ -95,4 +108,34 @@ pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> std:
         offset += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target that appears while an output is written is kept unless
+    /// replacing was asked for; nothing of the temporary file is left.
+    #[test]
+    fn an_output_that_appeared_meanwhile_is_kept_unless_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.raw");
+        let pending = PendingFile::create(&target).unwrap();
+        pending.write_at(b"restored", 0).unwrap();
+        fs::write(&target, b"theirs").unwrap();
+        let err = pending.commit(true, false).unwrap_err();
+        assert!(matches!(&err, ExportError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists));
+        assert_eq!(fs::read(&target).unwrap(), b"theirs");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "the temporary file is gone");
+        let pending = PendingFile::create(&target).unwrap();
+        pending.write_at(b"restored", 0).unwrap();
+        pending.commit(true, true).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"restored");
+        let fresh = dir.path().join("new.raw");
+        let pending = PendingFile::create(&fresh).unwrap();
+        pending.write_at(b"new", 0).unwrap();
+        pending.commit(false, false).unwrap();
+        assert_eq!(fs::read(&fresh).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
 }

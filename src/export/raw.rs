@@ -18,7 +18,7 @@ pub fn write_raw(disk: &dyn VirtualDisk, out: &Path, options: &ExportOptions) ->
     pending.file().set_len(size).map_err(pending.io_err("set length"))?;
     let mut report = ExportReport { virtual_size: size, file_size: size, ..Default::default() };
     write_flat(disk, &pending, &mut report, options)?;
-    pending.commit(options.sync)?;
+    pending.commit(options.sync, options.replace)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -84,7 +84,7 @@ pub(crate) fn write_fixed(
     let id = options.disk_id.unwrap_or_else(Guid::new_random);
     pending.write_at(&footer(size, vhd::DiskType::Fixed, NO_DATA_OFFSET, id), size)?;
     report.file_size = size + FOOTER_SIZE as u64;
-    pending.commit(options.sync)?;
+    pending.commit(options.sync, options.replace)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -211,7 +211,7 @@ pub(crate) fn write_dynamic(
     pending.write_at(&f, 0)?;
     pending.write_at(&f, next)?;
     report.file_size = next + FOOTER_SIZE as u64;
-    pending.commit(options.sync)?;
+    pending.commit(options.sync, options.replace)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

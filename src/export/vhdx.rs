@@ -174,7 +174,7 @@ pub(crate) fn write(
     let file_size = next.max(data_start);
     pending.file().set_len(file_size).map_err(pending.io_err("set length"))?;
     report.file_size = file_size;
-    pending.commit(options.sync)?;
+    pending.commit(options.sync, options.replace)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

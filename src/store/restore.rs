@@ -359,7 +359,8 @@ impl Store {
             }
             let out = dir.join(&a.name);
             let bytes = self.attachment_bytes(&index, &point.id, a)?;
-            crate::export::write_file_atomically(&out, &bytes, options.export.sync).map_err(output_error(&out))?;
+            crate::export::write_file_atomically_with(&out, &bytes, options.export.sync, options.export.replace)
+                .map_err(output_error(&out))?;
             attachments.push(out);
         }
         Ok(PointRestoreReport { point: point.id, disks, attachments, traffic: self.backend().traffic().since(t0) })
