@@ -110,6 +110,11 @@ impl ChangeList {
                 if offsets.len() != lengths.len() {
                     return Err(bad(format!("{} offsets but {} lengths", offsets.len(), lengths.len())));
                 }
+                if map.get("ByteOffset").is_some_and(|o| !o.is_null())
+                    && map.get("ProcessedByteLength").is_none_or(|p| p.is_null())
+                {
+                    return Err(bad("ByteOffset without ProcessedByteLength: how much the answer covers is unknown"));
+                }
                 if let Some(p) = map.get("ProcessedByteLength").filter(|p| !p.is_null()) {
                     let p = p.as_u64().ok_or_else(|| bad(format!("ProcessedByteLength: {p} is not a byte count")))?;
                     // Relative to the request's ByteOffset, which the

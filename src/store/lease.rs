@@ -498,7 +498,13 @@ fn claim_maintenance(lease: &Lease) -> Result<Claim> {
         {
             return Ok(Claim::Held(holder));
         }
-        let next = top.map_or(0, |n| n + 1);
+        // A claim number at the top of u64 can only have been planted.
+        let Some(next) = top.map_or(Some(0), |n| n.checked_add(1)) else {
+            return Err(StoreError::UnsupportedStore {
+                path: backend.describe(CLAIMS),
+                reason: format!("maintenance claim {} is the largest number there is: remove it", claim_key(u64::MAX)),
+            });
+        };
         let key = claim_key(next);
         match put_new(backend, &key, &bytes) {
             Ok(()) => {}
@@ -515,13 +521,18 @@ fn claim_maintenance(lease: &Lease) -> Result<Claim> {
             }
             continue;
         }
-        for old in after.into_iter().filter(|&n| n + 2 <= next) {
+        for old in after.into_iter().filter(|&n| n.saturating_add(2) <= next) {
             let _ = backend.delete(&claim_key(old));
         }
         return Ok(Claim::Won);
     }
-    // Busy, as any other lost race is (so `wait` waits it out).
-    Ok(Claim::Held("others racing for maintenance (64 claims lost in a row)".into()))
+    // A lost race ends in a live holder at the next look; 64 in a row
+    // without one is claims being made and removed under us: say so,
+    // rather than wait on it forever.
+    Err(StoreError::StoreBusy {
+        path: backend.describe(CLAIMS),
+        holder: "nobody live, yet 64 maintenance claims in a row were lost: look at locks/maintenance/".into(),
+    })
 }
 
 /// One lease as others see it.
@@ -610,8 +621,9 @@ impl LeaseTable {
             // gone since the listing means a newer one exists, unless the
             // lease ended. Look again in its own folder before leaving it out.
             let found = match read_record(backend, &info)? {
-                Some(record) => Some((record, info.modified)),
-                None => lease_info(backend, &id)?.map(|l| (l.record, l.modified)),
+                Read::Record(record) => Some((record, info.modified)),
+                Read::Gone => lease_info(backend, &id)?.map(|l| (l.record, l.modified)),
+                Read::Unreadable => None,
             };
             if let Some((record, modified)) = found {
                 leases.push(LeaseInfo { id, record, modified });
@@ -621,14 +633,29 @@ impl LeaseTable {
     }
 }
 
-/// The record of lease object `info`: `None` if it is gone (refreshed or
-/// released since it was listed), or does not parse (written by hand).
-fn read_record(backend: &dyn Backend, info: &ObjectInfo) -> Result<Option<LeaseRecord>> {
+/// What reading a lease object found.
+enum Read {
+    /// Its record.
+    Record(LeaseRecord),
+    /// Gone: refreshed or released since it was listed.
+    Gone,
+    /// There, but not a lease this vhdkit reads (written by hand, or by a
+    /// newer vhdkit): it names nobody, as before, and is never retried.
+    Unreadable,
+}
+
+fn read_record(backend: &dyn Backend, info: &ObjectInfo) -> Result<Read> {
     match backend.read_all(&info.key) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).map_or(Read::Unreadable, Read::Record)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Gone),
         Err(e) => Err(io(backend, &info.key, "read lease")(e)),
     }
+}
+
+/// Whether `id` can be a lease id (32 lower-case hex digits, as `take`
+/// makes them): an id read from a claim becomes part of a key.
+fn lease_id_ok(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Lease `id` as it stands: its newest object's record and time, read from
@@ -636,6 +663,9 @@ fn read_record(backend: &dyn Backend, info: &ObjectInfo) -> Result<Option<LeaseR
 /// (a few times: each retry means its holder refreshed in between). `None`
 /// only when its folder is empty: the lease has ended.
 pub(crate) fn lease_info(backend: &dyn Backend, id: &str) -> Result<Option<LeaseInfo>> {
+    if !lease_id_ok(id) {
+        return Ok(None);
+    }
     let folder = format!("locks/{id}");
     for _ in 0..8 {
         let listed = match backend.list(&folder) {
@@ -650,8 +680,10 @@ pub(crate) fn lease_info(backend: &dyn Backend, id: &str) -> Result<Option<Lease
             })
             .max_by_key(|(seq, _)| *seq);
         let Some((_, info)) = newest else { return Ok(None) };
-        if let Some(record) = read_record(backend, &info)? {
-            return Ok(Some(LeaseInfo { id: id.to_string(), record, modified: info.modified }));
+        match read_record(backend, &info)? {
+            Read::Record(record) => return Ok(Some(LeaseInfo { id: id.to_string(), record, modified: info.modified })),
+            Read::Unreadable => return Ok(None),
+            Read::Gone => {}
         }
     }
     Err(StoreError::io(backend.describe(&folder), "read lease")(std::io::Error::other(
@@ -857,6 +889,28 @@ mod tests {
         assert!(table.leases.iter().any(|l| l.id == vacuum.id()), "a refreshed lease vanished from the table");
         let err = Lease::acquire(racing, settings(), LeaseMode::Maintenance, "prune", false).unwrap_err();
         assert!(matches!(&err, StoreError::StoreBusy { holder, .. } if holder.starts_with("vacuum")), "{err}");
+    }
+
+    /// Objects under `locks/` that no vhdkit wrote (or a newer one did)
+    /// never stop maintenance, never steer a listing outside the store,
+    /// and never panic.
+    #[test]
+    fn hostile_leases_and_claims_are_harmless() {
+        let mem = MemoryBackend::new();
+        let b: Arc<dyn Backend> = Arc::new(mem.clone());
+        let m = LeaseMode::Maintenance;
+        put_new(&mem, &format!("locks/{}/0.lease", "ab".repeat(16)), b"not a lease").unwrap();
+        assert!(LeaseTable::read(&mem).unwrap().leases.is_empty());
+        for hostile in
+            [r#"{"lease":"../../..","op":"x","host":"h","pid":1}"#, r#"{"lease":"","op":"x","host":"h","pid":1}"#]
+        {
+            let top = list_claims(&mem).unwrap().last().map_or(0, |n| n + 1);
+            put_new(&mem, &claim_key(top), hostile.as_bytes()).unwrap();
+            drop(Lease::acquire(b.clone(), settings(), m, "vacuum", false).unwrap());
+        }
+        put_new(&mem, &claim_key(u64::MAX), br#"{"lease":"x","op":"x","host":"h","pid":1}"#).unwrap();
+        let err = Lease::acquire(b.clone(), settings(), m, "vacuum", false).unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedStore { .. }), "{err}");
     }
 
     /// A lease nobody refreshed goes stale by the storage's clock; fencing

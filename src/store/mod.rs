@@ -248,8 +248,15 @@ impl Store {
             w.commit()
         });
         if let Err(e) = written {
-            // A key object without a config opens nothing: take it back.
-            if let Some(id) = &key_id {
+            // A key object without a config opens nothing: take it back,
+            // unless the config is there and ours after all (a write that
+            // succeeded but whose answer was lost).
+            let ours = backend
+                .read_all(layout::CONFIG)
+                .ok()
+                .and_then(|bytes| StoreConfig::decode(&bytes, &path).ok())
+                .is_some_and(|c| c.store_id == config.store_id);
+            if let (Some(id), false) = (&key_id, ours) {
                 let _ = backend.delete(&layout::key_object_key_of(id));
             }
             return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -506,7 +513,10 @@ impl Store {
             return Ok(None);
         }
         match self.lease(LeaseMode::Read, op, false) {
-            Ok(l) => Ok(Some(l)),
+            Ok(l) => {
+                self.read_only_found.store(false, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(l))
+            }
             Err(StoreError::Io { source, .. })
                 if matches!(
                     source.kind(),
