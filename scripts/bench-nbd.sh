@@ -58,7 +58,7 @@ stop_server() { kill -INT "$SERVER"; wait "$SERVER" || true; SERVER=; }
 
 "$VHDKIT" store init "$OUT/store" --compression "${COMPRESSION:-zstd}" >/dev/null 2>&1
 ID=$("$VHDKIT" backup "$OUT/store" "$PERF/disk.vhdx" --name perf 2>/dev/null | tail -n 1)
-"$VHDKIT" restore "$OUT/store" "$ID" "$OUT/ref.raw" --to raw >/dev/null 2>&1
+"$VHDKIT" restore "$OUT/store" "$ID" "$OUT/ref.raw" --to raw --force >/dev/null 2>&1
 echo "backup $ID of $PERF/disk.vhdx ($(stat -c %s "$OUT/ref.raw") bytes), store ${COMPRESSION:-zstd}"
 
 start_server
@@ -74,7 +74,7 @@ convert() {
 restore() {
   rm -f "$OUT/v.raw"
   local t0; t0=$(now)
-  "$VHDKIT" restore "$OUT/store" "$ID" "$OUT/v.raw" --to raw >/dev/null 2>&1
+  "$VHDKIT" restore "$OUT/store" "$ID" "$OUT/v.raw" --to raw --force >/dev/null 2>&1
   echo "$(now) - $t0" | bc
 }
 

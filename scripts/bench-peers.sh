@@ -50,7 +50,7 @@ for ((r = 0; r < rounds; r++)); do
     run "vhdkit backup (1% ranges)" "$vhdkit" backup "$dir/store" "$disk2" --name disk --changed "$dir/ranges.json" --force
     run "vhdkit backup (1% hash)" "$vhdkit" backup "$dir/store" "$disk2" --name disk
     rm -f "$dir/restored.raw" "$dir/qemu.raw"
-    run "vhdkit restore to raw" "$vhdkit" restore "$dir/store" disk "$dir/restored.raw" --to raw
+    run "vhdkit restore to raw" "$vhdkit" restore "$dir/store" disk "$dir/restored.raw" --to raw --force
     if have qemu-img; then run "qemu-img convert -O raw" qemu-img convert -t writeback -O raw "$disk2" "$dir/qemu.raw"; fi
     if have restic; then
         rm -rf "$dir/restic"
