@@ -268,6 +268,7 @@ fn powershell_change_lists_and_partial_answers() {
 /// A store that cannot be written (a user without write permission on a
 /// `chmod -R a-w` folder: a WORM share, a snapshot) restores, verifies and
 /// gives its stats, and refuses a backup without changing a byte.
+#[cfg(unix)]
 #[test]
 fn a_store_nobody_can_write_still_restores_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,6 +322,7 @@ fn a_store_nobody_can_write_still_restores_and_verifies() {
     assert_eq!(before, common::files(&store), "the store is byte for byte as it was");
 }
 
+#[cfg(unix)]
 fn chmod(path: &Path, mode: &str) {
     common::run(Command::new("chmod").arg(mode).arg(path));
 }

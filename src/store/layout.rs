@@ -170,7 +170,18 @@ pub(crate) fn damaged_key(chunk_hex: &str, pack_hex: &str) -> String {
 
 /// A lease object: lease id and refresh sequence.
 pub(crate) fn lease_key(id: &str, seq: u64) -> String {
-    format!("locks/{id}/{seq}.lease")
+    format!("{}/{seq}.lease", lease_folder(id))
+}
+
+/// The folder of lease `id`'s objects.
+pub(crate) fn lease_folder(id: &str) -> String {
+    format!("locks/{id}")
+}
+
+/// The object `store init` creates twice to see whether the storage
+/// honours put-if-absent (then deletes).
+pub(crate) fn probe_key(hex: &str) -> String {
+    format!("locks/probe-{hex}")
 }
 
 /// Where maintenance claims live.

@@ -138,6 +138,10 @@ pub(crate) struct LeaseRecord {
 pub(crate) use super::layout::tombstone_key;
 use super::layout::{CLAIMS, claim_key, lease_key};
 
+/// The most a lease or claim object may hold: they are a few hundred
+/// bytes, and one planted in the store must not make us fetch more.
+const MAX_LEASE_OBJECT: u64 = 1 << 20;
+
 fn io(backend: &dyn Backend, key: &str, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
     StoreError::io(backend.describe(key), action)
 }
@@ -453,12 +457,15 @@ fn list_claims(backend: &dyn Backend) -> Result<Vec<u64>> {
 /// does not parse names nobody (it can only have been written by hand).
 fn live_holder(backend: &dyn Backend, me: &Lease, n: u64) -> Result<Option<String>> {
     let key = claim_key(n);
-    let record: ClaimRecord = match backend.read_all(&key) {
+    let record: ClaimRecord = match super::backend::read_small(backend, &key, MAX_LEASE_OBJECT) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(_) => return Ok(None),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // Gone, or too large to be one of ours: it names nobody.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData) => {
+            return Ok(None);
+        }
         Err(e) => return Err(io(backend, &key, "read maintenance claim")(e)),
     };
     if record.lease == me.inner.id {
@@ -645,9 +652,10 @@ enum Read {
 }
 
 fn read_record(backend: &dyn Backend, info: &ObjectInfo) -> Result<Read> {
-    match backend.read_all(&info.key) {
+    match super::backend::read_small(backend, &info.key, MAX_LEASE_OBJECT) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).map_or(Read::Unreadable, Read::Record)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Gone),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(Read::Unreadable),
         Err(e) => Err(io(backend, &info.key, "read lease")(e)),
     }
 }
@@ -666,7 +674,7 @@ pub(crate) fn lease_info(backend: &dyn Backend, id: &str) -> Result<Option<Lease
     if !lease_id_ok(id) {
         return Ok(None);
     }
-    let folder = format!("locks/{id}");
+    let folder = super::layout::lease_folder(id);
     for _ in 0..8 {
         let listed = match backend.list(&folder) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -908,6 +916,12 @@ mod tests {
             put_new(&mem, &claim_key(top), hostile.as_bytes()).unwrap();
             drop(Lease::acquire(b.clone(), settings(), m, "vacuum", false).unwrap());
         }
+        // Too large to be a claim or a lease: names nobody, and is not read.
+        let top = list_claims(&mem).unwrap().last().map_or(0, |n| n + 1);
+        put_new(&mem, &claim_key(top), &vec![b' '; 2 << 20]).unwrap();
+        put_new(&mem, &format!("locks/{}/0.lease", "cd".repeat(16)), &vec![b' '; 2 << 20]).unwrap();
+        assert!(LeaseTable::read(&mem).unwrap().leases.is_empty());
+        drop(Lease::acquire(b.clone(), settings(), m, "vacuum", false).unwrap());
         put_new(&mem, &claim_key(u64::MAX), br#"{"lease":"x","op":"x","host":"h","pid":1}"#).unwrap();
         let err = Lease::acquire(b.clone(), settings(), m, "vacuum", false).unwrap_err();
         assert!(matches!(err, StoreError::UnsupportedStore { .. }), "{err}");

@@ -445,17 +445,28 @@ impl Store {
     /// counted for deduplication. Call it holding a lease, so the list of
     /// condemned packs cannot miss one a vacuum may delete meanwhile.
     pub(crate) fn index_avoiding_condemned(&self) -> Result<index::Index> {
+        Ok(self.index_and_packs()?.0)
+    }
+
+    /// [`Store::index_avoiding_condemned`], with the packs present and the
+    /// condemned ones it was built from. The condemnation records are read
+    /// before `packs/` is listed: vacuum deletes a record's packs before
+    /// the record, so a record read too late had deleted its packs before
+    /// the listing. A pack deleted before this lease was taken is gone for
+    /// good; one condemned later is not deleted while this lease lives.
+    pub(crate) fn index_and_packs(
+        &self,
+    ) -> Result<(index::Index, std::collections::HashSet<pack::PackId>, std::collections::HashSet<pack::PackId>)> {
         let backend = self.backend();
-        let condemned = condemned::Condemned::read(backend)?;
-        // The packs there are now: a pack deleted before this lease was
-        // taken is gone for good, one condemned later is not deleted while
-        // this lease lives.
-        let present = match backend.list("packs") {
+        let condemned = condemned::Condemned::read(backend)?.packs();
+        let folder = layout::Folder::Packs.name();
+        let present = match backend.list(folder) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other.map_err(StoreError::io(backend.describe("packs"), "list"))?,
+            other => other.map_err(StoreError::io(backend.describe(folder), "list"))?,
         };
         let present = present.iter().filter_map(|o| pack::PackId::from_key(&o.key)).collect();
-        index::Index::load_avoiding(backend, condemned.packs(), &present)
+        let index = index::Index::load_avoiding(backend, condemned.clone(), &present)?;
+        Ok((index, present, condemned))
     }
 
     /// Takes a lease for `op` (see [`lease`]): maintenance conflicts with
@@ -584,14 +595,10 @@ impl Store {
 /// Two requests and a delete, once, at init; [`Store::open`] trusts what
 /// the config recorded.
 pub fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
-    let key = format!("locks/probe-{}", pack::PackId::new_random().to_hex());
-    let create = |bytes: &[u8]| -> std::io::Result<()> {
-        let mut w = backend.create(&key)?;
-        w.write(bytes)?;
-        w.commit()
-    };
-    create(b"first").map_err(StoreError::io(backend.describe(&key), "probe conditional writes"))?;
-    let second = create(b"second");
+    let key = layout::probe_key(&pack::PackId::new_random().to_hex());
+    lease::put_new(backend, &key, b"first")
+        .map_err(StoreError::io(backend.describe(&key), "probe conditional writes"))?;
+    let second = lease::put_new(backend, &key, b"second");
     let _ = backend.delete(&key);
     match second {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),

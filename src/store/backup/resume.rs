@@ -35,8 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::super::Store;
 use super::super::chunk::{ChunkId, MAX_RECORD, RECORD_HEADER};
-use super::super::condemned::Condemned;
-use super::super::error::{Result, StoreError};
+use super::super::error::Result;
 use super::super::index::{Index, IndexEntry, Location};
 use super::super::pack::{PACK_HEADER, PackEntry, PackId, read_pack_index};
 
@@ -93,13 +92,7 @@ impl Store {
     /// pack, the reads of its trailer and index.
     pub(super) fn index_and_orphans(&self) -> Result<(Index, Orphans)> {
         let backend = self.backend();
-        let condemned = Condemned::read(backend)?.packs();
-        let listed = match backend.list("packs") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other.map_err(StoreError::io(backend.describe("packs"), "list"))?,
-        };
-        let present: HashSet<PackId> = listed.iter().filter_map(|o| PackId::from_key(&o.key)).collect();
-        let index = Index::load_avoiding(backend, condemned.clone(), &present)?;
+        let (index, present, condemned) = self.index_and_packs()?;
         let named: HashSet<PackId> = index.entries().iter().map(|e| e.location.pack).collect();
         let mut candidates: Vec<PackId> =
             present.iter().filter(|p| !named.contains(p) && !condemned.contains(p)).copied().collect();
