@@ -2,7 +2,7 @@
 //! as their fuzz target. Each must now be refused with an error (or parsed),
 //! never panic; these run in debug builds, so arithmetic overflow panics.
 
-use vhdkit::store::pack::{PACK_HEADER, TRAILER, decode_pack_index, decode_trailer};
+use vhdkit::store::format::pack::{PACK_HEADER, TRAILER, decode_pack_index, decode_trailer};
 
 /// store_pack, 2026-11-23: a trailer whose index offset is 30 bytes short of
 /// 2^64 with zero entries; adding the trailer's length to the index end

@@ -379,7 +379,7 @@ fn restore_points_keep_a_vms_disks_and_files_together() {
 
     // Damage the attachment's first chunk: verify of the point names it.
     let chunk = vhdkit::store::ChunkId::of(&attachment(2).bytes[..CHUNK as usize]);
-    let index = vhdkit::store::index::Index::load(store.backend()).unwrap();
+    let index = vhdkit::store::state::index::Index::load(store.backend()).unwrap();
     let loc = *index.locations(&chunk).next().expect("the attachment's chunk is stored");
     let pack = store.backend().describe(&loc.pack.key());
     let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();

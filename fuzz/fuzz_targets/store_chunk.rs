@@ -4,8 +4,8 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use vhdkit::store::chunk::{decode_header, decode_record};
 use vhdkit::store::crypto::{Crypt, Keys};
+use vhdkit::store::format::record::{decode_header, decode_record};
 
 fn crypts() -> &'static [Crypt; 3] {
     static C: OnceLock<[Crypt; 3]> = OnceLock::new();

@@ -4,9 +4,9 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use vhdkit::store::chunk::decode_record;
 use vhdkit::store::crypto::{Crypt, Keys};
-use vhdkit::store::pack::{TRAILER, decode_pack_index, decode_trailer};
+use vhdkit::store::format::pack::{TRAILER, decode_pack_index, decode_trailer};
+use vhdkit::store::format::record::decode_record;
 
 fn crypts() -> &'static [Crypt; 2] {
     static C: OnceLock<[Crypt; 2]> = OnceLock::new();

@@ -2,7 +2,7 @@
 //! Restore point objects: JSON, checksum, id, attachment chunk lists.
 use libfuzzer_sys::fuzz_target;
 use vhdkit::store::PointId;
-use vhdkit::store::point::PointRecord;
+use vhdkit::store::format::point::PointRecord;
 
 fuzz_target!(|data: &[u8]| {
     // The id the object claims, so the checks past the id are reached.

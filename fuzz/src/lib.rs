@@ -215,7 +215,7 @@ fn read_manifest(file: &[u8]) {
     if stored.is_err() {
         return;
     }
-    let Ok(mut reader) = vhdkit::store::manifest::ManifestReader::open(&backend, &id) else { return };
+    let Ok(mut reader) = vhdkit::store::format::manifest::ManifestReader::open(&backend, &id) else { return };
     let mut runs = 0u32;
     while let Ok(Some(_)) = reader.next_run() {
         runs += 1;

@@ -115,7 +115,7 @@ pub enum StoreError {
     /// disk (RCT's `ProcessedByteLength`, CBT's `startOffset`/`length`):
     /// what it says nothing about may have changed. Ask the tracker again
     /// for the rest, or count the rest as changed
-    /// ([`ChangeList::cover_rest`](super::ChangeList::cover_rest), the
+    /// ([`ChangeList::cover_rest`](crate::store::ChangeList::cover_rest), the
     /// CLI's `--unprocessed-as-changed`).
     #[error(
         "the changed-range list covers only bytes {}..{} of the {size}-byte disk: the tracker must be asked again \
@@ -131,7 +131,7 @@ pub enum StoreError {
     },
 
     /// The source changed while it was read, and the backup was asked to
-    /// require a still source ([`BackupOptions::require_stable`](super::BackupOptions::require_stable)):
+    /// require a still source ([`BackupOptions::require_stable`](crate::store::BackupOptions::require_stable)):
     /// nothing was committed. Take a checkpoint and back that up.
     #[error("{} changed while it was backed up (nothing committed): {}", path.display(), changes.join("; "))]
     SourceChanged {
@@ -249,7 +249,7 @@ impl StoreError {
     /// a sealed object that does not open is damage, not an I/O failure.
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
-        move |source| match source.get_ref().and_then(|e| e.downcast_ref::<super::backend::SealError>()) {
+        move |source| match source.get_ref().and_then(|e| e.downcast_ref::<crate::store::backend::SealError>()) {
             Some(seal) => StoreError::Corrupt {
                 path,
                 structure: "sealed object",

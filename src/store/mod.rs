@@ -18,93 +18,61 @@
 //! one gets [`StoreError::StoreBusy`] rather than waiting, unless it asks
 //! to wait. Vacuum deletes only what it condemned a grace period earlier.
 
-mod backend;
-mod backup;
-mod catalog;
-mod changes;
-mod checked_json;
-mod condemned;
-mod config;
-mod error;
-mod id;
-mod keyring;
-mod layout;
-mod lease;
-mod location;
-mod merge;
-mod prune;
-mod reindex;
-mod restore;
-mod stats;
-mod time;
-mod vacuum;
-mod verify;
+/// The layers that tests and fuzz targets reach into (the `fuzzing`
+/// feature makes them public); without it they are the store's own
+/// business.
+macro_rules! internal_layers {
+    ($($layer:ident),*) => {
+        $(
+            #[cfg(feature = "fuzzing")]
+            pub mod $layer;
+            #[cfg(not(feature = "fuzzing"))]
+            mod $layer;
+        )*
+    };
+}
 
-// The codecs are the store's own business; fuzz targets and tests reach
-// them through the `fuzzing` feature.
-#[cfg(feature = "fuzzing")]
-pub mod chain;
-#[cfg(not(feature = "fuzzing"))]
-mod chain;
-#[cfg(feature = "fuzzing")]
-pub mod chunk;
-#[cfg(not(feature = "fuzzing"))]
-mod chunk;
-#[cfg(feature = "fuzzing")]
-pub mod crypto;
-#[cfg(not(feature = "fuzzing"))]
-mod crypto;
-#[cfg(feature = "fuzzing")]
-pub mod index;
-#[cfg(not(feature = "fuzzing"))]
-mod index;
-#[cfg(feature = "fuzzing")]
-pub mod manifest;
-#[cfg(not(feature = "fuzzing"))]
-mod manifest;
-#[cfg(feature = "fuzzing")]
-pub mod pack;
-#[cfg(not(feature = "fuzzing"))]
-mod pack;
-#[cfg(feature = "fuzzing")]
-pub mod point;
-#[cfg(not(feature = "fuzzing"))]
-mod point;
+// Dependencies run down this list, never up: model, crypto, backend,
+// error, format, state, ops, and this module on top (docs/architecture.md).
+internal_layers!(model, crypto, format, state);
+mod backend;
+mod error;
+mod ops;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[cfg(feature = "object-store")]
 pub use backend::ObjectBackend;
+pub use backend::location::{OpenOptions, SCHEMES, url_of};
 pub use backend::{Backend, CachedBackend, LocalDir, MemoryBackend, ObjectInfo, ObjectWriter, Traffic};
-pub use backup::{
-    Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, MAX_ATTACHMENT_BYTES, PointReport,
-};
-pub use catalog::{AttachmentSummary, BackupSummary, PointSummary, Selection};
-pub use changes::ChangeList;
-pub use chunk::{ChunkId, Compression};
-pub use config::{
-    ENCRYPTED_STORE_VERSION, Encryption, EncryptionConfig, InitOptions, LockMode, ObjectLock, STORE_FORMAT_VERSION,
-    StoreConfig,
-};
 pub use crypto::keyobj::{Argon2Params, KeyKind};
 pub use crypto::{MIN_KEY_FILE, StoreKey};
 pub use error::{Result, StoreError};
-pub use id::{BackupId, ParseIdError, PointId};
-pub use keyring::KeySummary;
-use lease::{Lease, LeaseMode};
-pub use lease::{LeaseClock, LeaseSettings};
-pub use location::{OpenOptions, SCHEMES, url_of};
-pub use manifest::{ChangeSource, Kind, SourceInfo};
-pub use merge::{MergeOptions, MergeReport};
-pub use point::{AttachmentRecord, PointDisk};
-pub use prune::{PruneOptions, PruneReport, Retention};
-pub use reindex::{ReindexOptions, ReindexReport};
-pub use restore::{BackupReader, RestoreOptions, RestoreReport};
-pub use stats::Stats;
-pub use time::Moment;
-pub use vacuum::{VacuumOptions, VacuumReport};
-pub use verify::{DamagedChunk, VerifyOptions, VerifyReport};
+pub use format::changes::ChangeList;
+pub use format::config::{
+    ENCRYPTED_STORE_VERSION, Encryption, EncryptionConfig, InitOptions, LockMode, ObjectLock, STORE_FORMAT_VERSION,
+    StoreConfig,
+};
+pub use format::manifest::{ChangeSource, Kind, SourceInfo};
+pub use format::point::{AttachmentRecord, PointDisk};
+pub use format::record::{ChunkId, Compression};
+pub use model::id::{BackupId, ParseIdError, PointId};
+pub use model::time::Moment;
+pub use ops::backup::{
+    Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, MAX_ATTACHMENT_BYTES, PointReport,
+};
+pub use ops::merge::{MergeOptions, MergeReport};
+pub use ops::prune::{PruneOptions, PruneReport, Retention};
+pub use ops::reindex::{ReindexOptions, ReindexReport};
+pub use ops::restore::{BackupReader, RestoreOptions, RestoreReport};
+pub use ops::stats::Stats;
+pub use ops::vacuum::{VacuumOptions, VacuumReport};
+pub use ops::verify::{DamagedChunk, VerifyOptions, VerifyReport};
+pub use state::catalog::{AttachmentSummary, BackupSummary, PointSummary, Selection};
+pub use state::keyring::KeySummary;
+use state::lease::{Lease, LeaseMode};
+pub use state::lease::{LeaseClock, LeaseSettings};
 
 pub use crate::cancel::CancelToken;
 pub use crate::progress::{Operation, Progress, ProgressSink};
@@ -129,7 +97,7 @@ pub struct Store {
     crypt: crypto::Crypt,
     /// The key object the store was opened with, if encrypted.
     key_id: Option<String>,
-    limits: backup::Limits,
+    limits: ops::backup::Limits,
     leases: LeaseSettings,
     /// Opened read-only on request ([`OpenOptions::read_only`]): nothing
     /// is written, not even a lease.
@@ -149,7 +117,7 @@ impl Store {
     pub fn init(location: impl AsRef<Path>, options: &InitOptions) -> Result<Store> {
         let path = location.as_ref();
         if let Some(url) = url_of(path) {
-            let backend = location::remote(url)?;
+            let backend = backend::location::remote(url)?;
             let present = backend.list("").map_err(StoreError::io(path, "list"))?;
             if let Some(o) = present.first() {
                 return Err(StoreError::Invalid(format!("{url} is not empty: it holds {}", o.key)));
@@ -173,7 +141,7 @@ impl Store {
             )));
         }
         let made = (|| {
-            for dir in layout::Folder::ALL.map(layout::Folder::name) {
+            for dir in model::layout::Folder::ALL.map(model::layout::Folder::name) {
                 std::fs::create_dir_all(path.join(dir)).map_err(StoreError::io(path.join(dir), "create folder"))?;
             }
             Store::init_backend(Arc::new(LocalDir::new(path)), options)
@@ -181,8 +149,8 @@ impl Store {
         // Only what this call made, and only while it is empty: another
         // init racing this one for the same folder may have made a store
         // there (its config is there), and that is never touched.
-        if made.is_err() && !path.join(layout::CONFIG).exists() {
-            for dir in layout::Folder::ALL.map(layout::Folder::name) {
+        if made.is_err() && !path.join(model::layout::CONFIG).exists() {
+            for dir in model::layout::Folder::ALL.map(model::layout::Folder::name) {
                 let _ = std::fs::remove_dir(path.join(dir));
             }
             if !existed {
@@ -199,7 +167,7 @@ impl Store {
     /// existing object is refused unless `options.single_writer`. Settings
     /// out of range are refused before anything is written.
     pub fn init_backend(backend: Arc<dyn Backend>, options: &InitOptions) -> Result<Store> {
-        let store_id = pack::PackId::new_random().to_hex();
+        let store_id = format::pack::PackId::new_random().to_hex();
         // Settings first, so a bad one writes nothing (not even the probe).
         StoreConfig::new(options, store_id.clone(), Moment::now(), None)?;
         let honoured = probe_conditional_writes(&*backend)?;
@@ -239,11 +207,11 @@ impl Store {
                 host_name(),
             )
             .map_err(StoreError::Invalid)?;
-            keyring::write_key_object(&*backend, &object)?;
+            state::keyring::write_key_object(&*backend, &object)?;
             key_id = Some(object.id);
         }
-        let path = backend.describe(layout::CONFIG);
-        let written = backend.create(layout::CONFIG).and_then(|mut w| {
+        let path = backend.describe(model::layout::CONFIG);
+        let written = backend.create(model::layout::CONFIG).and_then(|mut w| {
             w.write(&config.encode())?;
             w.commit()
         });
@@ -252,12 +220,12 @@ impl Store {
             // unless the config is there and ours after all (a write that
             // succeeded but whose answer was lost).
             let ours = backend
-                .read_all(layout::CONFIG)
+                .read_all(model::layout::CONFIG)
                 .ok()
                 .and_then(|bytes| StoreConfig::decode(&bytes, &path).ok())
                 .is_some_and(|c| c.store_id == config.store_id);
             if let (Some(id), false) = (&key_id, ours) {
-                let _ = backend.delete(&layout::key_object_key_of(id));
+                let _ = backend.delete(&model::layout::key_object_key_of(id));
             }
             return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
                 StoreError::Invalid(format!("{} already holds a store", backend.describe("").display()))
@@ -285,7 +253,7 @@ impl Store {
             config,
             crypt,
             key_id,
-            limits: backup::Limits::DEFAULT,
+            limits: ops::backup::Limits::DEFAULT,
             leases: LeaseSettings::default(),
             read_only_asked: false,
             read_only_found: std::sync::atomic::AtomicBool::new(false),
@@ -307,8 +275,8 @@ impl Store {
     pub fn open_with(location: impl AsRef<Path>, options: &OpenOptions) -> Result<Store> {
         let path = location.as_ref();
         if let Some(url) = url_of(path) {
-            let (backend, config) = Store::read_config(location::remote(url)?)?;
-            let backend = location::cached(backend, &config.store_id, options);
+            let (backend, config) = Store::read_config(backend::location::remote(url)?)?;
+            let backend = backend::location::cached(backend, &config.store_id, options);
             return Store::unlock(backend, config, options);
         }
         if !path.join("config").is_file() {
@@ -349,7 +317,7 @@ impl Store {
             (true, _, true) => Ok(Store::assemble(backend, config, crypto::Crypt::Locked, None)),
             (true, None, false) => Err(StoreError::KeyRequired { path }),
             (true, Some(key), false) => {
-                let (keys, id) = keyring::unlock(&*backend, &config, key, options.key_id.as_deref())?;
+                let (keys, id) = state::keyring::unlock(&*backend, &config, key, options.key_id.as_deref())?;
                 Ok(Store::assemble(backend, config, crypto::Crypt::Sealed(keys), Some(id)))
             }
         }
@@ -444,7 +412,7 @@ impl Store {
     /// The global index, with copies in condemned packs tried last and not
     /// counted for deduplication. Call it holding a lease, so the list of
     /// condemned packs cannot miss one a vacuum may delete meanwhile.
-    pub(crate) fn index_avoiding_condemned(&self) -> Result<index::Index> {
+    pub(crate) fn index_avoiding_condemned(&self) -> Result<state::index::Index> {
         Ok(self.index_and_packs()?.0)
     }
 
@@ -456,16 +424,20 @@ impl Store {
     /// good; one condemned later is not deleted while this lease lives.
     pub(crate) fn index_and_packs(
         &self,
-    ) -> Result<(index::Index, std::collections::HashSet<pack::PackId>, std::collections::HashSet<pack::PackId>)> {
+    ) -> Result<(
+        state::index::Index,
+        std::collections::HashSet<format::pack::PackId>,
+        std::collections::HashSet<format::pack::PackId>,
+    )> {
         let backend = self.backend();
-        let condemned = condemned::Condemned::read(backend)?.packs();
-        let folder = layout::Folder::Packs.name();
+        let condemned = state::condemned::Condemned::read(backend)?.packs();
+        let folder = model::layout::Folder::Packs.name();
         let present = match backend.list(folder) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             other => other.map_err(StoreError::io(backend.describe(folder), "list"))?,
         };
-        let present = present.iter().filter_map(|o| pack::PackId::from_key(&o.key)).collect();
-        let index = index::Index::load_avoiding(backend, condemned.clone(), &present)?;
+        let present = present.iter().filter_map(|o| format::pack::PackId::from_key(&o.key)).collect();
+        let index = state::index::Index::load_avoiding(backend, condemned.clone(), &present)?;
         Ok((index, present, condemned))
     }
 
@@ -553,7 +525,7 @@ impl Store {
         }
         let now = Moment::now();
         let entry = serde_json::json!({ "time": now, "op": op, "host": host_name(), "pid": std::process::id(), "report": report });
-        let key = layout::log_key(&id::BackupId::generate(now));
+        let key = model::layout::log_key(&model::id::BackupId::generate(now));
         if let Ok(mut w) = self.backend.create(&key) {
             let _ = w.write(entry.to_string().as_bytes()).and_then(|()| w.commit());
         }
@@ -595,10 +567,10 @@ impl Store {
 /// Two requests and a delete, once, at init; [`Store::open`] trusts what
 /// the config recorded.
 pub fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
-    let key = layout::probe_key(&pack::PackId::new_random().to_hex());
-    lease::put_new(backend, &key, b"first")
+    let key = model::layout::probe_key(&format::pack::PackId::new_random().to_hex());
+    state::lease::put_new(backend, &key, b"first")
         .map_err(StoreError::io(backend.describe(&key), "probe conditional writes"))?;
-    let second = lease::put_new(backend, &key, b"second");
+    let second = state::lease::put_new(backend, &key, b"second");
     let _ = backend.delete(&key);
     match second {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),

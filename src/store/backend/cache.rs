@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, ObjectInfo, ObjectWriter};
-use crate::store::layout::Folder;
+use crate::store::backend::{Backend, ObjectInfo, ObjectWriter};
+use crate::store::model::layout::Folder;
 
 /// The largest object fetched whole to answer a range read (a manifest of
 /// a 4 TiB disk at 512 KiB chunks is about 300 MiB: such reads go to the
@@ -252,7 +252,7 @@ impl Backend for CachedBackend {
                 return done;
             }
             if let Some(bytes) = self.whole(key) {
-                return super::copy_range(&bytes, key, buf, offset);
+                return crate::store::backend::copy_range(&bytes, key, buf, offset);
             }
         }
         self.check_absent(key)?;

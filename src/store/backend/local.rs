@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 use crate::io::sync_dir;
-use crate::store::layout::{self, Folder};
+use crate::store::backend::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
+use crate::store::model::layout::{self, Folder};
 
 /// A store in a local folder.
 #[derive(Debug)]

@@ -17,10 +17,10 @@
 use std::io;
 use std::sync::Arc;
 
-use super::{Backend, ObjectWriter};
-use crate::store::config::ObjectLock;
+use crate::store::backend::{Backend, ObjectWriter};
+use crate::store::format::config::ObjectLock;
 
-use crate::store::layout::locked_key;
+use crate::store::model::layout::locked_key;
 
 /// `inner`, locking what it creates.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
+use crate::store::backend::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 
 #[derive(Debug, Default)]
 struct Objects {
@@ -111,7 +111,7 @@ impl Backend for MemoryBackend {
 
     fn read_at(&self, key: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.counters.request();
-        super::copy_range(&self.get(key)?, key, buf, offset)
+        crate::store::backend::copy_range(&self.get(key)?, key, buf, offset)
     }
 
     fn read_all(&self, key: &str) -> io::Result<Vec<u8>> {

@@ -8,7 +8,7 @@
 //! append and advisory locks are a folder's luxuries the store does not
 //! rely on: the job log is one object per job, merges write a new
 //! generation of a manifest instead of replacing it, and who is using the
-//! store is told by lease objects (`super::lease`).
+//! store is told by lease objects (`crate::store::state::lease`).
 //!
 //! [`LocalDir`] keeps a store in a folder; [`MemoryBackend`] in memory (for
 //! tests, and with a logical clock for deterministic schedules).
@@ -49,7 +49,7 @@ macro_rules! forward_to_inner {
         fn retain(
             &self,
             key: &str,
-            mode: $crate::store::config::LockMode,
+            mode: $crate::store::format::config::LockMode,
             until: std::time::SystemTime,
         ) -> std::io::Result<()> {
             self.inner.retain(key, mode, until)
@@ -62,6 +62,7 @@ macro_rules! forward_to_inner {
 
 mod cache;
 mod local;
+pub mod location;
 mod locking;
 mod memory;
 #[cfg(feature = "object-store")]
@@ -73,7 +74,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use super::config::LockMode;
+use crate::store::format::config::LockMode;
 
 pub use cache::CachedBackend;
 pub use local::LocalDir;

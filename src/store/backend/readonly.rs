@@ -7,7 +7,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::{Backend, ObjectWriter};
+use crate::store::backend::{Backend, ObjectWriter};
 
 /// `inner`, refusing every write outside `locks/`.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ impl ReadOnlyBackend {
 }
 
 fn writable(key: &str) -> bool {
-    crate::store::layout::Folder::of(key).is_some_and(crate::store::layout::Folder::writable_without_key)
+    crate::store::model::layout::Folder::of(key).is_some_and(crate::store::model::layout::Folder::writable_without_key)
 }
 
 fn refused(key: &str) -> io::Error {

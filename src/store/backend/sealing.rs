@@ -22,11 +22,11 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, ObjectInfo, ObjectWriter};
+use crate::store::backend::{Backend, ObjectInfo, ObjectWriter};
 use crate::store::crypto::Keys;
 use crate::store::crypto::envelope::{self, Layout, Opener};
 
-use crate::store::layout::sealed_key;
+use crate::store::model::layout::sealed_key;
 
 /// Layouts remembered at most (a few hundred bytes each).
 const LAYOUTS: usize = 4096;
@@ -49,8 +49,8 @@ impl std::fmt::Display for SealError {
 
 impl std::error::Error for SealError {}
 
-fn seal_error(e: crate::store::chunk::RecordError) -> io::Error {
-    let crate::store::chunk::RecordError::Bad { offset, reason } = e;
+fn seal_error(e: crate::store::format::record::RecordError) -> io::Error {
+    let crate::store::format::record::RecordError::Bad { offset, reason } = e;
     io::Error::new(io::ErrorKind::InvalidData, SealError { offset, reason })
 }
 
@@ -77,7 +77,7 @@ impl SealingBackend {
         let mut head = [0u8; envelope::HEADER];
         self.inner.read_at(key, &mut head, 0).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                seal_error(crate::store::chunk::bad(0, "too short for a sealed object"))
+                seal_error(crate::store::format::record::bad(0, "too short for a sealed object"))
             } else {
                 e
             }

@@ -82,7 +82,7 @@ fn nonce(counter: u64, last: bool) -> Nonce {
 
 /// A fresh random salt from the operating system.
 pub(crate) fn random_salt() -> [u8; SALT] {
-    super::random_bytes()
+    crate::store::crypto::random_bytes()
 }
 
 #[cfg(test)]

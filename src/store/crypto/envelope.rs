@@ -20,9 +20,9 @@
 //! of the header (its other 28 bytes), let `verify --no-key` find damage
 //! without the key.
 
-use super::super::chunk::{RecordError as Error, bad};
-use super::Keys;
-use super::aead::{SALT, Sealer, TAG};
+use crate::store::format::record::{RecordError as Error, bad};
+use crate::store::crypto::Keys;
+use crate::store::crypto::aead::{SALT, Sealer, TAG};
 
 const MAGIC: &[u8; 8] = b"VKSEAL01";
 /// Bytes of the header.
@@ -68,7 +68,7 @@ pub struct Header {
 impl Header {
     /// A new header with a fresh salt.
     fn new(segment: u32) -> Header {
-        let salt = super::aead::random_salt();
+        let salt = crate::store::crypto::aead::random_salt();
         let mut bytes = [0u8; HEADER];
         bytes[..8].copy_from_slice(MAGIC);
         bytes[8..12].copy_from_slice(&segment.to_le_bytes());

@@ -18,9 +18,9 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::super::chunk::{RecordError as Error, bad, parse_hex};
-use super::super::time::Moment;
-use super::{StoreKey, random_bytes};
+use crate::store::format::record::{RecordError as Error, bad, parse_hex};
+use crate::store::model::time::Moment;
+use crate::store::crypto::{StoreKey, random_bytes};
 
 /// The format name in every key object.
 pub const FORMAT: &str = "vhdkit-key";
@@ -229,17 +229,17 @@ impl KeyObject {
             created,
             kind: key.kind(),
             kdf,
-            cipher: super::CIPHER.into(),
+            cipher: crate::store::crypto::CIPHER.into(),
             nonce: hex(&nonce),
             wrapped: hex(&wrapped),
             host,
             mac: String::new(),
         };
-        object.mac = object.compute_mac(&super::Keys::from_master(*master));
+        object.mac = object.compute_mac(&crate::store::crypto::Keys::from_master(*master));
         Ok(object)
     }
 
-    fn compute_mac(&self, keys: &super::Keys) -> String {
+    fn compute_mac(&self, keys: &crate::store::crypto::Keys) -> String {
         let mut unsigned = self.clone();
         unsigned.mac = String::new();
         keys.key_object_mac(&serde_json::to_vec(&unsigned).unwrap_or_default())
@@ -248,8 +248,8 @@ impl KeyObject {
     /// Whether a holder of `keys`' master key made this object (its MAC
     /// holds): a key object anyone could plant does not count as one of
     /// the store's keys for removal, listing or retention.
-    pub fn authentic(&self, keys: &super::Keys) -> bool {
-        super::same_text(&self.mac, &self.compute_mac(keys))
+    pub fn authentic(&self, keys: &crate::store::crypto::Keys) -> bool {
+        crate::store::crypto::same_text(&self.mac, &self.compute_mac(keys))
     }
 
     /// What trying this object costs (memory times passes; a key file
@@ -310,7 +310,7 @@ impl KeyObject {
         if k.id != expected_id || parse_hex::<16>(&k.id).is_none() {
             return Err(bad(0, format!("the key object {expected_id} says it is {:?}", k.id)));
         }
-        if k.cipher != super::CIPHER {
+        if k.cipher != crate::store::crypto::CIPHER {
             return Err(bad(0, format!("cipher {:?}", k.cipher)));
         }
         if parse_hex::<12>(&k.nonce).is_none() || parse_hex::<48>(&k.wrapped).is_none() {
@@ -349,8 +349,8 @@ mod tests {
         assert_eq!(decoded, k);
         assert_eq!(*k.unwrap("store1", &pass).unwrap().unwrap(), [42; 32]);
         // Made by the master key's holder; a changed field breaks the MAC.
-        let keys = super::super::Keys::from_master([42; 32]);
-        assert!(k.authentic(&keys) && !k.authentic(&super::super::Keys::from_master([43; 32])));
+        let keys = crate::store::crypto::Keys::from_master([42; 32]);
+        assert!(k.authentic(&keys) && !k.authentic(&crate::store::crypto::Keys::from_master([43; 32])));
         let mut changed = k.clone();
         changed.host = "elsewhere".into();
         assert!(!changed.authentic(&keys));

@@ -1,0 +1,312 @@
+//! Packs: append-only files of chunk records that end in their own index.
+//!
+//! See docs/store-format.md ("Packs"). Writing goes through an
+//! [`ObjectWriter`], so a pack becomes visible only when sealed and
+//! committed; decoding the trailer and index is pure. In an encrypted
+//! store the pack index is an envelope (see `crypto::envelope`) named by
+//! the pack's key, and the trailer's signature says so.
+
+use std::fmt;
+
+use std::sync::Arc;
+
+use crate::store::backend::{Backend, ObjectWriter};
+use crate::store::format::record::{ChunkId, Compression, RECORD_HEADER, parse_hex, record_header};
+use crate::store::crypto::{Crypt, Keys, envelope};
+use crate::store::error::{Result, StoreError};
+
+const HEADER_MAGIC: &[u8; 8] = b"VKPACK01";
+const INDEX_MAGIC: &[u8; 8] = b"VKPIDX01";
+/// The trailer's signature when the pack index is sealed.
+const SEALED_INDEX_MAGIC: &[u8; 8] = b"VKPIDXS1";
+const END_MAGIC: &[u8; 8] = b"VKPEND01";
+/// Bytes at the start of a pack: magic and pack id.
+pub const PACK_HEADER: u64 = 24;
+/// Bytes of the trailer.
+pub const TRAILER: usize = 32;
+/// Bytes per pack index entry.
+pub const ENTRY: usize = 44;
+
+/// A pack's random name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    /// A fresh random id.
+    pub fn new_random() -> PackId {
+        PackId(*crate::format::Guid::new_random().as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<PackId> {
+        parse_hex::<16>(s).map(PackId)
+    }
+
+    /// The pack's key in the store.
+    pub fn key(&self) -> String {
+        crate::store::model::layout::pack_key(&self.to_hex())
+    }
+
+    /// The pack id in a key `packs/XX/<id>.pack`.
+    pub fn from_key(key: &str) -> Option<PackId> {
+        let name = key.strip_prefix("packs/")?.split('/').nth(1)?.strip_suffix(".pack")?;
+        PackId::from_hex(name)
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", &self.to_hex()[..12])
+    }
+}
+
+/// Where one record lies in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    /// The chunk.
+    pub id: ChunkId,
+    /// Offset of the record (its header) in the pack.
+    pub offset: u64,
+    /// Header and stored bytes.
+    pub length: u32,
+}
+
+/// A pack being filled.
+pub struct PackWriter {
+    id: PackId,
+    writer: Box<dyn ObjectWriter>,
+    entries: Vec<PackEntry>,
+    keys: Option<Arc<Keys>>,
+    /// Small pieces (record headers, salts, tags) not yet written: they go
+    /// out with the next large piece's turn, so a sealed record costs two
+    /// write calls, not four (a local writer is not buffered).
+    pending: Vec<u8>,
+}
+
+/// Pieces up to this size wait in `PackWriter::pending`.
+const SMALL_PIECE: usize = 4096;
+
+impl PackWriter {
+    /// Starts a new pack with a fresh id, for a store sealed as `crypt`
+    /// says (records given to [`PackWriter::add`] must be sealed likewise).
+    pub fn create(backend: &dyn Backend, crypt: &Crypt) -> Result<PackWriter> {
+        let keys = match crypt {
+            Crypt::Plain => None,
+            Crypt::Sealed(k) => Some(k.clone()),
+            Crypt::Locked => return Err(locked()),
+        };
+        let id = PackId::new_random();
+        let key = id.key();
+        let mut writer = backend.create(&key).map_err(StoreError::io(backend.describe(&key), "create pack"))?;
+        let mut header = HEADER_MAGIC.to_vec();
+        header.extend_from_slice(&id.0);
+        writer.write(&header).map_err(StoreError::io(backend.describe(&key), "write pack"))?;
+        Ok(PackWriter { id, writer, entries: Vec::new(), keys, pending: Vec::with_capacity(2 * SMALL_PIECE) })
+    }
+
+    /// The pack's id.
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.writer.position() + self.pending.len() as u64
+    }
+
+    /// Writes `bytes` after what is pending; small pieces only wait.
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.len() <= SMALL_PIECE && self.pending.len() + bytes.len() <= 2 * SMALL_PIECE {
+            self.pending.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.flush_pending()?;
+        self.writer.write(bytes)
+    }
+
+    fn flush_pending(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.writer.write(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Appends a record whose stored bytes are the pieces `stored` (for an
+    /// encrypted store: salt, sealed body and tag, as `chunk::seal_in_place`
+    /// makes them); returns where it went.
+    pub fn add(
+        &mut self,
+        id: ChunkId,
+        compression: Compression,
+        plain_len: u32,
+        stored: &[&[u8]],
+    ) -> std::io::Result<PackEntry> {
+        let header = record_header(id, compression, plain_len, stored, self.keys.is_some());
+        let len: usize = stored.iter().map(|p| p.len()).sum();
+        let length = u32::try_from(header.len() + len).map_err(std::io::Error::other)?;
+        let entry = PackEntry { id, offset: self.bytes_written(), length };
+        self.put(&header)?;
+        for piece in stored.iter().filter(|p| !p.is_empty()) {
+            self.put(piece)?;
+        }
+        self.entries.push(entry);
+        Ok(entry)
+    }
+
+    /// Writes the pack index and trailer, flushes, and commits the pack
+    /// under its key. Returns the id and its entries.
+    pub fn seal(mut self) -> std::io::Result<(PackId, Vec<PackEntry>)> {
+        let index_offset = self.bytes_written();
+        let mut index = Vec::with_capacity(self.entries.len() * ENTRY);
+        for e in &self.entries {
+            index.extend_from_slice(&e.id.0);
+            index.extend_from_slice(&e.offset.to_le_bytes());
+            index.extend_from_slice(&e.length.to_le_bytes());
+        }
+        let (index, magic) = match &self.keys {
+            Some(keys) => (envelope::seal(keys, &self.id.key(), &index), SEALED_INDEX_MAGIC),
+            None => (index, INDEX_MAGIC),
+        };
+        let mut trailer = Vec::with_capacity(TRAILER);
+        trailer.extend_from_slice(magic);
+        trailer.extend_from_slice(&index_offset.to_le_bytes());
+        trailer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        trailer.extend_from_slice(&crc32c::crc32c(&index).to_le_bytes());
+        trailer.extend_from_slice(END_MAGIC);
+        self.put(&index)?;
+        self.put(&trailer)?;
+        self.flush_pending()?;
+        self.writer.commit()?;
+        Ok((self.id, self.entries))
+    }
+}
+
+/// What a trailer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// Where the pack index starts.
+    pub index_offset: u64,
+    /// Entries in it.
+    pub count: u32,
+    /// The CRC-32C of the index as stored.
+    pub crc: u32,
+    /// Whether the index is sealed (an encrypted store's pack).
+    pub sealed: bool,
+}
+
+/// Decodes the last [`TRAILER`] bytes of a pack of `pack_len` bytes.
+pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Trailer, String> {
+    let sealed = bytes.get(..8) == Some(&SEALED_INDEX_MAGIC[..]);
+    if bytes.len() != TRAILER || (&bytes[..8] != INDEX_MAGIC && !sealed) || &bytes[24..] != END_MAGIC {
+        return Err("no pack trailer (the pack was not sealed, or its end is damaged)".into());
+    }
+    let index_offset = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+    let count = u32::from_le_bytes(bytes[16..20].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().unwrap_or_default());
+    let plain_len = u64::from(count) * ENTRY as u64;
+    // Every entry names a record of at least a header's length before the
+    // index: a count larger than that space allows is a lie, refused before
+    // anything is allocated for it.
+    if u64::from(count) * RECORD_HEADER as u64 > index_offset.saturating_sub(PACK_HEADER) {
+        return Err(format!("{count} entries cannot fit before the pack index at {index_offset}"));
+    }
+    // A sealed index's length follows from its envelope's own header,
+    // checked when it is opened; here it must at least hold an envelope.
+    let index_len = pack_len.checked_sub(TRAILER as u64).and_then(|end| end.checked_sub(index_offset));
+    let fits = index_offset >= PACK_HEADER
+        && index_len.is_some_and(|n| {
+            if sealed { n >= envelope::HEADER as u64 + envelope::PER_SEGMENT } else { n == plain_len }
+        });
+    if !fits {
+        return Err(format!("pack index at {index_offset} with {count} entries does not fit the {pack_len}-byte pack"));
+    }
+    Ok(Trailer { index_offset, count, crc, sealed })
+}
+
+/// Decodes and checks a pack index as stored in the pack whose key is
+/// `pack_key` (opening it with `crypt`'s keys when it is sealed); every
+/// record must lie between the header and the index.
+pub fn decode_pack_index(
+    stored: &[u8],
+    trailer: &Trailer,
+    crypt: &Crypt,
+    pack_key: &str,
+) -> std::result::Result<Vec<PackEntry>, String> {
+    if crc32c::crc32c(stored) != trailer.crc {
+        return Err("pack index CRC mismatch".into());
+    }
+    let opened;
+    let bytes = match (trailer.sealed, crypt) {
+        (false, Crypt::Plain) => stored,
+        (true, Crypt::Sealed(keys)) => {
+            opened = envelope::open(keys, pack_key, stored).map_err(|e| format!("sealed pack index: {e}"))?;
+            &opened[..]
+        }
+        (_, Crypt::Locked) => return Err("the store is encrypted and was opened without its key".into()),
+        (true, Crypt::Plain) => return Err("a sealed pack index in a plain store".into()),
+        (false, Crypt::Sealed(_)) => return Err("a plain pack index in an encrypted store".into()),
+    };
+    if bytes.len() != trailer.count as usize * ENTRY {
+        return Err("pack index length does not match its count".into());
+    }
+    let mut out = Vec::with_capacity(trailer.count as usize);
+    for e in bytes.chunks_exact(ENTRY) {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&e[..32]);
+        let offset = u64::from_le_bytes(e[32..40].try_into().unwrap_or_default());
+        let length = u32::from_le_bytes(e[40..44].try_into().unwrap_or_default());
+        let fits = offset >= PACK_HEADER
+            && (length as usize) >= RECORD_HEADER
+            && offset.checked_add(u64::from(length)).is_some_and(|end| end <= trailer.index_offset);
+        if !fits {
+            return Err(format!("record at {offset} (+{length}) lies outside the pack's records"));
+        }
+        out.push(PackEntry { id: ChunkId(id), offset, length });
+    }
+    Ok(out)
+}
+
+/// Checks the first [`PACK_HEADER`] bytes of pack `id`.
+pub fn check_pack_header(header: &[u8], id: PackId) -> std::result::Result<(), String> {
+    if header.get(..8) != Some(&HEADER_MAGIC[..]) || header.get(8..24) != Some(&id.0[..]) {
+        return Err("bad signature or pack id".into());
+    }
+    Ok(())
+}
+
+/// Reads and checks a pack's header, trailer and index.
+pub fn read_pack_index(backend: &dyn Backend, id: PackId, crypt: &Crypt) -> Result<Vec<PackEntry>> {
+    let key = id.key();
+    let path = backend.describe(&key);
+    let len = backend.stat(&key).map_err(StoreError::io(&path, "read pack"))?.size;
+    if len < PACK_HEADER + TRAILER as u64 {
+        return Err(StoreError::corrupt(path, "pack", 0, format!("{len} bytes is too short for a pack")));
+    }
+    let mut header = [0u8; PACK_HEADER as usize];
+    backend.read_at(&key, &mut header, 0).map_err(StoreError::io(&path, "read pack"))?;
+    check_pack_header(&header, id).map_err(|r| StoreError::corrupt(&path, "pack header", 0, r))?;
+    let mut trailer = [0u8; TRAILER];
+    backend.read_at(&key, &mut trailer, len - TRAILER as u64).map_err(StoreError::io(&path, "read pack"))?;
+    let t = decode_trailer(&trailer, len)
+        .map_err(|r| StoreError::corrupt(&path, "pack trailer", len - TRAILER as u64, r))?;
+    // The trailer bounds the index by the pack's size.
+    let mut index = vec![0u8; (len - TRAILER as u64 - t.index_offset) as usize];
+    backend.read_at(&key, &mut index, t.index_offset).map_err(StoreError::io(&path, "read pack"))?;
+    decode_pack_index(&index, &t, crypt, &key).map_err(|r| StoreError::corrupt(&path, "pack index", t.index_offset, r))
+}
+
+fn locked() -> StoreError {
+    StoreError::Invalid("the store is encrypted and was opened without its key".into())
+}

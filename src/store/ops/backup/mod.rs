@@ -1,0 +1,719 @@
+//! Backups: cutting disks into chunks, hashing, deduplicating, packing.
+//!
+//! A job backs up one disk ([`Store::backup`]) or several disks of a VM
+//! together ([`Store::backup_point`]), optionally with tags and attachments.
+//! Each disk runs through the pipeline in [`pipeline`] in turn; all of a
+//! job's disks and attachments share one claim set, so a chunk two disks
+//! hold is stored once.
+//!
+//! Write order (docs/store-format.md): packs sealed and flushed, then index
+//! files for their chunks (one every `Limits::index_flush` entries and one
+//! before each commit), then each disk's manifest; for a restore point, the
+//! attachments' chunks and their index file, and last the point object,
+//! which is the job's commit. A process killed or a job cancelled earlier
+//! leaves unreferenced files that vacuum removes, never a backup that fails
+//! to restore and never part of a restore point.
+//!
+//! Memory: the buffer pool, the claim set and pending index entries are
+//! bounded; what grows is the store's index (64 bytes per stored chunk,
+//! loaded once), which depends on the store, not on the disk.
+
+mod attach;
+mod baseline;
+mod packer;
+mod pipeline;
+mod plan;
+mod resume;
+mod stability;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use attach::{Attachment, MAX_ATTACHMENT_BYTES};
+pub(crate) use packer::Limits;
+
+use crate::cancel::CancelToken;
+use crate::disk::VirtualDisk;
+use crate::progress::ProgressSink;
+use crate::store::Store;
+use crate::store::Traffic;
+use crate::store::error::{Result, StoreError};
+use crate::store::format::changes::ChangeList;
+use crate::store::format::manifest::{ChangeSource, Kind, ManifestHeader, ManifestWriter};
+use crate::store::format::point::{PointDisk, PointRecord};
+use crate::store::model::id::{BackupId, PointId};
+use crate::store::model::time::Moment;
+use crate::store::state::catalog::{AttachmentSummary, BackupSummary};
+use crate::store::state::chain::{ChainCursor, ChainWalk};
+use crate::store::state::index::Index;
+use crate::store::state::lease::{Lease, LeaseMode};
+use baseline::{Compare, PrevChunks};
+use packer::Claims;
+use pipeline::DiskRun;
+use plan::{ChangeInput, ChangeSet, incremental_plan, precheck, source_info};
+
+/// The default cap on incremental chains.
+pub const DEFAULT_MAX_CHAIN: usize = 14;
+
+/// How to back up. Build it with [`BackupOptions::new`] and set the fields
+/// you need; every field has a default.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// The backup's name: usually the disk's or the VM's. Incrementals
+    /// continue the newest backup of the same name (and, in a multi-disk
+    /// job, the same disk label).
+    pub name: String,
+    /// Make a full backup even if an incremental is possible.
+    pub full: bool,
+    /// Byte ranges of the disk that changed since the previous backup of
+    /// this name (from RCT, CBT or any tracker); widened to chunks. For
+    /// [`Store::backup`]; a multi-disk job gives each disk its own in
+    /// [`DiskJob`].
+    pub changes: Option<ChangeList>,
+    /// The change tracker's token for the disk's state now (an RCT id, a
+    /// CBT change id), stored in the manifest for the next `since`.
+    pub change_id: Option<String>,
+    /// The token the change list is relative to: refused unless it is the
+    /// one the previous backup stored.
+    pub since: Option<String>,
+    /// Back up even if the change information does not match the previous
+    /// backup's source identity (then every chunk is compared by hash).
+    pub force: bool,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Longest incremental chain kept before the new backup is merged into
+    /// a full one (0: the default, [`DEFAULT_MAX_CHAIN`]).
+    pub max_chain: usize,
+    /// When the backup was taken (default: now). For importing backups made
+    /// elsewhere, and for testing retention.
+    pub created: Option<Moment>,
+    /// Tags kept with the job's restore point (a point is made when any are given).
+    pub tags: BTreeMap<String, String>,
+    /// Small files kept with the job's restore point (a VM's configuration).
+    pub attachments: Vec<Attachment>,
+    /// Checked between chunks; a cancelled job commits nothing.
+    pub cancel: CancelToken,
+    /// Receives progress, per disk.
+    pub progress: ProgressSink,
+    /// Fail, committing nothing, when a source file changed while it was
+    /// read (a running VM's disk without a checkpoint); by default the
+    /// backup commits and says so in [`BackupReport::source_changed`] and
+    /// the job log.
+    pub require_stable: bool,
+}
+
+impl BackupOptions {
+    /// Options for a backup named `name`, everything else default.
+    pub fn new(name: impl Into<String>) -> BackupOptions {
+        BackupOptions { name: name.into(), ..Default::default() }
+    }
+}
+
+/// One disk of a multi-disk job ([`Store::backup_point`]).
+#[non_exhaustive]
+pub struct DiskJob<'a> {
+    /// The disk's label in the restore point (unique in the job); its
+    /// chain continues the newest backup of the job's name with this label.
+    pub label: String,
+    /// The disk.
+    pub disk: &'a dyn VirtualDisk,
+    /// What changed since the previous backup of this disk.
+    pub changes: Option<ChangeList>,
+    /// The tracker's token for this disk's state now.
+    pub change_id: Option<String>,
+    /// The token `changes` is relative to.
+    pub since: Option<String>,
+}
+
+impl<'a> DiskJob<'a> {
+    /// Disk `disk`, labelled `label`, without change information.
+    pub fn new(label: impl Into<String>, disk: &'a dyn VirtualDisk) -> DiskJob<'a> {
+        DiskJob { label: label.into(), disk, changes: None, change_id: None, since: None }
+    }
+}
+
+/// What a backup of one disk did (the JSON keys of the command-line contract).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct BackupReport {
+    /// The new backup's id.
+    pub id: BackupId,
+    /// Its name.
+    pub name: String,
+    /// Full or incremental.
+    pub kind: Kind,
+    /// The backup it continues.
+    pub parent: Option<BackupId>,
+    /// How the change set was found.
+    pub change_source: ChangeSource,
+    /// Bytes of the disk the backup considered (the whole disk for a full
+    /// backup; the change set for an incremental).
+    pub bytes_scanned: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Chunks stored for the first time.
+    pub new_chunks: u64,
+    /// Their plain bytes.
+    pub new_bytes: u64,
+    /// Chunks already in the store (or met earlier in this job).
+    pub dedup_chunks: u64,
+    /// Slots that are all zero.
+    pub zero_chunks: u64,
+    /// Bytes written to packs (records with their headers, after compression).
+    pub stored_bytes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// The chain grew past its cap and this backup was merged into a full
+    /// one (metadata only), or the merge was deferred because the store was busy.
+    pub merged: Option<bool>,
+    /// The restore point it belongs to.
+    pub point: Option<PointId>,
+    /// Its disk's label in the point.
+    pub disk: Option<String>,
+    /// The tracker token stored with it.
+    pub change_id: Option<String>,
+    /// The label of the disk whose chain this backup continues, when it is
+    /// not this disk's own: Hyper-V names the running disk anew at every
+    /// checkpoint, and a disk whose chain holds the image a previous job
+    /// captured (by identity) continues that disk's chain under its new
+    /// label rather than starting over with a full backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continues_label: Option<String>,
+    /// Why the source may have changed while it was read (its size,
+    /// modification time or VHDX header sequence differed before and
+    /// after): empty when it held still.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_changed: Vec<String>,
+    /// Chunks taken over from packs an interrupted backup sealed but never
+    /// indexed (counted among `dedup_chunks`): what resuming saved
+    /// uploading again.
+    pub resumed_chunks: u64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// What a job did: one report per disk, and the restore point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PointReport {
+    /// The restore point (none for a single-disk job without tags or attachments).
+    pub point: Option<PointId>,
+    /// The job's name.
+    pub name: String,
+    /// Each disk's backup, in job order.
+    pub disks: Vec<BackupReport>,
+    /// The attachments kept.
+    pub attachments: Vec<AttachmentSummary>,
+    /// Bytes written to packs for the attachments.
+    pub attachment_bytes: u64,
+    /// Wall-clock seconds for the whole job.
+    pub seconds: f64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// What `plan_disk` needs to know about one disk of the job.
+struct DiskPlan<'a, 'j> {
+    disk: &'a JobDisk<'j>,
+    previous: Option<&'a BackupSummary>,
+    id: BackupId,
+    point: Option<&'a PointId>,
+    created: Moment,
+    progress: ProgressSink,
+}
+
+/// One disk as the job sees it.
+struct JobDisk<'a> {
+    label: Option<&'a str>,
+    disk: &'a dyn VirtualDisk,
+    changes: Option<&'a ChangeList>,
+    change_id: Option<&'a str>,
+    since: Option<&'a str>,
+}
+
+impl Store {
+    /// Backs up `disk`. The backup is an incremental of the newest backup
+    /// named `options.name` when one exists and `options.full` is false.
+    /// Returns once the backup is committed; see the module documentation.
+    pub fn backup(&self, disk: &dyn VirtualDisk, options: &BackupOptions) -> Result<BackupReport> {
+        let job = JobDisk {
+            label: None,
+            disk,
+            changes: options.changes.as_ref(),
+            change_id: options.change_id.as_deref(),
+            since: options.since.as_deref(),
+        };
+        let mut report = self.run_job(&[job], options)?;
+        let mut disk = report.disks.remove(0);
+        disk.traffic = report.traffic;
+        Ok(disk)
+    }
+
+    /// Backs up several disks of one VM as one restore point, with the
+    /// options' tags and attachments: all of it commits together or none
+    /// of it does. Per-disk change information goes in each [`DiskJob`].
+    pub fn backup_point(&self, disks: &[DiskJob<'_>], options: &BackupOptions) -> Result<PointReport> {
+        if options.changes.is_some() || options.change_id.is_some() || options.since.is_some() {
+            return Err(StoreError::Invalid(
+                "a multi-disk job takes change lists and tokens per disk (DiskJob), not in BackupOptions".into(),
+            ));
+        }
+        if disks.is_empty() {
+            return Err(StoreError::Invalid("a backup job needs at least one disk".into()));
+        }
+        let jobs: Vec<JobDisk> = disks
+            .iter()
+            .map(|d| JobDisk {
+                label: Some(d.label.as_str()),
+                disk: d.disk,
+                changes: d.changes.as_ref(),
+                change_id: d.change_id.as_deref(),
+                since: d.since.as_deref(),
+            })
+            .collect();
+        self.run_job(&jobs, options)
+    }
+
+    fn run_job(&self, disks: &[JobDisk<'_>], options: &BackupOptions) -> Result<PointReport> {
+        self.require_writable()?;
+        let started = Instant::now();
+        let t0 = self.backend().traffic();
+        check_job(disks, options)?;
+        let created = options.created.unwrap_or_else(Moment::now);
+        let point = (disks.len() > 1 || !options.tags.is_empty() || !options.attachments.is_empty())
+            .then(|| PointId::generate(created));
+        // Every id is fixed now, and the lease names the commit's: a fencer
+        // tombstones those if this job goes stale before committing.
+        let ids: Vec<BackupId> = disks.iter().map(|_| BackupId::generate(created)).collect();
+        let commits: Vec<String> = match &point {
+            Some(p) => vec![p.to_string()],
+            None => ids.iter().map(BackupId::to_string).collect(),
+        };
+        let mut reports = Vec::with_capacity(disks.len());
+        let mut attachments = (Vec::new(), 0);
+        {
+            let lease = Lease::acquire_committing(
+                self.backend.clone(),
+                self.leases,
+                LeaseMode::Backup,
+                "backup",
+                false,
+                commits.clone(),
+            )?;
+            // Read after the lease is taken: a vacuum that condemns later
+            // waits for this lease before deleting anything.
+            let (index, orphans) = self.index_and_orphans()?;
+            let catalog = self.catalog()?.strict()?;
+            let previous = previous_of(&catalog, &options.name, disks);
+            // Everything that can be refused is refused before anything is written.
+            for (d, prev) in disks.iter().zip(&previous) {
+                precheck(d.disk.info(), *prev, &change_input(d, options))?;
+            }
+            let claims = Claims::new(self.limits);
+            let mut manifests = Vec::with_capacity(disks.len());
+            for (i, (d, prev)) in disks.iter().zip(&previous).enumerate() {
+                if options.cancel.is_cancelled() {
+                    return Err(StoreError::Cancelled);
+                }
+                lease.check()?;
+                let run = DiskPlan {
+                    disk: d,
+                    previous: *prev,
+                    id: ids[i].clone(),
+                    point: point.as_ref(),
+                    created,
+                    progress: options.progress.for_item(i, disks.len()),
+                };
+                let before = stability::SourceState::take(d.disk);
+                let adopted = orphans.adopted();
+                let mut run = self.plan_disk(run, &index, &orphans, &claims, &lease, options)?;
+                if let (Some(p), Some(l)) = (prev, d.label)
+                    && p.disk.as_deref() != Some(l)
+                {
+                    run.report.continues_label = p.disk.clone();
+                }
+                let (manifest, mut report) = self.finish_disk(run)?;
+                report.resumed_chunks = orphans.adopted() - adopted;
+                report.source_changed = stability::SourceState::take(d.disk).changes_since(&before);
+                if options.require_stable && !report.source_changed.is_empty() {
+                    return Err(StoreError::SourceChanged {
+                        path: d.disk.info().path.clone(),
+                        changes: report.source_changed,
+                    });
+                }
+                manifests.push((manifest, report));
+            }
+            if point.is_some() {
+                attachments = attach::store_attachments(self, &index, &claims, &options.attachments, &options.cancel)?;
+                if let Some(entries) = claims.take_sealed(1) {
+                    lease.check()?;
+                    self.write_index_file(entries)?;
+                }
+            }
+            if options.cancel.is_cancelled() {
+                return Err(StoreError::Cancelled);
+            }
+            // Commit: every disk's manifest, then the restore point.
+            lease.check()?;
+            for (manifest, report) in manifests {
+                manifest.commit()?;
+                reports.push(report);
+            }
+            if let Some(point) = &point {
+                let record = PointRecord::new(
+                    point.clone(),
+                    options.name.clone(),
+                    created,
+                    options.tags.clone(),
+                    disks
+                        .iter()
+                        .zip(&reports)
+                        .map(|(d, r)| PointDisk { label: point_label(d), backup: r.id.clone() })
+                        .collect(),
+                    attachments.0.clone(),
+                );
+                record.commit(self.backend())?;
+            }
+            for id in &commits {
+                lease.confirm_commit(id)?;
+            }
+        }
+        // A chain past its cap is folded into a full backup, under a
+        // maintenance lease; if another maintenance runs, the merge waits for
+        // next time.
+        let cap = if options.max_chain == 0 { DEFAULT_MAX_CHAIN } else { options.max_chain };
+        for report in &mut reports {
+            if report.kind == Kind::Incremental && self.chain_length(&report.id)? > cap {
+                report.merged = Some(match self.lease(LeaseMode::Maintenance, "merge", false) {
+                    Ok(_lease) => {
+                        self.merge_locked(&report.id)?;
+                        true
+                    }
+                    Err(StoreError::StoreBusy { .. }) => false,
+                    Err(e) => return Err(e),
+                });
+            }
+            self.log_job("backup", &serde_json::to_value(&*report).unwrap_or_default());
+        }
+        let report = PointReport {
+            point,
+            name: options.name.clone(),
+            disks: reports,
+            attachments: attachments
+                .0
+                .iter()
+                .map(|a| AttachmentSummary { name: a.name.clone(), size: a.size })
+                .collect(),
+            attachment_bytes: attachments.1,
+            seconds: started.elapsed().as_secs_f64(),
+            traffic: self.backend().traffic().since(t0),
+        };
+        if report.point.is_some() {
+            self.log_job("backup point", &serde_json::to_value(&report).unwrap_or_default());
+        }
+        Ok(report)
+    }
+
+    /// Decides one disk's backup and sets up its pipeline.
+    fn plan_disk<'r>(
+        &'r self,
+        plan: DiskPlan<'r, '_>,
+        index: &'r Index,
+        orphans: &'r resume::Orphans,
+        claims: &'r Claims,
+        lease: &'r Lease,
+        options: &'r BackupOptions,
+    ) -> Result<DiskRun<'r>> {
+        let DiskPlan { disk: d, previous, id, point, created, progress } = plan;
+        let info = d.disk.info();
+        let chunk = u64::from(self.config.chunk_size);
+        let plan = incremental_plan(info, chunk, previous, &change_input(d, options))?;
+        let (kind, parent, source, change) = match plan {
+            Some(p) => (Kind::Incremental, Some(p.parent.id), p.source, p.change),
+            None => (Kind::Full, None, ChangeSource::None, ChangeSet::All),
+        };
+        let header = ManifestHeader {
+            id: id.clone(),
+            name: options.name.clone(),
+            kind,
+            parent: parent.clone(),
+            created,
+            chunk_size: self.config.chunk_size,
+            virtual_size: info.virtual_size,
+            change_source: source,
+            source: source_info(info),
+            change_id: d.change_id.map(str::to_string),
+            point: point.cloned(),
+            disk: d.label.map(str::to_string),
+        };
+        let report = BackupReport {
+            id,
+            name: options.name.clone(),
+            kind,
+            parent: parent.clone(),
+            change_source: source,
+            bytes_scanned: 0,
+            bytes_read: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            dedup_chunks: 0,
+            zero_chunks: 0,
+            stored_bytes: 0,
+            seconds: 0.0,
+            merged: None,
+            point: point.cloned(),
+            disk: d.label.map(str::to_string),
+            change_id: d.change_id.map(str::to_string),
+            continues_label: None,
+            source_changed: Vec::new(),
+            resumed_chunks: 0,
+            traffic: Traffic::default(),
+        };
+        let backend = self.backend();
+        let compare = match (source, &parent) {
+            (ChangeSource::Hash, Some(p)) => Some(Compare::new(ChainCursor::open(backend, p)?)),
+            _ => None,
+        };
+        // A differencing source's partial slots start from the previous
+        // backup's chunks, so its parent image is never read.
+        let prev = match (&change, &parent) {
+            (ChangeSet::Own, Some(p)) => {
+                Some(PrevChunks::new(ChainCursor::open(backend, p)?, index, backend, self.crypt()))
+            }
+            _ => None,
+        };
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        Ok(DiskRun {
+            store: self,
+            disk: d.disk,
+            index,
+            orphans,
+            claims,
+            change,
+            prev,
+            compare,
+            manifest: ManifestWriter::create(backend, &header)?,
+            report,
+            threads,
+            cancel: &options.cancel,
+            lease,
+            progress,
+        })
+    }
+
+    /// Runs one disk's pipeline and commits the index file for its new
+    /// chunks; returns its finished manifest, which the job commits once
+    /// every disk is done.
+    fn finish_disk(&self, mut run: DiskRun<'_>) -> Result<(ManifestWriter, BackupReport)> {
+        let started = Instant::now();
+        run.run()?;
+        if let Some(entries) = run.claims.take_sealed(1) {
+            run.lease.check()?;
+            self.write_index_file(entries)?;
+        }
+        if run.cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        let DiskRun { manifest, mut report, .. } = run;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok((manifest, report))
+    }
+
+    /// Manifests in backup `id`'s chain, itself included.
+    pub(crate) fn chain_length(&self, id: &BackupId) -> Result<usize> {
+        let mut n = 0;
+        for h in ChainWalk::new(self.backend(), id) {
+            h?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The backup each disk of the job continues: the newest of the job's
+/// name with the disk's label, or else (a label the store has not seen,
+/// as Hyper-V's new `.avhdx` name after a checkpoint) the newest backup of
+/// another label, not used in this job, that captured this very image or
+/// its parent (by identity: VHDX DataWriteGuid, VHD unique id; never the
+/// nil identity of raw disks), when exactly one such label exists and no
+/// other disk of the job matches it too. Anything less certain starts a
+/// new chain: a full backup is slower, a wrong parent would be wrong.
+fn previous_of<'c>(
+    catalog: &'c crate::store::state::catalog::Catalog,
+    name: &str,
+    disks: &[JobDisk<'_>],
+) -> Vec<Option<&'c BackupSummary>> {
+    let labels: HashSet<&str> = disks.iter().filter_map(|d| d.label).collect();
+    let mut newest_per_label: Vec<&BackupSummary> = Vec::new();
+    for b in catalog.backups.iter().rev().filter(|b| b.name == name) {
+        let Some(l) = b.disk.as_deref() else { continue };
+        if labels.contains(l) || newest_per_label.iter().any(|n| n.disk.as_deref() == Some(l)) {
+            continue;
+        }
+        newest_per_label.push(b);
+    }
+    let matches = |d: &JobDisk<'_>| -> Vec<&'c BackupSummary> {
+        let info = d.disk.info();
+        let mut ids = vec![info.identity];
+        if let Some(p) = &info.parent {
+            ids.push(p.expected_identity);
+            ids.extend(p.alternate_identity);
+        }
+        ids.retain(|g| *g != crate::Guid::NIL);
+        newest_per_label.iter().copied().filter(|b| ids.contains(&b.source.identity)).collect()
+    };
+    let own: Vec<Option<&BackupSummary>> = disks.iter().map(|d| catalog.newest(name, d.label)).collect();
+    let found: Vec<Vec<&BackupSummary>> = disks
+        .iter()
+        .zip(&own)
+        .map(|(d, o)| if o.is_none() && d.label.is_some() { matches(d) } else { Vec::new() })
+        .collect();
+    own.iter()
+        .zip(&found)
+        .map(|(o, f)| match (o, f.as_slice()) {
+            (Some(p), _) => Some(*p),
+            (None, [one]) if found.iter().filter(|g| g.iter().any(|b| b.id == one.id)).count() == 1 => Some(*one),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A disk's label in its restore point: the job's label, or for a
+/// single-disk job (whose chain has no label) the image's file name.
+fn point_label(d: &JobDisk<'_>) -> String {
+    match d.label {
+        Some(l) => l.to_string(),
+        None => {
+            let name = source_info(d.disk.info()).file_name;
+            if crate::store::format::point::plain_file_name(&name) { name } else { "disk".to_string() }
+        }
+    }
+}
+
+fn change_input<'a>(d: &'a JobDisk<'a>, options: &'a BackupOptions) -> ChangeInput<'a> {
+    ChangeInput { name: &options.name, full: options.full, force: options.force, changes: d.changes, since: d.since }
+}
+
+/// Refuses a job that cannot be right: no name, repeated labels or
+/// attachment names.
+fn check_job(disks: &[JobDisk<'_>], options: &BackupOptions) -> Result<()> {
+    if options.name.is_empty() {
+        return Err(StoreError::Invalid("a backup needs a name".into()));
+    }
+    let mut labels = HashSet::new();
+    for d in disks {
+        if let Some(l) = d.label
+            && (l.is_empty() || !labels.insert(l))
+        {
+            return Err(StoreError::Invalid(format!("disk label {l:?} is empty or repeated in the job")));
+        }
+    }
+    let mut names = HashSet::new();
+    for a in &options.attachments {
+        if !names.insert(a.name.as_str()) {
+            return Err(StoreError::Invalid(format!("attachment {:?} is given twice", a.name)));
+        }
+    }
+    if options.cancel.is_cancelled() {
+        return Err(StoreError::Cancelled);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use super::*;
+    use crate::Extent;
+    use crate::disk::{DiskInfo, ExtentState, ImageFormat, Subformat};
+    use crate::store::{InitOptions, VacuumOptions, VerifyOptions};
+
+    /// A disk in memory whose 64 KiB slots repeat five patterns.
+    struct Repeating {
+        info: DiskInfo,
+        bytes: Vec<u8>,
+    }
+
+    impl Repeating {
+        fn new(slots: usize) -> Repeating {
+            let chunk = 64 << 10;
+            let mut bytes = vec![0u8; slots * chunk];
+            for (i, slot) in bytes.chunks_exact_mut(chunk).enumerate() {
+                slot.fill(1 + (i % 5) as u8);
+            }
+            let info = DiskInfo {
+                format: ImageFormat::Raw,
+                subformat: Subformat::Fixed,
+                virtual_size: bytes.len() as u64,
+                block_size: None,
+                logical_sector_size: 512,
+                physical_sector_size: 512,
+                disk_id: crate::Guid::default(),
+                identity: crate::Guid::default(),
+                file_size: bytes.len() as u64,
+                path: "repeating".into(),
+                creator: "test".into(),
+                parent: None,
+                log_replay: None,
+                warnings: Vec::new(),
+            };
+            Repeating { info, bytes }
+        }
+    }
+
+    impl VirtualDisk for Repeating {
+        fn info(&self) -> &DiskInfo {
+            &self.info
+        }
+        fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+            let end = range.end.min(self.info.virtual_size);
+            Ok(vec![Extent { offset: range.start, length: end - range.start, state: ExtentState::Data, depth: 0 }])
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+            buf.copy_from_slice(&self.bytes[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+    }
+
+    /// With tiny limits the claim set is forgotten and index files are
+    /// written mid-backup: repeats may be stored twice, but the backup
+    /// restores exactly, verifies clean, and vacuum keeps one copy.
+    #[test]
+    fn memory_limits_cost_copies_never_correctness() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = InitOptions { chunk_size: 64 << 10, pack_size: 256 << 10, ..Default::default() };
+        let mut store = Store::init(dir.path().join("s"), &options).unwrap();
+        store.limits = Limits { claimed: 2, index_flush: 3 };
+        let disk = Repeating::new(60);
+        let report = store.backup(&disk, &BackupOptions { threads: 2, ..BackupOptions::new("d") }).unwrap();
+        assert_eq!(report.new_chunks + report.dedup_chunks, 60);
+        assert!(report.new_chunks > 5, "the claim set was never forgotten");
+
+        let index = Index::load(store.backend()).unwrap();
+        assert!(index.files().len() > 1, "no index file was written mid-backup");
+        assert_eq!(index.chunk_count(), 5);
+        assert_eq!(index.entries().len() as u64, report.new_chunks);
+
+        let reader = store.reader(&report.id).unwrap();
+        let mut back = vec![0u8; disk.bytes.len()];
+        reader.read_at(&mut back, 0).unwrap();
+        assert!(back == disk.bytes, "restore differs");
+        drop(reader);
+        assert!(store.verify(&VerifyOptions::default()).unwrap().ok);
+
+        store.vacuum(&VacuumOptions { threshold: 0.0, ..VacuumOptions::immediate() }).unwrap();
+        assert_eq!(Index::load(store.backend()).unwrap().entries().len(), 5);
+        let mut again = vec![0u8; disk.bytes.len()];
+        store.reader(&report.id).unwrap().read_at(&mut again, 0).unwrap();
+        assert!(again == disk.bytes, "restore after vacuum differs");
+    }
+}

@@ -1,0 +1,114 @@
+//! Synthetic merge: an incremental backup becomes a full one by folding its
+//! chain into a new manifest, without reading any chunk data.
+//!
+//! The full manifest is written beside the old one as the backup's merged
+//! generation (`manifests/<id>~1.manifest`; nothing is overwritten):
+//! readers take the newest generation, so at every instant the backup has
+//! either its old incremental manifest or its new full one, with the same
+//! effective map. Vacuum deletes the superseded generation. Backups that name it as their parent keep working; its ancestors are
+//! no longer needed by it and become droppable.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::store::Store;
+use crate::store::Traffic;
+use crate::store::error::{Result, StoreError};
+use crate::store::format::manifest::{Kind, MERGED, ManifestWriter, Slot};
+use crate::store::model::id::BackupId;
+use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::state::lease::LeaseMode;
+
+/// How to merge.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct MergeOptions {
+    /// The disk's label, when the backup is named by a restore point.
+    pub disk: Option<String>,
+    /// Wait for running backups instead of failing with `StoreBusy`.
+    pub wait: bool,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct MergeReport {
+    /// The backup, now full.
+    pub id: BackupId,
+    /// Manifests folded (1 when the backup was already full).
+    pub chain_length: usize,
+    /// Slots of the disk.
+    pub slots: u64,
+    /// Slots holding data.
+    pub data_slots: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Requests made and bytes uploaded (`requests`, `bytes_uploaded` in JSON).
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+impl Store {
+    /// Makes backup `spec` (see [`Store::resolve_backup`]) a full backup
+    /// (exclusive lock). Metadata only: no chunk is read.
+    pub fn merge(&self, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
+        self.require_writable()?;
+        let spec = spec.as_ref();
+        let t0 = self.backend().traffic();
+        let _lease = self.lease(LeaseMode::Maintenance, "merge", options.wait)?;
+        let id = self.resolve_backup(spec, options.disk.as_deref())?.id;
+        let mut report = self.merge_locked(&id)?;
+        report.traffic = self.backend().traffic().since(t0);
+        self.log_job("merge", &serde_json::to_value(&report).unwrap_or_default());
+        Ok(report)
+    }
+
+    /// The merge itself; the caller holds the exclusive lock.
+    pub(crate) fn merge_locked(&self, id: &BackupId) -> Result<MergeReport> {
+        let started = Instant::now();
+        let mut cursor = ChainCursor::open(self.backend(), id)?;
+        let chain_length = cursor.chain().len();
+        let mut header = cursor.header().clone();
+        let slots = header.slots();
+        if header.kind == Kind::Full {
+            return Ok(MergeReport {
+                id: id.clone(),
+                chain_length,
+                slots,
+                data_slots: 0,
+                seconds: 0.0,
+                traffic: Traffic::default(),
+            });
+        }
+        header.kind = Kind::Full;
+        header.parent = None;
+        // Beside the old manifest, never over it: readers take the newest
+        // generation, and vacuum removes the superseded one.
+        let mut writer = ManifestWriter::create_gen(self.backend(), &header, MERGED)?;
+        let mut data_slots = 0;
+        while let Some((r, n)) = cursor.next_run()? {
+            match r {
+                Resolved::Data(c) => {
+                    writer.push(Slot::Data(c), n)?;
+                    data_slots += n;
+                }
+                Resolved::Zero => writer.push(Slot::Zero, n)?,
+            }
+        }
+        drop(cursor);
+        match writer.commit() {
+            // Another merge of the same backup got there first: the same map.
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
+        Ok(MergeReport {
+            id: id.clone(),
+            chain_length,
+            slots,
+            data_slots,
+            seconds: started.elapsed().as_secs_f64(),
+            traffic: Traffic::default(),
+        })
+    }
+}
