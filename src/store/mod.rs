@@ -42,6 +42,11 @@ mod ops;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::disk::VirtualDisk;
+use crate::export::Target;
+use state::handle::Handle;
+use std::io::Write;
+
 #[cfg(feature = "object-store")]
 pub use backend::ObjectBackend;
 pub use backend::location::{OpenOptions, SCHEMES, url_of};
@@ -65,7 +70,7 @@ pub use ops::backup::{
 pub use ops::merge::{MergeOptions, MergeReport};
 pub use ops::prune::{PruneOptions, PruneReport, Retention};
 pub use ops::reindex::{ReindexOptions, ReindexReport};
-pub use ops::restore::{BackupReader, RestoreOptions, RestoreReport};
+pub use ops::restore::{BackupReader, PointRestoreReport, RestoreOptions, RestoreReport};
 pub use ops::stats::Stats;
 pub use ops::vacuum::{VacuumOptions, VacuumReport};
 pub use ops::verify::{DamagedChunk, VerifyOptions, VerifyReport};
@@ -76,6 +81,7 @@ pub use state::lease::{LeaseClock, LeaseSettings};
 
 pub use crate::cancel::CancelToken;
 pub use crate::progress::{Operation, Progress, ProgressSink};
+pub use ops::open::probe_conditional_writes;
 
 /// The store's maintenance slot, held until dropped
 /// ([`Store::hold_maintenance`]).
@@ -84,27 +90,11 @@ pub struct MaintenanceHold {
     _lease: Lease,
 }
 
-/// An open store.
+/// An open store. Every method is a short delegation to the operation that
+/// does the work (`ops/`); the parts they share are a [`Handle`].
 #[derive(Debug)]
 pub struct Store {
-    /// The store's objects; in an encrypted store, behind the sealing
-    /// layer, so reads and writes here are plaintext.
-    backend: Arc<dyn Backend>,
-    /// The storage as it is, below the sealing layer (the same as
-    /// `backend` in a plain store): for what must see objects as stored.
-    stored: Arc<dyn Backend>,
-    config: StoreConfig,
-    crypt: crypto::Crypt,
-    /// The key object the store was opened with, if encrypted.
-    key_id: Option<String>,
-    limits: ops::backup::Limits,
-    leases: LeaseSettings,
-    /// Opened read-only on request ([`OpenOptions::read_only`]): nothing
-    /// is written, not even a lease.
-    read_only_asked: bool,
-    /// Found read-only: the storage refused a read lease, so reads go on
-    /// without one (see [`Store::read_lease`]).
-    read_only_found: std::sync::atomic::AtomicBool,
+    h: Handle,
 }
 
 impl Store {
@@ -115,49 +105,7 @@ impl Store {
     /// prefix (buckets are never created here). A refused init leaves
     /// nothing behind: no folder it made, no object it wrote.
     pub fn init(location: impl AsRef<Path>, options: &InitOptions) -> Result<Store> {
-        let path = location.as_ref();
-        if let Some(url) = url_of(path) {
-            let backend = backend::location::remote(url)?;
-            let present = backend.list("").map_err(StoreError::io(path, "list"))?;
-            if let Some(o) = present.first() {
-                return Err(StoreError::Invalid(format!("{url} is not empty: it holds {}", o.key)));
-            }
-            return Store::init_backend(backend, options);
-        }
-        let existed = path.exists();
-        if existed {
-            let empty = std::fs::read_dir(path).map_err(StoreError::io(path, "read folder"))?.next().is_none();
-            if !empty {
-                return Err(StoreError::Invalid(format!("{} exists and is not empty", path.display())));
-            }
-        } else if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-            && !parent.is_dir()
-            && !options.create_parents
-        {
-            return Err(StoreError::Invalid(format!(
-                "{} does not exist (an unmounted share?): create it first, or ask for missing parents \
-                 (--parents, InitOptions::create_parents)",
-                parent.display()
-            )));
-        }
-        let made = (|| {
-            for dir in model::layout::Folder::ALL.map(model::layout::Folder::name) {
-                std::fs::create_dir_all(path.join(dir)).map_err(StoreError::io(path.join(dir), "create folder"))?;
-            }
-            Store::init_backend(Arc::new(LocalDir::new(path)), options)
-        })();
-        // Only what this call made, and only while it is empty: another
-        // init racing this one for the same folder may have made a store
-        // there (its config is there), and that is never touched.
-        if made.is_err() && !path.join(model::layout::CONFIG).exists() {
-            for dir in model::layout::Folder::ALL.map(model::layout::Folder::name) {
-                let _ = std::fs::remove_dir(path.join(dir));
-            }
-            if !existed {
-                let _ = std::fs::remove_dir(path);
-            }
-        }
-        made
+        ops::open::init(location.as_ref(), options).map(Store::from)
     }
 
     /// Creates a store over any backend. An encrypted store's key object
@@ -167,97 +115,7 @@ impl Store {
     /// existing object is refused unless `options.single_writer`. Settings
     /// out of range are refused before anything is written.
     pub fn init_backend(backend: Arc<dyn Backend>, options: &InitOptions) -> Result<Store> {
-        let store_id = format::pack::PackId::new_random().to_hex();
-        // Settings first, so a bad one writes nothing (not even the probe).
-        StoreConfig::new(options, store_id.clone(), Moment::now(), None)?;
-        let honoured = probe_conditional_writes(&*backend)?;
-        if !honoured && !options.single_writer {
-            return Err(StoreError::UnsupportedStore {
-                path: backend.describe(""),
-                reason: "this storage replaced an existing object when asked to create it only if absent \
-                         (If-None-Match: *), so nothing would stop two writers from overwriting each other or \
-                         running maintenance at once; use storage that honours conditional writes, or accept \
-                         one writer at a time with --single-writer (InitOptions::single_writer)"
-                    .into(),
-            });
-        }
-        let mut options = options.clone();
-        options.single_writer = !honoured;
-        let options = &options;
-        let keys = options.encryption.as_ref().map(|_| Arc::new(crypto::Keys::generate()));
-        let config = StoreConfig::new(options, store_id, Moment::now(), keys.as_deref())?;
-        let backend = match config.object_lock {
-            Some(lock) => {
-                backend.lock_support().map_err(|e| StoreError::UnsupportedStore {
-                    path: backend.describe(""),
-                    reason: format!("--object-lock needs a bucket with S3 Object Lock enabled: {e}"),
-                })?;
-                Arc::new(backend::LockingBackend::new(backend, lock)) as Arc<dyn Backend>
-            }
-            None => backend,
-        };
-        let mut key_id = None;
-        if let (Some(keys), Some(e)) = (&keys, &options.encryption) {
-            let object = crypto::keyobj::KeyObject::wrap(
-                keys.master(),
-                &config.store_id,
-                &e.key,
-                &e.argon2,
-                Moment::now(),
-                host_name(),
-            )
-            .map_err(StoreError::Invalid)?;
-            state::keyring::write_key_object(&*backend, &object)?;
-            key_id = Some(object.id);
-        }
-        let path = backend.describe(model::layout::CONFIG);
-        let written = backend.create(model::layout::CONFIG).and_then(|mut w| {
-            w.write(&config.encode())?;
-            w.commit()
-        });
-        if let Err(e) = written {
-            // A key object without a config opens nothing: take it back,
-            // unless the config is there and ours after all (a write that
-            // succeeded but whose answer was lost).
-            let ours = backend
-                .read_all(model::layout::CONFIG)
-                .ok()
-                .and_then(|bytes| StoreConfig::decode(&bytes, &path).ok())
-                .is_some_and(|c| c.store_id == config.store_id);
-            if let (Some(id), false) = (&key_id, ours) {
-                let _ = backend.delete(&model::layout::key_object_key_of(id));
-            }
-            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
-                StoreError::Invalid(format!("{} already holds a store", backend.describe("").display()))
-            } else {
-                StoreError::io(&path, "write config")(e)
-            });
-        }
-        let crypt = keys.map_or(crypto::Crypt::Plain, crypto::Crypt::Sealed);
-        let store = Store::assemble(backend, config, crypt, key_id);
-        store.log_job("init", &serde_json::json!({ "config": store.config }));
-        Ok(store)
-    }
-
-    /// A store over `stored` as `crypt` says: behind the sealing layer when
-    /// encrypted.
-    fn assemble(stored: Arc<dyn Backend>, config: StoreConfig, crypt: crypto::Crypt, key_id: Option<String>) -> Store {
-        let backend: Arc<dyn Backend> = match &crypt {
-            crypto::Crypt::Sealed(keys) => Arc::new(backend::SealingBackend::new(stored.clone(), keys.clone())),
-            crypto::Crypt::Locked => Arc::new(backend::ReadOnlyBackend::new(stored.clone())),
-            crypto::Crypt::Plain => stored.clone(),
-        };
-        Store {
-            backend,
-            stored,
-            config,
-            crypt,
-            key_id,
-            limits: ops::backup::Limits::DEFAULT,
-            leases: LeaseSettings::default(),
-            read_only_asked: false,
-            read_only_found: std::sync::atomic::AtomicBool::new(false),
-        }
+        ops::open::init_backend(backend, options).map(Store::from)
     }
 
     /// Opens the store at `location` (a folder or a URL, as for
@@ -273,17 +131,7 @@ impl Store {
     /// key object tried, about a second each by default), unless
     /// `options.without_key`; a key given for a plain store is refused.
     pub fn open_with(location: impl AsRef<Path>, options: &OpenOptions) -> Result<Store> {
-        let path = location.as_ref();
-        if let Some(url) = url_of(path) {
-            let (backend, config) = Store::read_config(backend::location::remote(url)?)?;
-            let backend = backend::location::cached(backend, &config.store_id, options);
-            return Store::unlock(backend, config, options);
-        }
-        if !path.join("config").is_file() {
-            let reason = if path.exists() { "it has no config file" } else { "the folder does not exist" };
-            return Err(StoreError::NotAStore { path: path.to_path_buf(), reason: reason.into() });
-        }
-        Store::open_backend_with(Arc::new(LocalDir::new(path)), options)
+        ops::open::open_with(location.as_ref(), options).map(Store::from)
     }
 
     /// Opens a plain store over any backend ([`Store::open_backend_with`]
@@ -294,56 +142,12 @@ impl Store {
 
     /// Opens a store over any backend as `options` say (its key).
     pub fn open_backend_with(backend: Arc<dyn Backend>, options: &OpenOptions) -> Result<Store> {
-        let (backend, config) = Store::read_config(backend)?;
-        Store::unlock(backend, config, options)
-    }
-
-    /// Unlocks an encrypted store with the key `options` give (or opens it
-    /// keyless, if they say so); checks that a plain store was given none.
-    fn unlock(backend: Arc<dyn Backend>, config: StoreConfig, options: &OpenOptions) -> Result<Store> {
-        let mut store = Store::unlock_keys(backend, config, options)?;
-        store.read_only_asked = options.read_only;
-        Ok(store)
-    }
-
-    fn unlock_keys(backend: Arc<dyn Backend>, config: StoreConfig, options: &OpenOptions) -> Result<Store> {
-        let path = backend.describe("");
-        if options.key.is_some() && options.without_key {
-            return Err(StoreError::Invalid("a key and `without_key` together: give one or the other".into()));
-        }
-        match (config.is_encrypted(), &options.key, options.without_key) {
-            (false, None, _) => Ok(Store::assemble(backend, config, crypto::Crypt::Plain, None)),
-            (false, Some(_), _) => Err(StoreError::NotEncrypted { path }),
-            (true, _, true) => Ok(Store::assemble(backend, config, crypto::Crypt::Locked, None)),
-            (true, None, false) => Err(StoreError::KeyRequired { path }),
-            (true, Some(key), false) => {
-                let (keys, id) = state::keyring::unlock(&*backend, &config, key, options.key_id.as_deref())?;
-                Ok(Store::assemble(backend, config, crypto::Crypt::Sealed(keys), Some(id)))
-            }
-        }
-    }
-
-    /// Reads and checks the config; the backend comes back wrapped for
-    /// Object Lock when the store has it.
-    fn read_config(backend: Arc<dyn Backend>) -> Result<(Arc<dyn Backend>, StoreConfig)> {
-        let bytes = backend.read_all("config").map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::NotAStore { path: backend.describe(""), reason: "it has no config object".into() }
-            } else {
-                StoreError::io(backend.describe("config"), "read config")(e)
-            }
-        })?;
-        let config = StoreConfig::decode(&bytes, &backend.describe("config"))?;
-        let backend = match config.object_lock {
-            Some(lock) => Arc::new(backend::LockingBackend::new(backend, lock)) as Arc<dyn Backend>,
-            None => backend,
-        };
-        Ok((backend, config))
+        ops::open::open_backend_with(backend, options).map(Store::from)
     }
 
     /// The store's settings.
     pub fn config(&self) -> &StoreConfig {
-        &self.config
+        &self.h.config
     }
 
     /// What an operator should know about this store before relying on it
@@ -351,25 +155,7 @@ impl Store {
     /// conditional writes and it was made with
     /// [`InitOptions::single_writer`].
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.is_read_only() {
-            out.push(format!(
-                "{}: opened read-only ({}): no lease is held, so a vacuum running elsewhere could delete what a \
-                 restore or verify is reading; such a read fails with an error naming the missing chunk, never \
-                 with a wrong byte",
-                self.path().display(),
-                if self.read_only_asked { "as asked" } else { "the storage refused to write a lease" }
-            ));
-        }
-        if self.config.single_writer {
-            out.push(format!(
-                "{}: this store's storage ignores conditional writes (made with --single-writer): nothing stops two \
-                 hosts from overwriting each other's objects or running maintenance at the same time; keep to one \
-                 writer at a time",
-                self.path().display()
-            ));
-        }
-        out
+        self.h.warnings()
     }
 
     /// Where the store keeps its files. In an encrypted store this view
@@ -377,28 +163,18 @@ impl Store {
     /// tombstones and vacuum's records as they are written and read; opened
     /// without its key, it refuses every write but its own lease.
     pub fn backend(&self) -> &dyn Backend {
-        &*self.backend
-    }
-
-    /// The storage below the sealing layer: objects exactly as stored.
-    pub(crate) fn stored_backend(&self) -> &dyn Backend {
-        &*self.stored
-    }
-
-    /// How chunks and objects are sealed (and chunks named).
-    pub(crate) fn crypt(&self) -> &crypto::Crypt {
-        &self.crypt
+        self.h.backend()
     }
 
     /// [`crypto::Crypt`] for the codecs' tests and fuzz targets.
     #[cfg(feature = "fuzzing")]
     pub fn codec_crypt(&self) -> &crypto::Crypt {
-        &self.crypt
+        &self.h.crypt
     }
 
     /// A location for messages.
     pub fn path(&self) -> PathBuf {
-        self.backend.describe("")
+        self.h.path()
     }
 
     /// How long this store's leases live (default: 5 minutes, refreshed
@@ -406,46 +182,7 @@ impl Store {
     /// holder's maintenance slot and condemned space come back sooner, at a
     /// few more requests.
     pub fn set_lease_settings(&mut self, settings: LeaseSettings) {
-        self.leases = settings;
-    }
-
-    /// The global index, with copies in condemned packs tried last and not
-    /// counted for deduplication. Call it holding a lease, so the list of
-    /// condemned packs cannot miss one a vacuum may delete meanwhile.
-    pub(crate) fn index_avoiding_condemned(&self) -> Result<state::index::Index> {
-        Ok(self.index_and_packs()?.0)
-    }
-
-    /// [`Store::index_avoiding_condemned`], with the packs present and the
-    /// condemned ones it was built from. The condemnation records are read
-    /// before `packs/` is listed: vacuum deletes a record's packs before
-    /// the record, so a record read too late had deleted its packs before
-    /// the listing. A pack deleted before this lease was taken is gone for
-    /// good; one condemned later is not deleted while this lease lives.
-    pub(crate) fn index_and_packs(
-        &self,
-    ) -> Result<(
-        state::index::Index,
-        std::collections::HashSet<format::pack::PackId>,
-        std::collections::HashSet<format::pack::PackId>,
-    )> {
-        let backend = self.backend();
-        let condemned = state::condemned::Condemned::read(backend)?.packs();
-        let folder = model::layout::Folder::Packs.name();
-        let present = match backend.list(folder) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other.map_err(StoreError::io(backend.describe(folder), "list"))?,
-        };
-        let present = present.iter().filter_map(|o| format::pack::PackId::from_key(&o.key)).collect();
-        let index = state::index::Index::load_avoiding(backend, condemned.clone(), &present)?;
-        Ok((index, present, condemned))
-    }
-
-    /// Takes a lease for `op` (see [`lease`]): maintenance conflicts with
-    /// maintenance (`StoreBusy`, or waiting with `wait`); nothing else
-    /// conflicts.
-    pub(crate) fn lease(&self, mode: LeaseMode, op: &str, wait: bool) -> Result<Lease> {
-        Lease::acquire(self.backend.clone(), self.leases, mode, op, wait)
+        self.h.leases = settings;
     }
 
     /// Holds the store's maintenance slot until the returned hold is
@@ -456,137 +193,193 @@ impl Store {
     /// holder in others' busy messages. Costs a lease (one small object,
     /// refreshed in the background) and a maintenance claim.
     pub fn hold_maintenance(&self, op: &str, wait: bool) -> Result<MaintenanceHold> {
-        self.require_writable()?;
-        Ok(MaintenanceHold { _lease: self.lease(LeaseMode::Maintenance, op, wait)? })
-    }
-
-    /// Refuses an operation that writes when the store is encrypted and was
-    /// opened without its key, or was opened read-only: up front, with the
-    /// reason, instead of failing halfway on the first object it cannot
-    /// read or write.
-    pub(crate) fn require_writable(&self) -> Result<()> {
-        if self.read_only_asked {
-            return Err(StoreError::Invalid(format!(
-                "{} was opened read-only: only restore, verify, list, stats and the log work",
-                self.path().display()
-            )));
-        }
-        match self.crypt {
-            crypto::Crypt::Locked => Err(StoreError::KeyRequired { path: self.path() }),
-            _ => Ok(()),
-        }
+        self.h.require_writable()?;
+        Ok(MaintenanceHold { _lease: self.h.lease(LeaseMode::Maintenance, op, wait)? })
     }
 
     /// Whether the store is read-only: opened so, or found so when the
     /// storage refused the lease of a read (which later reads ask again).
     pub fn is_read_only(&self) -> bool {
-        self.read_only_asked || self.read_only_found.load(std::sync::atomic::Ordering::Relaxed)
+        self.h.is_read_only()
     }
 
-    /// A lease for a read (restore, verify, stats), or none on a read-only
-    /// store: one opened read-only, or storage that refuses the lease's
-    /// write (read-only credentials, a WORM share, a snapshot of a store
-    /// folder). Without a lease a vacuum elsewhere does not know of the
-    /// read and may delete what it needs: the read then fails on a missing
-    /// chunk (every chunk is verified as it is read), never with wrong data.
-    pub(crate) fn read_lease(&self, op: &str) -> Result<Option<Lease>> {
-        // Asked each time when found so: a refusal may have been passing
-        // (an expired token), and the next read should hold a lease again.
-        if self.read_only_asked {
-            return Ok(None);
-        }
-        match self.lease(LeaseMode::Read, op, false) {
-            Ok(l) => {
-                self.read_only_found.store(false, std::sync::atomic::Ordering::Relaxed);
-                Ok(Some(l))
-            }
-            Err(StoreError::Io { source, .. })
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
-                ) =>
-            {
-                self.read_only_found.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+    /// Backs up `disk`. The backup is an incremental of the newest backup
+    /// named `options.name` when one exists and `options.full` is false.
+    /// Returns once the backup is committed; see the module documentation.
+    pub fn backup(&self, disk: &dyn VirtualDisk, options: &BackupOptions) -> Result<BackupReport> {
+        ops::backup::backup(&self.h, disk, options)
     }
 
-    /// Records a finished operation in the job log: one small object per
-    /// job (`log/<time>-<random>.json`), so writers never append to a
-    /// shared file. A failure to log never fails the operation that already
-    /// succeeded.
-    pub(crate) fn log_job(&self, op: &str, report: &serde_json::Value) {
-        // Without the key nothing can be sealed, so nothing is logged; a
-        // read-only store is not written at all.
-        if matches!(self.crypt, crypto::Crypt::Locked) || self.read_only_asked {
-            return;
-        }
-        let now = Moment::now();
-        let entry = serde_json::json!({ "time": now, "op": op, "host": host_name(), "pid": std::process::id(), "report": report });
-        let key = model::layout::log_key(&model::id::BackupId::generate(now));
-        if let Ok(mut w) = self.backend.create(&key) {
-            let _ = w.write(entry.to_string().as_bytes()).and_then(|()| w.commit());
-        }
+    /// Backs up several disks of one VM as one restore point, with the
+    /// options' tags and attachments: all of it commits together or none
+    /// of it does. Per-disk change information goes in each [`DiskJob`].
+    pub fn backup_point(&self, disks: &[DiskJob<'_>], options: &BackupOptions) -> Result<PointReport> {
+        ops::backup::backup_point(&self.h, disks, options)
     }
-}
 
-impl Store {
+    /// Makes backup `spec` (see [`Store::resolve_backup`]) a full backup
+    /// (exclusive lock). Metadata only: no chunk is read.
+    pub fn merge(&self, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
+        ops::merge::merge(&self.h, spec, options)
+    }
+
+    /// Applies the retention policy to the jobs named `name` (exclusive
+    /// lock). A restore point is kept or dropped whole: its disks and
+    /// attachments go together. With `dry_run`, changes nothing.
+    pub fn prune(&self, name: &str, options: &PruneOptions) -> Result<PruneReport> {
+        ops::prune::prune(&self.h, name, options)
+    }
+
+    /// Rebuilds the global index from the packs (exclusive lock; waits for
+    /// it when `wait`).
+    pub fn reindex(&self, options: &ReindexOptions) -> Result<ReindexReport> {
+        ops::reindex::reindex(&self.h, options)
+    }
+
+    /// Opens backup `spec` (see [`Store::resolve_backup`]) for reading.
+    pub fn reader(&self, spec: impl AsRef<str>) -> Result<BackupReader> {
+        ops::restore::reader(&self.h, spec)
+    }
+
+    /// Opens one disk's backup of a restore point (by its label) for reading.
+    pub fn reader_disk(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupReader> {
+        ops::restore::reader_disk(&self.h, spec, disk)
+    }
+
+    /// Restores backup `spec` (see [`Store::resolve_backup`]) to the file
+    /// `out` in `target` format. A VHD or VHDX output keeps the original
+    /// disk's id so the VM sees the same disk. The file appears only once
+    /// complete and verified.
+    pub fn restore(
+        &self,
+        spec: impl AsRef<str>,
+        out: &Path,
+        target: Target,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        ops::restore::restore(&self.h, spec, out, target, options)
+    }
+
+    /// Streams backup `spec` as a raw image into `out` (stdout, a pipe, a
+    /// socket): every byte in order, zeros included. `name` names the
+    /// stream in messages. Every chunk is verified before its bytes are
+    /// written; a failure stops the stream short, so a consumer must treat
+    /// an error here as a failed restore.
+    pub fn restore_to_writer(
+        &self,
+        spec: impl AsRef<str>,
+        out: &mut dyn Write,
+        name: &Path,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        ops::restore::restore_to_writer(&self.h, spec, out, name, options)
+    }
+
+    /// Writes backup `spec` as a raw image over the existing file or block
+    /// device `target` (at least the disk's size), as `options.in_place`
+    /// says: every byte by default, or only data over a target the caller
+    /// zeroed. Unlike [`Store::restore`] the target is written as it goes:
+    /// a failure leaves it partly written.
+    pub fn restore_in_place(
+        &self,
+        spec: impl AsRef<str>,
+        target: &Path,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        ops::restore::restore_in_place(&self.h, spec, target, options)
+    }
+
+    /// Restores every disk of restore point `spec` into folder `dir`
+    /// (created if missing), each as `<label stem>.<target's extension>`,
+    /// and writes its attachments there under their names. A spec that
+    /// names a single backup restores that one disk.
+    pub fn restore_point(
+        &self,
+        spec: impl AsRef<str>,
+        dir: &Path,
+        target: Target,
+        options: &RestoreOptions,
+    ) -> Result<PointRestoreReport> {
+        ops::restore::restore_point(&self.h, spec, dir, target, options)
+    }
+
+    /// Computes the statistics (reads every manifest). Any listing or read
+    /// that fails is an error: the figures are never computed over part of
+    /// the store.
+    pub fn stats(&self) -> Result<Stats> {
+        ops::stats::stats(&self.h)
+    }
+
+    /// Reclaims space; see the module documentation for the two phases.
+    pub fn vacuum(&self, options: &VacuumOptions) -> Result<VacuumReport> {
+        ops::vacuum::vacuum(&self.h, options)
+    }
+
+    /// Verifies the store, or what `options.only` needs; see the module
+    /// documentation. Cost: reads every record checked once, on every core.
+    pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
+        ops::verify::verify(&self.h, options)
+    }
+
+    /// Every committed backup, oldest first. Fails if a manifest or point
+    /// cannot be read (`verify` reports every such problem).
+    pub fn list(&self) -> Result<Vec<BackupSummary>> {
+        state::catalog::list(&self.h)
+    }
+
+    /// Every committed restore point, oldest first.
+    pub fn points(&self) -> Result<Vec<PointSummary>> {
+        state::catalog::points(&self.h)
+    }
+
+    /// Finds a backup or restore point: an exact backup id, an exact point
+    /// id, an exact name (the newest job of that name), or a unique prefix
+    /// of an id, in that order. Several matches are an
+    /// [`StoreError::Ambiguous`] error listing them.
+    pub fn resolve(&self, spec: impl AsRef<str>) -> Result<Selection> {
+        state::catalog::resolve(&self.h, spec)
+    }
+
+    /// Finds one disk's backup: as [`Store::resolve`], where a restore point
+    /// must then name the disk (`disk`, its label) unless it has only one.
+    pub fn resolve_backup(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupSummary> {
+        state::catalog::resolve_backup(&self.h, spec, disk)
+    }
+
+    /// Whether the store is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        state::keyring::is_encrypted(&self.h)
+    }
+
+    /// The store's key objects, oldest first (readable without the key).
+    pub fn keys(&self) -> Result<Vec<KeySummary>> {
+        state::keyring::keys(&self.h)
+    }
+
+    /// Adds a wrapping of the master key by `key` (a passphrase costs
+    /// `argon2`); returns the new key object's id. The store must be open
+    /// with one of its keys.
+    pub fn add_key(&self, key: &StoreKey, argon2: &Argon2Params) -> Result<String> {
+        state::keyring::add_key(&self.h, key, argon2)
+    }
+
+    /// Removes key object `spec` (its id or a unique prefix of it); refuses
+    /// to remove the last one. The store must be open with one of its keys.
+    /// Returns the id removed.
+    pub fn remove_key(&self, spec: &str) -> Result<String> {
+        state::keyring::remove_key(&self.h, spec)
+    }
+
     /// The job log, oldest first: one JSON object per finished operation
     /// (`time`, `op`, `host`, `pid`, `report`). Stores made before version
     /// 2 kept one `log/jobs.log` file of such lines; they are read too.
     pub fn job_log(&self) -> Result<Vec<serde_json::Value>> {
-        let backend = self.backend();
-        let mut entries = Vec::new();
-        for key in backend::list_keys(backend, "log").map_err(StoreError::io(backend.describe("log"), "list"))? {
-            let bytes = match backend.read_all(&key) {
-                Ok(b) => b,
-                // Removed since the listing.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io(backend.describe(&key), "read job log")(e)),
-            };
-            let lines: Vec<&[u8]> =
-                if key.ends_with(".log") { bytes.split(|&b| b == b'\n').collect() } else { vec![&bytes] };
-            for line in lines.into_iter().filter(|l| !l.is_empty()) {
-                let entry: serde_json::Value = serde_json::from_slice(line)
-                    .map_err(|e| StoreError::corrupt(backend.describe(&key), "job log entry", 0, e.to_string()))?;
-                entries.push(entry);
-            }
-        }
-        entries.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
-        Ok(entries)
+        ops::log::job_log(&self.h)
     }
 }
 
-/// Whether `backend` honours put-if-absent: creates a probe object under
-/// `locks/`, asks to create it again only if absent, and deletes it. The
-/// second create must fail with `AlreadyExists`; storage that accepts it
-/// (some S3 servers ignore `If-None-Match: *`) replaced an object, and
-/// every guarantee the store rests on put-if-absent would be void there.
-/// Two requests and a delete, once, at init; [`Store::open`] trusts what
-/// the config recorded.
-pub fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
-    let key = model::layout::probe_key(&format::pack::PackId::new_random().to_hex());
-    state::lease::put_new(backend, &key, b"first")
-        .map_err(StoreError::io(backend.describe(&key), "probe conditional writes"))?;
-    let second = state::lease::put_new(backend, &key, b"second");
-    let _ = backend.delete(&key);
-    match second {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),
-        Ok(()) => Ok(false),
-        Err(e) => Err(StoreError::io(backend.describe(&key), "probe conditional writes")(e)),
+impl From<Handle> for Store {
+    fn from(h: Handle) -> Store {
+        Store { h }
     }
-}
-
-/// This machine's name, for the job log and leases.
-pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -11,4 +11,5 @@
 pub mod checked_json;
 pub mod id;
 pub mod layout;
+pub mod limits;
 pub mod time;

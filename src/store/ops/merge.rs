@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::store::Store;
 use crate::store::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::manifest::{Kind, MERGED, ManifestWriter, Slot};
 use crate::store::model::id::BackupId;
 use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::state::handle::Handle;
 use crate::store::state::lease::LeaseMode;
 
 /// How to merge.
@@ -49,66 +49,63 @@ pub struct MergeReport {
     pub traffic: Traffic,
 }
 
-impl Store {
-    /// Makes backup `spec` (see [`Store::resolve_backup`]) a full backup
-    /// (exclusive lock). Metadata only: no chunk is read.
-    pub fn merge(&self, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
-        self.require_writable()?;
-        let spec = spec.as_ref();
-        let t0 = self.backend().traffic();
-        let _lease = self.lease(LeaseMode::Maintenance, "merge", options.wait)?;
-        let id = self.resolve_backup(spec, options.disk.as_deref())?.id;
-        let mut report = self.merge_locked(&id)?;
-        report.traffic = self.backend().traffic().since(t0);
-        self.log_job("merge", &serde_json::to_value(&report).unwrap_or_default());
-        Ok(report)
-    }
+/// [`Store::merge`](crate::store::Store::merge).
+pub(crate) fn merge(store: &Handle, spec: impl AsRef<str>, options: &MergeOptions) -> Result<MergeReport> {
+    store.require_writable()?;
+    let spec = spec.as_ref();
+    let t0 = store.backend().traffic();
+    let _lease = store.lease(LeaseMode::Maintenance, "merge", options.wait)?;
+    let id = crate::store::state::catalog::resolve_backup(store, spec, options.disk.as_deref())?.id;
+    let mut report = merge_locked(store, &id)?;
+    report.traffic = store.backend().traffic().since(t0);
+    store.log_job("merge", &serde_json::to_value(&report).unwrap_or_default());
+    Ok(report)
+}
 
-    /// The merge itself; the caller holds the exclusive lock.
-    pub(crate) fn merge_locked(&self, id: &BackupId) -> Result<MergeReport> {
-        let started = Instant::now();
-        let mut cursor = ChainCursor::open(self.backend(), id)?;
-        let chain_length = cursor.chain().len();
-        let mut header = cursor.header().clone();
-        let slots = header.slots();
-        if header.kind == Kind::Full {
-            return Ok(MergeReport {
-                id: id.clone(),
-                chain_length,
-                slots,
-                data_slots: 0,
-                seconds: 0.0,
-                traffic: Traffic::default(),
-            });
-        }
-        header.kind = Kind::Full;
-        header.parent = None;
-        // Beside the old manifest, never over it: readers take the newest
-        // generation, and vacuum removes the superseded one.
-        let mut writer = ManifestWriter::create_gen(self.backend(), &header, MERGED)?;
-        let mut data_slots = 0;
-        while let Some((r, n)) = cursor.next_run()? {
-            match r {
-                Resolved::Data(c) => {
-                    writer.push(Slot::Data(c), n)?;
-                    data_slots += n;
-                }
-                Resolved::Zero => writer.push(Slot::Zero, n)?,
-            }
-        }
-        drop(cursor);
-        match writer.commit() {
-            // Another merge of the same backup got there first: the same map.
-            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-            other => other?,
-        }
-        Ok(MergeReport {
+/// The merge itself; the caller holds the exclusive lock.
+pub(crate) fn merge_locked(store: &Handle, id: &BackupId) -> Result<MergeReport> {
+    let started = Instant::now();
+    let mut cursor = ChainCursor::open(store.backend(), id)?;
+    let chain_length = cursor.chain().len();
+    let mut header = cursor.header().clone();
+    let slots = header.slots();
+    if header.kind == Kind::Full {
+        return Ok(MergeReport {
             id: id.clone(),
             chain_length,
             slots,
-            data_slots,
-            seconds: started.elapsed().as_secs_f64(),
+            data_slots: 0,
+            seconds: 0.0,
             traffic: Traffic::default(),
-        })
+        });
     }
+    header.kind = Kind::Full;
+    header.parent = None;
+    // Beside the old manifest, never over it: readers take the newest
+    // generation, and vacuum removes the superseded one.
+    let mut writer = ManifestWriter::create_gen(store.backend(), &header, MERGED)?;
+    let mut data_slots = 0;
+    while let Some((r, n)) = cursor.next_run()? {
+        match r {
+            Resolved::Data(c) => {
+                writer.push(Slot::Data(c), n)?;
+                data_slots += n;
+            }
+            Resolved::Zero => writer.push(Slot::Zero, n)?,
+        }
+    }
+    drop(cursor);
+    match writer.commit() {
+        // Another merge of the same backup got there first: the same map.
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other?,
+    }
+    Ok(MergeReport {
+        id: id.clone(),
+        chain_length,
+        slots,
+        data_slots,
+        seconds: started.elapsed().as_secs_f64(),
+        traffic: Traffic::default(),
+    })
 }

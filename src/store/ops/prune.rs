@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
-use crate::store::Store;
 use crate::store::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::time::Moment;
 use crate::store::state::chain::ChainWalk;
+use crate::store::state::handle::Handle;
 use crate::store::state::lease::{LeaseMode, put_new, tombstone_key};
 
 /// Which backups to keep: the union of every rule.
@@ -121,110 +121,106 @@ pub(crate) fn select(backups: &[(String, Moment)], policy: &Retention) -> BTreeS
     keep
 }
 
-impl Store {
-    /// Applies the retention policy to the jobs named `name` (exclusive
-    /// lock). A restore point is kept or dropped whole: its disks and
-    /// attachments go together. With `dry_run`, changes nothing.
-    pub fn prune(&self, name: &str, options: &PruneOptions) -> Result<PruneReport> {
-        self.require_writable()?;
-        if options.policy.keeps_nothing() {
-            return Err(StoreError::Invalid("the policy keeps nothing; refusing to drop every backup".into()));
-        }
-        let t0 = self.backend().traffic();
-        let _lease = self.lease(LeaseMode::Maintenance, "prune", options.wait)?;
-        let catalog = self.catalog()?.strict()?;
-        // Units: a restore point, or a backup of its own.
-        let mut units: BTreeMap<String, (Moment, Option<PointId>, Vec<BackupId>)> = BTreeMap::new();
-        for b in catalog.backups.iter().filter(|b| b.name == name) {
-            let (key, created) = match &b.point {
-                Some(p) => {
-                    let created = catalog.points.iter().find(|x| &x.id == p).map_or(b.created, |x| x.created);
-                    (format!("p:{p}"), created)
-                }
-                None => (format!("b:{}", b.id), b.created),
-            };
-            units.entry(key).or_insert_with(|| (created, b.point.clone(), Vec::new())).2.push(b.id.clone());
-        }
-        if units.is_empty() {
-            return Err(StoreError::NoSuchBackup(name.to_string()));
-        }
-        let by_time: Vec<(String, Moment)> = units.iter().map(|(k, (t, _, _))| (k.clone(), *t)).collect();
-        let keep_units = select(&by_time, &options.policy);
-        let (mut kept, mut dropped, mut dropped_points) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, (_, point, ids)) in &units {
-            if keep_units.contains(key) {
-                kept.extend(ids.iter().cloned());
-            } else {
-                dropped.extend(ids.iter().cloned());
-                dropped_points.extend(point.iter().cloned());
-            }
-        }
-        // Newest first, so children go before their parents (ids sort by time).
-        let created = |id: &BackupId| catalog.backups.iter().find(|b| &b.id == id).map(|b| b.created);
-        dropped.sort_by(|a, b| created(b).cmp(&created(a)).then(b.cmp(a)));
-        kept.sort();
-        // Kept backups whose chain reaches a dropped one before a kept one
-        // (a kept ancestor is itself made independent, oldest first).
-        let kept_set: HashSet<&BackupId> = kept.iter().collect();
-        let dropped_set: HashSet<&BackupId> = dropped.iter().collect();
-        let mut merged = Vec::new();
-        for id in &kept {
-            for h in ChainWalk::new(self.backend(), id).skip(1) {
-                let h = h?;
-                if kept_set.contains(&h.id) {
-                    break;
-                }
-                if dropped_set.contains(&h.id) {
-                    merged.push(id.clone());
-                    break;
-                }
-            }
-        }
-        let mut report = PruneReport {
-            name: name.into(),
-            kept,
-            dropped,
-            dropped_points,
-            merged,
-            dry_run: options.dry_run,
-            traffic: Traffic::default(),
-        };
-        if options.dry_run {
-            report.traffic = self.backend().traffic().since(t0);
-            return Ok(report);
-        }
-        for id in &report.merged {
-            self.merge_locked(id)?;
-        }
-        // Dropping is a tombstone, not a delete: from its creation the backup
-        // (or the whole restore point) is no longer committed, and vacuum's
-        // second phase deletes its objects once no lease that could still
-        // use them remains.
-        let backend = self.backend();
-        let tombstone = |id: &str| {
-            let key = tombstone_key(id);
-            match put_new(backend, &key, b"dropped by prune") {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    Err(StoreError::io(backend.describe(&key), "write tombstone")(e))
-                }
-                _ => Ok(()),
-            }
-        };
-        for p in &report.dropped_points {
-            tombstone(p.as_str())?;
-        }
-        let in_points: HashSet<&BackupId> = catalog
-            .backups
-            .iter()
-            .filter(|b| b.point.as_ref().is_some_and(|p| report.dropped_points.contains(p)))
-            .map(|b| &b.id)
-            .collect();
-        for id in report.dropped.iter().filter(|id| !in_points.contains(id)) {
-            tombstone(id.as_str())?;
-        }
-        self.log_job("prune", &serde_json::to_value(&report).unwrap_or_default());
-        Ok(report)
+/// [`Store::prune`](crate::store::Store::prune).
+pub(crate) fn prune(store: &Handle, name: &str, options: &PruneOptions) -> Result<PruneReport> {
+    store.require_writable()?;
+    if options.policy.keeps_nothing() {
+        return Err(StoreError::Invalid("the policy keeps nothing; refusing to drop every backup".into()));
     }
+    let t0 = store.backend().traffic();
+    let _lease = store.lease(LeaseMode::Maintenance, "prune", options.wait)?;
+    let catalog = crate::store::state::catalog::catalog(store)?.strict()?;
+    // Units: a restore point, or a backup of its own.
+    let mut units: BTreeMap<String, (Moment, Option<PointId>, Vec<BackupId>)> = BTreeMap::new();
+    for b in catalog.backups.iter().filter(|b| b.name == name) {
+        let (key, created) = match &b.point {
+            Some(p) => {
+                let created = catalog.points.iter().find(|x| &x.id == p).map_or(b.created, |x| x.created);
+                (format!("p:{p}"), created)
+            }
+            None => (format!("b:{}", b.id), b.created),
+        };
+        units.entry(key).or_insert_with(|| (created, b.point.clone(), Vec::new())).2.push(b.id.clone());
+    }
+    if units.is_empty() {
+        return Err(StoreError::NoSuchBackup(name.to_string()));
+    }
+    let by_time: Vec<(String, Moment)> = units.iter().map(|(k, (t, _, _))| (k.clone(), *t)).collect();
+    let keep_units = select(&by_time, &options.policy);
+    let (mut kept, mut dropped, mut dropped_points) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, (_, point, ids)) in &units {
+        if keep_units.contains(key) {
+            kept.extend(ids.iter().cloned());
+        } else {
+            dropped.extend(ids.iter().cloned());
+            dropped_points.extend(point.iter().cloned());
+        }
+    }
+    // Newest first, so children go before their parents (ids sort by time).
+    let created = |id: &BackupId| catalog.backups.iter().find(|b| &b.id == id).map(|b| b.created);
+    dropped.sort_by(|a, b| created(b).cmp(&created(a)).then(b.cmp(a)));
+    kept.sort();
+    // Kept backups whose chain reaches a dropped one before a kept one
+    // (a kept ancestor is itself made independent, oldest first).
+    let kept_set: HashSet<&BackupId> = kept.iter().collect();
+    let dropped_set: HashSet<&BackupId> = dropped.iter().collect();
+    let mut merged = Vec::new();
+    for id in &kept {
+        for h in ChainWalk::new(store.backend(), id).skip(1) {
+            let h = h?;
+            if kept_set.contains(&h.id) {
+                break;
+            }
+            if dropped_set.contains(&h.id) {
+                merged.push(id.clone());
+                break;
+            }
+        }
+    }
+    let mut report = PruneReport {
+        name: name.into(),
+        kept,
+        dropped,
+        dropped_points,
+        merged,
+        dry_run: options.dry_run,
+        traffic: Traffic::default(),
+    };
+    if options.dry_run {
+        report.traffic = store.backend().traffic().since(t0);
+        return Ok(report);
+    }
+    for id in &report.merged {
+        crate::store::ops::merge::merge_locked(store, id)?;
+    }
+    // Dropping is a tombstone, not a delete: from its creation the backup
+    // (or the whole restore point) is no longer committed, and vacuum's
+    // second phase deletes its objects once no lease that could still
+    // use them remains.
+    let backend = store.backend();
+    let tombstone = |id: &str| {
+        let key = tombstone_key(id);
+        match put_new(backend, &key, b"dropped by prune") {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(StoreError::io(backend.describe(&key), "write tombstone")(e))
+            }
+            _ => Ok(()),
+        }
+    };
+    for p in &report.dropped_points {
+        tombstone(p.as_str())?;
+    }
+    let in_points: HashSet<&BackupId> = catalog
+        .backups
+        .iter()
+        .filter(|b| b.point.as_ref().is_some_and(|p| report.dropped_points.contains(p)))
+        .map(|b| &b.id)
+        .collect();
+    for id in report.dropped.iter().filter(|id| !in_points.contains(id)) {
+        tombstone(id.as_str())?;
+    }
+    store.log_job("prune", &serde_json::to_value(&report).unwrap_or_default());
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ use serde::Serialize;
 use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
 use crate::export::{ExportOptions, ExportReport, InPlace, Target, export, write_raw_in_place, write_raw_to};
 use crate::progress::Operation;
-use crate::store::Store;
 use crate::store::Traffic;
 use crate::store::backend::Backend;
 use crate::store::crypto::Crypt;
@@ -33,6 +32,7 @@ use crate::store::format::record::{ChunkId, RecordError, decode_record, decode_r
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::state::catalog::{PointSummary, Selection};
 use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
 use crate::store::state::lease::Lease;
 
@@ -125,281 +125,267 @@ fn output_error(out: &Path) -> impl FnOnce(crate::Error) -> StoreError + '_ {
     }
 }
 
-impl Store {
-    /// Opens backup `spec` (see [`Store::resolve_backup`]) for reading.
-    pub fn reader(&self, spec: impl AsRef<str>) -> Result<BackupReader> {
-        let spec = spec.as_ref();
-        self.reader_disk(spec, None)
-    }
+/// [`Store::reader`](crate::store::Store::reader).
+pub(crate) fn reader(store: &Handle, spec: impl AsRef<str>) -> Result<BackupReader> {
+    let spec = spec.as_ref();
+    reader_disk(store, spec, None)
+}
 
-    /// Opens one disk's backup of a restore point (by its label) for reading.
-    pub fn reader_disk(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupReader> {
-        let spec = spec.as_ref();
-        let lease = self.read_lease("restore")?;
-        let id = self.resolve_backup(spec, disk)?.id;
-        let index = Arc::new(self.index_avoiding_condemned()?);
-        self.reader_with(&id, index, lease)
-    }
+/// [`Store::reader_disk`](crate::store::Store::reader_disk).
+pub(crate) fn reader_disk(store: &Handle, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupReader> {
+    let spec = spec.as_ref();
+    let lease = store.read_lease("restore")?;
+    let id = crate::store::state::catalog::resolve_backup(store, spec, disk)?.id;
+    let index = Arc::new(store.index_avoiding_condemned()?);
+    reader_with(store, &id, index, lease)
+}
 
-    /// Opens backup `id` with an index already loaded, under a lock the
-    /// caller holds.
-    pub(crate) fn reader_with(&self, id: &BackupId, index: Arc<Index>, lease: Option<Lease>) -> Result<BackupReader> {
-        let id = id.clone();
-        let mut cursor = ChainCursor::open(self.backend(), &id)?;
-        let header = cursor.header().clone();
-        let chunk = u64::from(header.chunk_size);
-        let (mut run_starts, mut run_values) = (Vec::new(), Vec::new());
-        let mut next = 0u64;
-        let mut ids = Vec::new();
-        let mut seen: HashMap<ChunkId, u32> = HashMap::new();
-        while let Some((r, n)) = cursor.next_run()? {
-            let v = match r {
-                Resolved::Zero => 0,
-                Resolved::Data(cid) => *seen.entry(cid).or_insert_with(|| {
-                    ids.push(cid);
-                    ids.len() as u32
-                }),
-            };
-            if run_values.last() != Some(&v) {
-                run_starts.push(next);
-                run_values.push(v);
-            }
-            next += n;
-        }
-        drop(seen);
-        let source = &header.source;
-        let info = DiskInfo {
-            format: ImageFormat::Backup,
-            subformat: Subformat::Dynamic,
-            virtual_size: header.virtual_size,
-            block_size: Some(header.chunk_size),
-            logical_sector_size: source.logical_sector_size,
-            physical_sector_size: source.physical_sector_size,
-            disk_id: source.disk_id,
-            identity: source.identity,
-            file_size: 0,
-            path: self.path().join(crate::store::format::manifest::manifest_key(&id)),
-            creator: format!("vhdkit backup {id} of {} ({})", header.name, source.file_name),
-            parent: None,
-            log_replay: None,
-            warnings: Vec::new(),
+/// Opens backup `id` with an index already loaded, under a lock the
+/// caller holds.
+pub(crate) fn reader_with(
+    store: &Handle,
+    id: &BackupId,
+    index: Arc<Index>,
+    lease: Option<Lease>,
+) -> Result<BackupReader> {
+    let id = id.clone();
+    let mut cursor = ChainCursor::open(store.backend(), &id)?;
+    let header = cursor.header().clone();
+    let chunk = u64::from(header.chunk_size);
+    let (mut run_starts, mut run_values) = (Vec::new(), Vec::new());
+    let mut next = 0u64;
+    let mut ids = Vec::new();
+    let mut seen: HashMap<ChunkId, u32> = HashMap::new();
+    while let Some((r, n)) = cursor.next_run()? {
+        let v = match r {
+            Resolved::Zero => 0,
+            Resolved::Data(cid) => *seen.entry(cid).or_insert_with(|| {
+                ids.push(cid);
+                ids.len() as u32
+            }),
         };
-        Ok(BackupReader {
-            backend: self.backend.clone(),
-            index,
-            crypt: self.crypt.clone(),
-            info,
-            id,
-            chunk,
-            run_starts,
-            run_values,
-            ids,
-            last: Mutex::new(None),
-            _lease: lease,
-        })
-    }
-
-    /// The reader and export options for a restore of `spec`.
-    fn restore_setup(&self, spec: &str, options: &RestoreOptions) -> Result<(BackupReader, ExportOptions)> {
-        let reader = self.reader_disk(spec, options.disk.as_deref())?;
-        let mut export = options.export.clone();
-        export.operation = Operation::Restore;
-        if export.disk_id.is_none() && !reader.info.disk_id.is_nil() {
-            export.disk_id = Some(reader.info.disk_id);
+        if run_values.last() != Some(&v) {
+            run_starts.push(next);
+            run_values.push(v);
         }
-        Ok((reader, export))
+        next += n;
     }
+    drop(seen);
+    let source = &header.source;
+    let info = DiskInfo {
+        format: ImageFormat::Backup,
+        subformat: Subformat::Dynamic,
+        virtual_size: header.virtual_size,
+        block_size: Some(header.chunk_size),
+        logical_sector_size: source.logical_sector_size,
+        physical_sector_size: source.physical_sector_size,
+        disk_id: source.disk_id,
+        identity: source.identity,
+        file_size: 0,
+        path: store.path().join(crate::store::format::manifest::manifest_key(&id)),
+        creator: format!("vhdkit backup {id} of {} ({})", header.name, source.file_name),
+        parent: None,
+        log_replay: None,
+        warnings: Vec::new(),
+    };
+    Ok(BackupReader {
+        backend: store.backend.clone(),
+        index,
+        crypt: store.crypt.clone(),
+        info,
+        id,
+        chunk,
+        run_starts,
+        run_values,
+        ids,
+        last: Mutex::new(None),
+        _lease: lease,
+    })
+}
 
-    fn logged(&self, mut report: RestoreReport, t0: Traffic) -> RestoreReport {
-        report.traffic = self.backend().traffic().since(t0);
-        self.log_job("restore", &serde_json::to_value(&report).unwrap_or_default());
-        report
+/// The reader and export options for a restore of `spec`.
+fn restore_setup(store: &Handle, spec: &str, options: &RestoreOptions) -> Result<(BackupReader, ExportOptions)> {
+    let reader = reader_disk(store, spec, options.disk.as_deref())?;
+    let mut export = options.export.clone();
+    export.operation = Operation::Restore;
+    if export.disk_id.is_none() && !reader.info.disk_id.is_nil() {
+        export.disk_id = Some(reader.info.disk_id);
     }
+    Ok((reader, export))
+}
 
-    /// Restores backup `spec` (see [`Store::resolve_backup`]) to the file
-    /// `out` in `target` format. A VHD or VHDX output keeps the original
-    /// disk's id so the VM sees the same disk. The file appears only once
-    /// complete and verified.
-    pub fn restore(
-        &self,
-        spec: impl AsRef<str>,
-        out: &Path,
-        target: Target,
-        options: &RestoreOptions,
-    ) -> Result<RestoreReport> {
-        let spec = spec.as_ref();
-        let t0 = self.backend().traffic();
-        let (reader, export_options) = self.restore_setup(spec, options)?;
-        let export = export(&reader, out, target, &export_options).map_err(output_error(out))?;
-        Ok(self.logged(
-            RestoreReport {
-                id: reader.id.clone(),
-                target,
-                output: out.to_path_buf(),
-                export,
-                traffic: Traffic::default(),
+fn logged(store: &Handle, mut report: RestoreReport, t0: Traffic) -> RestoreReport {
+    report.traffic = store.backend().traffic().since(t0);
+    store.log_job("restore", &serde_json::to_value(&report).unwrap_or_default());
+    report
+}
+
+/// [`Store::restore`](crate::store::Store::restore).
+pub(crate) fn restore(
+    store: &Handle,
+    spec: impl AsRef<str>,
+    out: &Path,
+    target: Target,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let spec = spec.as_ref();
+    let t0 = store.backend().traffic();
+    let (reader, export_options) = restore_setup(store, spec, options)?;
+    let export = export(&reader, out, target, &export_options).map_err(output_error(out))?;
+    Ok(logged(
+        store,
+        RestoreReport { id: reader.id.clone(), target, output: out.to_path_buf(), export, traffic: Traffic::default() },
+        t0,
+    ))
+}
+
+/// [`Store::restore_to_writer`](crate::store::Store::restore_to_writer).
+pub(crate) fn restore_to_writer(
+    store: &Handle,
+    spec: impl AsRef<str>,
+    out: &mut dyn Write,
+    name: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let spec = spec.as_ref();
+    let t0 = store.backend().traffic();
+    let (reader, export_options) = restore_setup(store, spec, options)?;
+    let export = write_raw_to(&reader, out, name, &export_options).map_err(output_error(name))?;
+    Ok(logged(
+        store,
+        RestoreReport {
+            id: reader.id.clone(),
+            target: Target::Raw,
+            output: name.to_path_buf(),
+            export,
+            traffic: Traffic::default(),
+        },
+        t0,
+    ))
+}
+
+/// [`Store::restore_in_place`](crate::store::Store::restore_in_place).
+pub(crate) fn restore_in_place(
+    store: &Handle,
+    spec: impl AsRef<str>,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let spec = spec.as_ref();
+    let t0 = store.backend().traffic();
+    let (reader, export_options) = restore_setup(store, spec, options)?;
+    let export =
+        write_raw_in_place(&reader, target, options.in_place, &export_options).map_err(output_error(target))?;
+    Ok(logged(
+        store,
+        RestoreReport {
+            id: reader.id.clone(),
+            target: Target::Raw,
+            output: target.to_path_buf(),
+            export,
+            traffic: Traffic::default(),
+        },
+        t0,
+    ))
+}
+
+/// [`Store::restore_point`](crate::store::Store::restore_point).
+pub(crate) fn restore_point(
+    store: &Handle,
+    spec: impl AsRef<str>,
+    dir: &Path,
+    target: Target,
+    options: &RestoreOptions,
+) -> Result<PointRestoreReport> {
+    let spec = spec.as_ref();
+    let t0 = store.backend().traffic();
+    let point: PointSummary = match crate::store::state::catalog::resolve(store, spec)? {
+        Selection::Point(p) => p,
+        Selection::Backup(b) => match &b.point {
+            Some(p) => match crate::store::state::catalog::resolve(store, p.as_str())? {
+                Selection::Point(p) => p,
+                Selection::Backup(_) => return Err(StoreError::NoSuchBackup(p.to_string())),
             },
-            t0,
-        ))
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "backup {} is not part of a restore point: restore it to a file",
+                    b.id
+                )));
+            }
+        },
+    };
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Output {
+        path: dir.to_path_buf(),
+        source: Box::new(
+            crate::export::ExportError::Io { path: dir.to_path_buf(), action: "create folder", source: e }.into(),
+        ),
+    })?;
+    let mut disks = Vec::new();
+    for d in &point.disks {
+        if !plain_file_name(&d.label) {
+            return Err(StoreError::Invalid(format!(
+                "restore point {} has a disk label {:?} that is not a file name",
+                point.id, d.label
+            )));
+        }
+        let stem = Path::new(&d.label).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let out = dir.join(format!("{stem}.{}", target.extension()));
+        let mut o = options.clone();
+        o.disk = None;
+        disks.push(restore(store, d.backup.as_str(), &out, target, &o)?);
     }
-
-    /// Streams backup `spec` as a raw image into `out` (stdout, a pipe, a
-    /// socket): every byte in order, zeros included. `name` names the
-    /// stream in messages. Every chunk is verified before its bytes are
-    /// written; a failure stops the stream short, so a consumer must treat
-    /// an error here as a failed restore.
-    pub fn restore_to_writer(
-        &self,
-        spec: impl AsRef<str>,
-        out: &mut dyn Write,
-        name: &Path,
-        options: &RestoreOptions,
-    ) -> Result<RestoreReport> {
-        let spec = spec.as_ref();
-        let t0 = self.backend().traffic();
-        let (reader, export_options) = self.restore_setup(spec, options)?;
-        let export = write_raw_to(&reader, out, name, &export_options).map_err(output_error(name))?;
-        Ok(self.logged(
-            RestoreReport {
-                id: reader.id.clone(),
-                target: Target::Raw,
-                output: name.to_path_buf(),
-                export,
-                traffic: Traffic::default(),
-            },
-            t0,
-        ))
+    let record = PointRecord::read(store.backend(), &point.id)?;
+    let _lease = store.read_lease("restore point")?;
+    let index = store.index_avoiding_condemned()?;
+    let mut attachments = Vec::new();
+    for a in &record.attachments {
+        if !plain_file_name(&a.name) {
+            return Err(StoreError::Invalid(format!(
+                "restore point {} has an attachment name {:?} that is not a file name",
+                point.id, a.name
+            )));
+        }
+        let out = dir.join(&a.name);
+        let bytes = attachment_bytes(store, &index, &point.id, a)?;
+        crate::export::write_file_atomically_with(&out, &bytes, options.export.sync, options.export.replace)
+            .map_err(output_error(&out))?;
+        attachments.push(out);
     }
+    Ok(PointRestoreReport { point: point.id, disks, attachments, traffic: store.backend().traffic().since(t0) })
+}
 
-    /// Writes backup `spec` as a raw image over the existing file or block
-    /// device `target` (at least the disk's size), as `options.in_place`
-    /// says: every byte by default, or only data over a target the caller
-    /// zeroed. Unlike [`Store::restore`] the target is written as it goes:
-    /// a failure leaves it partly written.
-    pub fn restore_in_place(
-        &self,
-        spec: impl AsRef<str>,
-        target: &Path,
-        options: &RestoreOptions,
-    ) -> Result<RestoreReport> {
-        let spec = spec.as_ref();
-        let t0 = self.backend().traffic();
-        let (reader, export_options) = self.restore_setup(spec, options)?;
-        let export =
-            write_raw_in_place(&reader, target, options.in_place, &export_options).map_err(output_error(target))?;
-        Ok(self.logged(
-            RestoreReport {
-                id: reader.id.clone(),
-                target: Target::Raw,
-                output: target.to_path_buf(),
-                export,
-                traffic: Traffic::default(),
-            },
-            t0,
-        ))
+/// An attachment's bytes, every chunk verified.
+pub(crate) fn attachment_bytes(
+    store: &Handle,
+    index: &Index,
+    point: &PointId,
+    a: &crate::store::format::point::AttachmentRecord,
+) -> Result<Vec<u8>> {
+    let chunk = u64::from(store.config.chunk_size);
+    let slots = a.size.div_ceil(chunk);
+    if a.chunks.len() as u64 != slots || a.size > crate::store::ops::backup::MAX_ATTACHMENT_BYTES {
+        return Err(StoreError::corrupt(
+            store.backend().describe(&crate::store::format::point::point_key(point)),
+            "restore point",
+            0,
+            format!("attachment {:?}: {} chunks for {} bytes", a.name, a.chunks.len(), a.size),
+        ));
     }
-
-    /// Restores every disk of restore point `spec` into folder `dir`
-    /// (created if missing), each as `<label stem>.<target's extension>`,
-    /// and writes its attachments there under their names. A spec that
-    /// names a single backup restores that one disk.
-    pub fn restore_point(
-        &self,
-        spec: impl AsRef<str>,
-        dir: &Path,
-        target: Target,
-        options: &RestoreOptions,
-    ) -> Result<PointRestoreReport> {
-        let spec = spec.as_ref();
-        let t0 = self.backend().traffic();
-        let point: PointSummary = match self.resolve(spec)? {
-            Selection::Point(p) => p,
-            Selection::Backup(b) => match &b.point {
-                Some(p) => match self.resolve(p.as_str())? {
-                    Selection::Point(p) => p,
-                    Selection::Backup(_) => return Err(StoreError::NoSuchBackup(p.to_string())),
-                },
-                None => {
-                    return Err(StoreError::Invalid(format!(
-                        "backup {} is not part of a restore point: restore it to a file",
-                        b.id
-                    )));
+    let mut out = vec![0u8; a.size as usize];
+    let mut record = Vec::new();
+    for (i, (c, dst)) in a.chunks.iter().zip(out.chunks_mut(chunk as usize)).enumerate() {
+        if let Some(id) = c {
+            fetch_chunk_into(store.backend(), index, store.crypt(), *id, dst, &mut record).map_err(|reason| {
+                StoreError::ChunkUnavailable {
+                    id: id.to_hex(),
+                    backup: format!("{point} (attachment {})", a.name),
+                    slot: i as u64,
+                    reason,
                 }
-            },
-        };
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Output {
-            path: dir.to_path_buf(),
-            source: Box::new(
-                crate::export::ExportError::Io { path: dir.to_path_buf(), action: "create folder", source: e }.into(),
-            ),
-        })?;
-        let mut disks = Vec::new();
-        for d in &point.disks {
-            if !plain_file_name(&d.label) {
-                return Err(StoreError::Invalid(format!(
-                    "restore point {} has a disk label {:?} that is not a file name",
-                    point.id, d.label
-                )));
-            }
-            let stem = Path::new(&d.label).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let out = dir.join(format!("{stem}.{}", target.extension()));
-            let mut o = options.clone();
-            o.disk = None;
-            disks.push(self.restore(d.backup.as_str(), &out, target, &o)?);
+            })?;
         }
-        let record = PointRecord::read(self.backend(), &point.id)?;
-        let _lease = self.read_lease("restore point")?;
-        let index = self.index_avoiding_condemned()?;
-        let mut attachments = Vec::new();
-        for a in &record.attachments {
-            if !plain_file_name(&a.name) {
-                return Err(StoreError::Invalid(format!(
-                    "restore point {} has an attachment name {:?} that is not a file name",
-                    point.id, a.name
-                )));
-            }
-            let out = dir.join(&a.name);
-            let bytes = self.attachment_bytes(&index, &point.id, a)?;
-            crate::export::write_file_atomically_with(&out, &bytes, options.export.sync, options.export.replace)
-                .map_err(output_error(&out))?;
-            attachments.push(out);
-        }
-        Ok(PointRestoreReport { point: point.id, disks, attachments, traffic: self.backend().traffic().since(t0) })
     }
-
-    /// An attachment's bytes, every chunk verified.
-    pub(crate) fn attachment_bytes(
-        &self,
-        index: &Index,
-        point: &PointId,
-        a: &crate::store::format::point::AttachmentRecord,
-    ) -> Result<Vec<u8>> {
-        let chunk = u64::from(self.config.chunk_size);
-        let slots = a.size.div_ceil(chunk);
-        if a.chunks.len() as u64 != slots || a.size > crate::store::ops::backup::MAX_ATTACHMENT_BYTES {
-            return Err(StoreError::corrupt(
-                self.backend().describe(&crate::store::format::point::point_key(point)),
-                "restore point",
-                0,
-                format!("attachment {:?}: {} chunks for {} bytes", a.name, a.chunks.len(), a.size),
-            ));
-        }
-        let mut out = vec![0u8; a.size as usize];
-        let mut record = Vec::new();
-        for (i, (c, dst)) in a.chunks.iter().zip(out.chunks_mut(chunk as usize)).enumerate() {
-            if let Some(id) = c {
-                fetch_chunk_into(self.backend(), index, self.crypt(), *id, dst, &mut record).map_err(|reason| {
-                    StoreError::ChunkUnavailable {
-                        id: id.to_hex(),
-                        backup: format!("{point} (attachment {})", a.name),
-                        slot: i as u64,
-                        reason,
-                    }
-                })?;
-            }
-        }
-        Ok(out)
-    }
+    Ok(out)
 }
 
 impl BackupReader {

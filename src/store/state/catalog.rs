@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::store::Store;
+use crate::store::state::handle::Handle;
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::format::manifest::{ChangeSource, Kind, ManifestHeader, SourceInfo, id_from_key, read_header};
@@ -200,212 +200,205 @@ impl Catalog {
     }
 }
 
-impl Store {
-    /// Reads every manifest header and point object.
-    pub(crate) fn catalog(&self) -> Result<Catalog> {
-        let backend = self.backend();
-        let list = |prefix: &str| backend.list(prefix).map_err(StoreError::io(backend.describe(prefix), "list"));
-        let mut problems = Vec::new();
-        let mut forged = Vec::new();
-        let mut points: HashMap<PointId, PointRecord> = HashMap::new();
-        let mut bad_points = std::collections::HashSet::new();
-        // Tombstones: what prune dropped (a backup or a restore point). The
-        // objects stay until vacuum's second phase; until then they are
-        // not committed, and nothing continues from them.
-        let mut tombstones: Vec<String> = match backend.list("dropped") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => {
-                other.map_err(StoreError::io(backend.describe("dropped"), "list"))?.into_iter().map(|o| o.key).collect()
-            }
-        };
-        // In an encrypted store a tombstone is sealed: one that does not
-        // open, or is too large to be one, was not written by a key holder
-        // (forged, to hide a backup from the catalog and have vacuum delete
-        // it) and counts for nothing; verify names it. A storage that
-        // cannot answer is an error, never a forgery: taking it for one
-        // would bring a dropped backup back as a parent whose packs vacuum
-        // may already have deleted.
-        if self.is_encrypted() {
-            let mut kept = Vec::with_capacity(tombstones.len());
-            for key in tombstones {
-                let read = match self.stored_backend().stat(&key) {
-                    Ok(info) if info.size > MAX_SEALED_TOMBSTONE => {
-                        let e = std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("{} bytes, more than a sealed tombstone's {MAX_SEALED_TOMBSTONE}", info.size),
-                        );
-                        forged.push((key.clone(), StoreError::io(backend.describe(&key), "read tombstone")(e)));
-                        continue;
-                    }
-                    Ok(_) => backend.read_all(&key),
-                    Err(e) => Err(e),
-                };
-                match read {
-                    Ok(_) => kept.push(key),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) if crate::store::backend::is_seal_error(&e) => {
-                        forged.push((key.clone(), StoreError::io(backend.describe(&key), "read tombstone")(e)));
-                    }
-                    Err(e) => return Err(StoreError::io(backend.describe(&key), "read tombstone")(e)),
-                }
-            }
-            tombstones = kept;
+/// Reads every manifest header and point object.
+pub(crate) fn catalog(store: &Handle) -> Result<Catalog> {
+    let backend = store.backend();
+    let list = |prefix: &str| backend.list(prefix).map_err(StoreError::io(backend.describe(prefix), "list"));
+    let mut problems = Vec::new();
+    let mut forged = Vec::new();
+    let mut points: HashMap<PointId, PointRecord> = HashMap::new();
+    let mut bad_points = std::collections::HashSet::new();
+    // Tombstones: what prune dropped (a backup or a restore point). The
+    // objects stay until vacuum's second phase; until then they are
+    // not committed, and nothing continues from them.
+    let mut tombstones: Vec<String> = match backend.list("dropped") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        other => {
+            other.map_err(StoreError::io(backend.describe("dropped"), "list"))?.into_iter().map(|o| o.key).collect()
         }
-        let dropped_ids: std::collections::HashSet<&str> =
-            tombstones.iter().filter_map(|k| k.strip_prefix("dropped/")).collect();
-        let mut dropped_points = Vec::new();
-        // Stores made before restore points have no points folder.
-        let point_keys = match backend.list("points") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other.map_err(StoreError::io(backend.describe("points"), "list"))?,
-        };
-        for key in point_keys.into_iter().map(|o| o.key) {
-            let Some(id) = point_from_key(&key) else { continue };
-            if dropped_ids.contains(id.as_str()) {
-                dropped_points.push(id);
-                continue;
-            }
-            match PointRecord::read(backend, &id) {
-                Ok(p) => {
-                    points.insert(id, p);
+    };
+    // In an encrypted store a tombstone is sealed: one that does not
+    // open, or is too large to be one, was not written by a key holder
+    // (forged, to hide a backup from the catalog and have vacuum delete
+    // it) and counts for nothing; verify names it. A storage that
+    // cannot answer is an error, never a forgery: taking it for one
+    // would bring a dropped backup back as a parent whose packs vacuum
+    // may already have deleted.
+    if crate::store::state::keyring::is_encrypted(store) {
+        let mut kept = Vec::with_capacity(tombstones.len());
+        for key in tombstones {
+            let read = match store.stored_backend().stat(&key) {
+                Ok(info) if info.size > MAX_SEALED_TOMBSTONE => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} bytes, more than a sealed tombstone's {MAX_SEALED_TOMBSTONE}", info.size),
+                    );
+                    forged.push((key.clone(), StoreError::io(backend.describe(&key), "read tombstone")(e)));
+                    continue;
                 }
-                Err(e) => {
-                    problems.push((key, e));
-                    bad_points.insert(id);
-                }
-            }
-        }
-        let mut headers: Vec<ManifestHeader> = Vec::new();
-        let mut orphans = Vec::new();
-        // Each backup once, by its newest generation; older generations a
-        // merge left behind are superseded (vacuum removes them).
-        let mut newest: BTreeMap<BackupId, (u32, String)> = BTreeMap::new();
-        let mut superseded = Vec::new();
-        for key in list("manifests")?.into_iter().map(|o| o.key) {
-            let Some((id, generation)) = id_from_key(&key) else { continue };
-            match newest.get(&id) {
-                Some((g, _)) if *g >= generation => superseded.push(key),
-                _ => {
-                    if let Some((_, old)) = newest.insert(id, (generation, key)) {
-                        superseded.push(old);
-                    }
-                }
-            }
-        }
-        let mut dropped = Vec::new();
-        for (id, (_, key)) in newest {
-            if dropped_ids.contains(id.as_str()) {
-                dropped.push(id);
-                continue;
-            }
-            match read_header(backend, &id) {
-                Ok(h) => match &h.point {
-                    Some(p) if bad_points.contains(p) => {}
-                    Some(p) if dropped_points.contains(p) => dropped.push(h.id),
-                    Some(p) if !points.contains_key(p) => orphans.push(h.id),
-                    _ => headers.push(h),
-                },
-                // Deleted between the listing and the read (prune): gone.
-                Err(StoreError::NoSuchBackup(_)) => {}
-                Err(e) => problems.push((key, e)),
-            }
-        }
-        let mut backups: Vec<BackupSummary> = headers
-            .into_iter()
-            .map(|h| {
-                let point = h.point.as_ref().and_then(|p| points.get(p));
-                BackupSummary {
-                    id: h.id,
-                    name: h.name,
-                    kind: h.kind,
-                    parent: h.parent,
-                    created: h.created,
-                    virtual_size: h.virtual_size,
-                    change_source: h.change_source,
-                    change_id: h.change_id,
-                    point: h.point,
-                    disk: h.disk,
-                    tags: point.map(|p| p.tags.clone()).unwrap_or_default(),
-                    attachments: point
-                        .map(|p| p.attachments.iter().map(|a| a.name.clone()).collect())
-                        .unwrap_or_default(),
-                    source: h.source,
-                }
-            })
-            .collect();
-        // Oldest first; the disks of one job (same time) in the job's order.
-        let ordinal = |b: &BackupSummary| {
-            b.point
-                .as_ref()
-                .and_then(|p| points.get(p))
-                .and_then(|p| p.disks.iter().position(|d| d.backup == b.id))
-                .unwrap_or(0)
-        };
-        backups.sort_by(|a, b| (a.created, &a.point, ordinal(a), &a.id).cmp(&(b.created, &b.point, ordinal(b), &b.id)));
-        let mut points: Vec<PointRecord> = points.into_values().collect();
-        points.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
-        Ok(Catalog { backups, points, orphans, superseded, dropped, dropped_points, problems, forged })
-    }
-
-    /// Every committed backup, oldest first. Fails if a manifest or point
-    /// cannot be read (`verify` reports every such problem).
-    pub fn list(&self) -> Result<Vec<BackupSummary>> {
-        Ok(self.catalog()?.strict()?.backups)
-    }
-
-    /// Every committed restore point, oldest first.
-    pub fn points(&self) -> Result<Vec<PointSummary>> {
-        Ok(self.catalog()?.strict()?.point_summaries())
-    }
-
-    /// Finds a backup or restore point: an exact backup id, an exact point
-    /// id, an exact name (the newest job of that name), or a unique prefix
-    /// of an id, in that order. Several matches are an
-    /// [`StoreError::Ambiguous`] error listing them.
-    pub fn resolve(&self, spec: impl AsRef<str>) -> Result<Selection> {
-        let spec = spec.as_ref();
-        self.catalog()?.strict()?.select(spec)
-    }
-
-    /// Finds one disk's backup: as [`Store::resolve`], where a restore point
-    /// must then name the disk (`disk`, its label) unless it has only one.
-    pub fn resolve_backup(&self, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupSummary> {
-        let spec = spec.as_ref();
-        let catalog = self.catalog()?.strict()?;
-        let missing = |label: &str| StoreError::NoSuchBackup(format!("{spec} (disk {label})"));
-        let pick = |p: &PointSummary| -> Result<BackupSummary> {
-            let d = match (disk, p.disks.as_slice()) {
-                (Some(label), disks) => disks.iter().find(|d| d.label == label).ok_or_else(|| missing(label))?,
-                (None, [only]) => only,
-                (None, _) => {
-                    return Err(StoreError::Invalid(format!(
-                        "restore point {} holds {} disks ({}): choose one by its label",
-                        p.id,
-                        p.disks.len(),
-                        labels(p)
-                    )));
-                }
+                Ok(_) => backend.read_all(&key),
+                Err(e) => Err(e),
             };
-            catalog
-                .backups
-                .iter()
-                .find(|b| b.id == d.backup)
-                .cloned()
-                .ok_or_else(|| StoreError::NoSuchBackup(d.backup.to_string()))
-        };
-        match catalog.select(spec)? {
-            Selection::Backup(b) => match (disk, &b.point) {
-                (None, _) => Ok(b),
-                (Some(label), _) if b.disk.as_deref() == Some(label) => Ok(b),
-                // Another disk of the same restore point.
-                (Some(_), Some(p)) => {
-                    let point = catalog.points.iter().find(|x| &x.id == p).map(Catalog::point_summary);
-                    point.map_or_else(|| Err(StoreError::NoSuchBackup(spec.to_string())), |p| pick(&p))
+            match read {
+                Ok(_) => kept.push(key),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if crate::store::backend::is_seal_error(&e) => {
+                    forged.push((key.clone(), StoreError::io(backend.describe(&key), "read tombstone")(e)));
                 }
-                (Some(label), None) => Err(missing(label)),
-            },
-            Selection::Point(p) => pick(&p),
+                Err(e) => return Err(StoreError::io(backend.describe(&key), "read tombstone")(e)),
+            }
         }
+        tombstones = kept;
+    }
+    let dropped_ids: std::collections::HashSet<&str> =
+        tombstones.iter().filter_map(|k| k.strip_prefix("dropped/")).collect();
+    let mut dropped_points = Vec::new();
+    // Stores made before restore points have no points folder.
+    let point_keys = match backend.list("points") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        other => other.map_err(StoreError::io(backend.describe("points"), "list"))?,
+    };
+    for key in point_keys.into_iter().map(|o| o.key) {
+        let Some(id) = point_from_key(&key) else { continue };
+        if dropped_ids.contains(id.as_str()) {
+            dropped_points.push(id);
+            continue;
+        }
+        match PointRecord::read(backend, &id) {
+            Ok(p) => {
+                points.insert(id, p);
+            }
+            Err(e) => {
+                problems.push((key, e));
+                bad_points.insert(id);
+            }
+        }
+    }
+    let mut headers: Vec<ManifestHeader> = Vec::new();
+    let mut orphans = Vec::new();
+    // Each backup once, by its newest generation; older generations a
+    // merge left behind are superseded (vacuum removes them).
+    let mut newest: BTreeMap<BackupId, (u32, String)> = BTreeMap::new();
+    let mut superseded = Vec::new();
+    for key in list("manifests")?.into_iter().map(|o| o.key) {
+        let Some((id, generation)) = id_from_key(&key) else { continue };
+        match newest.get(&id) {
+            Some((g, _)) if *g >= generation => superseded.push(key),
+            _ => {
+                if let Some((_, old)) = newest.insert(id, (generation, key)) {
+                    superseded.push(old);
+                }
+            }
+        }
+    }
+    let mut dropped = Vec::new();
+    for (id, (_, key)) in newest {
+        if dropped_ids.contains(id.as_str()) {
+            dropped.push(id);
+            continue;
+        }
+        match read_header(backend, &id) {
+            Ok(h) => match &h.point {
+                Some(p) if bad_points.contains(p) => {}
+                Some(p) if dropped_points.contains(p) => dropped.push(h.id),
+                Some(p) if !points.contains_key(p) => orphans.push(h.id),
+                _ => headers.push(h),
+            },
+            // Deleted between the listing and the read (prune): gone.
+            Err(StoreError::NoSuchBackup(_)) => {}
+            Err(e) => problems.push((key, e)),
+        }
+    }
+    let mut backups: Vec<BackupSummary> = headers
+        .into_iter()
+        .map(|h| {
+            let point = h.point.as_ref().and_then(|p| points.get(p));
+            BackupSummary {
+                id: h.id,
+                name: h.name,
+                kind: h.kind,
+                parent: h.parent,
+                created: h.created,
+                virtual_size: h.virtual_size,
+                change_source: h.change_source,
+                change_id: h.change_id,
+                point: h.point,
+                disk: h.disk,
+                tags: point.map(|p| p.tags.clone()).unwrap_or_default(),
+                attachments: point
+                    .map(|p| p.attachments.iter().map(|a| a.name.clone()).collect())
+                    .unwrap_or_default(),
+                source: h.source,
+            }
+        })
+        .collect();
+    // Oldest first; the disks of one job (same time) in the job's order.
+    let ordinal = |b: &BackupSummary| {
+        b.point
+            .as_ref()
+            .and_then(|p| points.get(p))
+            .and_then(|p| p.disks.iter().position(|d| d.backup == b.id))
+            .unwrap_or(0)
+    };
+    backups.sort_by(|a, b| (a.created, &a.point, ordinal(a), &a.id).cmp(&(b.created, &b.point, ordinal(b), &b.id)));
+    let mut points: Vec<PointRecord> = points.into_values().collect();
+    points.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+    Ok(Catalog { backups, points, orphans, superseded, dropped, dropped_points, problems, forged })
+}
+
+/// [`Store::list`](crate::store::Store::list).
+pub(crate) fn list(store: &Handle) -> Result<Vec<BackupSummary>> {
+    Ok(catalog(store)?.strict()?.backups)
+}
+
+/// [`Store::points`](crate::store::Store::points).
+pub(crate) fn points(store: &Handle) -> Result<Vec<PointSummary>> {
+    Ok(catalog(store)?.strict()?.point_summaries())
+}
+
+/// [`Store::resolve`](crate::store::Store::resolve).
+pub(crate) fn resolve(store: &Handle, spec: impl AsRef<str>) -> Result<Selection> {
+    let spec = spec.as_ref();
+    catalog(store)?.strict()?.select(spec)
+}
+
+/// [`Store::resolve_backup`](crate::store::Store::resolve_backup).
+pub(crate) fn resolve_backup(store: &Handle, spec: impl AsRef<str>, disk: Option<&str>) -> Result<BackupSummary> {
+    let spec = spec.as_ref();
+    let catalog = catalog(store)?.strict()?;
+    let missing = |label: &str| StoreError::NoSuchBackup(format!("{spec} (disk {label})"));
+    let pick = |p: &PointSummary| -> Result<BackupSummary> {
+        let d = match (disk, p.disks.as_slice()) {
+            (Some(label), disks) => disks.iter().find(|d| d.label == label).ok_or_else(|| missing(label))?,
+            (None, [only]) => only,
+            (None, _) => {
+                return Err(StoreError::Invalid(format!(
+                    "restore point {} holds {} disks ({}): choose one by its label",
+                    p.id,
+                    p.disks.len(),
+                    labels(p)
+                )));
+            }
+        };
+        catalog
+            .backups
+            .iter()
+            .find(|b| b.id == d.backup)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchBackup(d.backup.to_string()))
+    };
+    match catalog.select(spec)? {
+        Selection::Backup(b) => match (disk, &b.point) {
+            (None, _) => Ok(b),
+            (Some(label), _) if b.disk.as_deref() == Some(label) => Ok(b),
+            // Another disk of the same restore point.
+            (Some(_), Some(p)) => {
+                let point = catalog.points.iter().find(|x| &x.id == p).map(Catalog::point_summary);
+                point.map_or_else(|| Err(StoreError::NoSuchBackup(spec.to_string())), |p| pick(&p))
+            }
+            (Some(label), None) => Err(missing(label)),
+        },
+        Selection::Point(p) => pick(&p),
     }
 }
 

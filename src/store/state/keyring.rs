@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::store::state::handle::Handle;
 use crate::store::backend::{Backend, list_keys, read_small};
 use crate::store::format::config::StoreConfig;
 use crate::store::crypto::keyobj::{Argon2Params, KeyKind, KeyObject, MAX_KEY_OBJECT};
@@ -17,7 +18,7 @@ use crate::store::crypto::{Crypt, Keys, StoreKey};
 use crate::store::error::{Result, StoreError};
 use crate::store::state::lease::LeaseMode;
 use crate::store::model::time::Moment;
-use crate::store::{Store, host_name};
+use crate::store::state::lease::host_name;
 
 /// The folder of key objects.
 pub(crate) const KEYS: &str = "keys";
@@ -151,114 +152,108 @@ pub(crate) fn authentic_keys(backend: &dyn Backend, keys: &Keys) -> Result<Vec<S
     Ok(objects.iter().filter(|k| k.authentic(keys)).map(|k| key_of(&k.id)).collect())
 }
 
-impl Store {
-    /// Whether the store is encrypted.
-    pub fn is_encrypted(&self) -> bool {
-        self.config.is_encrypted()
-    }
+/// [`Store::is_encrypted`](crate::store::Store::is_encrypted).
+pub(crate) fn is_encrypted(store: &Handle) -> bool {
+    store.config.is_encrypted()
+}
 
-    /// The store's key objects, oldest first (readable without the key).
-    pub fn keys(&self) -> Result<Vec<KeySummary>> {
-        self.require_encrypted()?;
-        let (mut objects, _) = read_all(self.backend())?;
-        objects.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        let keys = self.crypt.keys();
-        Ok(objects
-            .into_iter()
-            .map(|k| KeySummary {
-                in_use: self.key_id.as_deref() == Some(k.id.as_str()),
-                authentic: keys.map(|keys| k.authentic(keys)),
-                argon2: match k.kdf {
-                    crate::store::crypto::keyobj::Kdf::Argon2id { memory_kib, iterations, parallelism, .. } => {
-                        Some(Argon2Params { memory_kib, iterations, parallelism })
-                    }
-                    crate::store::crypto::keyobj::Kdf::Blake3 { .. } => None,
-                },
-                id: k.id,
-                kind: k.kind,
-                created: k.created,
-                host: k.host,
-            })
-            .collect())
-    }
+/// [`Store::keys`](crate::store::Store::keys).
+pub(crate) fn keys(store: &Handle) -> Result<Vec<KeySummary>> {
+    require_encrypted(store)?;
+    let (mut objects, _) = read_all(store.backend())?;
+    objects.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    let keys = store.crypt.keys();
+    Ok(objects
+        .into_iter()
+        .map(|k| KeySummary {
+            in_use: store.key_id.as_deref() == Some(k.id.as_str()),
+            authentic: keys.map(|keys| k.authentic(keys)),
+            argon2: match k.kdf {
+                crate::store::crypto::keyobj::Kdf::Argon2id { memory_kib, iterations, parallelism, .. } => {
+                    Some(Argon2Params { memory_kib, iterations, parallelism })
+                }
+                crate::store::crypto::keyobj::Kdf::Blake3 { .. } => None,
+            },
+            id: k.id,
+            kind: k.kind,
+            created: k.created,
+            host: k.host,
+        })
+        .collect())
+}
 
-    /// What verify says of `keys/`: objects that are no key object (too
-    /// large, undecodable), and key objects the store's key did not make
-    /// (planted beside the real ones). Nothing for a plain store.
-    pub(crate) fn key_problems(&self) -> Result<Vec<String>> {
-        let Some(keys) = self.crypt.keys() else { return Ok(Vec::new()) };
-        let backend = self.backend();
-        let (objects, mut problems) = read_all(backend)?;
-        for k in objects.iter().filter(|k| !k.authentic(keys)) {
-            problems.push(format!(
-                "{}: a key object not made with the store's key (planted?)",
-                backend.describe(&key_of(&k.id)).display()
-            ));
+/// What verify says of `keys/`: objects that are no key object (too
+/// large, undecodable), and key objects the store's key did not make
+/// (planted beside the real ones). Nothing for a plain store.
+pub(crate) fn key_problems(store: &Handle) -> Result<Vec<String>> {
+    let Some(keys) = store.crypt.keys() else { return Ok(Vec::new()) };
+    let backend = store.backend();
+    let (objects, mut problems) = read_all(backend)?;
+    for k in objects.iter().filter(|k| !k.authentic(keys)) {
+        problems.push(format!(
+            "{}: a key object not made with the store's key (planted?)",
+            backend.describe(&key_of(&k.id)).display()
+        ));
+    }
+    Ok(problems)
+}
+
+/// [`Store::add_key`](crate::store::Store::add_key).
+pub(crate) fn add_key(store: &Handle, key: &StoreKey, argon2: &Argon2Params) -> Result<String> {
+    let keys = require_keys(store)?;
+    let lease = store.lease(LeaseMode::Maintenance, "key add", false)?;
+    let object = KeyObject::wrap(keys.master(), &store.config.store_id, key, argon2, Moment::now(), host_name())
+        .map_err(StoreError::Invalid)?;
+    lease.check()?;
+    write_key_object(store.backend(), &object)?;
+    store.log_job("key add", &serde_json::json!({ "id": object.id, "kind": object.kind }));
+    drop(lease);
+    Ok(object.id)
+}
+
+/// [`Store::remove_key`](crate::store::Store::remove_key).
+pub(crate) fn remove_key(store: &Handle, spec: &str) -> Result<String> {
+    let keys = require_keys(store)?;
+    let lease = store.lease(LeaseMode::Maintenance, "key remove", false)?;
+    let (objects, _) = read_all(store.backend())?;
+    let matches: Vec<&KeyObject> = objects.iter().filter(|k| !spec.is_empty() && k.id.starts_with(spec)).collect();
+    let id = match matches.as_slice() {
+        [] => return Err(StoreError::Invalid(format!("no key {spec:?} in the store"))),
+        [one] => one.id.clone(),
+        many => {
+            return Err(StoreError::Ambiguous {
+                spec: spec.to_string(),
+                candidates: many.iter().map(|k| k.id.clone()).collect(),
+            });
         }
-        Ok(problems)
+    };
+    // Only the store's own key objects count: a planted one opens nothing.
+    let others = objects.iter().filter(|k| k.id != id && k.authentic(keys)).count();
+    if others == 0 {
+        return Err(StoreError::Invalid(format!(
+            "key {id} is the store's only key: add another first, or the store can never be opened again"
+        )));
     }
+    lease.check()?;
+    let key = key_of(&id);
+    store.backend().delete(&key).map_err(StoreError::io(store.backend().describe(&key), "delete key object"))?;
+    store.log_job("key remove", &serde_json::json!({ "id": id }));
+    drop(lease);
+    Ok(id)
+}
 
-    /// Adds a wrapping of the master key by `key` (a passphrase costs
-    /// `argon2`); returns the new key object's id. The store must be open
-    /// with one of its keys.
-    pub fn add_key(&self, key: &StoreKey, argon2: &Argon2Params) -> Result<String> {
-        let keys = self.require_keys()?;
-        let lease = self.lease(LeaseMode::Maintenance, "key add", false)?;
-        let object = KeyObject::wrap(keys.master(), &self.config.store_id, key, argon2, Moment::now(), host_name())
-            .map_err(StoreError::Invalid)?;
-        lease.check()?;
-        write_key_object(self.backend(), &object)?;
-        self.log_job("key add", &serde_json::json!({ "id": object.id, "kind": object.kind }));
-        drop(lease);
-        Ok(object.id)
+fn require_encrypted(store: &Handle) -> Result<()> {
+    if !is_encrypted(store) {
+        return Err(StoreError::Invalid(format!("{} is not encrypted: it has no keys", store.path().display())));
     }
+    Ok(())
+}
 
-    /// Removes key object `spec` (its id or a unique prefix of it); refuses
-    /// to remove the last one. The store must be open with one of its keys.
-    /// Returns the id removed.
-    pub fn remove_key(&self, spec: &str) -> Result<String> {
-        let keys = self.require_keys()?;
-        let lease = self.lease(LeaseMode::Maintenance, "key remove", false)?;
-        let (objects, _) = read_all(self.backend())?;
-        let matches: Vec<&KeyObject> = objects.iter().filter(|k| !spec.is_empty() && k.id.starts_with(spec)).collect();
-        let id = match matches.as_slice() {
-            [] => return Err(StoreError::Invalid(format!("no key {spec:?} in the store"))),
-            [one] => one.id.clone(),
-            many => {
-                return Err(StoreError::Ambiguous {
-                    spec: spec.to_string(),
-                    candidates: many.iter().map(|k| k.id.clone()).collect(),
-                });
-            }
-        };
-        // Only the store's own key objects count: a planted one opens nothing.
-        let others = objects.iter().filter(|k| k.id != id && k.authentic(keys)).count();
-        if others == 0 {
-            return Err(StoreError::Invalid(format!(
-                "key {id} is the store's only key: add another first, or the store can never be opened again"
-            )));
-        }
-        lease.check()?;
-        let key = key_of(&id);
-        self.backend().delete(&key).map_err(StoreError::io(self.backend().describe(&key), "delete key object"))?;
-        self.log_job("key remove", &serde_json::json!({ "id": id }));
-        drop(lease);
-        Ok(id)
-    }
-
-    fn require_encrypted(&self) -> Result<()> {
-        if !self.is_encrypted() {
-            return Err(StoreError::Invalid(format!("{} is not encrypted: it has no keys", self.path().display())));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn require_keys(&self) -> Result<&Keys> {
-        self.require_encrypted()?;
-        match &self.crypt {
-            Crypt::Sealed(keys) => Ok(keys),
-            _ => Err(StoreError::KeyRequired { path: self.path() }),
-        }
+pub(crate) fn require_keys(store: &Handle) -> Result<&Keys> {
+    require_encrypted(store)?;
+    match &store.crypt {
+        Crypt::Sealed(keys) => Ok(keys),
+        _ => Err(StoreError::KeyRequired { path: store.path() }),
     }
 }
 

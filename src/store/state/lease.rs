@@ -290,7 +290,7 @@ impl Lease {
             lease: id.clone(),
             mode,
             op: op.to_string(),
-            host: crate::store::host_name(),
+            host: host_name(),
             pid: std::process::id(),
             machine: machine_id(),
             seq: 0,
@@ -724,6 +724,18 @@ pub(crate) fn fence(backend: &dyn Backend, lease: &LeaseInfo) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// This machine's name, for the job log and leases.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use crate::cancel::CancelToken;
-use crate::store::Store;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::point::{AttachmentRecord, plain_file_name};
 use crate::store::ops::backup::packer::ChunkBytes;
 use crate::store::ops::backup::packer::{Claims, Packer, WorkerPack};
+use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
 use crate::zero::is_all_zero;
 
@@ -64,7 +64,7 @@ impl Attachment {
 /// Stores `attachments`' chunks (new ones in one pack, sealed on return;
 /// their entries wait in `claims`) and returns what the point records.
 pub(super) fn store_attachments(
-    store: &Store,
+    store: &Handle,
     index: &Index,
     claims: &Claims,
     attachments: &[Attachment],

@@ -32,12 +32,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use attach::{Attachment, MAX_ATTACHMENT_BYTES};
-pub(crate) use packer::Limits;
 
 use crate::cancel::CancelToken;
 use crate::disk::VirtualDisk;
 use crate::progress::ProgressSink;
-use crate::store::Store;
 use crate::store::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::changes::ChangeList;
@@ -47,6 +45,7 @@ use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::time::Moment;
 use crate::store::state::catalog::{AttachmentSummary, BackupSummary};
 use crate::store::state::chain::{ChainCursor, ChainWalk};
+use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
 use crate::store::state::lease::{Lease, LeaseMode};
 use baseline::{Compare, PrevChunks};
@@ -236,306 +235,296 @@ struct JobDisk<'a> {
     since: Option<&'a str>,
 }
 
-impl Store {
-    /// Backs up `disk`. The backup is an incremental of the newest backup
-    /// named `options.name` when one exists and `options.full` is false.
-    /// Returns once the backup is committed; see the module documentation.
-    pub fn backup(&self, disk: &dyn VirtualDisk, options: &BackupOptions) -> Result<BackupReport> {
-        let job = JobDisk {
-            label: None,
-            disk,
-            changes: options.changes.as_ref(),
-            change_id: options.change_id.as_deref(),
-            since: options.since.as_deref(),
-        };
-        let mut report = self.run_job(&[job], options)?;
-        let mut disk = report.disks.remove(0);
-        disk.traffic = report.traffic;
-        Ok(disk)
-    }
+/// [`Store::backup`](crate::store::Store::backup).
+pub(crate) fn backup(store: &Handle, disk: &dyn VirtualDisk, options: &BackupOptions) -> Result<BackupReport> {
+    let job = JobDisk {
+        label: None,
+        disk,
+        changes: options.changes.as_ref(),
+        change_id: options.change_id.as_deref(),
+        since: options.since.as_deref(),
+    };
+    let mut report = run_job(store, &[job], options)?;
+    let mut disk = report.disks.remove(0);
+    disk.traffic = report.traffic;
+    Ok(disk)
+}
 
-    /// Backs up several disks of one VM as one restore point, with the
-    /// options' tags and attachments: all of it commits together or none
-    /// of it does. Per-disk change information goes in each [`DiskJob`].
-    pub fn backup_point(&self, disks: &[DiskJob<'_>], options: &BackupOptions) -> Result<PointReport> {
-        if options.changes.is_some() || options.change_id.is_some() || options.since.is_some() {
-            return Err(StoreError::Invalid(
-                "a multi-disk job takes change lists and tokens per disk (DiskJob), not in BackupOptions".into(),
-            ));
-        }
-        if disks.is_empty() {
-            return Err(StoreError::Invalid("a backup job needs at least one disk".into()));
-        }
-        let jobs: Vec<JobDisk> = disks
-            .iter()
-            .map(|d| JobDisk {
-                label: Some(d.label.as_str()),
-                disk: d.disk,
-                changes: d.changes.as_ref(),
-                change_id: d.change_id.as_deref(),
-                since: d.since.as_deref(),
-            })
-            .collect();
-        self.run_job(&jobs, options)
+/// [`Store::backup_point`](crate::store::Store::backup_point).
+pub(crate) fn backup_point(store: &Handle, disks: &[DiskJob<'_>], options: &BackupOptions) -> Result<PointReport> {
+    if options.changes.is_some() || options.change_id.is_some() || options.since.is_some() {
+        return Err(StoreError::Invalid(
+            "a multi-disk job takes change lists and tokens per disk (DiskJob), not in BackupOptions".into(),
+        ));
     }
+    if disks.is_empty() {
+        return Err(StoreError::Invalid("a backup job needs at least one disk".into()));
+    }
+    let jobs: Vec<JobDisk> = disks
+        .iter()
+        .map(|d| JobDisk {
+            label: Some(d.label.as_str()),
+            disk: d.disk,
+            changes: d.changes.as_ref(),
+            change_id: d.change_id.as_deref(),
+            since: d.since.as_deref(),
+        })
+        .collect();
+    run_job(store, &jobs, options)
+}
 
-    fn run_job(&self, disks: &[JobDisk<'_>], options: &BackupOptions) -> Result<PointReport> {
-        self.require_writable()?;
-        let started = Instant::now();
-        let t0 = self.backend().traffic();
-        check_job(disks, options)?;
-        let created = options.created.unwrap_or_else(Moment::now);
-        let point = (disks.len() > 1 || !options.tags.is_empty() || !options.attachments.is_empty())
-            .then(|| PointId::generate(created));
-        // Every id is fixed now, and the lease names the commit's: a fencer
-        // tombstones those if this job goes stale before committing.
-        let ids: Vec<BackupId> = disks.iter().map(|_| BackupId::generate(created)).collect();
-        let commits: Vec<String> = match &point {
-            Some(p) => vec![p.to_string()],
-            None => ids.iter().map(BackupId::to_string).collect(),
-        };
-        let mut reports = Vec::with_capacity(disks.len());
-        let mut attachments = (Vec::new(), 0);
-        {
-            let lease = Lease::acquire_committing(
-                self.backend.clone(),
-                self.leases,
-                LeaseMode::Backup,
-                "backup",
-                false,
-                commits.clone(),
-            )?;
-            // Read after the lease is taken: a vacuum that condemns later
-            // waits for this lease before deleting anything.
-            let (index, orphans) = self.index_and_orphans()?;
-            let catalog = self.catalog()?.strict()?;
-            let previous = previous_of(&catalog, &options.name, disks);
-            // Everything that can be refused is refused before anything is written.
-            for (d, prev) in disks.iter().zip(&previous) {
-                precheck(d.disk.info(), *prev, &change_input(d, options))?;
-            }
-            let claims = Claims::new(self.limits);
-            let mut manifests = Vec::with_capacity(disks.len());
-            for (i, (d, prev)) in disks.iter().zip(&previous).enumerate() {
-                if options.cancel.is_cancelled() {
-                    return Err(StoreError::Cancelled);
-                }
-                lease.check()?;
-                let run = DiskPlan {
-                    disk: d,
-                    previous: *prev,
-                    id: ids[i].clone(),
-                    point: point.as_ref(),
-                    created,
-                    progress: options.progress.for_item(i, disks.len()),
-                };
-                let before = stability::SourceState::take(d.disk);
-                let adopted = orphans.adopted();
-                let mut run = self.plan_disk(run, &index, &orphans, &claims, &lease, options)?;
-                if let (Some(p), Some(l)) = (prev, d.label)
-                    && p.disk.as_deref() != Some(l)
-                {
-                    run.report.continues_label = p.disk.clone();
-                }
-                let (manifest, mut report) = self.finish_disk(run)?;
-                report.resumed_chunks = orphans.adopted() - adopted;
-                report.source_changed = stability::SourceState::take(d.disk).changes_since(&before);
-                if options.require_stable && !report.source_changed.is_empty() {
-                    return Err(StoreError::SourceChanged {
-                        path: d.disk.info().path.clone(),
-                        changes: report.source_changed,
-                    });
-                }
-                manifests.push((manifest, report));
-            }
-            if point.is_some() {
-                attachments = attach::store_attachments(self, &index, &claims, &options.attachments, &options.cancel)?;
-                if let Some(entries) = claims.take_sealed(1) {
-                    lease.check()?;
-                    self.write_index_file(entries)?;
-                }
-            }
+fn run_job(store: &Handle, disks: &[JobDisk<'_>], options: &BackupOptions) -> Result<PointReport> {
+    store.require_writable()?;
+    let started = Instant::now();
+    let t0 = store.backend().traffic();
+    check_job(disks, options)?;
+    let created = options.created.unwrap_or_else(Moment::now);
+    let point = (disks.len() > 1 || !options.tags.is_empty() || !options.attachments.is_empty())
+        .then(|| PointId::generate(created));
+    // Every id is fixed now, and the lease names the commit's: a fencer
+    // tombstones those if this job goes stale before committing.
+    let ids: Vec<BackupId> = disks.iter().map(|_| BackupId::generate(created)).collect();
+    let commits: Vec<String> = match &point {
+        Some(p) => vec![p.to_string()],
+        None => ids.iter().map(BackupId::to_string).collect(),
+    };
+    let mut reports = Vec::with_capacity(disks.len());
+    let mut attachments = (Vec::new(), 0);
+    {
+        let lease = Lease::acquire_committing(
+            store.backend.clone(),
+            store.leases,
+            LeaseMode::Backup,
+            "backup",
+            false,
+            commits.clone(),
+        )?;
+        // Read after the lease is taken: a vacuum that condemns later
+        // waits for this lease before deleting anything.
+        let (index, orphans) = crate::store::ops::backup::resume::index_and_orphans(store)?;
+        let catalog = crate::store::state::catalog::catalog(store)?.strict()?;
+        let previous = previous_of(&catalog, &options.name, disks);
+        // Everything that can be refused is refused before anything is written.
+        for (d, prev) in disks.iter().zip(&previous) {
+            precheck(d.disk.info(), *prev, &change_input(d, options))?;
+        }
+        let claims = Claims::new(store.limits);
+        let mut manifests = Vec::with_capacity(disks.len());
+        for (i, (d, prev)) in disks.iter().zip(&previous).enumerate() {
             if options.cancel.is_cancelled() {
                 return Err(StoreError::Cancelled);
             }
-            // Commit: every disk's manifest, then the restore point.
             lease.check()?;
-            for (manifest, report) in manifests {
-                manifest.commit()?;
-                reports.push(report);
+            let run = DiskPlan {
+                disk: d,
+                previous: *prev,
+                id: ids[i].clone(),
+                point: point.as_ref(),
+                created,
+                progress: options.progress.for_item(i, disks.len()),
+            };
+            let before = stability::SourceState::take(d.disk);
+            let adopted = orphans.adopted();
+            let mut run = plan_disk(store, run, &index, &orphans, &claims, &lease, options)?;
+            if let (Some(p), Some(l)) = (prev, d.label)
+                && p.disk.as_deref() != Some(l)
+            {
+                run.report.continues_label = p.disk.clone();
             }
-            if let Some(point) = &point {
-                let record = PointRecord::new(
-                    point.clone(),
-                    options.name.clone(),
-                    created,
-                    options.tags.clone(),
-                    disks
-                        .iter()
-                        .zip(&reports)
-                        .map(|(d, r)| PointDisk { label: point_label(d), backup: r.id.clone() })
-                        .collect(),
-                    attachments.0.clone(),
-                );
-                record.commit(self.backend())?;
-            }
-            for id in &commits {
-                lease.confirm_commit(id)?;
-            }
-        }
-        // A chain past its cap is folded into a full backup, under a
-        // maintenance lease; if another maintenance runs, the merge waits for
-        // next time.
-        let cap = if options.max_chain == 0 { DEFAULT_MAX_CHAIN } else { options.max_chain };
-        for report in &mut reports {
-            if report.kind == Kind::Incremental && self.chain_length(&report.id)? > cap {
-                report.merged = Some(match self.lease(LeaseMode::Maintenance, "merge", false) {
-                    Ok(_lease) => {
-                        self.merge_locked(&report.id)?;
-                        true
-                    }
-                    Err(StoreError::StoreBusy { .. }) => false,
-                    Err(e) => return Err(e),
+            let (manifest, mut report) = finish_disk(store, run)?;
+            report.resumed_chunks = orphans.adopted() - adopted;
+            report.source_changed = stability::SourceState::take(d.disk).changes_since(&before);
+            if options.require_stable && !report.source_changed.is_empty() {
+                return Err(StoreError::SourceChanged {
+                    path: d.disk.info().path.clone(),
+                    changes: report.source_changed,
                 });
             }
-            self.log_job("backup", &serde_json::to_value(&*report).unwrap_or_default());
+            manifests.push((manifest, report));
         }
-        let report = PointReport {
-            point,
-            name: options.name.clone(),
-            disks: reports,
-            attachments: attachments
-                .0
-                .iter()
-                .map(|a| AttachmentSummary { name: a.name.clone(), size: a.size })
-                .collect(),
-            attachment_bytes: attachments.1,
-            seconds: started.elapsed().as_secs_f64(),
-            traffic: self.backend().traffic().since(t0),
-        };
-        if report.point.is_some() {
-            self.log_job("backup point", &serde_json::to_value(&report).unwrap_or_default());
-        }
-        Ok(report)
-    }
-
-    /// Decides one disk's backup and sets up its pipeline.
-    fn plan_disk<'r>(
-        &'r self,
-        plan: DiskPlan<'r, '_>,
-        index: &'r Index,
-        orphans: &'r resume::Orphans,
-        claims: &'r Claims,
-        lease: &'r Lease,
-        options: &'r BackupOptions,
-    ) -> Result<DiskRun<'r>> {
-        let DiskPlan { disk: d, previous, id, point, created, progress } = plan;
-        let info = d.disk.info();
-        let chunk = u64::from(self.config.chunk_size);
-        let plan = incremental_plan(info, chunk, previous, &change_input(d, options))?;
-        let (kind, parent, source, change) = match plan {
-            Some(p) => (Kind::Incremental, Some(p.parent.id), p.source, p.change),
-            None => (Kind::Full, None, ChangeSource::None, ChangeSet::All),
-        };
-        let header = ManifestHeader {
-            id: id.clone(),
-            name: options.name.clone(),
-            kind,
-            parent: parent.clone(),
-            created,
-            chunk_size: self.config.chunk_size,
-            virtual_size: info.virtual_size,
-            change_source: source,
-            source: source_info(info),
-            change_id: d.change_id.map(str::to_string),
-            point: point.cloned(),
-            disk: d.label.map(str::to_string),
-        };
-        let report = BackupReport {
-            id,
-            name: options.name.clone(),
-            kind,
-            parent: parent.clone(),
-            change_source: source,
-            bytes_scanned: 0,
-            bytes_read: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            dedup_chunks: 0,
-            zero_chunks: 0,
-            stored_bytes: 0,
-            seconds: 0.0,
-            merged: None,
-            point: point.cloned(),
-            disk: d.label.map(str::to_string),
-            change_id: d.change_id.map(str::to_string),
-            continues_label: None,
-            source_changed: Vec::new(),
-            resumed_chunks: 0,
-            traffic: Traffic::default(),
-        };
-        let backend = self.backend();
-        let compare = match (source, &parent) {
-            (ChangeSource::Hash, Some(p)) => Some(Compare::new(ChainCursor::open(backend, p)?)),
-            _ => None,
-        };
-        // A differencing source's partial slots start from the previous
-        // backup's chunks, so its parent image is never read.
-        let prev = match (&change, &parent) {
-            (ChangeSet::Own, Some(p)) => {
-                Some(PrevChunks::new(ChainCursor::open(backend, p)?, index, backend, self.crypt()))
+        if point.is_some() {
+            attachments = attach::store_attachments(store, &index, &claims, &options.attachments, &options.cancel)?;
+            if let Some(entries) = claims.take_sealed(1) {
+                lease.check()?;
+                crate::store::ops::backup::pipeline::write_index_file(store, entries)?;
             }
-            _ => None,
-        };
-        let threads = match options.threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
-        Ok(DiskRun {
-            store: self,
-            disk: d.disk,
-            index,
-            orphans,
-            claims,
-            change,
-            prev,
-            compare,
-            manifest: ManifestWriter::create(backend, &header)?,
-            report,
-            threads,
-            cancel: &options.cancel,
-            lease,
-            progress,
-        })
-    }
-
-    /// Runs one disk's pipeline and commits the index file for its new
-    /// chunks; returns its finished manifest, which the job commits once
-    /// every disk is done.
-    fn finish_disk(&self, mut run: DiskRun<'_>) -> Result<(ManifestWriter, BackupReport)> {
-        let started = Instant::now();
-        run.run()?;
-        if let Some(entries) = run.claims.take_sealed(1) {
-            run.lease.check()?;
-            self.write_index_file(entries)?;
         }
-        if run.cancel.is_cancelled() {
+        if options.cancel.is_cancelled() {
             return Err(StoreError::Cancelled);
         }
-        let DiskRun { manifest, mut report, .. } = run;
-        report.seconds = started.elapsed().as_secs_f64();
-        Ok((manifest, report))
-    }
-
-    /// Manifests in backup `id`'s chain, itself included.
-    pub(crate) fn chain_length(&self, id: &BackupId) -> Result<usize> {
-        let mut n = 0;
-        for h in ChainWalk::new(self.backend(), id) {
-            h?;
-            n += 1;
+        // Commit: every disk's manifest, then the restore point.
+        lease.check()?;
+        for (manifest, report) in manifests {
+            manifest.commit()?;
+            reports.push(report);
         }
-        Ok(n)
+        if let Some(point) = &point {
+            let record = PointRecord::new(
+                point.clone(),
+                options.name.clone(),
+                created,
+                options.tags.clone(),
+                disks
+                    .iter()
+                    .zip(&reports)
+                    .map(|(d, r)| PointDisk { label: point_label(d), backup: r.id.clone() })
+                    .collect(),
+                attachments.0.clone(),
+            );
+            record.commit(store.backend())?;
+        }
+        for id in &commits {
+            lease.confirm_commit(id)?;
+        }
     }
+    // A chain past its cap is folded into a full backup, under a
+    // maintenance lease; if another maintenance runs, the merge waits for
+    // next time.
+    let cap = if options.max_chain == 0 { DEFAULT_MAX_CHAIN } else { options.max_chain };
+    for report in &mut reports {
+        if report.kind == Kind::Incremental && chain_length(store, &report.id)? > cap {
+            report.merged = Some(match store.lease(LeaseMode::Maintenance, "merge", false) {
+                Ok(_lease) => {
+                    crate::store::ops::merge::merge_locked(store, &report.id)?;
+                    true
+                }
+                Err(StoreError::StoreBusy { .. }) => false,
+                Err(e) => return Err(e),
+            });
+        }
+        store.log_job("backup", &serde_json::to_value(&*report).unwrap_or_default());
+    }
+    let report = PointReport {
+        point,
+        name: options.name.clone(),
+        disks: reports,
+        attachments: attachments.0.iter().map(|a| AttachmentSummary { name: a.name.clone(), size: a.size }).collect(),
+        attachment_bytes: attachments.1,
+        seconds: started.elapsed().as_secs_f64(),
+        traffic: store.backend().traffic().since(t0),
+    };
+    if report.point.is_some() {
+        store.log_job("backup point", &serde_json::to_value(&report).unwrap_or_default());
+    }
+    Ok(report)
+}
+
+/// Decides one disk's backup and sets up its pipeline.
+fn plan_disk<'r>(
+    store: &'r Handle,
+    plan: DiskPlan<'r, '_>,
+    index: &'r Index,
+    orphans: &'r resume::Orphans,
+    claims: &'r Claims,
+    lease: &'r Lease,
+    options: &'r BackupOptions,
+) -> Result<DiskRun<'r>> {
+    let DiskPlan { disk: d, previous, id, point, created, progress } = plan;
+    let info = d.disk.info();
+    let chunk = u64::from(store.config.chunk_size);
+    let plan = incremental_plan(info, chunk, previous, &change_input(d, options))?;
+    let (kind, parent, source, change) = match plan {
+        Some(p) => (Kind::Incremental, Some(p.parent.id), p.source, p.change),
+        None => (Kind::Full, None, ChangeSource::None, ChangeSet::All),
+    };
+    let header = ManifestHeader {
+        id: id.clone(),
+        name: options.name.clone(),
+        kind,
+        parent: parent.clone(),
+        created,
+        chunk_size: store.config.chunk_size,
+        virtual_size: info.virtual_size,
+        change_source: source,
+        source: source_info(info),
+        change_id: d.change_id.map(str::to_string),
+        point: point.cloned(),
+        disk: d.label.map(str::to_string),
+    };
+    let report = BackupReport {
+        id,
+        name: options.name.clone(),
+        kind,
+        parent: parent.clone(),
+        change_source: source,
+        bytes_scanned: 0,
+        bytes_read: 0,
+        new_chunks: 0,
+        new_bytes: 0,
+        dedup_chunks: 0,
+        zero_chunks: 0,
+        stored_bytes: 0,
+        seconds: 0.0,
+        merged: None,
+        point: point.cloned(),
+        disk: d.label.map(str::to_string),
+        change_id: d.change_id.map(str::to_string),
+        continues_label: None,
+        source_changed: Vec::new(),
+        resumed_chunks: 0,
+        traffic: Traffic::default(),
+    };
+    let backend = store.backend();
+    let compare = match (source, &parent) {
+        (ChangeSource::Hash, Some(p)) => Some(Compare::new(ChainCursor::open(backend, p)?)),
+        _ => None,
+    };
+    // A differencing source's partial slots start from the previous
+    // backup's chunks, so its parent image is never read.
+    let prev = match (&change, &parent) {
+        (ChangeSet::Own, Some(p)) => {
+            Some(PrevChunks::new(ChainCursor::open(backend, p)?, index, backend, store.crypt()))
+        }
+        _ => None,
+    };
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    Ok(DiskRun {
+        store,
+        disk: d.disk,
+        index,
+        orphans,
+        claims,
+        change,
+        prev,
+        compare,
+        manifest: ManifestWriter::create(backend, &header)?,
+        report,
+        threads,
+        cancel: &options.cancel,
+        lease,
+        progress,
+    })
+}
+
+/// Runs one disk's pipeline and commits the index file for its new
+/// chunks; returns its finished manifest, which the job commits once
+/// every disk is done.
+fn finish_disk(store: &Handle, mut run: DiskRun<'_>) -> Result<(ManifestWriter, BackupReport)> {
+    let started = Instant::now();
+    run.run()?;
+    if let Some(entries) = run.claims.take_sealed(1) {
+        run.lease.check()?;
+        crate::store::ops::backup::pipeline::write_index_file(store, entries)?;
+    }
+    if run.cancel.is_cancelled() {
+        return Err(StoreError::Cancelled);
+    }
+    let DiskRun { manifest, mut report, .. } = run;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok((manifest, report))
+}
+
+/// Manifests in backup `id`'s chain, itself included.
+pub(crate) fn chain_length(store: &Handle, id: &BackupId) -> Result<usize> {
+    let mut n = 0;
+    for h in ChainWalk::new(store.backend(), id) {
+        h?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The backup each disk of the job continues: the newest of the job's
@@ -630,6 +619,8 @@ fn check_job(disks: &[JobDisk<'_>], options: &BackupOptions) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Store;
+    use crate::store::model::limits::Limits;
     use std::ops::Range;
 
     use super::*;
@@ -692,7 +683,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let options = InitOptions { chunk_size: 64 << 10, pack_size: 256 << 10, ..Default::default() };
         let mut store = Store::init(dir.path().join("s"), &options).unwrap();
-        store.limits = Limits { claimed: 2, index_flush: 3 };
+        store.h.limits = Limits { claimed: 2, index_flush: 3 };
         let disk = Repeating::new(60);
         let report = store.backup(&disk, &BackupOptions { threads: 2, ..BackupOptions::new("d") }).unwrap();
         assert_eq!(report.new_chunks + report.dedup_chunks, 60);

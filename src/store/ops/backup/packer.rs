@@ -4,30 +4,14 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use crate::store::Store;
 use crate::store::crypto::aead::{SALT, TAG};
 use crate::store::crypto::{Crypt, Keys};
 use crate::store::error::{Result, StoreError};
 use crate::store::format::pack::PackWriter;
 use crate::store::format::record::{ChunkId, Compression, seal_in_place};
+use crate::store::model::limits::Limits;
+use crate::store::state::handle::Handle;
 use crate::store::state::index::{IndexEntry, Location};
-
-/// What keeps a backup's memory flat however large the disk.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// New chunks remembered within one job: repeats further apart than
-    /// this many new chunks may be stored twice (vacuum keeps one copy).
-    pub claimed: usize,
-    /// Index entries written out to an index file once this many sealed
-    /// ones have gathered.
-    pub index_flush: usize,
-}
-
-impl Limits {
-    /// 8 MiB of remembered ids; 4 MiB of pending index entries (32 GiB of
-    /// new data at 512 KiB chunks).
-    pub const DEFAULT: Limits = Limits { claimed: 1 << 18, index_flush: 1 << 16 };
-}
 
 /// What every worker of a job shares, across all of the job's disks and
 /// its attachments: which new chunks the job has claimed (so each is
@@ -87,7 +71,7 @@ impl WorkerPack {
     /// Appends a chunk's record; returns the record's length.
     pub(super) fn add(
         &mut self,
-        store: &Store,
+        store: &Handle,
         claims: &Claims,
         id: ChunkId,
         compression: Compression,
@@ -114,7 +98,7 @@ impl WorkerPack {
 
     /// Seals the pack (flushed, renamed into place) before its entries can
     /// reach an index file.
-    pub(super) fn seal(&mut self, store: &Store, claims: &Claims) -> Result<()> {
+    pub(super) fn seal(&mut self, store: &Handle, claims: &Claims) -> Result<()> {
         if let Some(pack) = self.pack.take() {
             let key = pack.id().key();
             pack.seal().map_err(StoreError::io(store.backend().describe(&key), "seal pack"))?;
@@ -185,7 +169,7 @@ fn incompressible(probe: &mut zstd::bulk::Compressor<'static>, plain: &[u8], out
 }
 
 impl Packer {
-    pub(super) fn new(store: &Store) -> Packer {
+    pub(super) fn new(store: &Handle) -> Packer {
         let compressor = match store.config.compression {
             Compression::Zstd => zstd::bulk::Compressor::new(store.config.zstd_level).ok(),
             Compression::None => None,

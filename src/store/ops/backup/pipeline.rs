@@ -20,7 +20,6 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use crate::cancel::CancelToken;
 use crate::disk::VirtualDisk;
 use crate::progress::{Operation, ProgressSink};
-use crate::store::Store;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::manifest::{ManifestWriter, Slot};
 use crate::store::format::record::ChunkId;
@@ -29,13 +28,14 @@ use crate::store::ops::backup::baseline::{Compare, PrevChunks, read_partial};
 use crate::store::ops::backup::packer::{ChunkBytes, Claims, Packer, WorkerPack};
 use crate::store::ops::backup::plan::{ChangeSet, Plan, plan_window};
 use crate::store::state::chain::Resolved;
+use crate::store::state::handle::Handle;
 use crate::store::state::index::{Index, IndexEntry};
 use crate::store::state::lease::Lease;
 use crate::zero::is_all_zero;
 
 /// One disk's backup, from plan to a finished (uncommitted) manifest.
 pub(super) struct DiskRun<'r> {
-    pub store: &'r Store,
+    pub store: &'r Handle,
     pub disk: &'r dyn VirtualDisk,
     pub index: &'r Index,
     pub orphans: &'r crate::store::ops::backup::resume::Orphans,
@@ -191,7 +191,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(store: &Store) -> Worker {
+    fn new(store: &Handle) -> Worker {
         Worker { packer: Packer::new(store), own: WorkerPack::new() }
     }
 
@@ -199,7 +199,7 @@ impl Worker {
     /// claim, compress and append to this worker's own pack.
     fn process<'d>(
         &mut self,
-        store: &Store,
+        store: &Handle,
         index: &Index,
         orphans: &crate::store::ops::backup::resume::Orphans,
         claims: &Claims,
@@ -241,7 +241,7 @@ impl Worker {
 /// The working stage: [`Worker::process`] on every job, so hashing and the
 /// copying into packs run on every core.
 fn work_stage<'d>(
-    store: &Store,
+    store: &Handle,
     index: &Index,
     orphans: &crate::store::ops::backup::resume::Orphans,
     claims: &Claims,
@@ -336,7 +336,7 @@ impl DiskRun<'_> {
                 // as they gather, so memory does not grow with the disk.
                 if let Some(entries) = claims.take_sealed(store.limits.index_flush) {
                     lease.check()?;
-                    store.write_index_file(entries)?;
+                    write_index_file(store, entries)?;
                 }
                 // Cheap unless a refresh is due; a lease gone stale stops
                 // the backup here rather than at its commit.
@@ -390,7 +390,7 @@ impl DiskRun<'_> {
                     }
                 }
                 if let Some(entries) = claims.take_sealed(store.limits.index_flush)
-                    && let Err(e) = lease.check().and_then(|()| store.write_index_file(entries))
+                    && let Err(e) = lease.check().and_then(|()| write_index_file(store, entries))
                 {
                     failure = Some(e);
                     return false;
@@ -469,12 +469,10 @@ impl DiskRun<'_> {
     }
 }
 
-impl Store {
-    /// Writes and commits one index file for chunks in sealed packs.
-    pub(super) fn write_index_file(&self, mut entries: Vec<IndexEntry>) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        crate::store::state::index::write_index_file(self.backend(), &mut entries)
+/// Writes and commits one index file for chunks in sealed packs.
+pub(super) fn write_index_file(store: &Handle, mut entries: Vec<IndexEntry>) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
     }
+    crate::store::state::index::write_index_file(store.backend(), &mut entries)
 }

@@ -33,10 +33,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::store::Store;
 use crate::store::error::Result;
 use crate::store::format::pack::{PACK_HEADER, PackEntry, PackId, read_pack_index};
 use crate::store::format::record::{ChunkId, MAX_RECORD, RECORD_HEADER};
+use crate::store::state::handle::Handle;
 use crate::store::state::index::{Index, IndexEntry, Location};
 
 /// Orphan copies remembered at most: a million, about 100 MiB, more than
@@ -85,37 +85,35 @@ fn contiguous(entries: &[PackEntry]) -> bool {
     true
 }
 
-impl Store {
-    /// The global index avoiding condemned packs (as
-    /// [`Store::index_avoiding_condemned`]) and the orphan packs' records.
-    /// Call it holding the job's lease. Costs a listing and, per orphan
-    /// pack, the reads of its trailer and index.
-    pub(super) fn index_and_orphans(&self) -> Result<(Index, Orphans)> {
-        let backend = self.backend();
-        let (index, present, condemned) = self.index_and_packs()?;
-        let named: HashSet<PackId> = index.entries().iter().map(|e| e.location.pack).collect();
-        let mut candidates: Vec<PackId> =
-            present.iter().filter(|p| !named.contains(p) && !condemned.contains(p)).copied().collect();
-        candidates.sort();
-        let mut orphans = Orphans::default();
-        for pack in candidates {
-            // Deleted since the listing (it was garbage), damaged, or not
-            // one of ours: skipped, and its chunks are stored again.
-            let Ok(entries) = read_pack_index(backend, pack, self.crypt()) else { continue };
-            if !contiguous(&entries) {
-                continue;
+/// The global index avoiding condemned packs (as
+/// [`Store::index_avoiding_condemned`]) and the orphan packs' records.
+/// Call it holding the job's lease. Costs a listing and, per orphan
+/// pack, the reads of its trailer and index.
+pub(super) fn index_and_orphans(store: &Handle) -> Result<(Index, Orphans)> {
+    let backend = store.backend();
+    let (index, present, condemned) = store.index_and_packs()?;
+    let named: HashSet<PackId> = index.entries().iter().map(|e| e.location.pack).collect();
+    let mut candidates: Vec<PackId> =
+        present.iter().filter(|p| !named.contains(p) && !condemned.contains(p)).copied().collect();
+    candidates.sort();
+    let mut orphans = Orphans::default();
+    for pack in candidates {
+        // Deleted since the listing (it was garbage), damaged, or not
+        // one of ours: skipped, and its chunks are stored again.
+        let Ok(entries) = read_pack_index(backend, pack, store.crypt()) else { continue };
+        if !contiguous(&entries) {
+            continue;
+        }
+        for e in entries {
+            // Memory stays bounded (about 100 bytes a copy): past the
+            // cap, the rest is stored again as it would have been.
+            if orphans.copies.len() >= MAX_ORPHAN_COPIES {
+                break;
             }
-            for e in entries {
-                // Memory stays bounded (about 100 bytes a copy): past the
-                // cap, the rest is stored again as it would have been.
-                if orphans.copies.len() >= MAX_ORPHAN_COPIES {
-                    break;
-                }
-                if !index.is_damaged(&e.id, &pack) && !index.contains(&e.id) {
-                    orphans.copies.entry(e.id).or_insert((pack, e));
-                }
+            if !index.is_damaged(&e.id, &pack) && !index.contains(&e.id) {
+                orphans.copies.entry(e.id).or_insert((pack, e));
             }
         }
-        Ok((index, orphans))
     }
+    Ok((index, orphans))
 }

@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 
 use crate::cancel::CancelToken;
-use crate::store::Store;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::manifest::{ManifestReader, Slot};
 use crate::store::format::record::ChunkId;
 use crate::store::model::id::BackupId;
 use crate::store::state::catalog::Catalog;
 use crate::store::state::chain::ChainWalk;
+use crate::store::state::handle::Handle;
 
 /// The live set.
 pub(super) struct Marked {
@@ -21,35 +21,33 @@ pub(super) struct Marked {
     pub reached: HashSet<BackupId>,
 }
 
-impl Store {
-    /// Reads every manifest a committed backup's chain reaches (each
-    /// checked end to end: damage stops vacuum before it changes anything)
-    /// and every committed point, and collects the chunks they name: one
-    /// set in memory, no per-chunk system calls.
-    pub(super) fn mark(&self, catalog: &Catalog, cancel: &CancelToken) -> Result<Marked> {
-        let backend = self.backend();
-        let mut live = HashSet::new();
-        let mut reached = HashSet::new();
-        for b in &catalog.backups {
-            for h in ChainWalk::new(backend, &b.id) {
-                let h = h?;
-                if !reached.insert(h.id.clone()) {
-                    break;
-                }
-                let mut reader = ManifestReader::open(backend, &h.id)?;
-                while let Some((slot, _)) = reader.next_run()? {
-                    if let Slot::Data(c) = slot {
-                        live.insert(c);
-                    }
-                }
-                if cancel.is_cancelled() {
-                    return Err(StoreError::Cancelled);
+/// Reads every manifest a committed backup's chain reaches (each
+/// checked end to end: damage stops vacuum before it changes anything)
+/// and every committed point, and collects the chunks they name: one
+/// set in memory, no per-chunk system calls.
+pub(super) fn mark(store: &Handle, catalog: &Catalog, cancel: &CancelToken) -> Result<Marked> {
+    let backend = store.backend();
+    let mut live = HashSet::new();
+    let mut reached = HashSet::new();
+    for b in &catalog.backups {
+        for h in ChainWalk::new(backend, &b.id) {
+            let h = h?;
+            if !reached.insert(h.id.clone()) {
+                break;
+            }
+            let mut reader = ManifestReader::open(backend, &h.id)?;
+            while let Some((slot, _)) = reader.next_run()? {
+                if let Slot::Data(c) = slot {
+                    live.insert(c);
                 }
             }
+            if cancel.is_cancelled() {
+                return Err(StoreError::Cancelled);
+            }
         }
-        for p in &catalog.points {
-            live.extend(p.attachments.iter().flat_map(|a| a.chunks.iter().flatten().copied()));
-        }
-        Ok(Marked { live, reached })
     }
+    for p in &catalog.points {
+        live.extend(p.attachments.iter().flat_map(|a| a.chunks.iter().flatten().copied()));
+    }
+    Ok(Marked { live, reached })
 }

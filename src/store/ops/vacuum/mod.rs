@@ -37,9 +37,9 @@ use serde::Serialize;
 
 use crate::cancel::CancelToken;
 use crate::progress::ProgressSink;
-use crate::store::Store;
 use crate::store::Traffic;
 use crate::store::error::{Result, StoreError};
+use crate::store::state::handle::Handle;
 use crate::store::state::lease::LeaseMode;
 
 /// How to vacuum.
@@ -141,30 +141,28 @@ pub struct VacuumReport {
     pub traffic: Traffic,
 }
 
-impl Store {
-    /// Reclaims space; see the module documentation for the two phases.
-    pub fn vacuum(&self, options: &VacuumOptions) -> Result<VacuumReport> {
-        self.require_writable()?;
-        let started = Instant::now();
-        let t0 = self.backend().traffic();
-        let lease = self.lease(LeaseMode::Maintenance, "vacuum", options.wait)?;
-        let backend = self.backend();
-        let total =
-            |what| crate::store::backend::total_bytes(backend, "").map_err(StoreError::io(backend.describe(""), what));
-        let mut report = VacuumReport { bytes_before: total("measure")?, ..Default::default() };
-        self.finish(&lease, options, &mut report)?;
-        let condemned = self.condemn(&lease, options, &mut report)?;
-        if condemned && options.grace.is_zero() {
-            self.finish(&lease, options, &mut report)?;
-        }
-        if let Some(lock) = self.config.object_lock {
-            self.extend_retention(&lease, lock, &mut report)?;
-        }
-        report.bytes_after = total("measure")?;
-        report.bytes_reclaimed = report.bytes_before.saturating_sub(report.bytes_after);
-        report.seconds = started.elapsed().as_secs_f64();
-        report.traffic = self.backend().traffic().since(t0);
-        self.log_job("vacuum", &serde_json::to_value(&report).unwrap_or_default());
-        Ok(report)
+/// [`Store::vacuum`](crate::store::Store::vacuum).
+pub(crate) fn vacuum(store: &Handle, options: &VacuumOptions) -> Result<VacuumReport> {
+    store.require_writable()?;
+    let started = Instant::now();
+    let t0 = store.backend().traffic();
+    let lease = store.lease(LeaseMode::Maintenance, "vacuum", options.wait)?;
+    let backend = store.backend();
+    let total =
+        |what| crate::store::backend::total_bytes(backend, "").map_err(StoreError::io(backend.describe(""), what));
+    let mut report = VacuumReport { bytes_before: total("measure")?, ..Default::default() };
+    crate::store::ops::vacuum::finish::finish(store, &lease, options, &mut report)?;
+    let condemned = crate::store::ops::vacuum::condemn::condemn(store, &lease, options, &mut report)?;
+    if condemned && options.grace.is_zero() {
+        crate::store::ops::vacuum::finish::finish(store, &lease, options, &mut report)?;
     }
+    if let Some(lock) = store.config.object_lock {
+        crate::store::ops::vacuum::retention::extend_retention(store, &lease, lock, &mut report)?;
+    }
+    report.bytes_after = total("measure")?;
+    report.bytes_reclaimed = report.bytes_before.saturating_sub(report.bytes_after);
+    report.seconds = started.elapsed().as_secs_f64();
+    report.traffic = store.backend().traffic().since(t0);
+    store.log_job("vacuum", &serde_json::to_value(&report).unwrap_or_default());
+    Ok(report)
 }

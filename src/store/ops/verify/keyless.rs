@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use crate::progress::Operation;
-use crate::store::Store;
 use crate::store::backend::{Backend, list_keys, read_small};
 use crate::store::crypto::envelope;
 use crate::store::crypto::keyobj::{KeyObject, MAX_KEY_OBJECT};
@@ -26,6 +25,7 @@ use crate::store::format::record::{RECORD_HEADER, crc_mismatch, decode_header, r
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::layout::Folder;
 use crate::store::ops::verify::{DamagedChunk, VerifyOptions, VerifyReport};
+use crate::store::state::handle::Handle;
 
 /// What one pack's walk found.
 #[derive(Default)]
@@ -35,105 +35,101 @@ struct PackCheck {
     problem: Option<String>,
 }
 
-impl Store {
-    /// [`Store::verify`] of an encrypted store opened without its key: see
-    /// the module documentation.
-    pub(super) fn verify_keyless(&self, options: &VerifyOptions) -> Result<VerifyReport> {
-        let started = Instant::now();
-        let t0 = self.stored_backend().traffic();
-        let _lease = self.read_lease("verify")?;
-        let backend = self.stored_backend();
-        let mut problems = Vec::new();
-        let mut damaged_backups = BTreeSet::new();
-        let mut damaged_points = BTreeSet::new();
-        let list = |prefix: &str, problems: &mut Vec<String>| match list_keys(backend, prefix) {
-            Ok(keys) => keys,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
-                Vec::new()
-            }
+/// [`Store::verify`] of an encrypted store opened without its key: see
+/// the module documentation.
+pub(super) fn verify_keyless(store: &Handle, options: &VerifyOptions) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let t0 = store.stored_backend().traffic();
+    let _lease = store.read_lease("verify")?;
+    let backend = store.stored_backend();
+    let mut problems = Vec::new();
+    let mut damaged_backups = BTreeSet::new();
+    let mut damaged_points = BTreeSet::new();
+    let list = |prefix: &str, problems: &mut Vec<String>| match list_keys(backend, prefix) {
+        Ok(keys) => keys,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
+            Vec::new()
+        }
+    };
+
+    for key in list("keys", &mut problems) {
+        let Some(id) = key.strip_prefix("keys/").and_then(|k| k.strip_suffix(".key")) else { continue };
+        let verdict = match read_small(backend, &key, MAX_KEY_OBJECT as u64) {
+            Ok(bytes) => KeyObject::decode(&bytes, id).map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(format!("too large for a key object: {e}")),
+            Err(e) => Err(format!("unreadable: {e}")),
         };
-
-        for key in list("keys", &mut problems) {
-            let Some(id) = key.strip_prefix("keys/").and_then(|k| k.strip_suffix(".key")) else { continue };
-            let verdict = match read_small(backend, &key, MAX_KEY_OBJECT as u64) {
-                Ok(bytes) => KeyObject::decode(&bytes, id).map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    Err(format!("too large for a key object: {e}"))
-                }
-                Err(e) => Err(format!("unreadable: {e}")),
-            };
-            if let Err(why) = verdict {
-                problems.push(format!("{}: {why}", backend.describe(&key).display()));
-            }
+        if let Err(why) = verdict {
+            problems.push(format!("{}: {why}", backend.describe(&key).display()));
         }
+    }
 
-        for prefix in Folder::ALL.into_iter().filter(|f| f.sealed()).map(Folder::name) {
-            for key in list(prefix, &mut problems) {
-                if options.cancel.is_cancelled() {
-                    return Err(StoreError::Cancelled);
-                }
-                let verdict = match check_envelope(backend, &key) {
-                    // Vacuum deletes what it condemned; a key gone since the
-                    // listing is not damage.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => Err(format!("unreadable: {e}")),
-                    Ok(verdict) => verdict,
-                };
-                if let Err(reason) = verdict {
-                    problems.push(format!("{}: {reason}", backend.describe(&key).display()));
-                    if let Some((id, _)) = crate::store::format::manifest::id_from_key(&key) {
-                        damaged_backups.insert(id);
-                    }
-                    if let Some(id) = point_of(&key) {
-                        damaged_points.insert(id);
-                    }
-                }
-            }
-        }
-
-        let packs: Vec<String> = list("packs", &mut problems);
-        let total: u64 = packs.iter().filter_map(|k| backend.stat(k).ok()).map(|o| o.size).sum::<u64>().max(1);
-        let mut progress = options.progress.throttled(Operation::Verify, total);
-        let (mut records, mut damaged, mut done) = (0u64, BTreeSet::new(), 0u64);
-        for key in &packs {
-            let Some(id) = PackId::from_key(key) else { continue };
-            let check = check_pack(backend, id, &mut |n| {
-                done += n;
-                progress.tick(done);
-                !options.cancel.is_cancelled()
-            });
+    for prefix in Folder::ALL.into_iter().filter(|f| f.sealed()).map(Folder::name) {
+        for key in list(prefix, &mut problems) {
             if options.cancel.is_cancelled() {
                 return Err(StoreError::Cancelled);
             }
-            records += check.records;
-            damaged.extend(check.damaged);
-            if let Some(p) = check.problem {
-                problems.push(format!("pack {id}: {p}"));
+            let verdict = match check_envelope(backend, &key) {
+                // Vacuum deletes what it condemned; a key gone since the
+                // listing is not damage.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => Err(format!("unreadable: {e}")),
+                Ok(verdict) => verdict,
+            };
+            if let Err(reason) = verdict {
+                problems.push(format!("{}: {reason}", backend.describe(&key).display()));
+                if let Some((id, _)) = crate::store::format::manifest::id_from_key(&key) {
+                    damaged_backups.insert(id);
+                }
+                if let Some(id) = point_of(&key) {
+                    damaged_points.insert(id);
+                }
             }
         }
-        progress.finish();
-        let damaged_chunks: Vec<DamagedChunk> = damaged.into_iter().collect();
-        let damaged_backups: Vec<BackupId> = damaged_backups.into_iter().collect();
-        let damaged_points: Vec<PointId> = damaged_points.into_iter().collect();
-        Ok(VerifyReport {
-            ok: problems.is_empty() && damaged_chunks.is_empty(),
-            packs_checked: packs.len() as u64,
-            chunks_checked: records,
-            records_checked: records,
-            backups_checked: 0,
-            damaged_chunks,
-            damaged_backups,
-            damaged_points,
-            problems,
-            unfinished_jobs: 0,
-            stale_index_entries: 0,
-            structure_only: true,
-            seconds: started.elapsed().as_secs_f64(),
-            traffic: self.stored_backend().traffic().since(t0),
-        })
     }
+
+    let packs: Vec<String> = list("packs", &mut problems);
+    let total: u64 = packs.iter().filter_map(|k| backend.stat(k).ok()).map(|o| o.size).sum::<u64>().max(1);
+    let mut progress = options.progress.throttled(Operation::Verify, total);
+    let (mut records, mut damaged, mut done) = (0u64, BTreeSet::new(), 0u64);
+    for key in &packs {
+        let Some(id) = PackId::from_key(key) else { continue };
+        let check = check_pack(backend, id, &mut |n| {
+            done += n;
+            progress.tick(done);
+            !options.cancel.is_cancelled()
+        });
+        if options.cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        records += check.records;
+        damaged.extend(check.damaged);
+        if let Some(p) = check.problem {
+            problems.push(format!("pack {id}: {p}"));
+        }
+    }
+    progress.finish();
+    let damaged_chunks: Vec<DamagedChunk> = damaged.into_iter().collect();
+    let damaged_backups: Vec<BackupId> = damaged_backups.into_iter().collect();
+    let damaged_points: Vec<PointId> = damaged_points.into_iter().collect();
+    Ok(VerifyReport {
+        ok: problems.is_empty() && damaged_chunks.is_empty(),
+        packs_checked: packs.len() as u64,
+        chunks_checked: records,
+        records_checked: records,
+        backups_checked: 0,
+        damaged_chunks,
+        damaged_backups,
+        damaged_points,
+        problems,
+        unfinished_jobs: 0,
+        stale_index_entries: 0,
+        structure_only: true,
+        seconds: started.elapsed().as_secs_f64(),
+        traffic: store.stored_backend().traffic().since(t0),
+    })
 }
 
 /// Checks sealed object `key` as [`envelope::check`] does, a megabyte of

@@ -25,7 +25,6 @@ use serde::Serialize;
 
 use crate::cancel::CancelToken;
 use crate::progress::{Operation, ProgressSink};
-use crate::store::Store;
 use crate::store::Traffic;
 use crate::store::crypto::Crypt;
 use crate::store::error::{Result, StoreError};
@@ -35,6 +34,7 @@ use crate::store::model::id::{BackupId, PointId};
 use crate::store::state::catalog::{Catalog, Selection};
 use crate::store::state::chain::{ChainCursor, Resolved};
 use crate::store::state::condemned::Condemned;
+use crate::store::state::handle::Handle;
 use crate::store::state::index::{damaged_key, decode_index};
 
 /// How to verify.
@@ -105,350 +105,342 @@ pub struct VerifyReport {
 
 type PackResult = (PackId, std::result::Result<Vec<(PackEntry, Option<String>)>, String>);
 
-impl Store {
-    /// Verifies the store, or what `options.only` needs; see the module
-    /// documentation. Cost: reads every record checked once, on every core.
-    pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
-        if matches!(self.crypt(), Crypt::Locked) {
-            if options.only.is_some() {
-                return Err(StoreError::KeyRequired { path: self.path() });
-            }
-            return self.verify_keyless(options);
+/// [`Store::verify`](crate::store::Store::verify).
+pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyReport> {
+    if matches!(store.crypt(), Crypt::Locked) {
+        if options.only.is_some() {
+            return Err(StoreError::KeyRequired { path: store.path() });
         }
-        let started = Instant::now();
-        let t0 = self.backend().traffic();
-        let _lease = self.read_lease("verify")?;
-        let backend = self.backend();
-        let mut problems = Vec::new();
-        let mut damaged_backups: BTreeSet<BackupId> = BTreeSet::new();
-        let list = |prefix: &str, problems: &mut Vec<String>| match backend.list(prefix) {
-            Ok(objects) => objects,
-            Err(e) => {
-                problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
-                Vec::new()
-            }
-        };
-
-        // Condemned objects may vanish while we read them (a vacuum's second
-        // phase): that is not damage.
-        let condemned = match Condemned::read(backend) {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(format!("reading the condemnation records failed: {e}"));
-                Condemned::default()
-            }
-        };
-        let condemned_keys = condemned.keys();
-        let gone = |key: &str, kind: Option<std::io::ErrorKind>| {
-            kind == Some(std::io::ErrorKind::NotFound) && condemned_keys.contains(key)
-        };
-
-        let catalog = match self.catalog() {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(format!("listing the backups failed: {e}"));
-                Catalog::empty()
-            }
-        };
-        problems.extend(self.key_problems()?);
-        for (key, e) in &catalog.forged {
-            problems.push(format!("{key}: ignored, it does not open (not written with the store's key): {e}"));
+        return crate::store::ops::verify::keyless::verify_keyless(store, options);
+    }
+    let started = Instant::now();
+    let t0 = store.backend().traffic();
+    let _lease = store.read_lease("verify")?;
+    let backend = store.backend();
+    let mut problems = Vec::new();
+    let mut damaged_backups: BTreeSet<BackupId> = BTreeSet::new();
+    let list = |prefix: &str, problems: &mut Vec<String>| match backend.list(prefix) {
+        Ok(objects) => objects,
+        Err(e) => {
+            problems.push(format!("listing {} failed: {e}", backend.describe(prefix).display()));
+            Vec::new()
         }
-        for (key, e) in &catalog.problems {
-            problems.push(format!("{key}: {e}"));
-            if let Some((id, _)) = crate::store::format::manifest::id_from_key(key) {
-                damaged_backups.insert(id);
-            }
-        }
+    };
 
-        // What to check: every committed backup and point, or one selection.
-        let (backups, points): (Vec<BackupId>, Vec<PointId>) = match &options.only {
-            None => (
-                catalog.backups.iter().map(|b| b.id.clone()).collect(),
-                catalog.points.iter().map(|p| p.id.clone()).collect(),
+    // Condemned objects may vanish while we read them (a vacuum's second
+    // phase): that is not damage.
+    let condemned = match Condemned::read(backend) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("reading the condemnation records failed: {e}"));
+            Condemned::default()
+        }
+    };
+    let condemned_keys = condemned.keys();
+    let gone = |key: &str, kind: Option<std::io::ErrorKind>| {
+        kind == Some(std::io::ErrorKind::NotFound) && condemned_keys.contains(key)
+    };
+
+    let catalog = match crate::store::state::catalog::catalog(store) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("listing the backups failed: {e}"));
+            Catalog::empty()
+        }
+    };
+    problems.extend(crate::store::state::keyring::key_problems(store)?);
+    for (key, e) in &catalog.forged {
+        problems.push(format!("{key}: ignored, it does not open (not written with the store's key): {e}"));
+    }
+    for (key, e) in &catalog.problems {
+        problems.push(format!("{key}: {e}"));
+        if let Some((id, _)) = crate::store::format::manifest::id_from_key(key) {
+            damaged_backups.insert(id);
+        }
+    }
+
+    // What to check: every committed backup and point, or one selection.
+    let (backups, points): (Vec<BackupId>, Vec<PointId>) = match &options.only {
+        None => (
+            catalog.backups.iter().map(|b| b.id.clone()).collect(),
+            catalog.points.iter().map(|p| p.id.clone()).collect(),
+        ),
+        Some(spec) => match catalog.select(spec)? {
+            Selection::Backup(b) => (vec![b.id], Vec::new()),
+            Selection::Point(p) => (p.disks.iter().map(|d| d.backup.clone()).collect(), vec![p.id]),
+        },
+    };
+    // With a selection, only the chunks it needs are read back.
+    let point_chunks = |p: &crate::store::format::point::PointRecord| -> HashSet<ChunkId> {
+        p.attachments.iter().flat_map(|a| a.chunks.iter().flatten().copied()).collect()
+    };
+    let scope: Option<HashSet<ChunkId>> = match &options.only {
+        None => None,
+        Some(_) => {
+            let mut s = HashSet::new();
+            for id in &backups {
+                // A chain that cannot be walked is reported below.
+                if let Ok(set) = chunks_of(backend, id, &options.cancel) {
+                    s.extend(set);
+                }
+            }
+            for p in catalog.points.iter().filter(|p| points.contains(&p.id)) {
+                s.extend(point_chunks(p));
+            }
+            Some(s)
+        }
+    };
+    if options.cancel.is_cancelled() {
+        return Err(StoreError::Cancelled);
+    }
+    let wanted = |id: &ChunkId| scope.as_ref().is_none_or(|s| s.contains(id));
+
+    // Index files one by one, so one bad file does not hide the rest.
+    let mut indexed: Vec<(ChunkId, PackId, u64, u32)> = Vec::new();
+    for key in list("index", &mut problems).into_iter().map(|o| o.key) {
+        let bytes = match backend.read_all(&key) {
+            Err(e) if gone(&key, Some(e.kind())) => continue,
+            other => other,
+        };
+        match bytes.map_err(|e| e.to_string()).and_then(|b| decode_index(&b).map_err(|(o, r)| format!("byte {o}: {r}")))
+        {
+            Ok(entries) => indexed.extend(
+                entries
+                    .iter()
+                    .filter(|e| wanted(&e.id))
+                    .map(|e| (e.id, e.location.pack, e.location.offset, e.location.length)),
             ),
-            Some(spec) => match catalog.select(spec)? {
-                Selection::Backup(b) => (vec![b.id], Vec::new()),
-                Selection::Point(p) => (p.disks.iter().map(|d| d.backup.clone()).collect(), vec![p.id]),
-            },
-        };
-        // With a selection, only the chunks it needs are read back.
-        let point_chunks = |p: &crate::store::format::point::PointRecord| -> HashSet<ChunkId> {
-            p.attachments.iter().flat_map(|a| a.chunks.iter().flatten().copied()).collect()
-        };
-        let scope: Option<HashSet<ChunkId>> = match &options.only {
-            None => None,
-            Some(_) => {
-                let mut s = HashSet::new();
-                for id in &backups {
-                    // A chain that cannot be walked is reported below.
-                    if let Ok(set) = chunks_of(backend, id, &options.cancel) {
-                        s.extend(set);
-                    }
-                }
-                for p in catalog.points.iter().filter(|p| points.contains(&p.id)) {
-                    s.extend(point_chunks(p));
-                }
-                Some(s)
-            }
-        };
-        if options.cancel.is_cancelled() {
-            return Err(StoreError::Cancelled);
+            Err(e) => problems.push(format!("index file {}: {e}", backend.describe(&key).display())),
         }
-        let wanted = |id: &ChunkId| scope.as_ref().is_none_or(|s| s.contains(id));
+    }
 
-        // Index files one by one, so one bad file does not hide the rest.
-        let mut indexed: Vec<(ChunkId, PackId, u64, u32)> = Vec::new();
-        for key in list("index", &mut problems).into_iter().map(|o| o.key) {
-            let bytes = match backend.read_all(&key) {
-                Err(e) if gone(&key, Some(e.kind())) => continue,
-                other => other,
-            };
-            match bytes
-                .map_err(|e| e.to_string())
-                .and_then(|b| decode_index(&b).map_err(|(o, r)| format!("byte {o}: {r}")))
-            {
-                Ok(entries) => indexed.extend(
-                    entries
-                        .iter()
-                        .filter(|e| wanted(&e.id))
-                        .map(|e| (e.id, e.location.pack, e.location.offset, e.location.length)),
-                ),
-                Err(e) => problems.push(format!("index file {}: {e}", backend.describe(&key).display())),
-            }
-        }
-
-        // An encrypted store's other sealed objects: each must open.
-        if options.only.is_none() && self.is_encrypted() {
-            for prefix in ["log", "condemned"] {
-                for key in list(prefix, &mut problems).into_iter().map(|o| o.key) {
-                    match backend.read_all(&key) {
-                        Err(e) if gone(&key, Some(e.kind())) || e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => problems.push(format!("{}: {e}", backend.describe(&key).display())),
-                        Ok(_) => {}
-                    }
+    // An encrypted store's other sealed objects: each must open.
+    if options.only.is_none() && crate::store::state::keyring::is_encrypted(store) {
+        for prefix in ["log", "condemned"] {
+            for key in list(prefix, &mut problems).into_iter().map(|o| o.key) {
+                match backend.read_all(&key) {
+                    Err(e) if gone(&key, Some(e.kind())) || e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => problems.push(format!("{}: {e}", backend.describe(&key).display())),
+                    Ok(_) => {}
                 }
             }
         }
+    }
 
-        // Every pack (or every pack the selection needs), on every core.
-        let pack_keys: Vec<(String, u64)> = match &scope {
-            None => list("packs", &mut problems).into_iter().map(|o| (o.key, o.size)).collect(),
-            Some(_) => {
-                let packs: BTreeSet<PackId> = indexed.iter().map(|e| e.1).collect();
-                let size = |k: &str| backend.stat(k).map_or(0, |o| o.size);
-                packs.iter().map(|p| (p.key(), size(&p.key()))).collect()
+    // Every pack (or every pack the selection needs), on every core.
+    let pack_keys: Vec<(String, u64)> = match &scope {
+        None => list("packs", &mut problems).into_iter().map(|o| (o.key, o.size)).collect(),
+        Some(_) => {
+            let packs: BTreeSet<PackId> = indexed.iter().map(|e| e.1).collect();
+            let size = |k: &str| backend.stat(k).map_or(0, |o| o.size);
+            packs.iter().map(|p| (p.key(), size(&p.key()))).collect()
+        }
+    };
+    let results = check_packs(store, &pack_keys, &scope, &gone, options)?;
+
+    let mut damaged: BTreeSet<DamagedChunk> = BTreeSet::new();
+    let mut sound: HashSet<(ChunkId, PackId, u64)> = HashSet::new();
+    let mut packs_present: HashSet<PackId> = HashSet::new();
+    let mut bad_packs: HashMap<PackId, String> = HashMap::new();
+    let mut records_checked = 0u64;
+    let mut distinct: HashSet<ChunkId> = HashSet::new();
+    for (pack, result) in &results {
+        packs_present.insert(*pack);
+        match result {
+            Err(e) => {
+                problems.push(format!("pack {pack}: {e}"));
+                bad_packs.insert(*pack, e.clone());
             }
-        };
-        let results = self.check_packs(&pack_keys, &scope, &gone, options)?;
-
-        let mut damaged: BTreeSet<DamagedChunk> = BTreeSet::new();
-        let mut sound: HashSet<(ChunkId, PackId, u64)> = HashSet::new();
-        let mut packs_present: HashSet<PackId> = HashSet::new();
-        let mut bad_packs: HashMap<PackId, String> = HashMap::new();
-        let mut records_checked = 0u64;
-        let mut distinct: HashSet<ChunkId> = HashSet::new();
-        for (pack, result) in &results {
-            packs_present.insert(*pack);
-            match result {
-                Err(e) => {
-                    problems.push(format!("pack {pack}: {e}"));
-                    bad_packs.insert(*pack, e.clone());
-                }
-                Ok(entries) => {
-                    for (e, verdict) in entries {
-                        records_checked += 1;
-                        distinct.insert(e.id);
-                        match verdict {
-                            None => {
-                                sound.insert((e.id, *pack, e.offset));
-                            }
-                            Some(reason) => {
-                                damaged.insert(DamagedChunk {
-                                    chunk: e.id.to_hex(),
-                                    pack: pack.to_hex(),
-                                    reason: format!("at byte {}: {reason}", e.offset),
-                                });
-                            }
+            Ok(entries) => {
+                for (e, verdict) in entries {
+                    records_checked += 1;
+                    distinct.insert(e.id);
+                    match verdict {
+                        None => {
+                            sound.insert((e.id, *pack, e.offset));
+                        }
+                        Some(reason) => {
+                            damaged.insert(DamagedChunk {
+                                chunk: e.id.to_hex(),
+                                pack: pack.to_hex(),
+                                reason: format!("at byte {}: {reason}", e.offset),
+                            });
                         }
                     }
                 }
             }
         }
-        // Index entries must point at sound records.
-        let mut usable: HashSet<ChunkId> = HashSet::new();
-        let mut stale_entries = 0u64;
-        for (id, pack, offset, _) in &indexed {
-            if sound.contains(&(*id, *pack, *offset)) {
-                usable.insert(*id);
-                continue;
-            }
-            let reason = if let Some(e) = bad_packs.get(pack) {
-                format!("its pack is unreadable: {e}")
-            } else if !packs_present.contains(pack) {
-                // An index file can outlive a pack vacuum deleted (a paused
-                // backup wrote it late); backups ignore such entries. It is
-                // damage only if a backup needs the chunk and has no other
-                // copy, which the check of every backup below reports.
-                stale_entries += 1;
-                continue;
-            } else if damaged.iter().any(|d| d.chunk == id.to_hex() && d.pack == pack.to_hex()) {
-                continue; // already listed
-            } else {
-                format!("the index points at byte {offset}, where the pack holds no such record")
-            };
-            damaged.insert(DamagedChunk { chunk: id.to_hex(), pack: pack.to_hex(), reason });
+    }
+    // Index entries must point at sound records.
+    let mut usable: HashSet<ChunkId> = HashSet::new();
+    let mut stale_entries = 0u64;
+    for (id, pack, offset, _) in &indexed {
+        if sound.contains(&(*id, *pack, *offset)) {
+            usable.insert(*id);
+            continue;
         }
+        let reason = if let Some(e) = bad_packs.get(pack) {
+            format!("its pack is unreadable: {e}")
+        } else if !packs_present.contains(pack) {
+            // An index file can outlive a pack vacuum deleted (a paused
+            // backup wrote it late); backups ignore such entries. It is
+            // damage only if a backup needs the chunk and has no other
+            // copy, which the check of every backup below reports.
+            stale_entries += 1;
+            continue;
+        } else if damaged.iter().any(|d| d.chunk == id.to_hex() && d.pack == pack.to_hex()) {
+            continue; // already listed
+        } else {
+            format!("the index points at byte {offset}, where the pack holds no such record")
+        };
+        damaged.insert(DamagedChunk { chunk: id.to_hex(), pack: pack.to_hex(), reason });
+    }
 
-        // Every backup's effective map must resolve to sound chunks.
-        let mut backups_checked = 0;
-        for id in &backups {
-            match missing_in(backend, id, &usable, &options.cancel) {
-                Ok(missing) => {
-                    backups_checked += 1;
-                    if !missing.is_empty() {
-                        problems.push(format!("backup {id}: chunks without a sound copy: {}", missing.join(", ")));
-                        damaged_backups.insert(id.clone());
-                    }
-                }
-                Err(StoreError::Cancelled) => return Err(StoreError::Cancelled),
-                Err(e) => {
-                    problems.push(format!("backup {id}: {e}"));
+    // Every backup's effective map must resolve to sound chunks.
+    let mut backups_checked = 0;
+    for id in &backups {
+        match missing_in(backend, id, &usable, &options.cancel) {
+            Ok(missing) => {
+                backups_checked += 1;
+                if !missing.is_empty() {
+                    problems.push(format!("backup {id}: chunks without a sound copy: {}", missing.join(", ")));
                     damaged_backups.insert(id.clone());
                 }
             }
-        }
-        let mut damaged_points: BTreeSet<PointId> = BTreeSet::new();
-        for p in catalog.points.iter().filter(|p| points.contains(&p.id)) {
-            let mut missing: Vec<String> =
-                point_chunks(p).iter().filter(|c| !usable.contains(c)).map(|c| c.to_hex()[..16].to_string()).collect();
-            missing.sort();
-            if !missing.is_empty() {
-                missing.truncate(16);
-                problems.push(format!(
-                    "restore point {}: attachment chunks without a sound copy: {}",
-                    p.id,
-                    missing.join(", ")
-                ));
-                damaged_points.insert(p.id.clone());
-            }
-            if p.disks.iter().any(|d| damaged_backups.contains(&d.backup)) {
-                damaged_points.insert(p.id.clone());
+            Err(StoreError::Cancelled) => return Err(StoreError::Cancelled),
+            Err(e) => {
+                problems.push(format!("backup {id}: {e}"));
+                damaged_backups.insert(id.clone());
             }
         }
-
-        // Record damaged copies so backups stop deduplicating against them
-        // (not in a read-only store, which is not written).
-        for d in damaged.iter().filter(|_| !self.is_read_only()) {
-            if let (Ok(c), Some(p)) = (d.chunk.parse::<ChunkId>(), PackId::from_hex(&d.pack)) {
-                let key = damaged_key(&c, &p);
-                if !crate::store::backend::exists(backend, &key).unwrap_or(true)
-                    && let Ok(w) = backend.create(&key)
-                {
-                    let _ = w.commit();
-                }
-            }
+    }
+    let mut damaged_points: BTreeSet<PointId> = BTreeSet::new();
+    for p in catalog.points.iter().filter(|p| points.contains(&p.id)) {
+        let mut missing: Vec<String> =
+            point_chunks(p).iter().filter(|c| !usable.contains(c)).map(|c| c.to_hex()[..16].to_string()).collect();
+        missing.sort();
+        if !missing.is_empty() {
+            missing.truncate(16);
+            problems.push(format!(
+                "restore point {}: attachment chunks without a sound copy: {}",
+                p.id,
+                missing.join(", ")
+            ));
+            damaged_points.insert(p.id.clone());
         }
-        let damaged_chunks: Vec<DamagedChunk> = damaged.into_iter().collect();
-        let report = VerifyReport {
-            ok: damaged_chunks.is_empty()
-                && damaged_backups.is_empty()
-                && damaged_points.is_empty()
-                && problems.is_empty(),
-            packs_checked: results.len() as u64,
-            chunks_checked: distinct.len() as u64,
-            records_checked,
-            backups_checked,
-            damaged_chunks,
-            damaged_backups: damaged_backups.into_iter().collect(),
-            damaged_points: damaged_points.into_iter().collect(),
-            problems,
-            unfinished_jobs: catalog.orphans.len() as u64,
-            stale_index_entries: stale_entries,
-            structure_only: false,
-            seconds: started.elapsed().as_secs_f64(),
-            traffic: self.backend().traffic().since(t0),
-        };
-        self.log_job("verify", &serde_json::to_value(&report).unwrap_or_default());
-        Ok(report)
+        if p.disks.iter().any(|d| damaged_backups.contains(&d.backup)) {
+            damaged_points.insert(p.id.clone());
+        }
     }
 
-    /// Reads each pack's index and checks its records (those in `scope`,
-    /// or all), on every core.
-    fn check_packs(
-        &self,
-        keys: &[(String, u64)],
-        scope: &Option<HashSet<ChunkId>>,
-        gone: &(dyn Fn(&str, Option<std::io::ErrorKind>) -> bool + Sync),
-        options: &VerifyOptions,
-    ) -> Result<Vec<PackResult>> {
-        let backend = self.backend();
-        let sealed = self.is_encrypted();
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let next = AtomicUsize::new(0);
-        let done = AtomicU64::new(0);
-        let cancelled = AtomicBool::new(false);
-        let total: u64 = keys.iter().map(|(_, size)| size).sum();
-        let progress = std::sync::Mutex::new(options.progress.throttled(Operation::Verify, total));
-        let results = std::thread::scope(|scope_| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope_.spawn(|| {
-                        let mut out = Vec::new();
-                        let (mut plain, mut record) = (Vec::new(), Vec::new());
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some((key, _)) = keys.get(i) else { break };
-                            let Some(id) = PackId::from_key(key) else { continue };
-                            let entries = match read_pack_index(backend, id, self.crypt()) {
-                                Ok(e) => e,
-                                Err(e) if gone(key, e.io_error_kind()) => continue,
-                                Err(e) => {
-                                    out.push((id, Err(e.to_string())));
-                                    continue;
-                                }
-                            };
-                            let mut checked = Vec::with_capacity(entries.len());
-                            for e in entries {
-                                if scope.as_ref().is_some_and(|s| !s.contains(&e.id)) {
-                                    continue;
-                                }
-                                if options.cancel.is_cancelled() {
-                                    cancelled.store(true, Ordering::Relaxed);
-                                    return out;
-                                }
-                                record.resize(e.length as usize, 0);
-                                let verdict = match backend.read_at(key, &mut record, e.offset) {
-                                    Err(err) => Some(format!("unreadable: {err}")),
-                                    // Decoding a plain record checks its CRC; a sealed
-                                    // one's tag stands in for it, so it is checked here.
-                                    Ok(()) => (if sealed { check_crc(&record) } else { Ok(()) })
-                                        .and_then(|()| decode_record(&record, e.id, &mut plain, self.crypt()))
-                                        .err()
-                                        .map(|r| r.to_string()),
-                                };
-                                let d = done.fetch_add(u64::from(e.length), Ordering::Relaxed) + u64::from(e.length);
-                                if let Ok(mut p) = progress.try_lock() {
-                                    p.tick(d);
-                                }
-                                checked.push((e, verdict));
+    // Record damaged copies so backups stop deduplicating against them
+    // (not in a read-only store, which is not written).
+    for d in damaged.iter().filter(|_| !store.is_read_only()) {
+        if let (Ok(c), Some(p)) = (d.chunk.parse::<ChunkId>(), PackId::from_hex(&d.pack)) {
+            let key = damaged_key(&c, &p);
+            if !crate::store::backend::exists(backend, &key).unwrap_or(true)
+                && let Ok(w) = backend.create(&key)
+            {
+                let _ = w.commit();
+            }
+        }
+    }
+    let damaged_chunks: Vec<DamagedChunk> = damaged.into_iter().collect();
+    let report = VerifyReport {
+        ok: damaged_chunks.is_empty() && damaged_backups.is_empty() && damaged_points.is_empty() && problems.is_empty(),
+        packs_checked: results.len() as u64,
+        chunks_checked: distinct.len() as u64,
+        records_checked,
+        backups_checked,
+        damaged_chunks,
+        damaged_backups: damaged_backups.into_iter().collect(),
+        damaged_points: damaged_points.into_iter().collect(),
+        problems,
+        unfinished_jobs: catalog.orphans.len() as u64,
+        stale_index_entries: stale_entries,
+        structure_only: false,
+        seconds: started.elapsed().as_secs_f64(),
+        traffic: store.backend().traffic().since(t0),
+    };
+    store.log_job("verify", &serde_json::to_value(&report).unwrap_or_default());
+    Ok(report)
+}
+
+/// Reads each pack's index and checks its records (those in `scope`,
+/// or all), on every core.
+fn check_packs(
+    store: &Handle,
+    keys: &[(String, u64)],
+    scope: &Option<HashSet<ChunkId>>,
+    gone: &(dyn Fn(&str, Option<std::io::ErrorKind>) -> bool + Sync),
+    options: &VerifyOptions,
+) -> Result<Vec<PackResult>> {
+    let backend = store.backend();
+    let sealed = crate::store::state::keyring::is_encrypted(store);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let cancelled = AtomicBool::new(false);
+    let total: u64 = keys.iter().map(|(_, size)| size).sum();
+    let progress = std::sync::Mutex::new(options.progress.throttled(Operation::Verify, total));
+    let results = std::thread::scope(|scope_| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope_.spawn(|| {
+                    let mut out = Vec::new();
+                    let (mut plain, mut record) = (Vec::new(), Vec::new());
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((key, _)) = keys.get(i) else { break };
+                        let Some(id) = PackId::from_key(key) else { continue };
+                        let entries = match read_pack_index(backend, id, store.crypt()) {
+                            Ok(e) => e,
+                            Err(e) if gone(key, e.io_error_kind()) => continue,
+                            Err(e) => {
+                                out.push((id, Err(e.to_string())));
+                                continue;
                             }
-                            out.push((id, Ok(checked)));
+                        };
+                        let mut checked = Vec::with_capacity(entries.len());
+                        for e in entries {
+                            if scope.as_ref().is_some_and(|s| !s.contains(&e.id)) {
+                                continue;
+                            }
+                            if options.cancel.is_cancelled() {
+                                cancelled.store(true, Ordering::Relaxed);
+                                return out;
+                            }
+                            record.resize(e.length as usize, 0);
+                            let verdict = match backend.read_at(key, &mut record, e.offset) {
+                                Err(err) => Some(format!("unreadable: {err}")),
+                                // Decoding a plain record checks its CRC; a sealed
+                                // one's tag stands in for it, so it is checked here.
+                                Ok(()) => (if sealed { check_crc(&record) } else { Ok(()) })
+                                    .and_then(|()| decode_record(&record, e.id, &mut plain, store.crypt()))
+                                    .err()
+                                    .map(|r| r.to_string()),
+                            };
+                            let d = done.fetch_add(u64::from(e.length), Ordering::Relaxed) + u64::from(e.length);
+                            if let Ok(mut p) = progress.try_lock() {
+                                p.tick(d);
+                            }
+                            checked.push((e, verdict));
                         }
-                        out
-                    })
+                        out.push((id, Ok(checked)));
+                    }
+                    out
                 })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<PackResult>>()
-        });
-        if cancelled.load(Ordering::Relaxed) {
-            return Err(StoreError::Cancelled);
-        }
-        if let Ok(mut p) = progress.lock() {
-            p.finish();
-        }
-        Ok(results)
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<PackResult>>()
+    });
+    if cancelled.load(Ordering::Relaxed) {
+        return Err(StoreError::Cancelled);
     }
+    if let Ok(mut p) = progress.lock() {
+        p.finish();
+    }
+    Ok(results)
 }
 
 /// Up to 16 chunks (short hex) of backup `id`'s effective map that have no
