@@ -256,7 +256,8 @@ fn vacuum(c: &mut Criterion) {
 fn crypt(c: &mut Criterion) {
     use std::sync::Arc;
     use vhdkit::store::crypto::{Crypt, Keys};
-    use vhdkit::store::format::record::{ChunkId, decode_record, encode_record, seal_payload};
+    use vhdkit::store::format::record::{decode_record, encode_record, seal_payload};
+    use vhdkit::store::model::id::ChunkId;
     let chunk = common::noise(4, CHUNK);
     let keys = Arc::new(Keys::for_tests(1));
     let crypt = Crypt::Sealed(keys.clone());

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use vhdkit::VirtualDisk;
 use vhdkit::disk::OpenOptions;
 use vhdkit::export::Target;
-use vhdkit::store::format::pack::{PackId, read_pack_index};
+use vhdkit::store::format::pack::read_pack_index;
+use vhdkit::store::model::id::PackId;
 use vhdkit::store::state::chain::{ChainCursor, Resolved};
 use vhdkit::store::{BackupId, BackupOptions, ChunkId, Compression, Store};
 

@@ -56,17 +56,16 @@ pub use crypto::{MIN_KEY_FILE, StoreKey};
 pub use error::{Result, StoreError};
 pub use format::changes::ChangeList;
 pub use format::config::{
-    ENCRYPTED_STORE_VERSION, Encryption, EncryptionConfig, InitOptions, LockMode, ObjectLock, STORE_FORMAT_VERSION,
-    StoreConfig,
+    ENCRYPTED_STORE_VERSION, Encryption, EncryptionConfig, InitOptions, STORE_FORMAT_VERSION, StoreConfig,
 };
 pub use format::manifest::{ChangeSource, Kind, SourceInfo};
-pub use format::point::{AttachmentRecord, PointDisk};
-pub use format::record::{ChunkId, Compression};
+pub use format::point::{AttachmentRecord, MAX_ATTACHMENT_BYTES, PointDisk};
+pub use format::record::Compression;
+pub use model::id::ChunkId;
 pub use model::id::{BackupId, ParseIdError, PointId};
+pub use model::object_lock::{LockMode, ObjectLock};
 pub use model::time::Moment;
-pub use ops::backup::{
-    Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, MAX_ATTACHMENT_BYTES, PointReport,
-};
+pub use ops::backup::{Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, PointReport};
 pub use ops::merge::{MergeOptions, MergeReport};
 pub use ops::prune::{PruneOptions, PruneReport, Retention};
 pub use ops::reindex::{ReindexOptions, ReindexReport};

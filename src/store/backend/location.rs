@@ -26,7 +26,7 @@ pub struct OpenOptions {
     pub no_cache: bool,
     /// The key of an encrypted store: its passphrase or key file. Given
     /// for a plain store, the open is refused.
-    pub key: Option<crate::store::StoreKey>,
+    pub key: Option<crate::store::crypto::StoreKey>,
     /// The key object to try first (its id or a prefix): an encrypted
     /// store's open tries at most 16 key objects of the key's kind, the
     /// cheapest first, so one with many (or planted) key objects is opened

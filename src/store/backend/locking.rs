@@ -18,7 +18,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::store::backend::{Backend, ObjectWriter};
-use crate::store::format::config::ObjectLock;
+use crate::store::model::object_lock::ObjectLock;
 
 use crate::store::model::layout::locked_key;
 
@@ -73,7 +73,7 @@ impl Backend for LockingBackend {
         {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{key} is under Object Lock until {}", crate::store::Moment::from(until)),
+                format!("{key} is under Object Lock until {}", crate::store::model::time::Moment::from(until)),
             ));
         }
         self.inner.delete(key)

@@ -49,7 +49,7 @@ macro_rules! forward_to_inner {
         fn retain(
             &self,
             key: &str,
-            mode: $crate::store::format::config::LockMode,
+            mode: $crate::store::model::object_lock::LockMode,
             until: std::time::SystemTime,
         ) -> std::io::Result<()> {
             self.inner.retain(key, mode, until)
@@ -74,7 +74,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::store::format::config::LockMode;
+use crate::store::model::object_lock::LockMode;
 
 pub use cache::CachedBackend;
 pub use local::LocalDir;

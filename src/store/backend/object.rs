@@ -28,11 +28,11 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-#[cfg(feature = "s3")]
-use crate::store::Moment;
 use crate::store::backend::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 #[cfg(feature = "s3")]
-use crate::store::format::config::LockMode;
+use crate::store::model::object_lock::LockMode;
+#[cfg(feature = "s3")]
+use crate::store::model::time::Moment;
 
 /// Bytes per multipart part, and the size below which an object is one put.
 const PART: usize = 8 << 20;

@@ -18,7 +18,8 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::store::format::record::{RecordError as Error, bad, parse_hex};
+use crate::store::format::record::{RecordError as Error, bad};
+use crate::store::model::id::parse_hex;
 use crate::store::model::time::Moment;
 use crate::store::crypto::{StoreKey, random_bytes};
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::store::format::record::ChunkId;
+use crate::store::model::id::ChunkId;
 
 /// Contexts for `blake3::derive_key`: one per purpose, fixed forever.
 const CONTEXT_CHUNK_ID: &str = "vhdkit store 2026-12-04 chunk id";

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::store::backend::{Backend, ObjectWriter};
-use crate::store::format::record::ChunkId;
+use crate::store::model::id::ChunkId;
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::time::Moment;

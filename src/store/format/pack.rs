@@ -6,14 +6,15 @@
 //! store the pack index is an envelope (see `crypto::envelope`) named by
 //! the pack's key, and the trailer's signature says so.
 
-use std::fmt;
 
 use std::sync::Arc;
 
 use crate::store::backend::{Backend, ObjectWriter};
-use crate::store::format::record::{ChunkId, Compression, RECORD_HEADER, parse_hex, record_header};
+use crate::store::format::record::{Compression, RECORD_HEADER, record_header};
+use crate::store::model::id::ChunkId;
 use crate::store::crypto::{Crypt, Keys, envelope};
 use crate::store::error::{Result, StoreError};
+use crate::store::model::id::PackId;
 
 const HEADER_MAGIC: &[u8; 8] = b"VKPACK01";
 const INDEX_MAGIC: &[u8; 8] = b"VKPIDX01";
@@ -26,50 +27,6 @@ pub const PACK_HEADER: u64 = 24;
 pub const TRAILER: usize = 32;
 /// Bytes per pack index entry.
 pub const ENTRY: usize = 44;
-
-/// A pack's random name.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PackId(pub [u8; 16]);
-
-impl PackId {
-    /// A fresh random id.
-    pub fn new_random() -> PackId {
-        PackId(*crate::format::Guid::new_random().as_bytes())
-    }
-
-    /// Lower-case hex.
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// Parses 32 hex digits.
-    pub fn from_hex(s: &str) -> Option<PackId> {
-        parse_hex::<16>(s).map(PackId)
-    }
-
-    /// The pack's key in the store.
-    pub fn key(&self) -> String {
-        crate::store::model::layout::pack_key(&self.to_hex())
-    }
-
-    /// The pack id in a key `packs/XX/<id>.pack`.
-    pub fn from_key(key: &str) -> Option<PackId> {
-        let name = key.strip_prefix("packs/")?.split('/').nth(1)?.strip_suffix(".pack")?;
-        PackId::from_hex(name)
-    }
-}
-
-impl fmt::Display for PackId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for PackId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PackId({})", &self.to_hex()[..12])
-    }
-}
 
 /// Where one record lies in its pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,10 +18,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::store::backend::Backend;
-use crate::store::format::record::ChunkId;
+use crate::store::model::id::ChunkId;
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::time::Moment;
+
+/// The largest attachment: writers and readers hold one in memory whole,
+/// and a point naming a larger one is refused.
+pub const MAX_ATTACHMENT_BYTES: u64 = 64 << 20;
 
 const FORMAT: &str = "vhdkit-point";
 const VERSION: u32 = 1;

@@ -9,11 +9,11 @@
 //! version its store writes.
 
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::store::crypto::Crypt;
+use crate::store::model::id::ChunkId;
 use crate::store::crypto::aead::{SALT, Sealer, TAG};
 
 /// Bytes of a record header.
@@ -32,68 +32,6 @@ pub const MAX_CHUNK: u32 = 4 << 20;
 pub const MAX_STORED: u32 = MAX_CHUNK + (MAX_CHUNK >> 7) + 1024;
 /// The longest record: header and the most stored bytes.
 pub const MAX_RECORD: u32 = RECORD_HEADER as u32 + MAX_STORED;
-
-/// A chunk's name: the BLAKE3 hash of its plain bytes, keyed in an
-/// encrypted store ([`Crypt::chunk_id`]).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct ChunkId(pub [u8; 32]);
-
-impl ChunkId {
-    /// The id of `bytes` in a plain store ([`Crypt::chunk_id`] in any).
-    pub fn of(bytes: &[u8]) -> ChunkId {
-        ChunkId(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// Lower-case hex.
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-impl fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkId({})", &self.to_hex()[..16])
-    }
-}
-
-impl FromStr for ChunkId {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_hex::<32>(s).map(ChunkId).ok_or_else(|| format!("not a chunk id: {s:?}"))
-    }
-}
-
-impl Serialize for ChunkId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for ChunkId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses exactly `N` bytes of lower- or upper-case hex.
-pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
 
 /// How a chunk's bytes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

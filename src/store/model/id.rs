@@ -1,4 +1,4 @@
-//! Typed ids: backups and restore points.
+//! Typed ids: backups and restore points, chunks and packs.
 //!
 //! Both have the shape `YYYYMMDDTHHMMSS.ffffffZ-RRRRRRRR`: the UTC creation
 //! time, then 8 random hex digits from the operating system's CSPRNG, so
@@ -109,6 +109,112 @@ id_type!(
     /// together (with tags and attachments). See the module documentation.
     PointId
 );
+
+/// A chunk's name: the BLAKE3 hash of its plain bytes, keyed in an
+/// encrypted store (`Crypt::chunk_id`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `bytes` in a plain store (`Crypt::chunk_id` in any).
+    pub fn of(bytes: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+impl FromStr for ChunkId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex::<32>(s).map(ChunkId).ok_or_else(|| format!("not a chunk id: {s:?}"))
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses exactly `N` bytes of lower- or upper-case hex.
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A pack's random name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    /// A fresh random id.
+    pub fn new_random() -> PackId {
+        PackId(*crate::format::Guid::new_random().as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<PackId> {
+        parse_hex::<16>(s).map(PackId)
+    }
+
+    /// The pack's key in the store.
+    pub fn key(&self) -> String {
+        crate::store::model::layout::pack_key(&self.to_hex())
+    }
+
+    /// The pack id in a key `packs/XX/<id>.pack`.
+    pub fn from_key(key: &str) -> Option<PackId> {
+        let name = key.strip_prefix("packs/")?.split('/').nth(1)?.strip_suffix(".pack")?;
+        PackId::from_hex(name)
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", &self.to_hex()[..12])
+    }
+}
 
 #[cfg(test)]
 mod tests {

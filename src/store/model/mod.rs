@@ -12,4 +12,5 @@ pub mod checked_json;
 pub mod id;
 pub mod layout;
 pub mod limits;
+pub mod object_lock;
 pub mod time;

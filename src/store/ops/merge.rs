@@ -12,11 +12,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::store::Traffic;
-use crate::store::error::{Result, StoreError};
-use crate::store::format::manifest::{Kind, MERGED, ManifestWriter, Slot};
+use crate::store::backend::Traffic;
+use crate::store::error::Result;
 use crate::store::model::id::BackupId;
-use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::state::chain::write_merged;
 use crate::store::state::handle::Handle;
 use crate::store::state::lease::LeaseMode;
 
@@ -62,50 +61,16 @@ pub(crate) fn merge(store: &Handle, spec: impl AsRef<str>, options: &MergeOption
     Ok(report)
 }
 
-/// The merge itself; the caller holds the exclusive lock.
+/// The merge itself ([`write_merged`]); the caller holds the exclusive lock.
 pub(crate) fn merge_locked(store: &Handle, id: &BackupId) -> Result<MergeReport> {
     let started = Instant::now();
-    let mut cursor = ChainCursor::open(store.backend(), id)?;
-    let chain_length = cursor.chain().len();
-    let mut header = cursor.header().clone();
-    let slots = header.slots();
-    if header.kind == Kind::Full {
-        return Ok(MergeReport {
-            id: id.clone(),
-            chain_length,
-            slots,
-            data_slots: 0,
-            seconds: 0.0,
-            traffic: Traffic::default(),
-        });
-    }
-    header.kind = Kind::Full;
-    header.parent = None;
-    // Beside the old manifest, never over it: readers take the newest
-    // generation, and vacuum removes the superseded one.
-    let mut writer = ManifestWriter::create_gen(store.backend(), &header, MERGED)?;
-    let mut data_slots = 0;
-    while let Some((r, n)) = cursor.next_run()? {
-        match r {
-            Resolved::Data(c) => {
-                writer.push(Slot::Data(c), n)?;
-                data_slots += n;
-            }
-            Resolved::Zero => writer.push(Slot::Zero, n)?,
-        }
-    }
-    drop(cursor);
-    match writer.commit() {
-        // Another merge of the same backup got there first: the same map.
-        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-        other => other?,
-    }
+    let merged = write_merged(store.backend(), id)?;
     Ok(MergeReport {
         id: id.clone(),
-        chain_length,
-        slots,
-        data_slots,
-        seconds: started.elapsed().as_secs_f64(),
+        chain_length: merged.chain_length,
+        slots: merged.slots,
+        data_slots: merged.data_slots,
+        seconds: if merged.written { started.elapsed().as_secs_f64() } else { 0.0 },
         traffic: Traffic::default(),
     })
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
-use crate::store::Traffic;
+use crate::store::backend::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::time::Moment;
@@ -191,7 +191,7 @@ pub(crate) fn prune(store: &Handle, name: &str, options: &PruneOptions) -> Resul
         return Ok(report);
     }
     for id in &report.merged {
-        crate::store::ops::merge::merge_locked(store, id)?;
+        crate::store::state::chain::write_merged(store.backend(), id)?;
     }
     // Dropping is a tombstone, not a delete: from its creation the backup
     // (or the whole restore point) is no longer committed, and vacuum's

@@ -22,16 +22,16 @@ use serde::Serialize;
 use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
 use crate::export::{ExportOptions, ExportReport, InPlace, Target, export, write_raw_in_place, write_raw_to};
 use crate::progress::Operation;
-use crate::store::Traffic;
 use crate::store::backend::Backend;
+use crate::store::backend::Traffic;
 use crate::store::crypto::Crypt;
 use crate::store::error::{Result, StoreError};
-use crate::store::format::pack::PackId;
 use crate::store::format::point::{PointRecord, plain_file_name};
-use crate::store::format::record::{ChunkId, RecordError, decode_record, decode_record_into};
+use crate::store::model::id::ChunkId;
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::state::catalog::{PointSummary, Selection};
 use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::state::fetch::{fetch_chunk, fetch_chunk_into};
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
 use crate::store::state::lease::Lease;
@@ -363,7 +363,7 @@ pub(crate) fn attachment_bytes(
 ) -> Result<Vec<u8>> {
     let chunk = u64::from(store.config.chunk_size);
     let slots = a.size.div_ceil(chunk);
-    if a.chunks.len() as u64 != slots || a.size > crate::store::ops::backup::MAX_ATTACHMENT_BYTES {
+    if a.chunks.len() as u64 != slots || a.size > crate::store::format::point::MAX_ATTACHMENT_BYTES {
         return Err(StoreError::corrupt(
             store.backend().describe(&crate::store::format::point::point_key(point)),
             "restore point",
@@ -458,56 +458,6 @@ impl BackupReader {
         }
         Ok(())
     }
-}
-
-/// Reads chunk `id` into `out` from the first stored copy that verifies
-/// (record CRC, decompression, length, BLAKE3); `record` is scratch space.
-/// On failure, says why the last copy failed.
-pub(crate) fn fetch_chunk(
-    backend: &dyn Backend,
-    index: &Index,
-    crypt: &Crypt,
-    id: ChunkId,
-    out: &mut Vec<u8>,
-    record: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    fetch_with(backend, index, id, record, |r| decode_record(r, id, out, crypt))
-}
-
-/// [`fetch_chunk`] into `dst`, which must be exactly the chunk's length.
-pub(crate) fn fetch_chunk_into(
-    backend: &dyn Backend,
-    index: &Index,
-    crypt: &Crypt,
-    id: ChunkId,
-    dst: &mut [u8],
-    record: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    fetch_with(backend, index, id, record, |r| decode_record_into(r, id, dst, crypt))
-}
-
-/// Tries each stored copy of `id` in turn until `decode` accepts one.
-fn fetch_with(
-    backend: &dyn Backend,
-    index: &Index,
-    id: ChunkId,
-    record: &mut Vec<u8>,
-    mut decode: impl FnMut(&[u8]) -> std::result::Result<(), RecordError>,
-) -> std::result::Result<(), String> {
-    let mut last_error = String::from("no stored copy");
-    for loc in index.locations(&id) {
-        let key = PackId::key(&loc.pack);
-        record.resize(loc.length as usize, 0);
-        if let Err(e) = backend.read_at(&key, record, loc.offset) {
-            last_error = format!("{}: {e}", backend.describe(&key).display());
-            continue;
-        }
-        match decode(record) {
-            Ok(()) => return Ok(()),
-            Err(e) => last_error = format!("{} at byte {}: {e}", backend.describe(&key).display(), loc.offset),
-        }
-    }
-    Err(last_error)
 }
 
 impl VirtualDisk for BackupReader {

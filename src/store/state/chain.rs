@@ -13,10 +13,12 @@
 use std::collections::HashSet;
 
 use crate::store::backend::Backend;
-use crate::store::format::record::ChunkId;
+use crate::store::model::id::ChunkId;
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::BackupId;
-use crate::store::format::manifest::{Kind, ManifestHeader, ManifestReader, Slot, manifest_key, read_header};
+use crate::store::format::manifest::{
+    Kind, MERGED, ManifestHeader, ManifestReader, ManifestWriter, Slot, manifest_key, read_header,
+};
 
 /// The deepest chain accepted. Backups merge at 14 by default; a chain
 /// this deep means a damaged store.
@@ -241,6 +243,55 @@ impl<'a> ChainCursor<'a> {
         }
         Ok(Some((resolved, len)))
     }
+}
+
+/// What [`write_merged`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Merged {
+    /// Backups in the chain that was folded (1 for a full backup).
+    pub chain_length: usize,
+    /// Slots in the backup's map.
+    pub slots: u64,
+    /// Of them, slots that name a chunk.
+    pub data_slots: u64,
+    /// False when the backup was full already and nothing was written.
+    pub written: bool,
+}
+
+/// Folds backup `id`'s chain into a full map, written beside the old
+/// manifest as its merged generation: synthetic merge, which merge, prune
+/// and a backup over the chain-length cap share. The caller holds the
+/// maintenance lease.
+pub(crate) fn write_merged(backend: &dyn Backend, id: &BackupId) -> Result<Merged> {
+    let mut cursor = ChainCursor::open(backend, id)?;
+    let chain_length = cursor.chain().len();
+    let mut header = cursor.header().clone();
+    let slots = header.slots();
+    if header.kind == Kind::Full {
+        return Ok(Merged { chain_length, slots, data_slots: 0, written: false });
+    }
+    header.kind = Kind::Full;
+    header.parent = None;
+    // Beside the old manifest, never over it: readers take the newest
+    // generation, and vacuum removes the superseded one.
+    let mut writer = ManifestWriter::create_gen(backend, &header, MERGED)?;
+    let mut data_slots = 0;
+    while let Some((r, n)) = cursor.next_run()? {
+        match r {
+            Resolved::Data(c) => {
+                writer.push(Slot::Data(c), n)?;
+                data_slots += n;
+            }
+            Resolved::Zero => writer.push(Slot::Zero, n)?,
+        }
+    }
+    drop(cursor);
+    match writer.commit() {
+        // Another merge of the same backup got there first: the same map.
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other?,
+    }
+    Ok(Merged { chain_length, slots, data_slots, written: true })
 }
 
 #[cfg(test)]

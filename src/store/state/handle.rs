@@ -15,7 +15,7 @@ use crate::store::backend::{self, Backend};
 use crate::store::crypto;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::config::StoreConfig;
-use crate::store::format::pack::PackId;
+use crate::store::model::id::PackId;
 use crate::store::model;
 use crate::store::model::limits::Limits;
 use crate::store::model::time::Moment;

@@ -8,9 +8,10 @@
 use std::collections::HashSet;
 
 use crate::store::backend::Backend;
-use crate::store::format::record::{ChunkId, MAX_CHUNK, MAX_RECORD, RECORD_HEADER};
+use crate::store::format::record::{MAX_CHUNK, MAX_RECORD, RECORD_HEADER};
+use crate::store::model::id::ChunkId;
 use crate::store::error::{Result, StoreError};
-use crate::store::format::pack::PackId;
+use crate::store::model::id::PackId;
 
 const MAGIC: &[u8; 8] = b"VKINDEX1";
 /// Bytes per index file entry.

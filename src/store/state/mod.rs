@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod chain;
 pub mod condemned;
+pub mod fetch;
 pub mod handle;
 pub mod index;
 pub mod keyring;

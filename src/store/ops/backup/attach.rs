@@ -6,15 +6,13 @@ use std::path::Path;
 
 use crate::cancel::CancelToken;
 use crate::store::error::{Result, StoreError};
+use crate::store::format::point::MAX_ATTACHMENT_BYTES;
 use crate::store::format::point::{AttachmentRecord, plain_file_name};
 use crate::store::ops::backup::packer::ChunkBytes;
 use crate::store::ops::backup::packer::{Claims, Packer, WorkerPack};
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
 use crate::zero::is_all_zero;
-
-/// The largest attachment: they are held in memory whole.
-pub const MAX_ATTACHMENT_BYTES: u64 = 64 << 20;
 
 /// A small file to keep with a backup job.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use crate::store::backend::Backend;
 use crate::store::crypto::Crypt;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::manifest::manifest_key;
-use crate::store::ops::restore::fetch_chunk;
 use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::state::fetch::fetch_chunk;
 use crate::store::state::index::Index;
 
 /// The previous backup's chunks, walked in slot order (memory: one run per

@@ -31,12 +31,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-pub use attach::{Attachment, MAX_ATTACHMENT_BYTES};
+pub use attach::Attachment;
 
 use crate::cancel::CancelToken;
 use crate::disk::VirtualDisk;
 use crate::progress::ProgressSink;
-use crate::store::Traffic;
+use crate::store::backend::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::changes::ChangeList;
 use crate::store::format::manifest::{ChangeSource, Kind, ManifestHeader, ManifestWriter};
@@ -385,7 +385,7 @@ fn run_job(store: &Handle, disks: &[JobDisk<'_>], options: &BackupOptions) -> Re
         if report.kind == Kind::Incremental && chain_length(store, &report.id)? > cap {
             report.merged = Some(match store.lease(LeaseMode::Maintenance, "merge", false) {
                 Ok(_lease) => {
-                    crate::store::ops::merge::merge_locked(store, &report.id)?;
+                    crate::store::state::chain::write_merged(store.backend(), &report.id)?;
                     true
                 }
                 Err(StoreError::StoreBusy { .. }) => false,

@@ -22,7 +22,7 @@ use crate::disk::VirtualDisk;
 use crate::progress::{Operation, ProgressSink};
 use crate::store::error::{Result, StoreError};
 use crate::store::format::manifest::{ManifestWriter, Slot};
-use crate::store::format::record::ChunkId;
+use crate::store::model::id::ChunkId;
 use crate::store::ops::backup::BackupReport;
 use crate::store::ops::backup::baseline::{Compare, PrevChunks, read_partial};
 use crate::store::ops::backup::packer::{ChunkBytes, Claims, Packer, WorkerPack};

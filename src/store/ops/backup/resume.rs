@@ -34,8 +34,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::error::Result;
-use crate::store::format::pack::{PACK_HEADER, PackEntry, PackId, read_pack_index};
-use crate::store::format::record::{ChunkId, MAX_RECORD, RECORD_HEADER};
+use crate::store::format::pack::{PACK_HEADER, PackEntry, read_pack_index};
+use crate::store::format::record::{MAX_RECORD, RECORD_HEADER};
+use crate::store::model::id::ChunkId;
+use crate::store::model::id::PackId;
 use crate::store::state::handle::Handle;
 use crate::store::state::index::{Index, IndexEntry, Location};
 

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::cancel::CancelToken;
 use crate::progress::ProgressSink;
-use crate::store::Traffic;
+use crate::store::backend::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::state::handle::Handle;
 use crate::store::state::lease::LeaseMode;

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::store::backend::{Backend, list_keys};
 use crate::store::error::{Result, StoreError};
-use crate::store::format::config::ObjectLock;
 use crate::store::model::layout::Folder;
+use crate::store::model::object_lock::ObjectLock;
 use crate::store::ops::vacuum::VacuumReport;
 use crate::store::state::condemned::{Condemned, Found};
 use crate::store::state::handle::Handle;
@@ -40,7 +40,7 @@ pub(super) fn locked_record(store: &Handle, f: &Found, now: SystemTime) -> Resul
         return Ok(false);
     }
     let backend = store.backend();
-    let packs = f.record.packs.iter().filter_map(|p| crate::store::format::pack::PackId::from_hex(p)).map(|p| p.key());
+    let packs = f.record.packs.iter().filter_map(|p| crate::store::model::id::PackId::from_hex(p)).map(|p| p.key());
     for key in packs.chain(f.record.objects.iter().cloned()) {
         if crate::store::model::layout::locked_key(&key) && retained(backend, &key, now)? {
             return Ok(true);
@@ -94,7 +94,7 @@ pub(super) fn extend_retention(
         report.retention_extended += 1;
     }
     for key in objects {
-        let pack = crate::store::format::pack::PackId::from_key(&key);
+        let pack = crate::store::model::id::PackId::from_key(&key);
         if keys.contains(&key) || pack.is_some_and(|p| packs.contains(&p)) {
             continue;
         }

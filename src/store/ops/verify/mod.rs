@@ -25,11 +25,13 @@ use serde::Serialize;
 
 use crate::cancel::CancelToken;
 use crate::progress::{Operation, ProgressSink};
-use crate::store::Traffic;
+use crate::store::backend::Traffic;
 use crate::store::crypto::Crypt;
 use crate::store::error::{Result, StoreError};
-use crate::store::format::pack::{PackEntry, PackId, read_pack_index};
-use crate::store::format::record::{ChunkId, check_crc, decode_record};
+use crate::store::format::pack::{PackEntry, read_pack_index};
+use crate::store::format::record::{check_crc, decode_record};
+use crate::store::model::id::ChunkId;
+use crate::store::model::id::PackId;
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::state::catalog::{Catalog, Selection};
 use crate::store::state::chain::{ChainCursor, Resolved};
