@@ -18,7 +18,7 @@ fn pack_trailer_with_an_index_offset_near_u64_max() {
         b'V', b'K', b'P', b'E', b'N', b'D', b'0', b'1', // end magic
     ];
     let err = decode_trailer(&data[data.len() - TRAILER..], data.len() as u64).unwrap_err();
-    assert!(err.contains("does not fit"), "{err}");
+    assert!(err.reason.contains("does not fit"), "{err}");
 }
 
 /// The same check holds at the edges that are valid: an empty index right

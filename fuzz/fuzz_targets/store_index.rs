@@ -1,7 +1,7 @@
 #![no_main]
 //! Index files: signature, count against length, checksum, order.
 use libfuzzer_sys::fuzz_target;
-use vhdkit::store::state::index::decode_index;
+use vhdkit::store::format::index_file::decode_index;
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_index(data);

@@ -6,6 +6,7 @@
 //! writes ([`StoreError::Output`]). Each carries the path or key, the
 //! operation and the underlying error unflattened.
 
+use crate::store::model::malformed::Malformed;
 use std::io;
 use std::path::PathBuf;
 
@@ -249,7 +250,7 @@ impl StoreError {
     /// a sealed object that does not open is damage, not an I/O failure.
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
-        move |source| match source.get_ref().and_then(|e| e.downcast_ref::<crate::store::backend::SealError>()) {
+        move |source| match source.get_ref().and_then(|e| e.downcast_ref::<crate::store::crypto::SealError>()) {
             Some(seal) => StoreError::Corrupt {
                 path,
                 structure: "sealed object",
@@ -267,6 +268,12 @@ impl StoreError {
         reason: impl Into<String>,
     ) -> Self {
         StoreError::Corrupt { path: path.into(), structure, offset, reason: reason.into() }
+    }
+
+    /// Damage a codec found in store file `path`.
+    pub(crate) fn malformed(path: impl Into<PathBuf>) -> impl FnOnce(Malformed) -> StoreError {
+        let path = path.into();
+        move |m| StoreError::Corrupt { path, structure: m.what, offset: m.offset, reason: m.reason }
     }
 
     /// A failure of the disk being backed up. A store error that reached

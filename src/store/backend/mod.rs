@@ -83,7 +83,7 @@ pub use memory::MemoryBackend;
 #[cfg(feature = "object-store")]
 pub use object::ObjectBackend;
 pub(crate) use readonly::ReadOnlyBackend;
-pub(crate) use sealing::{SealError, SealingBackend};
+pub(crate) use sealing::SealingBackend;
 
 /// Requests a backend has made and bytes it has uploaded, since it was
 /// made: [`Backend::traffic`]. On object storage a request is one HTTP
@@ -223,7 +223,7 @@ pub(crate) fn exists(backend: &dyn Backend, key: &str) -> io::Result<bool> {
 /// damaged or from another store), rather than because the storage could
 /// not answer: only the first says anything about the object.
 pub(crate) fn is_seal_error(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<SealError>())
+    e.get_ref().is_some_and(|inner| inner.is::<crate::store::crypto::SealError>())
 }
 
 /// A small object's bytes, refused (`InvalidData`) when its size is over

@@ -26,33 +26,12 @@ use crate::store::backend::{Backend, ObjectInfo, ObjectWriter};
 use crate::store::crypto::Keys;
 use crate::store::crypto::envelope::{self, Layout, Opener};
 
+use crate::store::crypto::seal_error;
 use crate::store::model::layout::sealed_key;
+use crate::store::model::malformed::Malformed;
 
 /// Layouts remembered at most (a few hundred bytes each).
 const LAYOUTS: usize = 4096;
-
-/// A sealed object that does not open: damage or tampering, never an I/O
-/// failure. `StoreError::io` turns it into `StoreError::Corrupt`.
-#[derive(Debug)]
-pub(crate) struct SealError {
-    /// Byte offset in the object as stored.
-    pub offset: u64,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl std::fmt::Display for SealError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sealed object at byte {}: {}", self.offset, self.reason)
-    }
-}
-
-impl std::error::Error for SealError {}
-
-fn seal_error(e: crate::store::format::record::RecordError) -> io::Error {
-    let crate::store::format::record::RecordError::Bad { offset, reason } = e;
-    io::Error::new(io::ErrorKind::InvalidData, SealError { offset, reason })
-}
 
 /// `inner`, its sealed prefixes opened and sealed with `keys`.
 #[derive(Debug)]
@@ -77,7 +56,7 @@ impl SealingBackend {
         let mut head = [0u8; envelope::HEADER];
         self.inner.read_at(key, &mut head, 0).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                seal_error(crate::store::format::record::bad(0, "too short for a sealed object"))
+                seal_error(Malformed::at("sealed object", 0, "too short for a sealed object"))
             } else {
                 e
             }
@@ -246,7 +225,7 @@ mod tests {
         let stored = inner.read_all("points/a.point").unwrap();
         put(&*inner, "points/b.point", &stored);
         let err = b.read_all("points/b.point").unwrap_err();
-        assert!(err.get_ref().is_some_and(|e| e.is::<SealError>()), "{err}");
+        assert!(err.get_ref().is_some_and(|e| e.is::<crate::store::crypto::SealError>()), "{err}");
         let mut altered = stored.clone();
         altered[40] ^= 1;
         put(&*inner, "points/c.point", &altered);

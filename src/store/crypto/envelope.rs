@@ -20,7 +20,7 @@
 //! of the header (its other 28 bytes), let `verify --no-key` find damage
 //! without the key.
 
-use crate::store::format::record::{RecordError as Error, bad};
+use crate::store::model::malformed::Malformed as Error;
 use crate::store::crypto::Keys;
 use crate::store::crypto::aead::{SALT, Sealer, TAG};
 
@@ -350,6 +350,11 @@ impl Writer {
         self.counter += 1;
         Ok(())
     }
+}
+
+/// A field of the sealed object at `offset` is wrong.
+fn bad(offset: u64, reason: impl Into<String>) -> Error {
+    Error::at("sealed object", offset, reason)
 }
 
 #[cfg(test)]

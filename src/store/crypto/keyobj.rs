@@ -18,7 +18,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::store::format::record::{RecordError as Error, bad};
+use crate::store::model::malformed::Malformed as Error;
 use crate::store::model::id::parse_hex;
 use crate::store::model::time::Moment;
 use crate::store::crypto::{StoreKey, random_bytes};
@@ -331,6 +331,11 @@ impl KeyObject {
         }
         Ok(k)
     }
+}
+
+/// A field of the key object at `offset` is wrong.
+fn bad(offset: u64, reason: impl Into<String>) -> Error {
+    Error::at("key object", offset, reason)
 }
 
 #[cfg(test)]

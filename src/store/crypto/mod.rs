@@ -30,6 +30,7 @@ use std::sync::Arc;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::store::model::id::ChunkId;
+use crate::store::model::malformed::Malformed;
 
 /// Contexts for `blake3::derive_key`: one per purpose, fixed forever.
 const CONTEXT_CHUNK_ID: &str = "vhdkit store 2026-12-04 chunk id";
@@ -268,6 +269,29 @@ impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StoreKey({:?}, ..)", self.kind)
     }
+}
+
+/// A sealed object that does not open: damage or tampering, never an I/O
+/// failure. `StoreError::io` turns it into `StoreError::Corrupt`.
+#[derive(Debug)]
+pub(crate) struct SealError {
+    /// Byte offset in the object as stored.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SealError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sealed object at byte {}: {}", self.offset, self.reason)
+    }
+}
+
+impl std::error::Error for SealError {}
+
+/// `e`, met opening a sealed object, as the I/O error a backend returns.
+pub(crate) fn seal_error(e: Malformed) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, SealError { offset: e.offset, reason: e.reason })
 }
 
 #[cfg(test)]

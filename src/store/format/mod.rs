@@ -13,6 +13,7 @@
 
 pub mod changes;
 pub mod config;
+pub mod index_file;
 pub mod manifest;
 pub mod pack;
 pub mod point;

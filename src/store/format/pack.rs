@@ -10,11 +10,12 @@
 use std::sync::Arc;
 
 use crate::store::backend::{Backend, ObjectWriter};
-use crate::store::format::record::{Compression, RECORD_HEADER, record_header};
+use crate::store::format::record::{Compression, RECORD_HEADER, crc_mismatch, decode_header, record_crc, record_header};
 use crate::store::model::id::ChunkId;
 use crate::store::crypto::{Crypt, Keys, envelope};
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::PackId;
+use crate::store::model::malformed::Malformed;
 
 const HEADER_MAGIC: &[u8; 8] = b"VKPACK01";
 const INDEX_MAGIC: &[u8; 8] = b"VKPIDX01";
@@ -164,10 +165,11 @@ pub struct Trailer {
 }
 
 /// Decodes the last [`TRAILER`] bytes of a pack of `pack_len` bytes.
-pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Trailer, String> {
+pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Trailer, Malformed> {
+    let bad = |reason: String| Malformed::at("pack trailer", pack_len.saturating_sub(TRAILER as u64), reason);
     let sealed = bytes.get(..8) == Some(&SEALED_INDEX_MAGIC[..]);
     if bytes.len() != TRAILER || (&bytes[..8] != INDEX_MAGIC && !sealed) || &bytes[24..] != END_MAGIC {
-        return Err("no pack trailer (the pack was not sealed, or its end is damaged)".into());
+        return Err(bad("no pack trailer (the pack was not sealed, or its end is damaged)".into()));
     }
     let index_offset = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
     let count = u32::from_le_bytes(bytes[16..20].try_into().unwrap_or_default());
@@ -177,7 +179,7 @@ pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Traile
     // index: a count larger than that space allows is a lie, refused before
     // anything is allocated for it.
     if u64::from(count) * RECORD_HEADER as u64 > index_offset.saturating_sub(PACK_HEADER) {
-        return Err(format!("{count} entries cannot fit before the pack index at {index_offset}"));
+        return Err(bad(format!("{count} entries cannot fit before the pack index at {index_offset}")));
     }
     // A sealed index's length follows from its envelope's own header,
     // checked when it is opened; here it must at least hold an envelope.
@@ -187,7 +189,7 @@ pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Traile
             if sealed { n >= envelope::HEADER as u64 + envelope::PER_SEGMENT } else { n == plain_len }
         });
     if !fits {
-        return Err(format!("pack index at {index_offset} with {count} entries does not fit the {pack_len}-byte pack"));
+        return Err(bad(format!("pack index at {index_offset} with {count} entries does not fit the {pack_len}-byte pack")));
     }
     Ok(Trailer { index_offset, count, crc, sealed })
 }
@@ -200,23 +202,24 @@ pub fn decode_pack_index(
     trailer: &Trailer,
     crypt: &Crypt,
     pack_key: &str,
-) -> std::result::Result<Vec<PackEntry>, String> {
+) -> std::result::Result<Vec<PackEntry>, Malformed> {
+    let bad = |reason: String| Malformed::at("pack index", trailer.index_offset, reason);
     if crc32c::crc32c(stored) != trailer.crc {
-        return Err("pack index CRC mismatch".into());
+        return Err(bad("pack index CRC mismatch".into()));
     }
     let opened;
     let bytes = match (trailer.sealed, crypt) {
         (false, Crypt::Plain) => stored,
         (true, Crypt::Sealed(keys)) => {
-            opened = envelope::open(keys, pack_key, stored).map_err(|e| format!("sealed pack index: {e}"))?;
+            opened = envelope::open(keys, pack_key, stored).map_err(|e| bad(format!("sealed pack index: {e}")))?;
             &opened[..]
         }
-        (_, Crypt::Locked) => return Err("the store is encrypted and was opened without its key".into()),
-        (true, Crypt::Plain) => return Err("a sealed pack index in a plain store".into()),
-        (false, Crypt::Sealed(_)) => return Err("a plain pack index in an encrypted store".into()),
+        (_, Crypt::Locked) => return Err(bad("the store is encrypted and was opened without its key".into())),
+        (true, Crypt::Plain) => return Err(bad("a sealed pack index in a plain store".into())),
+        (false, Crypt::Sealed(_)) => return Err(bad("a plain pack index in an encrypted store".into())),
     };
     if bytes.len() != trailer.count as usize * ENTRY {
-        return Err("pack index length does not match its count".into());
+        return Err(bad("pack index length does not match its count".into()));
     }
     let mut out = Vec::with_capacity(trailer.count as usize);
     for e in bytes.chunks_exact(ENTRY) {
@@ -228,7 +231,7 @@ pub fn decode_pack_index(
             && (length as usize) >= RECORD_HEADER
             && offset.checked_add(u64::from(length)).is_some_and(|end| end <= trailer.index_offset);
         if !fits {
-            return Err(format!("record at {offset} (+{length}) lies outside the pack's records"));
+            return Err(bad(format!("record at {offset} (+{length}) lies outside the pack's records")));
         }
         out.push(PackEntry { id: ChunkId(id), offset, length });
     }
@@ -236,9 +239,9 @@ pub fn decode_pack_index(
 }
 
 /// Checks the first [`PACK_HEADER`] bytes of pack `id`.
-pub fn check_pack_header(header: &[u8], id: PackId) -> std::result::Result<(), String> {
+pub fn check_pack_header(header: &[u8], id: PackId) -> std::result::Result<(), Malformed> {
     if header.get(..8) != Some(&HEADER_MAGIC[..]) || header.get(8..24) != Some(&id.0[..]) {
-        return Err("bad signature or pack id".into());
+        return Err(Malformed::at("pack header", 0, "bad signature or pack id"));
     }
     Ok(())
 }
@@ -253,17 +256,116 @@ pub fn read_pack_index(backend: &dyn Backend, id: PackId, crypt: &Crypt) -> Resu
     }
     let mut header = [0u8; PACK_HEADER as usize];
     backend.read_at(&key, &mut header, 0).map_err(StoreError::io(&path, "read pack"))?;
-    check_pack_header(&header, id).map_err(|r| StoreError::corrupt(&path, "pack header", 0, r))?;
+    check_pack_header(&header, id).map_err(StoreError::malformed(&path))?;
     let mut trailer = [0u8; TRAILER];
     backend.read_at(&key, &mut trailer, len - TRAILER as u64).map_err(StoreError::io(&path, "read pack"))?;
-    let t = decode_trailer(&trailer, len)
-        .map_err(|r| StoreError::corrupt(&path, "pack trailer", len - TRAILER as u64, r))?;
+    let t = decode_trailer(&trailer, len).map_err(StoreError::malformed(&path))?;
     // The trailer bounds the index by the pack's size.
     let mut index = vec![0u8; (len - TRAILER as u64 - t.index_offset) as usize];
     backend.read_at(&key, &mut index, t.index_offset).map_err(StoreError::io(&path, "read pack"))?;
-    decode_pack_index(&index, &t, crypt, &key).map_err(|r| StoreError::corrupt(&path, "pack index", t.index_offset, r))
+    decode_pack_index(&index, &t, crypt, &key).map_err(StoreError::malformed(&path))
 }
 
 fn locked() -> StoreError {
     StoreError::Invalid("the store is encrypted and was opened without its key".into())
 }
+/// What a walk of one sealed pack without its key found.
+#[derive(Debug, Default)]
+pub struct SealedPackWalk {
+    /// Records walked.
+    pub records: u64,
+    /// Records whose CRC does not hold: chunk, byte offset, why.
+    pub bad_crcs: Vec<(ChunkId, u64, String)>,
+    /// What stopped the walk: the pack's structure is broken there.
+    pub problem: Option<String>,
+}
+
+/// Walks sealed pack `id` without its key: header, trailer, the sealed
+/// index's CRC and envelope, then every record in turn by its lengths up
+/// to the index, checking each record's CRC (tags need the key). `tick`
+/// gets bytes checked and says whether to go on.
+pub fn walk_sealed_pack(backend: &dyn Backend, id: PackId, tick: &mut dyn FnMut(u64) -> bool) -> SealedPackWalk {
+    let mut out = SealedPackWalk::default();
+    let key = id.key();
+    let fail = |mut out: SealedPackWalk, why: String| {
+        out.problem = Some(why);
+        out
+    };
+    let len = match backend.stat(&key) {
+        Ok(o) => o.size,
+        Err(e) => return fail(out, format!("unreadable: {e}")),
+    };
+    if len < PACK_HEADER + TRAILER as u64 {
+        return fail(out, format!("{len} bytes is too short for a pack"));
+    }
+    let mut head = [0u8; PACK_HEADER as usize];
+    let mut trailer = [0u8; TRAILER];
+    if let Err(e) =
+        backend.read_at(&key, &mut head, 0).and_then(|()| backend.read_at(&key, &mut trailer, len - TRAILER as u64))
+    {
+        return fail(out, format!("unreadable: {e}"));
+    }
+    if let Err(r) = check_pack_header(&head, id) {
+        return fail(out, r.to_string());
+    }
+    let t = match decode_trailer(&trailer, len) {
+        Ok(t) if t.sealed => t,
+        Ok(_) => return fail(out, "a plain pack index in an encrypted store".into()),
+        Err(r) => return fail(out, r.to_string()),
+    };
+    // The trailer bounds the index by the pack's size.
+    let mut index = vec![0u8; (len - TRAILER as u64 - t.index_offset) as usize];
+    if let Err(e) = backend.read_at(&key, &mut index, t.index_offset) {
+        return fail(out, format!("unreadable: {e}"));
+    }
+    if crc32c::crc32c(&index) != t.crc {
+        return fail(out, format!("pack index at byte {}: CRC mismatch", t.index_offset));
+    }
+    match envelope::check(&index) {
+        Ok(n) if n == u64::from(t.count) * ENTRY as u64 => {}
+        Ok(n) => return fail(out, format!("the sealed pack index holds {n} bytes for {} entries", t.count)),
+        Err(e) => return fail(out, format!("sealed pack index at byte {}: {e}", t.index_offset)),
+    }
+    // The records, one after another, up to the index.
+    let mut pos = PACK_HEADER;
+    let mut record = Vec::new();
+    while pos < t.index_offset {
+        let mut h = [0u8; RECORD_HEADER];
+        if pos + RECORD_HEADER as u64 > t.index_offset {
+            return fail(out, format!("a record header at byte {pos} runs into the index"));
+        }
+        if let Err(e) = backend.read_at(&key, &mut h, pos) {
+            return fail(out, format!("unreadable at byte {pos}: {e}"));
+        }
+        let header = match decode_header(&h) {
+            Ok(header) if header.sealed => header,
+            Ok(_) => return fail(out, format!("a plain record at byte {pos} in an encrypted store")),
+            // Records are found by their lengths: past a bad header the rest
+            // cannot be told apart.
+            Err(e) => return fail(out, format!("no record at byte {pos}: {e}")),
+        };
+        let end = pos + RECORD_HEADER as u64 + u64::from(header.stored_len);
+        if end > t.index_offset {
+            return fail(out, format!("the record at byte {pos} runs into the index"));
+        }
+        record.resize(header.stored_len as usize, 0);
+        if let Err(e) = backend.read_at(&key, &mut record, pos + RECORD_HEADER as u64) {
+            return fail(out, format!("unreadable at byte {pos}: {e}"));
+        }
+        let crc = record_crc(&h, &[&record]);
+        if crc != header.crc {
+            out.bad_crcs.push((header.id, pos, crc_mismatch(header.crc, crc)));
+        }
+        out.records += 1;
+        if !tick(end - pos) {
+            return out;
+        }
+        pos = end;
+    }
+    if out.records != u64::from(t.count) {
+        let why = format!("{} records, the trailer says {}", out.records, t.count);
+        return fail(out, why);
+    }
+    out
+}
+

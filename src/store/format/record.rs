@@ -8,12 +8,12 @@
 //! off as another chunk's or with other lengths. A reader accepts only the
 //! version its store writes.
 
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::crypto::Crypt;
 use crate::store::model::id::ChunkId;
+use crate::store::model::malformed::Malformed;
 use crate::store::crypto::aead::{SALT, Sealer, TAG};
 
 /// Bytes of a record header.
@@ -107,13 +107,13 @@ pub(crate) fn crc_mismatch(stored: u32, computed: u32) -> String {
 
 /// The stored bytes of `record` (after its header), checked against the
 /// header's length.
-fn stored_part<'a>(record: &'a [u8], h: &RecordHeader) -> Result<&'a [u8], RecordError> {
+fn stored_part<'a>(record: &'a [u8], h: &RecordHeader) -> Result<&'a [u8], Malformed> {
     record
         .get(RECORD_HEADER..RECORD_HEADER + h.stored_len as usize)
         .ok_or_else(|| bad(RECORD_HEADER as u64, "stored bytes cut short"))
 }
 
-fn crc_holds(record: &[u8], stored: &[u8], h: &RecordHeader) -> Result<(), RecordError> {
+fn crc_holds(record: &[u8], stored: &[u8], h: &RecordHeader) -> Result<(), Malformed> {
     let crc = record_crc(record, &[stored]);
     if crc != h.crc {
         return Err(bad(48, crc_mismatch(h.crc, crc)));
@@ -183,32 +183,13 @@ pub fn seal_in_place(
     (salt, tag)
 }
 
-/// Why a record could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordError {
-    /// At this offset within the record.
-    Bad {
-        /// Byte offset within the record.
-        offset: u64,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl fmt::Display for RecordError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RecordError::Bad { offset, reason } => write!(f, "{reason} (record byte {offset})"),
-        }
-    }
-}
-
-pub(crate) fn bad(offset: u64, reason: impl Into<String>) -> RecordError {
-    RecordError::Bad { offset, reason: reason.into() }
+/// A record's field at `offset` is wrong.
+pub(crate) fn bad(offset: u64, reason: impl Into<String>) -> Malformed {
+    Malformed::at("record", offset, reason)
 }
 
 /// Decodes a record header from its first [`RECORD_HEADER`] bytes.
-pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
+pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, Malformed> {
     let h = bytes.get(..RECORD_HEADER).ok_or_else(|| bad(0, "record header cut short"))?;
     if &h[..4] != MAGIC {
         return Err(bad(0, "bad record signature"));
@@ -240,7 +221,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
 /// Checks a whole record (header and stored bytes) and returns the chunk's
 /// plain bytes in `out` (resized to the plain length). `expected` is the id
 /// the caller asked for; `crypt` is the store's.
-pub fn decode_record(record: &[u8], expected: ChunkId, out: &mut Vec<u8>, crypt: &Crypt) -> Result<(), RecordError> {
+pub fn decode_record(record: &[u8], expected: ChunkId, out: &mut Vec<u8>, crypt: &Crypt) -> Result<(), Malformed> {
     let h = decode_header(record)?;
     out.clear();
     out.resize(h.plain_len as usize, 0);
@@ -252,7 +233,7 @@ pub fn decode_record(record: &[u8], expected: ChunkId, out: &mut Vec<u8>, crypt:
 /// restore decodes into its output buffer without an intermediate copy.
 /// On error `dst` holds unspecified bytes. The record itself is never
 /// changed (vacuum copies a record's bytes once they check out).
-pub fn decode_record_into(record: &[u8], expected: ChunkId, dst: &mut [u8], crypt: &Crypt) -> Result<(), RecordError> {
+pub fn decode_record_into(record: &[u8], expected: ChunkId, dst: &mut [u8], crypt: &Crypt) -> Result<(), Malformed> {
     let h = decode_header(record)?;
     let stored = stored_part(record, &h)?;
     // A sealed record's tag covers all the CRC does (the header's fields
@@ -304,7 +285,7 @@ pub fn decode_record_into(record: &[u8], expected: ChunkId, dst: &mut [u8], cryp
 
 /// Checks a record's CRC alone (decoding a sealed record relies on its tag
 /// instead; verify checks both, so it agrees with a check without the key).
-pub fn check_crc(record: &[u8]) -> Result<(), RecordError> {
+pub fn check_crc(record: &[u8]) -> Result<(), Malformed> {
     let h = decode_header(record)?;
     crc_holds(record, stored_part(record, &h)?, &h)
 }
@@ -317,7 +298,7 @@ thread_local! {
 
 /// Decompresses (or copies) a record's plain payload into `dst` and checks
 /// that it is the chunk the header names.
-fn decode_payload(h: &RecordHeader, payload: &[u8], dst: &mut [u8], crypt: &Crypt) -> Result<(), RecordError> {
+fn decode_payload(h: &RecordHeader, payload: &[u8], dst: &mut [u8], crypt: &Crypt) -> Result<(), Malformed> {
     match h.compression {
         Compression::None => {
             if payload.len() != h.plain_len as usize {
@@ -339,7 +320,7 @@ fn decode_payload(h: &RecordHeader, payload: &[u8], dst: &mut [u8], crypt: &Cryp
     }
 }
 
-fn check_id(plain: &[u8], id: &ChunkId, crypt: &Crypt) -> Result<(), RecordError> {
+fn check_id(plain: &[u8], id: &ChunkId, crypt: &Crypt) -> Result<(), Malformed> {
     let actual = crypt.chunk_id(plain);
     if actual != *id {
         return Err(bad(RECORD_HEADER as u64, format!("contents hash to {actual}, not the chunk id")));

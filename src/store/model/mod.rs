@@ -12,5 +12,6 @@ pub mod checked_json;
 pub mod id;
 pub mod layout;
 pub mod limits;
+pub mod malformed;
 pub mod object_lock;
 pub mod time;

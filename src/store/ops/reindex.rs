@@ -11,11 +11,11 @@ use serde::Serialize;
 
 use crate::store::backend::Traffic;
 use crate::store::error::{Result, StoreError};
+use crate::store::format::index_file::{IndexEntry, Location, write_index_file};
 use crate::store::format::pack::read_pack_index;
 use crate::store::format::record::{RECORD_HEADER, decode_header};
 use crate::store::model::id::PackId;
 use crate::store::state::handle::Handle;
-use crate::store::state::index::{IndexEntry, Location, write_index_file};
 use crate::store::state::lease::LeaseMode;
 
 /// How to reindex.

@@ -4,7 +4,8 @@
 
 use crate::store::backend::Backend;
 use crate::store::crypto::Crypt;
-use crate::store::format::record::{RecordError, decode_record, decode_record_into};
+use crate::store::format::record::{decode_record, decode_record_into};
+use crate::store::model::malformed::Malformed;
 use crate::store::model::id::{ChunkId, PackId};
 use crate::store::state::index::Index;
 
@@ -40,7 +41,7 @@ fn fetch_with(
     index: &Index,
     id: ChunkId,
     record: &mut Vec<u8>,
-    mut decode: impl FnMut(&[u8]) -> std::result::Result<(), RecordError>,
+    mut decode: impl FnMut(&[u8]) -> std::result::Result<(), Malformed>,
 ) -> std::result::Result<(), String> {
     let mut last_error = String::from("no stored copy");
     for loc in index.locations(&id) {

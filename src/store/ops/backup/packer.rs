@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use crate::store::crypto::aead::{SALT, TAG};
 use crate::store::crypto::{Crypt, Keys};
 use crate::store::error::{Result, StoreError};
+use crate::store::format::index_file::{IndexEntry, Location};
 use crate::store::format::pack::PackWriter;
 use crate::store::format::record::{Compression, seal_in_place};
 use crate::store::model::id::ChunkId;
 use crate::store::model::limits::Limits;
 use crate::store::state::handle::Handle;
-use crate::store::state::index::{IndexEntry, Location};
 
 /// What every worker of a job shares, across all of the job's disks and
 /// its attachments: which new chunks the job has claimed (so each is

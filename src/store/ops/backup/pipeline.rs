@@ -21,6 +21,7 @@ use crate::cancel::CancelToken;
 use crate::disk::VirtualDisk;
 use crate::progress::{Operation, ProgressSink};
 use crate::store::error::{Result, StoreError};
+use crate::store::format::index_file::IndexEntry;
 use crate::store::format::manifest::{ManifestWriter, Slot};
 use crate::store::model::id::ChunkId;
 use crate::store::ops::backup::BackupReport;
@@ -29,7 +30,7 @@ use crate::store::ops::backup::packer::{ChunkBytes, Claims, Packer, WorkerPack};
 use crate::store::ops::backup::plan::{ChangeSet, Plan, plan_window};
 use crate::store::state::chain::Resolved;
 use crate::store::state::handle::Handle;
-use crate::store::state::index::{Index, IndexEntry};
+use crate::store::state::index::Index;
 use crate::store::state::lease::Lease;
 use crate::zero::is_all_zero;
 
@@ -474,5 +475,5 @@ pub(super) fn write_index_file(store: &Handle, mut entries: Vec<IndexEntry>) -> 
     if entries.is_empty() {
         return Ok(());
     }
-    crate::store::state::index::write_index_file(store.backend(), &mut entries)
+    crate::store::format::index_file::write_index_file(store.backend(), &mut entries)
 }

@@ -34,12 +34,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::error::Result;
+use crate::store::format::index_file::{IndexEntry, Location};
 use crate::store::format::pack::{PACK_HEADER, PackEntry, read_pack_index};
 use crate::store::format::record::{MAX_RECORD, RECORD_HEADER};
 use crate::store::model::id::ChunkId;
 use crate::store::model::id::PackId;
 use crate::store::state::handle::Handle;
-use crate::store::state::index::{Index, IndexEntry, Location};
+use crate::store::state::index::Index;
 
 /// Orphan copies remembered at most: a million, about 100 MiB, more than
 /// the unindexed tail of several interrupted jobs (index files are written

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use crate::progress::Operation;
 use crate::store::backend::list_keys;
 use crate::store::error::{Result, StoreError};
+use crate::store::format::index_file::{IndexEntry, Location, write_index_file};
 use crate::store::format::manifest::{MERGED, manifest_key, manifest_key_gen};
 use crate::store::format::pack::{PackEntry, PackWriter, read_pack_index};
 use crate::store::format::point::point_key;
@@ -16,7 +17,7 @@ use crate::store::model::time::Moment;
 use crate::store::ops::vacuum::{VacuumOptions, VacuumReport};
 use crate::store::state::condemned::{CondemnRecord, Condemned, LeaseSet, write_leases, write_record};
 use crate::store::state::handle::Handle;
-use crate::store::state::index::{Index, IndexEntry, Location, write_index_file};
+use crate::store::state::index::Index;
 use crate::store::state::lease::{Lease, LeaseTable, tombstone_key};
 
 struct PackPlan {

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::store::backend::list_keys;
 use crate::store::error::{Result, StoreError};
+use crate::store::format::index_file::{IndexEntry, write_index_file};
 use crate::store::format::manifest::{MERGED, id_from_key, manifest_key_gen};
 use crate::store::format::pack::read_pack_index;
 use crate::store::model::id::ChunkId;
@@ -12,7 +13,7 @@ use crate::store::model::id::PackId;
 use crate::store::ops::vacuum::{VacuumOptions, VacuumReport};
 use crate::store::state::condemned::{Condemned, Found, LeaseSet, leases_key, record_key, write_leases};
 use crate::store::state::handle::Handle;
-use crate::store::state::index::{Index, IndexEntry, write_index_file};
+use crate::store::state::index::Index;
 use crate::store::state::lease::{Lease, LeaseMode, LeaseTable, fence};
 
 /// What stands in the way of a record: leases it lists that may still use
@@ -129,7 +130,7 @@ pub(super) fn finish(store: &Handle, lease: &Lease, options: &VacuumOptions, rep
     for p in &rescued {
         if let Ok(list) = read_pack_index(backend, *p, store.crypt()) {
             for e in list.iter().filter(|e| marked.live.contains(&e.id)) {
-                let same = |l: &&crate::store::state::index::Location| l.pack == *p && l.offset == e.offset;
+                let same = |l: &&crate::store::format::index_file::Location| l.pack == *p && l.offset == e.offset;
                 if let Some(l) = doomed.locations(&e.id).chain(kept.locations(&e.id)).find(same) {
                     carry.push(IndexEntry { id: e.id, location: *l });
                 }

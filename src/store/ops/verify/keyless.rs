@@ -20,21 +20,12 @@ use crate::store::backend::{Backend, list_keys, read_small};
 use crate::store::crypto::envelope;
 use crate::store::crypto::keyobj::{KeyObject, MAX_KEY_OBJECT};
 use crate::store::error::{Result, StoreError};
-use crate::store::format::pack::{ENTRY, PACK_HEADER, TRAILER, check_pack_header, decode_trailer};
-use crate::store::format::record::{RECORD_HEADER, crc_mismatch, decode_header, record_crc};
+use crate::store::format::pack::walk_sealed_pack;
 use crate::store::model::id::PackId;
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::layout::Folder;
 use crate::store::ops::verify::{DamagedChunk, VerifyOptions, VerifyReport};
 use crate::store::state::handle::Handle;
-
-/// What one pack's walk found.
-#[derive(Default)]
-struct PackCheck {
-    records: u64,
-    damaged: Vec<DamagedChunk>,
-    problem: Option<String>,
-}
 
 /// [`Store::verify`] of an encrypted store opened without its key: see
 /// the module documentation.
@@ -97,7 +88,7 @@ pub(super) fn verify_keyless(store: &Handle, options: &VerifyOptions) -> Result<
     let (mut records, mut damaged, mut done) = (0u64, BTreeSet::new(), 0u64);
     for key in &packs {
         let Some(id) = PackId::from_key(key) else { continue };
-        let check = check_pack(backend, id, &mut |n| {
+        let check = walk_sealed_pack(backend, id, &mut |n| {
             done += n;
             progress.tick(done);
             !options.cancel.is_cancelled()
@@ -106,7 +97,11 @@ pub(super) fn verify_keyless(store: &Handle, options: &VerifyOptions) -> Result<
             return Err(StoreError::Cancelled);
         }
         records += check.records;
-        damaged.extend(check.damaged);
+        damaged.extend(check.bad_crcs.into_iter().map(|(chunk, at, reason)| DamagedChunk {
+            chunk: chunk.to_hex(),
+            pack: id.to_hex(),
+            reason: format!("at byte {at}: {reason}"),
+        }));
         if let Some(p) = check.problem {
             problems.push(format!("pack {id}: {p}"));
         }
@@ -176,95 +171,4 @@ fn check_envelope(backend: &dyn Backend, key: &str) -> std::io::Result<Result<()
 /// The restore point whose object `key` is.
 fn point_of(key: &str) -> Option<PointId> {
     key.strip_prefix("points/")?.strip_suffix(".point")?.parse().ok()
-}
-
-/// Walks pack `id` record by record; `tick` gets bytes checked and says
-/// whether to go on.
-fn check_pack(backend: &dyn Backend, id: PackId, tick: &mut dyn FnMut(u64) -> bool) -> PackCheck {
-    let mut out = PackCheck::default();
-    let key = id.key();
-    let fail = |mut out: PackCheck, why: String| {
-        out.problem = Some(why);
-        out
-    };
-    let len = match backend.stat(&key) {
-        Ok(o) => o.size,
-        Err(e) => return fail(out, format!("unreadable: {e}")),
-    };
-    if len < PACK_HEADER + TRAILER as u64 {
-        return fail(out, format!("{len} bytes is too short for a pack"));
-    }
-    let mut head = [0u8; PACK_HEADER as usize];
-    let mut trailer = [0u8; TRAILER];
-    if let Err(e) =
-        backend.read_at(&key, &mut head, 0).and_then(|()| backend.read_at(&key, &mut trailer, len - TRAILER as u64))
-    {
-        return fail(out, format!("unreadable: {e}"));
-    }
-    if let Err(r) = check_pack_header(&head, id) {
-        return fail(out, format!("header: {r}"));
-    }
-    let t = match decode_trailer(&trailer, len) {
-        Ok(t) if t.sealed => t,
-        Ok(_) => return fail(out, "a plain pack index in an encrypted store".into()),
-        Err(r) => return fail(out, format!("trailer: {r}")),
-    };
-    // The trailer bounds the index by the pack's size.
-    let mut index = vec![0u8; (len - TRAILER as u64 - t.index_offset) as usize];
-    if let Err(e) = backend.read_at(&key, &mut index, t.index_offset) {
-        return fail(out, format!("unreadable: {e}"));
-    }
-    if crc32c::crc32c(&index) != t.crc {
-        return fail(out, format!("pack index at byte {}: CRC mismatch", t.index_offset));
-    }
-    match envelope::check(&index) {
-        Ok(n) if n == u64::from(t.count) * ENTRY as u64 => {}
-        Ok(n) => return fail(out, format!("the sealed pack index holds {n} bytes for {} entries", t.count)),
-        Err(e) => return fail(out, format!("sealed pack index at byte {}: {e}", t.index_offset)),
-    }
-    // The records, one after another, up to the index.
-    let mut pos = PACK_HEADER;
-    let mut record = Vec::new();
-    while pos < t.index_offset {
-        let mut h = [0u8; RECORD_HEADER];
-        if pos + RECORD_HEADER as u64 > t.index_offset {
-            return fail(out, format!("a record header at byte {pos} runs into the index"));
-        }
-        if let Err(e) = backend.read_at(&key, &mut h, pos) {
-            return fail(out, format!("unreadable at byte {pos}: {e}"));
-        }
-        let header = match decode_header(&h) {
-            Ok(header) if header.sealed => header,
-            Ok(_) => return fail(out, format!("a plain record at byte {pos} in an encrypted store")),
-            // Records are found by their lengths: past a bad header the rest
-            // cannot be told apart.
-            Err(e) => return fail(out, format!("no record at byte {pos}: {e}")),
-        };
-        let end = pos + RECORD_HEADER as u64 + u64::from(header.stored_len);
-        if end > t.index_offset {
-            return fail(out, format!("the record at byte {pos} runs into the index"));
-        }
-        record.resize(header.stored_len as usize, 0);
-        if let Err(e) = backend.read_at(&key, &mut record, pos + RECORD_HEADER as u64) {
-            return fail(out, format!("unreadable at byte {pos}: {e}"));
-        }
-        let crc = record_crc(&h, &[&record]);
-        if crc != header.crc {
-            out.damaged.push(DamagedChunk {
-                chunk: header.id.to_hex(),
-                pack: id.to_hex(),
-                reason: format!("at byte {pos}: {}", crc_mismatch(header.crc, crc)),
-            });
-        }
-        out.records += 1;
-        if !tick(end - pos) {
-            return out;
-        }
-        pos = end;
-    }
-    if out.records != u64::from(t.count) {
-        let why = format!("{} records, the trailer says {}", out.records, t.count);
-        return fail(out, why);
-    }
-    out
 }

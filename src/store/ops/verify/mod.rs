@@ -28,6 +28,7 @@ use crate::progress::{Operation, ProgressSink};
 use crate::store::backend::Traffic;
 use crate::store::crypto::Crypt;
 use crate::store::error::{Result, StoreError};
+use crate::store::format::index_file::decode_index;
 use crate::store::format::pack::{PackEntry, read_pack_index};
 use crate::store::format::record::{check_crc, decode_record};
 use crate::store::model::id::ChunkId;
@@ -37,7 +38,7 @@ use crate::store::state::catalog::{Catalog, Selection};
 use crate::store::state::chain::{ChainCursor, Resolved};
 use crate::store::state::condemned::Condemned;
 use crate::store::state::handle::Handle;
-use crate::store::state::index::{damaged_key, decode_index};
+use crate::store::state::index::damaged_key;
 
 /// How to verify.
 #[derive(Debug, Clone, Default)]
@@ -204,8 +205,7 @@ pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyRe
             Err(e) if gone(&key, Some(e.kind())) => continue,
             other => other,
         };
-        match bytes.map_err(|e| e.to_string()).and_then(|b| decode_index(&b).map_err(|(o, r)| format!("byte {o}: {r}")))
-        {
+        match bytes.map_err(|e| e.to_string()).and_then(|b| decode_index(&b).map_err(|m| m.to_string())) {
             Ok(entries) => indexed.extend(
                 entries
                     .iter()
