@@ -191,17 +191,6 @@ impl PackId {
     pub fn from_hex(s: &str) -> Option<PackId> {
         parse_hex::<16>(s).map(PackId)
     }
-
-    /// The pack's key in the store.
-    pub fn key(&self) -> String {
-        crate::store::model::layout::pack_key(&self.to_hex())
-    }
-
-    /// The pack id in a key `packs/XX/<id>.pack`.
-    pub fn from_key(key: &str) -> Option<PackId> {
-        let name = key.strip_prefix("packs/")?.split('/').nth(1)?.strip_suffix(".pack")?;
-        PackId::from_hex(name)
-    }
 }
 
 impl fmt::Display for PackId {

@@ -6,7 +6,7 @@
 //! folder's policy is decided here once. `docs/store-format.md`, "Folder
 //! layout", is the same list for readers of the format.
 
-use crate::store::model::id::{BackupId, PointId};
+use crate::store::model::id::{BackupId, PackId, PointId};
 
 /// A top-level folder of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +201,20 @@ pub(crate) fn log_key(id: &BackupId) -> String {
 /// A key object's key, from its id.
 pub(crate) fn key_object_key_of(id: &str) -> String {
     format!("keys/{id}.key")
+}
+
+/// A pack's key is the layout's business: the id knows only its hex.
+impl PackId {
+    /// The pack's key in the store.
+    pub fn key(&self) -> String {
+        pack_key(&self.to_hex())
+    }
+
+    /// The pack id in a key `packs/XX/<id>.pack`.
+    pub fn from_key(key: &str) -> Option<PackId> {
+        let name = key.strip_prefix("packs/")?.split('/').nth(1)?.strip_suffix(".pack")?;
+        PackId::from_hex(name)
+    }
 }
 
 #[cfg(test)]

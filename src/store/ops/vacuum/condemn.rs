@@ -14,7 +14,7 @@ use crate::store::model::id::BackupId;
 use crate::store::model::id::ChunkId;
 use crate::store::model::id::PackId;
 use crate::store::model::time::Moment;
-use crate::store::ops::vacuum::{VacuumOptions, VacuumReport};
+use crate::store::ops::vacuum::options::{VacuumOptions, VacuumReport};
 use crate::store::state::condemned::{CondemnRecord, Condemned, LeaseSet, write_leases, write_record};
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;

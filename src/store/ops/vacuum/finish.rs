@@ -10,7 +10,7 @@ use crate::store::format::manifest::{MERGED, id_from_key, manifest_key_gen};
 use crate::store::format::pack::read_pack_index;
 use crate::store::model::id::ChunkId;
 use crate::store::model::id::PackId;
-use crate::store::ops::vacuum::{VacuumOptions, VacuumReport};
+use crate::store::ops::vacuum::options::{VacuumOptions, VacuumReport};
 use crate::store::state::condemned::{Condemned, Found, LeaseSet, leases_key, record_key, write_leases};
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;

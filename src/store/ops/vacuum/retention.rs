@@ -17,7 +17,7 @@ use crate::store::backend::{Backend, list_keys};
 use crate::store::error::{Result, StoreError};
 use crate::store::model::layout::Folder;
 use crate::store::model::object_lock::ObjectLock;
-use crate::store::ops::vacuum::VacuumReport;
+use crate::store::ops::vacuum::options::VacuumReport;
 use crate::store::state::condemned::{Condemned, Found};
 use crate::store::state::handle::Handle;
 use crate::store::state::lease::Lease;

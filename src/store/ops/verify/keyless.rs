@@ -24,7 +24,7 @@ use crate::store::format::pack::walk_sealed_pack;
 use crate::store::model::id::PackId;
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::layout::Folder;
-use crate::store::ops::verify::{DamagedChunk, VerifyOptions, VerifyReport};
+use crate::store::ops::verify::options::{DamagedChunk, VerifyOptions, VerifyReport};
 use crate::store::state::handle::Handle;
 
 /// [`Store::verify`] of an encrypted store opened without its key: see
