@@ -252,3 +252,10 @@ pub(crate) fn total_bytes(backend: &dyn Backend, prefix: &str) -> io::Result<u64
 pub(crate) fn list_keys(backend: &dyn Backend, prefix: &str) -> io::Result<Vec<String>> {
     Ok(backend.list(prefix)?.into_iter().map(|o| o.key).collect())
 }
+
+/// Writes a whole small object, only if its key is free.
+pub(crate) fn put_new(backend: &dyn Backend, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut w = backend.create(key)?;
+    w.write(bytes)?;
+    w.commit()
+}

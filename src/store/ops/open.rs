@@ -226,9 +226,9 @@ fn read_config(backend: Arc<dyn Backend>) -> Result<(Arc<dyn Backend>, StoreConf
 /// the config recorded.
 pub fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
     let key = model::layout::probe_key(&PackId::new_random().to_hex());
-    state::lease::put_new(backend, &key, b"first")
+    backend::put_new(backend, &key, b"first")
         .map_err(StoreError::io(backend.describe(&key), "probe conditional writes"))?;
-    let second = state::lease::put_new(backend, &key, b"second");
+    let second = backend::put_new(backend, &key, b"second");
     let _ = backend.delete(&key);
     match second {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),

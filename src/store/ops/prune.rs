@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use crate::store::backend::Traffic;
+use crate::store::backend::put_new;
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::time::Moment;
 use crate::store::state::chain::ChainWalk;
 use crate::store::state::handle::Handle;
-use crate::store::state::lease::{LeaseMode, put_new, tombstone_key};
+use crate::store::state::lease::{LeaseMode, tombstone_key};
 
 /// Which backups to keep: the union of every rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

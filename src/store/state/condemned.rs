@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::backend::Backend;
 use crate::store::error::{Result, StoreError};
-use crate::store::state::lease::put_new;
+use crate::store::backend::put_new;
 use crate::store::model::id::PackId;
 use crate::store::model::time::Moment;
 

@@ -18,3 +18,4 @@ pub mod handle;
 pub mod index;
 pub mod keyring;
 pub mod lease;
+pub mod tombstone;

@@ -14,7 +14,8 @@ use crate::store::ops::vacuum::options::{VacuumOptions, VacuumReport};
 use crate::store::state::condemned::{Condemned, Found, LeaseSet, leases_key, record_key, write_leases};
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
-use crate::store::state::lease::{Lease, LeaseMode, LeaseTable, fence};
+use crate::store::state::lease::{Lease, LeaseMode, LeaseTable};
+use crate::store::state::tombstone::fence;
 
 /// What stands in the way of a record: leases it lists that may still use
 /// what it condemns. Stale backup leases are fenced on the way (so they can
