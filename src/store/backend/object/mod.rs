@@ -18,6 +18,8 @@
 //! 429, timeouts, resets) are retried with backoff by `object_store`'s
 //! retry layer; the rest become `io::Error`s naming the key.
 
+mod writer;
+
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -26,16 +28,17 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::store::backend::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 #[cfg(feature = "s3")]
 use crate::store::model::object_lock::LockMode;
 #[cfg(feature = "s3")]
 use crate::store::model::time::Moment;
+use writer::Writer;
 
 /// Bytes per multipart part, and the size below which an object is one put.
-const PART: usize = 8 << 20;
+pub(super) const PART: usize = 8 << 20;
 
 /// A store under a prefix of a bucket.
 #[derive(Clone)]
@@ -56,12 +59,12 @@ impl std::fmt::Debug for ObjectBackend {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> io::Error {
+pub(super) fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
 /// An `object_store` error as an `io::Error` of the right kind.
-fn io_error(e: object_store::Error) -> io::Error {
+pub(super) fn io_error(e: object_store::Error) -> io::Error {
     use object_store::Error as E;
     let kind = match &e {
         E::NotFound { .. } => io::ErrorKind::NotFound,
@@ -297,117 +300,6 @@ fn retry_config() -> object_store::RetryConfig {
     }
 }
 
-enum Upload {
-    /// Small so far: the bytes, sent in one conditional put at commit.
-    Buffer(Vec<u8>),
-    /// A multipart upload under way, and the part being filled.
-    Parts { upload: Box<dyn MultipartUpload>, part: Vec<u8> },
-}
-
-struct Writer {
-    backend: ObjectBackend,
-    key: String,
-    upload: Option<Upload>,
-    written: u64,
-}
-
-impl Writer {
-    fn send_part(&mut self, upload: &mut Box<dyn MultipartUpload>, part: Vec<u8>) -> io::Result<()> {
-        let n = part.len();
-        let fut = upload.put_part(PutPayload::from(part));
-        self.backend.request("PUT part", &self.key);
-        self.backend.block(fut)?.map_err(io_error)?;
-        self.backend.counters.uploaded(n);
-        Ok(())
-    }
-}
-
-impl ObjectWriter for Writer {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.written += bytes.len() as u64;
-        let mut upload = self.upload.take().ok_or_else(|| other("object already committed"))?;
-        let result = (|| {
-            if let Upload::Buffer(buf) = &mut upload {
-                buf.extend_from_slice(bytes);
-                if buf.len() < PART {
-                    return Ok(());
-                }
-                // Large: switch to a multipart upload.
-                let path = self.backend.path(&self.key);
-                let store = self.backend.store.clone();
-                self.backend.request("POST multipart", &self.key);
-                let mp = self.backend.block(async move { store.put_multipart(&path).await })?.map_err(io_error)?;
-                upload = Upload::Parts { upload: mp, part: std::mem::take(buf) };
-            } else if let Upload::Parts { part, .. } = &mut upload {
-                part.extend_from_slice(bytes);
-            }
-            if let Upload::Parts { upload: mp, part } = &mut upload {
-                while part.len() >= PART {
-                    let rest = part.split_off(PART);
-                    let full = std::mem::replace(part, rest);
-                    self.send_part(mp, full)?;
-                }
-            }
-            Ok(())
-        })();
-        self.upload = Some(upload);
-        result
-    }
-
-    fn position(&self) -> u64 {
-        self.written
-    }
-
-    fn commit(mut self: Box<Self>) -> io::Result<()> {
-        let upload = self.upload.take().ok_or_else(|| other("object already committed"))?;
-        let path = self.backend.path(&self.key);
-        let store = self.backend.store.clone();
-        match upload {
-            Upload::Buffer(buf) => {
-                let n = buf.len();
-                let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-                self.backend.request("PUT", &self.key);
-                self.backend
-                    .block(async move { store.put_opts(&path, PutPayload::from(buf), opts).await })?
-                    .map_err(io_error)?;
-                self.backend.counters.uploaded(n);
-                Ok(())
-            }
-            Upload::Parts { mut upload, part } => {
-                if !part.is_empty() {
-                    self.send_part(&mut upload, part)?;
-                }
-                // Completion cannot be conditional here: check the key first.
-                let (head_store, head_path) = (store.clone(), path.clone());
-                self.backend.request("HEAD", &self.key);
-                match self.backend.block(async move { head_store.head(&head_path).await })? {
-                    Ok(_) => {
-                        self.backend.request("DELETE multipart", &self.key);
-                        let _ = self.backend.block(async move { upload.abort().await });
-                        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", self.key)));
-                    }
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(io_error(e)),
-                }
-                self.backend.request("POST complete", &self.key);
-                self.backend.block(async move { upload.complete().await })?.map_err(io_error)?;
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // Abandoned: an unfinished multipart upload is aborted (a killed
-        // process leaves it to the bucket's lifecycle rule).
-        if let Some(Upload::Parts { mut upload, .. }) = self.upload.take() {
-            self.backend.request("DELETE multipart", &self.key);
-            let _ = self.backend.block(async move { upload.abort().await });
-        }
-    }
-}
-
 impl Backend for ObjectBackend {
     fn describe(&self, key: &str) -> PathBuf {
         if key.is_empty() { PathBuf::from(&self.url) } else { PathBuf::from(format!("{}/{key}", self.url)) }
@@ -476,12 +368,7 @@ impl Backend for ObjectBackend {
     }
 
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
-        Ok(Box::new(Writer {
-            backend: self.clone(),
-            key: key.to_string(),
-            upload: Some(Upload::Buffer(Vec::new())),
-            written: 0,
-        }))
+        Ok(Box::new(Writer::new(self.clone(), key)))
     }
 
     fn traffic(&self) -> Traffic {
