@@ -5,7 +5,8 @@
 use std::ops::Range;
 
 use super::error::{DiskError, Result};
-use super::image::{Layer, RunKind};
+use super::image::RunKind;
+use super::layer::Layer;
 use super::{DiskInfo, Extent, ExtentState, VirtualDisk, push_extent};
 use crate::format::FormatError;
 
@@ -24,11 +25,6 @@ impl Disk {
         Disk { layers }
     }
 
-    /// Opens `path` with default options (see [`super::OpenOptions`]).
-    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Disk> {
-        super::open(path)
-    }
-
     /// The image opened (the top of the chain).
     pub fn info(&self) -> &DiskInfo {
         self.layers[0].info()
@@ -36,7 +32,7 @@ impl Disk {
 
     /// Every image of the chain, top first.
     pub fn chain(&self) -> impl Iterator<Item = &DiskInfo> {
-        self.layers.iter().map(Layer::info)
+        self.layers.iter().map(|l| l.info())
     }
 
     /// Number of images in the chain (1 for a disk without parents).
@@ -89,7 +85,7 @@ impl Disk {
         self.check_range(offset, len as u64)?;
         // Most disks read through pread: skip the block lookups (and the
         // bitmap reads of a child) that a read is about to repeat.
-        if len == 0 || !self.layers.iter().any(Layer::lends) {
+        if len == 0 || !self.layers.iter().any(|l| l.lends()) {
             return Ok(None);
         }
         for layer in &self.layers {

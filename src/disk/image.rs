@@ -1,8 +1,11 @@
-//! One image file of a chain, whatever its format.
+//! What one image file of a chain answers, whatever its format: where a
+//! run of its bytes comes from ([`Image::run_at`]) and its file's bytes.
+//! VHD, VHDX and raw images implement [`Image`]; a chain walks them
+//! through `layer::Layer`.
 
+use super::DiskInfo;
 use super::error::Result;
-use super::raw::RawImage;
-use super::{DiskInfo, VhdImage, VhdxImage};
+use super::source::Source;
 
 /// Where the bytes of a run of one image come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,71 +27,57 @@ pub(crate) struct Run {
     pub(crate) kind: RunKind,
 }
 
-/// One layer of a chain.
-#[derive(Debug)]
-pub(crate) enum Layer {
-    Vhd(Box<VhdImage>),
-    Vhdx(Box<VhdxImage>),
-    Raw(Box<RawImage>),
+/// The accessors every image writes the same way, over its `source` and
+/// `info` fields: `impl Image for X { image_fields!(); fn run_at ... }`.
+macro_rules! image_fields {
+    () => {
+        fn source(&self) -> &Source {
+            &self.source
+        }
+
+        fn info(&self) -> &DiskInfo {
+            &self.info
+        }
+
+        fn info_mut(&mut self) -> &mut DiskInfo {
+            &mut self.info
+        }
+    };
 }
+pub(crate) use image_fields;
 
-impl Layer {
-    pub(crate) fn info(&self) -> &DiskInfo {
-        match self {
-            Layer::Vhd(i) => i.info(),
-            Layer::Vhdx(i) => i.info(),
-            Layer::Raw(i) => i.info(),
-        }
+/// One image file, as a chain reads it.
+pub(crate) trait Image: std::fmt::Debug {
+    /// The image's file.
+    fn source(&self) -> &Source;
+
+    /// What the image says of itself.
+    fn info(&self) -> &DiskInfo;
+
+    /// The same, for opening to fill in a parent's link.
+    fn info_mut(&mut self) -> &mut DiskInfo;
+
+    /// The run starting at `offset` (which must be inside the image), at
+    /// most `max` bytes long (`max > 0`).
+    fn run_at(&self, offset: u64, max: u64) -> Result<Run>;
+
+    /// Structural problems that did not prevent opening (for `check`).
+    fn check(&self) -> Vec<String> {
+        self.info().warnings.clone()
     }
 
-    pub(crate) fn info_mut(&mut self) -> &mut DiskInfo {
-        match self {
-            Layer::Vhd(i) => i.info_mut(),
-            Layer::Vhdx(i) => i.info_mut(),
-            Layer::Raw(i) => i.info_mut(),
-        }
+    /// Reads file bytes for a `Data` run.
+    fn read_data(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
+        self.source().read_exact(buf, file_offset)
     }
 
-    /// The run starting at `offset` (which must be inside the image), at most
-    /// `max` bytes long (`max > 0`).
-    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
-        match self {
-            Layer::Vhd(i) => i.run_at(offset, max),
-            Layer::Vhdx(i) => i.run_at(offset, max),
-            Layer::Raw(i) => i.run_at(offset, max),
-        }
-    }
-
-    pub(crate) fn read_data(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
-        match self {
-            Layer::Vhd(i) => i.read_data(buf, file_offset),
-            Layer::Vhdx(i) => i.read_data(buf, file_offset),
-            Layer::Raw(i) => i.read_data(buf, file_offset),
-        }
-    }
-
-    pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
-        match self {
-            Layer::Vhd(i) => i.data_bytes(file_offset, len),
-            Layer::Vhdx(i) => i.data_bytes(file_offset, len),
-            Layer::Raw(i) => i.data_bytes(file_offset, len),
-        }
+    /// The file bytes of a `Data` run, borrowed where the reader can.
+    fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
+        self.source().bytes_at(file_offset, len)
     }
 
     /// Whether this image's reader can lend bytes (see `Disk::borrow_at`).
-    pub(crate) fn lends(&self) -> bool {
-        match self {
-            Layer::Vhd(i) => i.lends(),
-            Layer::Vhdx(i) => i.lends(),
-            Layer::Raw(i) => i.lends(),
-        }
-    }
-
-    pub(crate) fn check(&self) -> Vec<String> {
-        match self {
-            Layer::Vhd(i) => i.check(),
-            Layer::Vhdx(i) => i.check(),
-            Layer::Raw(_) => Vec::new(),
-        }
+    fn lends(&self) -> bool {
+        self.source().lends()
     }
 }

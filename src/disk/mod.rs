@@ -14,6 +14,7 @@
 mod chain;
 mod error;
 mod image;
+mod layer;
 mod open;
 mod raw;
 mod source;

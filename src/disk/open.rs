@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::chain::Disk;
 use super::error::{DiskError, Result};
-use super::image::Layer;
+use super::layer::Layer;
 use super::raw::RawImage;
 use super::source::Source;
 use super::{HintKind, ImageFormat, ParentLink, VhdImage, VhdxImage};
@@ -379,6 +379,13 @@ fn sniff(source: &Source) -> Result<ImageFormat> {
             "no `vhdxfile` or `conectix` signature at the start, and no VHD footer at the end of the {size}-byte file"
         ),
     })
+}
+
+impl Disk {
+    /// Opens `path` with default options (see [`OpenOptions`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Disk> {
+        open(path)
+    }
 }
 
 #[cfg(test)]

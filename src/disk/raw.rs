@@ -1,7 +1,7 @@
 //! A raw image: the file's bytes are the disk's bytes.
 
 use super::error::Result;
-use super::image::{Run, RunKind};
+use super::image::{Image, Run, RunKind, image_fields};
 use super::source::Source;
 use super::{DiskInfo, ImageFormat, Subformat};
 use crate::format::Guid;
@@ -34,29 +34,12 @@ impl RawImage {
         };
         RawImage { source, info }
     }
+}
 
-    pub(crate) fn info(&self) -> &DiskInfo {
-        &self.info
-    }
+impl Image for RawImage {
+    image_fields!();
 
-    pub(crate) fn info_mut(&mut self) -> &mut DiskInfo {
-        &mut self.info
-    }
-
-    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
+    fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
         Ok(Run { len: max.min(self.info.virtual_size - offset), kind: RunKind::Data { file_offset: offset } })
-    }
-
-    pub(crate) fn read_data(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
-        self.source.read_exact(buf, file_offset)
-    }
-
-    /// The file bytes of a `Data` run, borrowed where the reader can.
-    pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
-        self.source.bytes_at(file_offset, len)
-    }
-
-    pub(crate) fn lends(&self) -> bool {
-        self.source.lends()
     }
 }

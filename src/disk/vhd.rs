@@ -13,7 +13,7 @@
 //!   disks) is used instead, with a warning.
 
 use super::error::Result;
-use super::image::{Run, RunKind};
+use super::image::{Image, Run, RunKind, image_fields};
 use super::open::{ChecksumPolicy, OpenOptions};
 use super::source::{Source, scan_bitmap};
 use super::spans::{Owner, Span, check_disjoint};
@@ -124,64 +124,6 @@ impl VhdImage {
     /// What the image says about itself.
     pub fn info(&self) -> &DiskInfo {
         &self.info
-    }
-
-    pub(crate) fn info_mut(&mut self) -> &mut DiskInfo {
-        &mut self.info
-    }
-
-    /// The run starting at `offset` (inside the disk), at most `max` bytes.
-    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
-        let size = self.info.virtual_size;
-        let max = max.min(size - offset);
-        let Some(d) = &self.dynamic else {
-            return Ok(Run { len: max, kind: RunKind::Data { file_offset: offset } });
-        };
-        let block = offset / d.block_size;
-        let within = offset % d.block_size;
-        let len = max.min(d.block_size - within);
-        let differencing = self.disk_type == DiskType::Differencing;
-        let Some(loc) = d.bat.locate(block, d.bitmap_size) else {
-            let kind = if differencing { RunKind::Parent } else { RunKind::Unallocated };
-            // One run across consecutive unallocated blocks.
-            let mut len = len;
-            let mut next = block + 1;
-            while len < max && d.bat.locate(next, d.bitmap_size).is_none() && next * d.block_size < size {
-                len = (len + d.block_size).min(max);
-                next += 1;
-            }
-            return Ok(Run { len, kind });
-        };
-        let data = RunKind::Data { file_offset: loc.data_offset + within };
-        if !differencing {
-            return Ok(Run { len: len.min(max), kind: data });
-        }
-        // Sector-exact: the bitmap decides between this file and the parent.
-        let first = within / SECTOR_SIZE;
-        let sectors = (within + len).div_ceil(SECTOR_SIZE) - first;
-        let (present, run) = scan_bitmap(&self.source, loc.bitmap_offset, vhd::bitmap::ORDER, first, sectors)?;
-        let len = (run * SECTOR_SIZE - within % SECTOR_SIZE).min(len);
-        let kind = if present { data } else { RunKind::Parent };
-        Ok(Run { len, kind })
-    }
-
-    /// Reads file bytes for a `Data` run.
-    pub(crate) fn read_data(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
-        self.source.read_exact(buf, file_offset)
-    }
-
-    /// The file bytes of a `Data` run, borrowed where the reader can.
-    pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
-        self.source.bytes_at(file_offset, len)
-    }
-
-    pub(crate) fn lends(&self) -> bool {
-        self.source.lends()
-    }
-
-    /// Structural problems that did not prevent opening (for `check`).
-    pub(crate) fn check(&self) -> Vec<String> {
-        self.info.warnings.clone()
     }
 }
 
@@ -367,4 +309,43 @@ fn parent_link(source: &Source, d: &Dynamic, warnings: &mut Vec<String>) -> Pare
         hints.push(ParentHint { kind: HintKind::Name, path: name });
     }
     ParentLink { expected_identity: d.header.parent_unique_id, alternate_identity: None, hints, resolved: None }
+}
+
+impl Image for VhdImage {
+    image_fields!();
+
+    /// The run starting at `offset` (inside the disk), at most `max` bytes.
+    fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
+        let size = self.info.virtual_size;
+        let max = max.min(size - offset);
+        let Some(d) = &self.dynamic else {
+            return Ok(Run { len: max, kind: RunKind::Data { file_offset: offset } });
+        };
+        let block = offset / d.block_size;
+        let within = offset % d.block_size;
+        let len = max.min(d.block_size - within);
+        let differencing = self.disk_type == DiskType::Differencing;
+        let Some(loc) = d.bat.locate(block, d.bitmap_size) else {
+            let kind = if differencing { RunKind::Parent } else { RunKind::Unallocated };
+            // One run across consecutive unallocated blocks.
+            let mut len = len;
+            let mut next = block + 1;
+            while len < max && d.bat.locate(next, d.bitmap_size).is_none() && next * d.block_size < size {
+                len = (len + d.block_size).min(max);
+                next += 1;
+            }
+            return Ok(Run { len, kind });
+        };
+        let data = RunKind::Data { file_offset: loc.data_offset + within };
+        if !differencing {
+            return Ok(Run { len: len.min(max), kind: data });
+        }
+        // Sector-exact: the bitmap decides between this file and the parent.
+        let first = within / SECTOR_SIZE;
+        let sectors = (within + len).div_ceil(SECTOR_SIZE) - first;
+        let (present, run) = scan_bitmap(&self.source, loc.bitmap_offset, vhd::bitmap::ORDER, first, sectors)?;
+        let len = (run * SECTOR_SIZE - within % SECTOR_SIZE).min(len);
+        let kind = if present { data } else { RunKind::Parent };
+        Ok(Run { len, kind })
+    }
 }

@@ -12,7 +12,7 @@
 //! sector by sector.
 
 use super::error::Result;
-use super::image::{Run, RunKind};
+use super::image::{Image, Run, RunKind, image_fields};
 use super::open::OpenOptions;
 use super::source::{Source, scan_bitmap};
 use super::spans::{Owner, Span, check_disjoint};
@@ -260,10 +260,6 @@ impl VhdxImage {
         &self.info
     }
 
-    pub(crate) fn info_mut(&mut self) -> &mut DiskInfo {
-        &mut self.info
-    }
-
     /// The current header and which slot it came from.
     pub fn header(&self) -> &CurrentHeader {
         &self.header
@@ -289,50 +285,6 @@ impl VhdxImage {
         &self.bat
     }
 
-    /// The run starting at `offset` (inside the disk), at most `max` bytes.
-    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
-        let layout = self.bat.layout();
-        let block = offset / layout.block_size;
-        let within = offset % layout.block_size;
-        let len = max.min(layout.block_bytes(block) - within);
-        let (state, file_offset) = self.bat.payload(block);
-        if state == PayloadState::PartiallyPresent {
-            let sector = layout.logical_sector_size;
-            let chunk = block / layout.chunk_ratio;
-            let Some(bitmap) = self.bat.bitmap_block(chunk) else {
-                // `Bat::validate` guarantees a bitmap for partial blocks.
-                return Ok(Run { len, kind: RunKind::Parent });
-            };
-            let first_bit = (block % layout.chunk_ratio) * layout.sectors_per_block() + within / sector;
-            let sectors = (within + len).div_ceil(sector) - within / sector;
-            let (present, run) = scan_bitmap(&self.source, bitmap, vhdx::BITMAP_ORDER, first_bit, sectors)?;
-            let len = (run * sector - within % sector).min(len);
-            let kind = if present { RunKind::Data { file_offset: file_offset + within } } else { RunKind::Parent };
-            return Ok(Run { len, kind });
-        }
-        let kind = self.kind_of(state, file_offset + within);
-        // Extend over following blocks in the same state (and, for data,
-        // stored right after this one): one run for a long sparse or
-        // contiguous stretch, so maps and large reads cost fewer steps.
-        let mut len = len;
-        let mut next = block + 1;
-        while len < max && next < layout.payload_blocks {
-            let (s, off) = self.bat.payload(next);
-            let same = match kind {
-                RunKind::Data { file_offset: f } => s == PayloadState::FullyPresent && off == f + len,
-                _ => {
-                    s != PayloadState::PartiallyPresent && s != PayloadState::FullyPresent && self.kind_of(s, 0) == kind
-                }
-            };
-            if !same {
-                break;
-            }
-            len = (len + layout.block_bytes(next)).min(max);
-            next += 1;
-        }
-        Ok(Run { len, kind })
-    }
-
     /// What a whole-block state reads as (not PARTIALLY_PRESENT).
     fn kind_of(&self, state: PayloadState, file_offset: u64) -> RunKind {
         let parent = self.bat.layout().has_parent;
@@ -347,27 +299,6 @@ impl VhdxImage {
             PayloadState::Undefined | PayloadState::Unmapped => RunKind::Unallocated,
             PayloadState::PartiallyPresent => RunKind::Parent,
         }
-    }
-
-    /// Reads file bytes (through the replayed log) for a `Data` run.
-    pub(crate) fn read_data(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
-        self.source.read_exact(buf, file_offset)
-    }
-
-    /// The file bytes of a `Data` run, borrowed where the reader can.
-    pub(crate) fn data_bytes(&self, file_offset: u64, len: usize) -> Option<&[u8]> {
-        self.source.bytes_at(file_offset, len)
-    }
-
-    pub(crate) fn lends(&self) -> bool {
-        self.source.lends()
-    }
-
-    /// Structural problems that did not prevent opening (for `check`).
-    pub(crate) fn check(&self) -> Vec<String> {
-        let mut problems = self.info.warnings.clone();
-        problems.retain(|w| !w.starts_with("the log was dirty"));
-        problems
     }
 }
 
@@ -451,4 +382,59 @@ fn file_spans(h: &vhdx::Header, regions: &Regions, bat: &Bat) -> std::result::Re
     spans.push(region(&regions.metadata, "the metadata region"));
     spans.extend(allocated().map(|(owner, start, len)| Span { start, end: start + len, owner }));
     Ok(spans)
+}
+
+impl Image for VhdxImage {
+    image_fields!();
+
+    /// The run starting at `offset` (inside the disk), at most `max` bytes.
+    fn run_at(&self, offset: u64, max: u64) -> Result<Run> {
+        let layout = self.bat.layout();
+        let block = offset / layout.block_size;
+        let within = offset % layout.block_size;
+        let len = max.min(layout.block_bytes(block) - within);
+        let (state, file_offset) = self.bat.payload(block);
+        if state == PayloadState::PartiallyPresent {
+            let sector = layout.logical_sector_size;
+            let chunk = block / layout.chunk_ratio;
+            let Some(bitmap) = self.bat.bitmap_block(chunk) else {
+                // `Bat::validate` guarantees a bitmap for partial blocks.
+                return Ok(Run { len, kind: RunKind::Parent });
+            };
+            let first_bit = (block % layout.chunk_ratio) * layout.sectors_per_block() + within / sector;
+            let sectors = (within + len).div_ceil(sector) - within / sector;
+            let (present, run) = scan_bitmap(&self.source, bitmap, vhdx::BITMAP_ORDER, first_bit, sectors)?;
+            let len = (run * sector - within % sector).min(len);
+            let kind = if present { RunKind::Data { file_offset: file_offset + within } } else { RunKind::Parent };
+            return Ok(Run { len, kind });
+        }
+        let kind = self.kind_of(state, file_offset + within);
+        // Extend over following blocks in the same state (and, for data,
+        // stored right after this one): one run for a long sparse or
+        // contiguous stretch, so maps and large reads cost fewer steps.
+        let mut len = len;
+        let mut next = block + 1;
+        while len < max && next < layout.payload_blocks {
+            let (s, off) = self.bat.payload(next);
+            let same = match kind {
+                RunKind::Data { file_offset: f } => s == PayloadState::FullyPresent && off == f + len,
+                _ => {
+                    s != PayloadState::PartiallyPresent && s != PayloadState::FullyPresent && self.kind_of(s, 0) == kind
+                }
+            };
+            if !same {
+                break;
+            }
+            len = (len + layout.block_bytes(next)).min(max);
+            next += 1;
+        }
+        Ok(Run { len, kind })
+    }
+
+    /// Structural problems that did not prevent opening (for `check`).
+    fn check(&self) -> Vec<String> {
+        let mut problems = self.info.warnings.clone();
+        problems.retain(|w| !w.starts_with("the log was dirty"));
+        problems
+    }
 }
