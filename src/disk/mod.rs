@@ -10,6 +10,9 @@
 //! log). The BAT is held in memory (8 bytes per VHDX block, 4 per VHD block).
 //! Reads are positional, allocate nothing, and read a sector bitmap (at most
 //! 512 bytes at a time, on the stack) only for partially present blocks.
+//!
+//! May import: `format` (the parsers), `io` (positional reads) and the
+//! crate's error; never `export`, `store` or `nbd`.
 
 mod chain;
 mod error;

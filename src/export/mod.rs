@@ -8,6 +8,9 @@
 //! output's block table plus a few MiB of buffers, whatever the disk's size;
 //! unallocated and all-zero ranges are never written (holes in raw and fixed
 //! outputs, unallocated blocks in dynamic ones).
+//!
+//! May import: `disk`, `format`, `io` and the leaf helpers (cancellation,
+//! progress, zero detection); never `store` or `nbd`.
 
 mod error;
 mod output;

@@ -5,6 +5,9 @@
 //! Every length, count and offset taken from a file is checked against the
 //! bytes available and the specification's limits before anything is
 //! allocated for it, so a hostile header cannot make us allocate gigabytes.
+//!
+//! May import: its own folders and the parsing crates; nothing else of
+//! vhdkit, so every layer above can use it.
 
 pub mod bits;
 mod error;

@@ -5,6 +5,8 @@
 //! overlay (a replayed VHDX log) or, with the `mmap` feature, a memory map all
 //! implement. Reads take `&self` so one open image serves many threads at once
 //! without a lock or a seek position to share.
+//!
+//! May import: the standard library only (and `memmap2` for maps).
 
 use std::fs::File;
 use std::io;

@@ -21,6 +21,9 @@
 //! at once (more are closed as they arrive); each connection's memory is
 //! bounded (see the session module). [`Server::serve`] returns once its
 //! cancel token is cancelled, after every connection has ended.
+//!
+//! May import: `disk` (what it serves), `cow` (write overlays) and the leaf
+//! helpers; a backup reaches it as a `VirtualDisk`, so it needs no `store`.
 
 #[cfg(feature = "fuzzing")]
 pub mod proto;

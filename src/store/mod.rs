@@ -17,6 +17,22 @@
 //! merge, prune, vacuum and reindex exclude one another, and a conflicting
 //! one gets [`StoreError::StoreBusy`] rather than waiting, unless it asks
 //! to wait. Vacuum deletes only what it condemned a grace period earlier.
+//!
+//! The folders below are layers, each importing only those above it here:
+//!
+//! ```text
+//! model/    ids, time, the key layout and each folder's policy, limits (no I/O)
+//! crypto/   keys, AEAD, envelopes, key objects
+//! error.rs  StoreError
+//! backend/  where objects live: a folder, a bucket, memory, and wrappers
+//! format/   the codecs: records, packs, index files, manifests, points, config
+//! state/    what is committed and who holds what: index, chains, catalog,
+//!           leases, tombstones, condemned packs, keyring, the Handle
+//! ops/      one module per operation, each a function over a Handle
+//! mod.rs    Store: its methods delegate to ops
+//! ```
+//!
+//! May import (this file): every layer below, and the rest of the crate.
 
 /// The layers that tests and fuzz targets reach into (the `fuzzing`
 /// feature makes them public); without it they are the store's own

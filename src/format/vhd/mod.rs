@@ -4,6 +4,8 @@
 //! footer. A dynamic or differencing disk is a footer copy, a dynamic header,
 //! a block allocation table, blocks (each a sector bitmap followed by the
 //! data) and the footer.
+//!
+//! May import: `format`'s shared pieces (GUIDs, errors, checksums).
 
 pub mod bat;
 pub mod bitmap;

@@ -4,6 +4,9 @@
 //! 1 MiB header section (file identifier, two headers, two region tables);
 //! the regions it names (BAT, metadata), the log, and the payload and
 //! sector-bitmap blocks all sit at 1 MiB-aligned offsets after it.
+//!
+//! May import: `format`'s shared pieces (GUIDs, errors, CRC-32C) and its
+//! own files.
 
 pub mod bat;
 pub mod crc;

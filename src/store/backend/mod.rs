@@ -12,6 +12,11 @@
 //!
 //! [`LocalDir`] keeps a store in a folder; [`MemoryBackend`] in memory (for
 //! tests, and with a logical clock for deterministic schedules).
+//!
+//! May import: `model`, `crypto` and the store's error (a location that is
+//! no store is a `StoreError`); never `format`, `state` or `ops`: a backend
+//! stores bytes under keys and knows a key's folder policy from
+//! `model::layout` alone.
 
 /// The [`Backend`] methods a wrapper (cache, lock, seal) passes to the
 /// backend it wraps, field `inner`, unchanged: the storage's clock,

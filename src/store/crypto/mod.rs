@@ -19,6 +19,9 @@
 //! Everything goes through one construction, AES-256-GCM under a one-use
 //! subkey ([`aead`]). What an attacker holding the storage can and cannot
 //! learn or do is in docs/store-format.md ("Encrypted stores").
+//!
+//! May import: `model` only. Its errors are its own ([`SealError`],
+//! `model::malformed::Malformed` for bytes that do not open).
 
 pub(crate) mod aead;
 pub mod envelope;

@@ -1,14 +1,17 @@
-//! The store's operations, one module each: backup, restore (and reading a
-//! backup at any offset), verify, merge, prune, vacuum, reindex and stats.
+//! The store's operations, one module each: making and opening a store,
+//! backup, restore (and reading a backup at any offset), verify, merge,
+//! prune, vacuum, reindex, stats and the job log.
 //!
-//! Each is reached through a method of [`Store`](crate::store::Handle),
-//! which holds the lease the operation needs. What two operations share
-//! lives in `state` (prune merges through the merge step that
-//! `state::chain`'s callers share), so no operation imports another.
+//! Each is a function over a [`Handle`](crate::store::state::handle::Handle)
+//! that [`Store`](crate::store::Store)'s method of the same name calls, and
+//! each takes the lease it needs itself. What two operations share lives a
+//! layer down: the merge fold is `state::chain::write_merged` (merge, prune
+//! and a backup over the chain cap use it), fetching a chunk is
+//! `state::fetch`, an attachment's size bound is `format::point`'s.
 //!
-//! May import: every layer below (`model`, `crypto`, `backend`, `format`,
-//! `state`, the store's error type) and the rest of the crate (disks,
-//! exports, progress, cancellation).
+//! May import: every layer below (`model`, `crypto`, the store's error,
+//! `backend`, `format`, `state`) and the rest of the crate (disks, exports,
+//! progress, cancellation). Never another operation, nor `store/mod.rs`.
 
 pub mod backup;
 pub mod log;

@@ -1,4 +1,4 @@
-//! Handle statistics: what the backups hold against what the store keeps.
+//! Store statistics: what the backups hold against what the store keeps.
 
 use std::collections::HashSet;
 

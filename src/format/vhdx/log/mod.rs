@@ -13,6 +13,8 @@
 //! whose newest entry's Tail points at one of the chain's entries; the chain
 //! with the highest head sequence number wins, and replay starts at the entry
 //! the head's Tail names.
+//!
+//! May import: `format::vhdx` and `format`'s shared pieces.
 
 mod entry;
 

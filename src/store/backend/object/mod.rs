@@ -17,6 +17,9 @@
 //! meet there, and the check guards the rest. Transient failures (5xx,
 //! 429, timeouts, resets) are retried with backoff by `object_store`'s
 //! retry layer; the rest become `io::Error`s naming the key.
+//!
+//! May import: the rest of `backend` and `model`; `writer.rs` imports
+//! this file.
 
 mod writer;
 

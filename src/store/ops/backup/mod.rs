@@ -17,6 +17,9 @@
 //! Memory: the buffer pool, the claim set and pending index entries are
 //! bounded; what grows is the store's index (64 bytes per stored chunk,
 //! loaded once), which depends on the store, not on the disk.
+//!
+//! May import: the layers below `ops` and its own files; the pipeline and
+//! its parts import `options.rs`, never this file.
 
 mod attach;
 mod baseline;

@@ -25,6 +25,9 @@
 //! run. Cancellation is honoured until deleting starts. The argument that
 //! no interleaving with backups loses a committed chunk is in
 //! docs/store-format.md ("Deleting on shared storage").
+//!
+//! May import: the layers below `ops` and its own phases, which import
+//! `options.rs`, never this file.
 
 mod condemn;
 mod finish;

@@ -14,6 +14,9 @@
 //! In an encrypted store every record's and every sealed object's tag is
 //! checked too (reading them does); opened without the key, verify checks
 //! what it can without it (see [`keyless`]).
+//!
+//! May import: the layers below `ops`; `keyless.rs` imports `options.rs`,
+//! never this file.
 
 mod keyless;
 pub(crate) mod options;

@@ -40,6 +40,10 @@
 //! clean-up of old claims could have recreated a number long past). Claims
 //! are never deleted by their holder (an ended claim is one whose lease is
 //! gone); a winner deletes claims two or more below its own.
+//!
+//! May import: `model`, the store's error and `backend`; its parts
+//! (`claim.rs`, `table.rs`) import this file, which declares them and
+//! never imports them back but for what it re-exports.
 
 mod claim;
 mod table;
