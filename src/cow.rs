@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{DiskInfo, Extent, ExtentState, VirtualDisk};
+use crate::io::durable::{PendingFile, Placement, write_all_at};
 
 /// Bytes per overlay block.
 pub const COW_BLOCK: u64 = 64 * 1024;
@@ -142,11 +143,6 @@ impl CowOverlay {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
     }
 
-    #[cfg(unix)]
-    fn pwrite(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
-    }
-
     #[cfg(windows)]
     fn pread(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         use std::os::windows::fs::FileExt;
@@ -162,19 +158,8 @@ impl CowOverlay {
         Ok(())
     }
 
-    #[cfg(windows)]
-    fn pwrite(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-        use std::os::windows::fs::FileExt;
-        while !buf.is_empty() {
-            match self.file.seek_write(buf, offset)? {
-                0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                n => {
-                    buf = &buf[n..];
-                    offset += n as u64;
-                }
-            }
-        }
-        Ok(())
+    fn pwrite(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        write_all_at(&self.file, buf, offset)
     }
 
     /// Reads the merged view.
@@ -283,18 +268,10 @@ impl CowOverlay {
             zero: runs(&blocks, Block::Zero),
         };
         drop(blocks);
-        let temp = PathBuf::from(format!("{}.tmp", self.map_path.display()));
         let text = serde_json::to_vec(&map).map_err(io::Error::other)?;
-        {
-            let f = File::create(&temp)?;
-            io::Write::write_all(&mut &f, &text)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&temp, &self.map_path)?;
-        if let Some(dir) = self.map_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::io::sync_dir(dir)?;
-        }
-        Ok(())
+        let pending = PendingFile::create(&self.map_path)?;
+        pending.write_at(&text, 0)?;
+        Ok(pending.commit(true, Placement::Replace)?)
     }
 
     /// `base` (the disk's extents of `range`) with the overlay's blocks over it.

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use super::output::write_all_at;
 use super::scan::STEP;
 use super::{ExportError, ExportOptions, ExportReport};
 use crate::disk::{ExtentState, VirtualDisk};
+use crate::io::durable::write_all_at;
 use crate::zero::is_all_zero;
 
 /// How an in-place restore treats ranges where the disk holds no data.

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 #[cfg(feature = "mmap")]
+pub(crate) mod durable;
 mod mmap;
 mod overlay;
 #[cfg(feature = "mmap")]
@@ -65,20 +66,6 @@ pub trait ReadAt: Send + Sync {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
-    }
-}
-
-/// Flushes a folder so a rename inside it is durable (a no-op where the
-/// platform cannot open folders).
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
         Ok(())
     }
 }

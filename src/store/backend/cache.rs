@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::io::durable::{PendingFile, Placement};
 use crate::store::backend::{Backend, ObjectInfo, ObjectWriter};
 use crate::store::model::layout::Folder;
 
@@ -90,16 +91,12 @@ impl CachedBackend {
         if fs::create_dir_all(parent).is_err() {
             return;
         }
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let temp = parent.join(format!(".{}-{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-        // Flushed before the rename, so a crash never leaves a copy of the
-        // right size with the wrong bytes under the key.
-        let written = fs::File::create(&temp).and_then(|mut f| {
-            std::io::Write::write_all(&mut f, bytes)?;
-            f.sync_data()
-        });
-        if written.and_then(|()| fs::rename(&temp, &path)).is_err() {
-            let _ = fs::remove_file(&temp);
+        // Flushed before it takes the key's name, so a crash never leaves a
+        // copy of the right size with the wrong bytes under the key.
+        if let Ok(pending) = PendingFile::create(&path)
+            && pending.write_at(bytes, 0).is_ok()
+        {
+            let _ = pending.commit(true, Placement::Replace);
         }
     }
 

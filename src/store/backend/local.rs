@@ -8,13 +8,12 @@
 //! made.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io::{self};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::io::sync_dir;
+use crate::io::durable::{PendingFile, Placement, sync_dir};
 use crate::store::backend::{Backend, Counters, ObjectInfo, ObjectWriter, Traffic};
 use crate::store::model::layout::{self, Folder};
 
@@ -70,16 +69,16 @@ impl LocalDir {
 
 struct LocalWriter {
     counters: Arc<Counters>,
-    file: Option<File>,
-    temp: PathBuf,
+    /// Taken by the commit; dropped without one, the temporary file goes.
+    pending: Option<PendingFile>,
     target: PathBuf,
     written: u64,
 }
 
 impl ObjectWriter for LocalWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let f = self.file.as_mut().ok_or_else(|| io::Error::other("object already committed"))?;
-        f.write_all(bytes)?;
+        let pending = self.pending.as_ref().ok_or_else(|| io::Error::other("object already committed"))?;
+        pending.write_at(bytes, self.written)?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -89,11 +88,9 @@ impl ObjectWriter for LocalWriter {
     }
 
     fn commit(mut self: Box<Self>) -> io::Result<()> {
-        let file = self.file.take().ok_or_else(|| io::Error::other("object already committed"))?;
+        let pending = self.pending.take().ok_or_else(|| io::Error::other("object already committed"))?;
         self.counters.request();
         self.counters.uploaded(self.written as usize);
-        file.sync_all()?;
-        drop(file);
         let dir = self.target.parent();
         // A folder made here (packs/XX) must itself reach the disk, or a
         // crash could lose it with the pack an index already names.
@@ -101,37 +98,14 @@ impl ObjectWriter for LocalWriter {
         if let Some(dir) = dir {
             fs::create_dir_all(dir)?;
         }
-        // A hard link fails if the key exists: create-if-absent, atomically.
-        // Where links are not supported, a check and a rename: a race
-        // between two writers of one key is then possible, which random
-        // names make moot for every object but config.
-        let linked = match fs::hard_link(&self.temp, &self.target) {
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                if self.target.exists() {
-                    Err(io::Error::new(io::ErrorKind::AlreadyExists, "the key exists"))
-                } else {
-                    fs::rename(&self.temp, &self.target)
-                }
-            }
-            other => other,
-        };
-        let _ = fs::remove_file(&self.temp);
-        linked?;
-        if let Some(dir) = dir {
-            sync_dir(dir)?;
-        }
+        // A hard link fails if the key exists: create-if-absent, atomically
+        // (see `io::durable` for file systems without links). The data and
+        // the key's folder are flushed.
+        pending.commit(true, Placement::KeepExisting)?;
         if let Some(parent) = made.and_then(Path::parent) {
             sync_dir(parent)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for LocalWriter {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.temp);
-        }
     }
 }
 
@@ -227,19 +201,11 @@ impl Backend for LocalDir {
     }
 
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let tmp_dir = self.root.join("tmp");
         fs::create_dir_all(&tmp_dir)?;
-        let name = key.replace('/', "_");
-        let temp = tmp_dir.join(format!("{name}.{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-        let file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-        Ok(Box::new(LocalWriter {
-            counters: self.counters.clone(),
-            file: Some(file),
-            temp,
-            target: self.path(key),
-            written: 0,
-        }))
+        let target = self.path(key);
+        let pending = PendingFile::create_in(&tmp_dir, &key.replace('/', "_"), &target)?;
+        Ok(Box::new(LocalWriter { counters: self.counters.clone(), pending: Some(pending), target, written: 0 }))
     }
 
     fn traffic(&self) -> Traffic {
