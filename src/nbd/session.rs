@@ -11,8 +11,8 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use super::proto::*;
-use super::{Export, ExportView};
 use crate::disk::ExtentState;
+use crate::nbd::{Export, ExportView};
 
 /// The largest option data kept; no option this server knows needs more
 /// (export names are at most 4 KiB by the protocol).
