@@ -361,15 +361,15 @@ impl VirtualDisk for CowDisk {
     fn info(&self) -> &DiskInfo {
         &self.info
     }
-    fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+    fn extents(&self, range: Range<u64>) -> crate::disk::Result<Vec<Extent>> {
         let range = range.start.min(self.info.virtual_size)..range.end.min(self.info.virtual_size);
         let base = self.base.extents(range.clone())?;
         Ok(self.overlay.merge_extents(base, range))
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::disk::Result<()> {
         let base = &*self.base;
-        self.overlay.read(base, buf, offset, &|b, at| base.read_at(b, at)).map_err(|e| {
-            crate::Error::from(crate::disk::DiskError::Io { path: self.info.path.clone(), offset, source: e })
-        })
+        self.overlay
+            .read(base, buf, offset, &|b, at| Ok(base.read_at(b, at)?))
+            .map_err(|e| crate::disk::DiskError::Io { path: self.info.path.clone(), offset, source: e })
     }
 }

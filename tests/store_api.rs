@@ -144,13 +144,13 @@ impl VirtualDisk for Failing {
     fn info(&self) -> &DiskInfo {
         self.inner.info()
     }
-    fn extents(&self, range: std::ops::Range<u64>) -> vhdkit::Result<Vec<Extent>> {
+    fn extents(&self, range: std::ops::Range<u64>) -> vhdkit::disk::Result<Vec<Extent>> {
         VirtualDisk::extents(&self.inner, range)
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::disk::Result<()> {
         if offset + buf.len() as u64 > self.fail_at {
             let source = io::Error::new(io::ErrorKind::TimedOut, "injected: the SAN went away");
-            return Err(DiskError::Io { path: "source.vhdx".into(), offset, source }.into());
+            return Err(DiskError::Io { path: "source.vhdx".into(), offset, source });
         }
         VirtualDisk::read_at(&self.inner, buf, offset)
     }

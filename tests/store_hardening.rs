@@ -177,10 +177,10 @@ impl VirtualDisk for Growing {
     fn info(&self) -> &DiskInfo {
         self.disk.info()
     }
-    fn extents(&self, range: Range<u64>) -> vhdkit::Result<Vec<Extent>> {
+    fn extents(&self, range: Range<u64>) -> vhdkit::disk::Result<Vec<Extent>> {
         VirtualDisk::extents(&self.disk, range)
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::disk::Result<()> {
         if !self.grown.swap(true, Ordering::SeqCst) {
             let f = std::fs::OpenOptions::new().append(true).open(&self.path).unwrap();
             f.set_len(f.metadata().unwrap().len() + 4096).unwrap();
@@ -303,10 +303,10 @@ impl VirtualDisk for Interrupted {
     fn info(&self) -> &DiskInfo {
         self.disk.info()
     }
-    fn extents(&self, range: Range<u64>) -> vhdkit::Result<Vec<Extent>> {
+    fn extents(&self, range: Range<u64>) -> vhdkit::disk::Result<Vec<Extent>> {
         VirtualDisk::extents(&self.disk, range)
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::disk::Result<()> {
         if offset >= self.stop {
             self.token.cancel();
         }

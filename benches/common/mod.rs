@@ -96,7 +96,7 @@ impl VirtualDisk for SparseDisk {
         &self.info
     }
 
-    fn extents(&self, range: Range<u64>) -> vhdkit::Result<Vec<Extent>> {
+    fn extents(&self, range: Range<u64>) -> vhdkit::disk::Result<Vec<Extent>> {
         let mut out = Vec::new();
         let mut at = range.start;
         for (start, bytes) in &self.data {
@@ -117,7 +117,7 @@ impl VirtualDisk for SparseDisk {
         Ok(out)
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdkit::disk::Result<()> {
         buf.fill(0);
         let end = offset + buf.len() as u64;
         for (start, bytes) in &self.data {

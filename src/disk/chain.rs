@@ -220,20 +220,20 @@ impl VirtualDisk for Disk {
         Disk::info(self)
     }
 
-    fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
-        Ok(Disk::extents(self, range)?)
+    fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>> {
+        Disk::extents(self, range)
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
-        Ok(Disk::read_at(self, buf, offset)?)
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        Disk::read_at(self, buf, offset)
     }
 
-    fn own_extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
-        Ok(Disk::own_extents(self, range)?)
+    fn own_extents(&self, range: Range<u64>) -> Result<Vec<Extent>> {
+        Disk::own_extents(self, range)
     }
 
-    fn borrow_at(&self, offset: u64, len: usize) -> crate::Result<Option<&[u8]>> {
-        Ok(Disk::borrow_at(self, offset, len)?)
+    fn borrow_at(&self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
+        Disk::borrow_at(self, offset, len)
     }
 
     fn chain_info(&self) -> Vec<&DiskInfo> {

@@ -12,6 +12,20 @@ use crate::format::{FormatError, Guid};
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum DiskError {
+    /// A disk that is not an image file failed with an error of its own:
+    /// a backup read from a store, an overlay, a caller's own disk.
+    /// `kind` sorts it as its own error would be sorted.
+    #[error("{}: {source}", path.display())]
+    Source {
+        /// The disk, as it names itself.
+        path: PathBuf,
+        /// What kind of failure it is.
+        kind: crate::ErrorKind,
+        /// The disk's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A structure in `path` is damaged or unsupported.
     #[error("{}: {source}", path.display())]
     Format {
@@ -135,6 +149,7 @@ impl DiskError {
     pub fn kind(&self) -> crate::ErrorKind {
         use crate::ErrorKind as K;
         match self {
+            DiskError::Source { kind, .. } => *kind,
             DiskError::Format { source, .. } => source.kind(),
             DiskError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => K::NotFound,
             DiskError::Io { .. } => K::Io,
@@ -152,6 +167,17 @@ impl DiskError {
             DiskError::Io { source, .. } => Some(source.kind()),
             _ => None,
         }
+    }
+
+    /// A failure of a disk that is not an image file (see
+    /// [`DiskError::Source`]): what an implementor of
+    /// [`VirtualDisk`](crate::VirtualDisk) over other storage returns.
+    pub fn from_source(
+        path: impl Into<PathBuf>,
+        kind: crate::ErrorKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        DiskError::Source { path: path.into(), kind, source: Box::new(source) }
     }
 
     pub(crate) fn format(path: &std::path::Path, source: FormatError) -> Self {

@@ -49,17 +49,17 @@ pub trait VirtualDisk: Send + Sync {
     /// The allocation map of `range` (clamped to the disk), as adjacent,
     /// coalesced extents in address order. Cost: metadata only, proportional
     /// to the number of blocks in the range.
-    fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>>;
+    fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>>;
 
     /// Fills `buf` with the disk's bytes at `offset`. The whole range must lie
     /// inside the disk.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()>;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
 
     /// The `len` bytes at `offset` borrowed instead of copied, where the disk
     /// holds them contiguously in memory (an image opened with
     /// [`OpenOptions::mmap`], or from a byte slice); `Ok(None)` means: use
     /// [`VirtualDisk::read_at`]. A backup hashes borrowed chunks in place.
-    fn borrow_at(&self, offset: u64, len: usize) -> crate::Result<Option<&[u8]>> {
+    fn borrow_at(&self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
         let _ = (offset, len);
         Ok(None)
     }
@@ -69,7 +69,7 @@ pub trait VirtualDisk: Send + Sync {
     /// parents this is [`VirtualDisk::extents`]. For a differencing child it
     /// is exactly what changed since the parent; reading inside its data
     /// and zero extents never touches the parent.
-    fn own_extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+    fn own_extents(&self, range: Range<u64>) -> Result<Vec<Extent>> {
         self.extents(range)
     }
 

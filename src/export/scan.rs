@@ -388,7 +388,7 @@ mod tests {
         fn info(&self) -> &crate::disk::DiskInfo {
             &self.info
         }
-        fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+        fn extents(&self, range: Range<u64>) -> crate::disk::Result<Vec<Extent>> {
             let mut out = Vec::new();
             let mut pos = range.start;
             let mut push = |offset: u64, end: u64, state| {
@@ -408,7 +408,7 @@ mod tests {
             push(pos, range.end, ExtentState::Unallocated);
             Ok(out)
         }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::disk::Result<()> {
             self.reads.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
             buf.fill(0);
             let end = offset + buf.len() as u64;

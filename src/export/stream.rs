@@ -64,7 +64,7 @@ fn walk(
                     match disk.extents(off..(off + window).min(size)) {
                         Ok(e) => extents = e,
                         Err(e) => {
-                            let _ = tx.send(Err(e));
+                            let _ = tx.send(Err(e.into()));
                             return;
                         }
                     }
@@ -77,7 +77,7 @@ fn walk(
                 let step = if data {
                     let mut buf = free_rx.try_recv().unwrap_or_default();
                     buf.resize(len as usize, 0);
-                    disk.read_at(&mut buf, off).map(|()| (off, len, Some(buf)))
+                    disk.read_at(&mut buf, off).map(|()| (off, len, Some(buf))).map_err(crate::Error::from)
                 } else {
                     Ok((off, len, None))
                 };

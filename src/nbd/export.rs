@@ -149,7 +149,7 @@ impl Export {
     pub(super) fn read_disk(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
         let block = self.cache.lock().unwrap_or_else(|p| p.into_inner()).block;
         if buf.len() as u64 >= block {
-            return self.disk.read_at(buf, offset);
+            return Ok(self.disk.read_at(buf, offset)?);
         }
         let mut done = 0usize;
         while done < buf.len() {

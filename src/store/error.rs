@@ -279,11 +279,29 @@ impl StoreError {
     /// A failure of the disk being backed up. A store error that reached
     /// us through the source (a backup read back as a source) stays what it
     /// is only when it is a cancellation.
-    pub(crate) fn source(path: impl Into<PathBuf>) -> impl FnOnce(crate::Error) -> StoreError {
+    pub(crate) fn source<E: Into<crate::Error>>(path: impl Into<PathBuf>) -> impl FnOnce(E) -> StoreError {
         let path = path.into();
-        move |e| match e {
-            crate::Error::Store(StoreError::Cancelled) => StoreError::Cancelled,
-            other => StoreError::Source { path, source: Box::new(other) },
+        move |e| match StoreError::within(e.into()) {
+            Ok(StoreError::Cancelled) => StoreError::Cancelled,
+            Ok(other) => StoreError::Source { path, source: Box::new(crate::Error::Store(other)) },
+            Err(other) => StoreError::Source { path, source: Box::new(other) },
+        }
+    }
+
+    /// The store error in `e`: one returned as itself, or one a store
+    /// reader handed to the disk layer as its own failure
+    /// ([`DiskError::Source`](crate::disk::DiskError::Source)); any other
+    /// error comes back as it was.
+    pub(crate) fn within(e: crate::Error) -> std::result::Result<StoreError, crate::Error> {
+        match e {
+            crate::Error::Store(s) => Ok(s),
+            crate::Error::Disk(crate::disk::DiskError::Source { path, kind, source }) => {
+                match source.downcast::<StoreError>() {
+                    Ok(s) => Ok(*s),
+                    Err(source) => Err(crate::Error::Disk(crate::disk::DiskError::Source { path, kind, source })),
+                }
+            }
+            other => Err(other),
         }
     }
 }

@@ -118,10 +118,10 @@ pub struct PointRestoreReport {
 /// chunk that cannot be read), a cancel is a cancel, everything else is the
 /// output's.
 fn output_error(out: &Path) -> impl FnOnce(crate::Error) -> StoreError + '_ {
-    move |e| match e {
-        crate::Error::Store(s) => s,
-        crate::Error::Export(crate::export::ExportError::Cancelled) => StoreError::Cancelled,
-        other => StoreError::Output { path: out.to_path_buf(), source: Box::new(other) },
+    move |e| match StoreError::within(e) {
+        Ok(s) => s,
+        Err(crate::Error::Export(crate::export::ExportError::Cancelled)) => StoreError::Cancelled,
+        Err(other) => StoreError::Output { path: out.to_path_buf(), source: Box::new(other) },
     }
 }
 
@@ -460,12 +460,20 @@ impl BackupReader {
     }
 }
 
+impl BackupReader {
+    /// A store failure as the disk layer reports a disk's own failure,
+    /// sorted by the store error's kind (the store error is its source).
+    fn disk_error(&self, e: StoreError) -> crate::DiskError {
+        crate::DiskError::from_source(self.info.path.clone(), e.kind(), e)
+    }
+}
+
 impl VirtualDisk for BackupReader {
     fn info(&self) -> &DiskInfo {
         &self.info
     }
 
-    fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+    fn extents(&self, range: Range<u64>) -> crate::disk::Result<Vec<Extent>> {
         let size = self.info.virtual_size;
         let range = range.start.min(size)..range.end.min(size);
         let mut out = Vec::new();
@@ -482,10 +490,10 @@ impl VirtualDisk for BackupReader {
 
     /// Reads verified bytes; chunks of one call are fetched and checked on
     /// several threads at once.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::disk::Result<()> {
         let size = self.info.virtual_size;
         if offset.checked_add(buf.len() as u64).is_none_or(|end| end > size) {
-            return Err(crate::DiskError::OutOfRange { offset, len: buf.len() as u64, size }.into());
+            return Err(crate::DiskError::OutOfRange { offset, len: buf.len() as u64, size });
         }
         // Cut the request into per-slot pieces.
         let mut pieces: Vec<(u64, usize, &mut [u8])> = Vec::new();
@@ -505,7 +513,7 @@ impl VirtualDisk for BackupReader {
         if threads <= 1 {
             let mut scratch = (Vec::new(), Vec::new());
             for (slot, within, dst) in pieces {
-                self.read_slot(slot, within, dst, &mut scratch)?;
+                self.read_slot(slot, within, dst, &mut scratch).map_err(|e| self.disk_error(e))?;
             }
             return Ok(());
         }
@@ -532,7 +540,7 @@ impl VirtualDisk for BackupReader {
                 h.join().map_err(|_| StoreError::Internal("a reading thread panicked".into()))??;
             }
             Ok::<(), StoreError>(())
-        })?;
-        Ok(())
+        })
+        .map_err(|e| self.disk_error(e))
     }
 }

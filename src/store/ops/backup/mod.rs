@@ -505,11 +505,11 @@ mod tests {
         fn info(&self) -> &DiskInfo {
             &self.info
         }
-        fn extents(&self, range: Range<u64>) -> crate::Result<Vec<Extent>> {
+        fn extents(&self, range: Range<u64>) -> crate::disk::Result<Vec<Extent>> {
             let end = range.end.min(self.info.virtual_size);
             Ok(vec![Extent { offset: range.start, length: end - range.start, state: ExtentState::Data, depth: 0 }])
         }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::disk::Result<()> {
             buf.copy_from_slice(&self.bytes[offset as usize..offset as usize + buf.len()]);
             Ok(())
         }

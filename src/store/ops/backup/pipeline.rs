@@ -124,7 +124,7 @@ fn read_stage<'d>(
 ) {
     let ReadStage { disk, chunk, change, mut prev, cancel } = stage;
     let slots = disk.size().div_ceil(chunk);
-    let source = || StoreError::source(&disk.info().path);
+    let source = || StoreError::source::<crate::Error>(&disk.info().path);
     // 64 MiB of disk per planning step bounds the extent list it holds.
     let window = ((64u64 << 20) / chunk).max(1);
     let mut runs = Vec::new();
@@ -162,9 +162,9 @@ fn read_stage<'d>(
                                 Ok(Some(view)) => Ok(Some(view)),
                                 Ok(None) => {
                                     buf.resize(len, 0);
-                                    disk.read_at(&mut buf, slot * chunk).map(|()| None).map_err(source())
+                                    disk.read_at(&mut buf, slot * chunk).map(|()| None).map_err(|e| source()(e.into()))
                                 }
-                                Err(e) => Err(source()(e)),
+                                Err(e) => Err(source()(e.into())),
                             },
                             (_, Some(prev)) => {
                                 buf.resize(len, 0);
