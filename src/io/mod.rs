@@ -204,59 +204,32 @@ impl ReadAt for Vec<u8> {
     }
 }
 
-impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        (**self).read_at(buf, offset)
-    }
+/// Shared and boxed readers read as the reader they hold.
+macro_rules! forward_read_at {
+    ($($holder:ty),*) => {
+        $(
+            impl<T: ReadAt + ?Sized> ReadAt for $holder {
+                fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                    (**self).read_at(buf, offset)
+                }
 
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
+                fn size(&self) -> u64 {
+                    (**self).size()
+                }
 
-    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        (**self).bytes_at(offset, len)
-    }
+                fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+                    (**self).bytes_at(offset, len)
+                }
 
-    fn lends(&self) -> bool {
-        (**self).lends()
-    }
+                fn lends(&self) -> bool {
+                    (**self).lends()
+                }
+            }
+        )*
+    };
 }
 
-impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        (**self).read_at(buf, offset)
-    }
-
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
-
-    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        (**self).bytes_at(offset, len)
-    }
-
-    fn lends(&self) -> bool {
-        (**self).lends()
-    }
-}
-
-impl<T: ReadAt + ?Sized> ReadAt for &T {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        (**self).read_at(buf, offset)
-    }
-
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
-
-    fn bytes_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        (**self).bytes_at(offset, len)
-    }
-
-    fn lends(&self) -> bool {
-        (**self).lends()
-    }
-}
+forward_read_at!(Arc<T>, Box<T>, &T);
 
 #[cfg(test)]
 mod tests {
