@@ -102,7 +102,7 @@ impl PackWriter {
     }
 
     /// Appends a record whose stored bytes are the pieces `stored` (for an
-    /// encrypted store: salt, sealed body and tag, as `chunk::seal_in_place`
+    /// encrypted store: salt, sealed body and tag, as `record::seal_in_place`
     /// makes them); returns where it went.
     pub fn add(
         &mut self,

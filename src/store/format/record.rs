@@ -163,24 +163,34 @@ pub fn seal_payload(
     out.reserve(payload.len() + SEAL_OVERHEAD);
     out.extend_from_slice(&[0; SALT]);
     out.extend_from_slice(payload);
-    let (salt, tag) = seal_in_place(keys, id, compression, plain_len, &mut out[SALT..]);
+    let SealedEnds { salt, tag } = seal_in_place(keys, id, compression, plain_len, &mut out[SALT..]);
     out[..SALT].copy_from_slice(&salt);
     out.extend_from_slice(&tag);
 }
 
+/// What goes around a payload sealed in place: the salt before it and the
+/// tag after it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SealedEnds {
+    /// The fresh salt whose subkey sealed the payload.
+    pub salt: [u8; SALT],
+    /// The AEAD tag.
+    pub tag: [u8; TAG],
+}
+
 /// Seals `payload` in place, as [`seal_payload`] does without a copy:
-/// returns the fresh salt that goes before it and the tag that follows.
+/// returns the salt that goes before it and the tag that follows.
 pub fn seal_in_place(
     keys: &crate::store::crypto::Keys,
     id: ChunkId,
     compression: Compression,
     plain_len: u32,
     payload: &mut [u8],
-) -> ([u8; SALT], [u8; TAG]) {
+) -> SealedEnds {
     let salt = crate::store::crypto::aead::random_salt();
     let fixed = fixed_fields(compression, plain_len, (payload.len() + SEAL_OVERHEAD) as u32, true);
     let tag = Sealer::new(keys.record_key(), &salt).seal(0, true, &record_ad(&fixed, &id), payload);
-    (salt, tag)
+    SealedEnds { salt, tag }
 }
 
 /// A record's field at `offset` is wrong.

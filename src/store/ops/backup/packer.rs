@@ -4,12 +4,11 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use crate::store::crypto::aead::{SALT, TAG};
 use crate::store::crypto::{Crypt, Keys};
 use crate::store::error::{Result, StoreError};
 use crate::store::format::index_file::{IndexEntry, Location};
 use crate::store::format::pack::PackWriter;
-use crate::store::format::record::{Compression, seal_in_place};
+use crate::store::format::record::{Compression, SealedEnds, seal_in_place};
 use crate::store::model::id::ChunkId;
 use crate::store::model::limits::Limits;
 use crate::store::state::handle::Handle;
@@ -121,8 +120,8 @@ pub(super) struct Packer {
     buf: Vec<u8>,
     /// A borrowed chunk (a memory-mapped image) is copied here to be sealed.
     copy: Vec<u8>,
-    salt: [u8; SALT],
-    tag: [u8; TAG],
+    /// The salt and tag of the chunk sealed last.
+    ends: SealedEnds,
 }
 
 /// A chunk's bytes as a worker holds them: its own buffer (which sealing
@@ -180,7 +179,7 @@ impl Packer {
             _ => None,
         };
         let probe = compressor.as_ref().and_then(|_| zstd::bulk::Compressor::new(1).ok());
-        Packer { compressor, probe, keys, buf: Vec::new(), copy: Vec::new(), salt: [0; SALT], tag: [0; TAG] }
+        Packer { compressor, probe, keys, buf: Vec::new(), copy: Vec::new(), ends: SealedEnds::default() }
     }
 
     /// The stored bytes of chunk `id` and how they are compressed: zstd
@@ -222,8 +221,8 @@ impl Packer {
                 (Compression::None, &mut self.copy[..])
             }
         };
-        (self.salt, self.tag) = seal_in_place(keys, id, compression, plain_len, body);
-        (compression, [&self.salt, body, &self.tag])
+        self.ends = seal_in_place(keys, id, compression, plain_len, body);
+        (compression, [&self.ends.salt, body, &self.ends.tag])
     }
 }
 
