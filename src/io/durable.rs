@@ -18,9 +18,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) enum Placement {
     /// Replace a file of that name (a rename).
     Replace,
-    /// Keep a file of that name and fail with `AlreadyExists` (a hard link;
-    /// where the file system has none, a check just before a rename, which
-    /// two writers of one name could race).
+    /// Create the name only if it is free, atomically: a hard link, which
+    /// fails if the name is taken. Only where the platform has no links at
+    /// all (`Unsupported`) a check just before a rename, which two writers
+    /// of one name could race. What a store's put-if-absent rests on.
+    Create,
+    /// Keep a file of that name and fail with `AlreadyExists`, as well as
+    /// the file system allows: a hard link, and where linking fails for any
+    /// reason (FAT and exFAT refuse links) a check just before a rename.
+    /// What a restore that must not clobber asks for.
     KeepExisting,
 }
 
@@ -99,21 +105,22 @@ impl PendingFile {
         drop(file);
         let placed = match placement {
             Placement::Replace => fs::rename(&self.temp, &self.target),
-            Placement::KeepExisting => match fs::hard_link(&self.temp, &self.target) {
-                Ok(()) => fs::remove_file(&self.temp),
-                // No links here (FAT, exFAT, some shares): check, then rename.
-                Err(e) if matches!(e.kind(), io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied) => {
-                    if self.target.exists() {
-                        Err(io::Error::new(io::ErrorKind::AlreadyExists, "the file exists"))
-                    } else {
-                        fs::rename(&self.temp, &self.target)
-                    }
+            Placement::Create | Placement::KeepExisting => match fs::hard_link(&self.temp, &self.target) {
+                Ok(()) => {
+                    // The name is taken: the object is in place whatever
+                    // becomes of the temporary name (vacuum clears `tmp/`).
+                    let _ = fs::remove_file(&self.temp);
+                    Ok(())
                 }
-                Err(e) => Err(e),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+                Err(e) if placement == Placement::Create && e.kind() != io::ErrorKind::Unsupported => Err(e),
+                Err(_) if self.target.exists() => Err(io::Error::new(io::ErrorKind::AlreadyExists, "the file exists")),
+                Err(_) => fs::rename(&self.temp, &self.target),
             },
         };
         let action = match placement {
             Placement::Replace => "rename into place",
+            Placement::Create => "create (only if absent)",
             Placement::KeepExisting => "put into place (an existing file is kept)",
         };
         placed.map_err(step(&self.target, action))?;
@@ -188,6 +195,10 @@ mod tests {
         assert_eq!(err.source.kind(), io::ErrorKind::AlreadyExists, "{err:?}");
         assert_eq!(fs::read(&target).unwrap(), b"theirs");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "the temporary file is gone");
+        let pending = PendingFile::create(&target).unwrap();
+        let err = pending.commit(true, Placement::Create).unwrap_err();
+        assert_eq!(err.source.kind(), io::ErrorKind::AlreadyExists, "{err:?}");
+        assert_eq!(fs::read(&target).unwrap(), b"theirs");
         let pending = PendingFile::create(&target).unwrap();
         pending.write_at(b"restored", 0).unwrap();
         pending.commit(true, Placement::Replace).unwrap();

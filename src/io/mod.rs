@@ -13,8 +13,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-#[cfg(feature = "mmap")]
 pub(crate) mod durable;
+#[cfg(feature = "mmap")]
 mod mmap;
 mod overlay;
 #[cfg(feature = "mmap")]

@@ -48,8 +48,8 @@ macro_rules! internal_layers {
     };
 }
 
-// Dependencies run down this list, never up: model, crypto, backend,
-// error, format, state, ops, and this module on top (docs/architecture.md).
+// Dependencies run down this list, never up: model, crypto, error,
+// backend, format, state, ops, and this module on top (docs/architecture.md).
 internal_layers!(model, crypto, format, state);
 mod backend;
 mod error;

@@ -99,9 +99,9 @@ impl ObjectWriter for LocalWriter {
             fs::create_dir_all(dir)?;
         }
         // A hard link fails if the key exists: create-if-absent, atomically
-        // (see `io::durable` for file systems without links). The data and
-        // the key's folder are flushed.
-        pending.commit(true, Placement::KeepExisting)?;
+        // (a check then a rename only where links are unsupported). The
+        // data and the key's folder are flushed.
+        pending.commit(true, Placement::Create)?;
         if let Some(parent) = made.and_then(Path::parent) {
             sync_dir(parent)?;
         }

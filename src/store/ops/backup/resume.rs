@@ -89,7 +89,7 @@ fn contiguous(entries: &[PackEntry]) -> bool {
 }
 
 /// The global index avoiding condemned packs (as
-/// [`Store::index_avoiding_condemned`]) and the orphan packs' records.
+/// [`Handle::index_avoiding_condemned`]) and the orphan packs' records.
 /// Call it holding the job's lease. Costs a listing and, per orphan
 /// pack, the reads of its trailer and index.
 pub(super) fn index_and_orphans(store: &Handle) -> Result<(Index, Orphans)> {
