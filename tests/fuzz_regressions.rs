@@ -41,3 +41,29 @@ fn pack_trailer_fit_is_exact() {
     assert!(decode_trailer(&trailer(header + 1), len).is_err());
     assert!(decode_trailer(&trailer(u64::MAX), len).is_err());
 }
+
+/// Review finding: a sealed pack index's length was bounded below but not
+/// above, so a trailer naming one entry before 64 MiB of "index" made every
+/// reader of the pack (verify with or without the key, reindex) allocate
+/// the 64 MiB. The index may be no larger than the envelope of its entries.
+#[test]
+fn a_sealed_pack_index_is_no_larger_than_its_count_allows() {
+    let trailer = |offset: u64, count: u32| {
+        let mut t = Vec::new();
+        t.extend_from_slice(b"VKPIDXS1");
+        t.extend_from_slice(&offset.to_le_bytes());
+        t.extend_from_slice(&count.to_le_bytes());
+        t.extend_from_slice(&0u32.to_le_bytes());
+        t.extend_from_slice(b"VKPEND01");
+        t
+    };
+    // One 52-byte record after the header, then the index.
+    let offset = PACK_HEADER + 52;
+    let fitting = vhdkit::store::crypto::envelope::max_sealed_len(44);
+    let len = offset + fitting + TRAILER as u64;
+    assert!(decode_trailer(&trailer(offset, 1), len).is_ok());
+    let err = decode_trailer(&trailer(offset, 1), len + 1).unwrap_err();
+    assert!(err.reason.contains("does not fit"), "{err}");
+    let err = decode_trailer(&trailer(offset, 1), offset + (64 << 20) + TRAILER as u64).unwrap_err();
+    assert!(err.reason.contains("does not fit"), "{err}");
+}

@@ -41,6 +41,12 @@ pub fn sealed_len(plain: u64, segment: u32) -> u64 {
     HEADER as u64 + plain + segments * PER_SEGMENT
 }
 
+/// The most bytes a sealed object of `plain` bytes can have, whatever
+/// segment size its header names (the smallest segment costs most).
+pub fn max_sealed_len(plain: u64) -> u64 {
+    sealed_len(plain, *SEGMENTS.start())
+}
+
 /// The plaintext bytes of a sealed object of `sealed` bytes, if that is a
 /// size such an object can have.
 pub fn plain_len(sealed: u64, segment: u32) -> Option<u64> {

@@ -186,7 +186,14 @@ pub fn decode_trailer(bytes: &[u8], pack_len: u64) -> std::result::Result<Traile
     let index_len = pack_len.checked_sub(TRAILER as u64).and_then(|end| end.checked_sub(index_offset));
     let fits = index_offset >= PACK_HEADER
         && index_len.is_some_and(|n| {
-            if sealed { n >= envelope::HEADER as u64 + envelope::PER_SEGMENT } else { n == plain_len }
+            // A sealed index holds `count` entries: no more than the
+            // envelope of that many bytes, so a reader never allocates more
+            // for an index than its count allows.
+            if sealed {
+                n >= envelope::HEADER as u64 + envelope::PER_SEGMENT && n <= envelope::max_sealed_len(plain_len)
+            } else {
+                n == plain_len
+            }
         });
     if !fits {
         return Err(bad(format!("pack index at {index_offset} with {count} entries does not fit the {pack_len}-byte pack")));
