@@ -265,3 +265,52 @@ fn a_damaged_chunk_is_stored_again_by_the_next_backup() {
     let after = store.verify(&vhdkit::store::VerifyOptions::default()).unwrap();
     assert!(after.damaged_backups.is_empty(), "{after:?}");
 }
+
+/// A sampled verify reads a share of packs chosen by its seed (the same
+/// seed, the same packs), finds the damage in those it reads, and says
+/// how many it left; `since` leaves out packs written before.
+#[test]
+fn a_sampled_verify_reads_a_stable_share_and_finds_damage_where_it_reads() {
+    use vhdkit::store::{Moment, VerifyOptions};
+    let dir = common::scratch("store-verify-sample");
+    let store = init(&dir.join("s"), Compression::None);
+    backup(&store, &raw(noise(21, 24 * MIB), "d"), "d");
+    let verify = |sample: Option<f64>, seed: Option<u64>, since: Option<Moment>| {
+        let mut o = VerifyOptions::default();
+        o.sample = sample;
+        o.seed = seed;
+        o.since = since;
+        store.verify(&o)
+    };
+    let all = verify(None, None, None).unwrap();
+    let n = all.packs_total;
+    assert!(all.ok && n >= 20 && all.packs_checked == n && all.sample_seed.is_none(), "{all:?}");
+    let half = verify(Some(50.0), Some(7), None).unwrap();
+    assert!(half.ok && half.packs_total == n && half.sample_seed == Some(7));
+    assert!(half.packs_checked > n / 5 && half.packs_checked < n * 4 / 5, "{} of {n}", half.packs_checked);
+    assert_eq!(verify(Some(50.0), Some(7), None).unwrap().packs_checked, half.packs_checked);
+    // Backups are still checked whole: the unread packs' chunks count as sound.
+    assert_eq!(half.backups_checked, 1);
+    assert_eq!(verify(Some(100.0), None, None).unwrap().packs_checked, n);
+    for bad in [0.0, -1.0, 100.5, f64::NAN] {
+        assert!(verify(Some(bad), None, None).is_err(), "a sample of {bad} was taken");
+    }
+    // Damage in every pack: the sample finds it in each pack it reads.
+    for o in store.backend().list("packs").unwrap() {
+        let id = PackId::from_key(&o.key).unwrap();
+        let first = read_pack_index(store.backend(), id, store.codec_crypt()).unwrap()[0].offset;
+        flip(&dir.join("s").join(&o.key), first + 100);
+    }
+    let damaged = verify(Some(50.0), Some(7), None).unwrap();
+    assert!(!damaged.ok);
+    let packs: BTreeSet<&str> = damaged.damaged_chunks.iter().map(|d| d.pack.as_str()).collect();
+    assert_eq!(packs.len() as u64, half.packs_checked);
+    // Since: a time after every pack leaves them all unread, and every
+    // backup (none was made since); one before reads them all.
+    let later = verify(None, None, Some(Moment::now().add_secs(3600))).unwrap();
+    assert_eq!((later.packs_checked, later.packs_total, later.backups_checked), (0, n, 0));
+    assert!(later.ok);
+    let earlier = verify(None, None, Some(Moment::now().add_secs(-3600))).unwrap();
+    assert_eq!(earlier.packs_checked, n);
+    assert!(!earlier.ok);
+}

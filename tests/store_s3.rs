@@ -193,6 +193,45 @@ fn transient_faults_are_retried_until_the_backup_commits() {
     assert!(read_back(&direct, report.id.as_ref(), bytes.len()) == bytes);
 }
 
+/// Restores over a link 20 ms away that fails one request in ten: every
+/// byte as backed up, and chunks lying together in a pack fetched in few
+/// ranged reads, not one request per chunk.
+#[test]
+fn restores_over_a_slow_faulty_link_are_exact_and_coalesced() {
+    let Some(s3) = common::s3::s3() else { return };
+    let faults = Faults { transient: 0.1, delay: Duration::from_millis(20), ..Faults::none() };
+    let (store, _proxy, _url) = proxied_store(s3, "slow-restore", faults, 7);
+    // 48 MiB of noise in 256 KiB chunks: 192 chunks, incompressible.
+    let bytes = common::sparse_noise(11, 48 * MIB);
+    store.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("restored.raw");
+    let report = store.restore("vm", &out, Target::Raw, &Default::default()).unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes, "the restore differs");
+    let chunks = (bytes.len() / (256 << 10)) as u64;
+    // One GET per chunk before; ranged reads of up to 2 MiB (8 chunks)
+    // now, plus the manifest, index and lease traffic.
+    assert!(
+        report.traffic.requests * 3 < chunks,
+        "{} requests for {chunks} chunks: reads are not coalesced",
+        report.traffic.requests
+    );
+    // Verify reads each pack's records in ranges of up to 8 MiB, not one
+    // request per record.
+    let verify = store.verify(&VerifyOptions::default()).unwrap();
+    assert!(verify.ok, "{verify:?}");
+    assert_eq!(verify.records_checked, chunks);
+    assert!(verify.traffic.requests * 2 < chunks, "verify made {} requests", verify.traffic.requests);
+    // A reader read at random offsets gets the same bytes.
+    let reader = store.reader("vm").unwrap();
+    for (i, len) in [(7u64, 1000usize), (3, 300_000), (40, 2 * MIB + 17), (0, 4096)] {
+        let at = i * MIB as u64 + 123;
+        let mut got = vec![0u8; len];
+        reader.read_at(&mut got, at).unwrap();
+        assert!(got[..] == bytes[at as usize..at as usize + len], "read at {at}");
+    }
+}
+
 #[test]
 fn a_permanent_failure_fails_cleanly_and_commits_nothing() {
     let Some(s3) = common::s3::s3() else { return };

@@ -63,6 +63,15 @@ struct Cli {
     /// byte). Stores whose storage refuses writes are opened so by themselves.
     #[arg(long, global = true, help_heading = "Global options")]
     read_only: bool,
+    /// Reads of a store to keep in flight (restore, verify, mounts): default
+    /// 16 for object storage, 4 for a folder.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    connections: Option<u16>,
+    /// How far a sequential read of a store reads ahead (default 64M): a
+    /// reader's memory stays below about twice this plus 32 MiB.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "SIZE", value_parser = parse_size)]
+    read_ahead: Option<u32>,
     #[command(flatten)]
     key: keys::KeyArgs,
     #[command(subcommand)]
@@ -221,6 +230,17 @@ enum Command {
         /// CRCs of every object (no tags, no backup's map).
         #[arg(long, conflicts_with = "backup")]
         no_key: bool,
+        /// Read only this share of packs, in percent (each pack in or out by
+        /// a hash of the seed and its id); the rest count as sound.
+        #[arg(long, value_name = "PCT")]
+        sample: Option<f64>,
+        /// The sample's seed (default: random, and reported).
+        #[arg(long, requires = "sample")]
+        seed: Option<u64>,
+        /// Read only packs written since, and check backups made since: a
+        /// time (2026-12-01T00:00:00Z) or an age (7d, 24h).
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<vhdkit::store::Moment>,
         /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
@@ -281,6 +301,17 @@ pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
         _ => return Err(format!("unknown unit in {s:?}")),
     };
     u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// A point in time: RFC 3339 (`2026-12-01T00:00:00Z`), or an age before
+/// now (`7d`, `24h`).
+pub(crate) fn parse_when(s: &str) -> Result<vhdkit::store::Moment, String> {
+    if let Some(m) = vhdkit::store::Moment::parse(s) {
+        return Ok(m);
+    }
+    let age = parse_duration(s).map_err(|_| format!("not a time or an age: {s:?} (2026-12-01T00:00:00Z, 7d)"))?;
+    let secs = i64::try_from(age.as_secs()).map_err(|_| format!("{s:?} is too long ago"))?;
+    Ok(vhdkit::store::Moment::now().add_secs(-secs))
 }
 
 /// `90`, `90s`, `30m`, `24h`, `7d`.
@@ -369,7 +400,13 @@ fn cancel_on_signals() -> CancelToken {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cancel = cancel_on_signals();
-    store::set_open_options(cli.cache_dir.clone(), cli.no_cache, cli.read_only);
+    store::set_open_options(store::OpenArgs {
+        cache_dir: cli.cache_dir.clone(),
+        no_cache: cli.no_cache,
+        read_only: cli.read_only,
+        connections: cli.connections.map(usize::from),
+        read_ahead: cli.read_ahead.map(u64::from),
+    });
     keys::set_key_args(cli.key.clone());
     let options = OpenOptions::new()
         .checksums(if cli.lenient { ChecksumPolicy::Lenient } else { ChecksumPolicy::Strict })
@@ -397,7 +434,15 @@ fn main() -> ExitCode {
         }
         Command::List { store, points, json } => store::list(&store, points, json),
         Command::Restore(args) => store::restore(args, &cancel),
-        Command::Verify { store, backup, no_key, json } => store::verify(&store, backup, no_key, json, &cancel),
+        Command::Verify { store, backup, no_key, sample, seed, since, json } => {
+            let mut v = vhdkit::store::VerifyOptions::default();
+            v.only = backup;
+            v.sample = sample;
+            v.seed = seed;
+            v.since = since;
+            v.cancel = cancel.clone();
+            store::verify(&store, v, no_key, json)
+        }
         Command::Stats { store, json } => store::stats(&store, json),
         Command::Log { store, last, json } => store::log(&store, last, json),
         Command::Convert { input, output, to, block_size, parent, from, no_sync } => {

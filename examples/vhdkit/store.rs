@@ -18,14 +18,26 @@ use vhdkit::{CancelToken, export::InPlace};
 
 use super::{Failure, parse_size, to_json as json};
 
-/// How stores are opened (the global `--cache-dir` and `--no-cache`).
+/// How stores are opened (the global `--cache-dir`, `--no-cache`,
+/// `--read-only`, `--connections` and `--read-ahead`).
 static OPEN: std::sync::OnceLock<vhdkit::store::OpenOptions> = std::sync::OnceLock::new();
 
-pub(crate) fn set_open_options(cache_dir: Option<PathBuf>, no_cache: bool, read_only: bool) {
+/// The global options that say how stores are opened.
+pub(crate) struct OpenArgs {
+    pub cache_dir: Option<PathBuf>,
+    pub no_cache: bool,
+    pub read_only: bool,
+    pub connections: Option<usize>,
+    pub read_ahead: Option<u64>,
+}
+
+pub(crate) fn set_open_options(a: OpenArgs) {
     let mut o = vhdkit::store::OpenOptions::default();
-    o.cache_dir = cache_dir;
-    o.no_cache = no_cache;
-    o.read_only = read_only;
+    o.cache_dir = a.cache_dir;
+    o.no_cache = a.no_cache;
+    o.read_only = a.read_only;
+    o.connections = a.connections;
+    o.read_ahead = a.read_ahead;
     let _ = OPEN.set(o);
 }
 
@@ -706,18 +718,9 @@ pub(crate) fn restore(args: RestoreArgs, cancel: &CancelToken) -> Result<u8, Fai
     Ok(0)
 }
 
-pub(crate) fn verify(
-    store: &Path,
-    only: Option<String>,
-    no_key: bool,
-    json_out: bool,
-    cancel: &CancelToken,
-) -> Result<u8, Failure> {
+pub(crate) fn verify(store: &Path, mut options: VerifyOptions, no_key: bool, json_out: bool) -> Result<u8, Failure> {
     let s = if no_key { open_store_keyless(store)? } else { open_store(store)? };
     let (sink, bars) = Bars::sink(Vec::new());
-    let mut options = VerifyOptions::default();
-    options.only = only;
-    options.cancel = cancel.clone();
     options.progress = sink;
     let result = s.verify(&options);
     bars.clear();
@@ -740,6 +743,11 @@ pub(crate) fn verify(
         }
         if r.structure_only {
             out!("checked without the key: structure, sizes and CRCs only (no tags, no backup's map)");
+        }
+        if let Some(seed) = r.sample_seed {
+            out!("sampled {} of {} packs (seed {seed})", r.packs_checked, r.packs_total);
+        } else if r.packs_checked < r.packs_total {
+            out!("read {} of {} packs (the rest were written before --since)", r.packs_checked, r.packs_total);
         }
         out!(
             "{}: {} packs, {} chunks, {} backups checked in {:.2} s",

@@ -20,12 +20,15 @@ pub struct Faults {
     /// servers that ignore conditional writes do (Garage 2.5): a create
     /// "only if absent" then replaces an existing object.
     pub ignore_conditions: bool,
+    /// Added before every request is passed on, as a distant endpoint's
+    /// round trip would.
+    pub delay: Duration,
 }
 
 impl Faults {
     /// No faults: every request passes.
     pub fn none() -> Faults {
-        Faults { transient: 0.0, permanent: Box::new(|_| false), ignore_conditions: false }
+        Faults { transient: 0.0, permanent: Box::new(|_| false), ignore_conditions: false, delay: Duration::ZERO }
     }
 }
 
@@ -152,6 +155,7 @@ fn serve(
             _ => std::thread::sleep(Duration::from_millis(300)),
         }
     }
+    std::thread::sleep(faults.delay);
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(&head)?;
     up.write_all(&body)?;

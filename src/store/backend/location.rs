@@ -43,6 +43,14 @@ pub struct OpenOptions {
     /// Without it, a store whose storage refuses the lease of a read is
     /// found read-only at that read and goes on the same way.
     pub read_only: bool,
+    /// Reads to keep in flight when reading chunks (restore, a backup's
+    /// reader, NBD, verify). `None`: what the storage suggests, 16 for
+    /// object storage and 4 for a folder. Clamped to 1..=256.
+    pub connections: Option<usize>,
+    /// Bytes a sequential reader reads ahead of what it was asked for.
+    /// `None`: 64 MiB. A reader's memory stays below about twice this
+    /// plus 32 MiB of cache.
+    pub read_ahead: Option<u64>,
 }
 
 /// The URL in `location`, when it is one.

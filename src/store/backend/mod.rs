@@ -62,6 +62,9 @@ macro_rules! forward_to_inner {
         fn retained_until(&self, key: &str) -> std::io::Result<Option<std::time::SystemTime>> {
             self.inner.retained_until(key)
         }
+        fn read_concurrency(&self) -> usize {
+            self.inner.read_concurrency()
+        }
     };
 }
 
@@ -197,6 +200,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn retained_until(&self, key: &str) -> io::Result<Option<SystemTime>> {
         let _ = key;
         Ok(None)
+    }
+    /// How many reads to keep in flight by default: a request's latency,
+    /// not the CPU, bounds a remote store, so it wants many more than a
+    /// disk does. Readers take it unless told otherwise
+    /// ([`OpenOptions::connections`](crate::store::OpenOptions::connections)).
+    fn read_concurrency(&self) -> usize {
+        4
     }
 }
 

@@ -17,3 +17,44 @@ impl Limits {
     /// new data at 512 KiB chunks).
     pub const DEFAULT: Limits = Limits { claimed: 1 << 18, index_flush: 1 << 16 };
 }
+
+/// How readers of chunk data read from a store: how many requests they
+/// keep in flight, how far a sequential reader reads ahead, how large one
+/// ranged read may grow, and how many decoded chunks are kept.
+///
+/// Memory of one reader stays below `read_ahead + connections *
+/// max_request + cache` plus the chunks of the call being answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadSettings {
+    /// Requests in flight.
+    pub connections: usize,
+    /// Bytes of decoded chunks a sequential reader fetches before they are asked for.
+    pub read_ahead: u64,
+    /// The largest ranged read: records lying next to each other in a pack
+    /// are fetched together up to this many bytes.
+    pub max_request: u64,
+    /// Records this far apart or less in a pack are fetched in one read
+    /// (the bytes between are read and dropped): a request costs more
+    /// than that many bytes do.
+    pub max_gap: u64,
+    /// Bytes of decoded chunks kept once read, for readers that come back
+    /// (a file system's metadata, a mount's small reads).
+    pub cache: u64,
+}
+
+impl ReadSettings {
+    /// The default read-ahead: 64 MiB.
+    pub const READ_AHEAD: u64 = 64 << 20;
+
+    /// Settings for `connections` requests in flight and `read_ahead`
+    /// bytes ahead. A ranged read is sized so that every connection has
+    /// two in the window (1 to 8 MiB): fewer, larger reads where the
+    /// window allows, and never a window one request fills.
+    pub fn new(connections: usize, read_ahead: u64) -> ReadSettings {
+        let connections = connections.clamp(1, 256);
+        let read_ahead = read_ahead.clamp(1 << 20, 4 << 30);
+        let max_request = (read_ahead / (2 * connections as u64)).clamp(1 << 20, 8 << 20);
+        ReadSettings { connections, read_ahead, max_request, max_gap: 256 << 10, cache: 32 << 20 }
+    }
+}

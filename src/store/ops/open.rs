@@ -12,6 +12,7 @@ use crate::store::error::{Result, StoreError};
 use crate::store::format::config::{InitOptions, StoreConfig};
 use crate::store::model;
 use crate::store::model::id::PackId;
+use crate::store::model::limits::ReadSettings;
 use crate::store::model::time::Moment;
 use crate::store::state;
 use crate::store::state::handle::Handle;
@@ -179,6 +180,12 @@ pub(crate) fn open_backend_with(backend: Arc<dyn Backend>, options: &OpenOptions
 fn unlock(backend: Arc<dyn Backend>, config: StoreConfig, options: &OpenOptions) -> Result<Handle> {
     let mut store = unlock_keys(backend, config, options)?;
     store.read_only_asked = options.read_only;
+    if options.connections.is_some() || options.read_ahead.is_some() {
+        store.reads = ReadSettings::new(
+            options.connections.unwrap_or(store.reads.connections),
+            options.read_ahead.unwrap_or(store.reads.read_ahead),
+        );
+    }
     Ok(store)
 }
 

@@ -1,10 +1,12 @@
 //! Reading one chunk through the global index: the first stored copy that
-//! verifies wins. Every reader of chunk data (restore, a backup's reader,
-//! the baseline of an incremental, verify's keyed pass) comes through here.
+//! verifies wins. Readers of many chunks go through
+//! [`ChunkSource`](super::chunk_source::ChunkSource), which comes here for
+//! any chunk whose record in a ranged read fails; the baseline of an
+//! incremental and verify's keyed pass come here directly.
 
 use crate::store::backend::Backend;
 use crate::store::crypto::Crypt;
-use crate::store::format::record::{decode_record, decode_record_into};
+use crate::store::format::record::decode_record;
 use crate::store::model::malformed::Malformed;
 use crate::store::model::id::{ChunkId, PackId};
 use crate::store::state::index::Index;
@@ -21,18 +23,6 @@ pub(crate) fn fetch_chunk(
     record: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
     fetch_with(backend, index, id, record, |r| decode_record(r, id, out, crypt))
-}
-
-/// [`fetch_chunk`] into `dst`, which must be exactly the chunk's length.
-pub(crate) fn fetch_chunk_into(
-    backend: &dyn Backend,
-    index: &Index,
-    crypt: &Crypt,
-    id: ChunkId,
-    dst: &mut [u8],
-    record: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    fetch_with(backend, index, id, record, |r| decode_record_into(r, id, dst, crypt))
 }
 
 /// Tries each stored copy of `id` in turn until `decode` accepts one.

@@ -17,7 +17,7 @@ use crate::store::error::{Result, StoreError};
 use crate::store::format::config::StoreConfig;
 use crate::store::model::id::PackId;
 use crate::store::model;
-use crate::store::model::limits::Limits;
+use crate::store::model::limits::{Limits, ReadSettings};
 use crate::store::model::time::Moment;
 use crate::store::state;
 use crate::store::state::index::Index;
@@ -37,6 +37,8 @@ pub(crate) struct Handle {
     /// The key object the store was opened with, if encrypted.
     pub(crate) key_id: Option<String>,
     pub(crate) limits: Limits,
+    /// How readers of chunks read: requests in flight, read-ahead.
+    pub(crate) reads: ReadSettings,
     pub(crate) leases: LeaseSettings,
     /// Opened read-only on request (`OpenOptions::read_only`): nothing
     /// is written, not even a lease.
@@ -55,6 +57,7 @@ impl Handle {
             crypto::Crypt::Locked => Arc::new(backend::ReadOnlyBackend::new(stored.clone())),
             crypto::Crypt::Plain => stored.clone(),
         };
+        let reads = ReadSettings::new(stored.read_concurrency(), ReadSettings::READ_AHEAD);
         Handle {
             backend,
             stored,
@@ -62,6 +65,7 @@ impl Handle {
             crypt,
             key_id,
             limits: Limits::DEFAULT,
+            reads,
             leases: LeaseSettings::default(),
             read_only_asked: false,
             read_only_found: AtomicBool::new(false),

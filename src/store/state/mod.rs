@@ -18,4 +18,6 @@ pub mod handle;
 pub mod index;
 pub mod keyring;
 pub mod lease;
+pub mod chunk_source;
+pub mod readplan;
 pub mod tombstone;

@@ -304,6 +304,13 @@ fn retry_config() -> object_store::RetryConfig {
 }
 
 impl Backend for ObjectBackend {
+    /// Sixteen: at 20-50 ms a request, two in flight (a core count) read
+    /// a 2 TB disk in most of a day; sixteen ranged GETs of a few MiB keep
+    /// a gigabit link busy.
+    fn read_concurrency(&self) -> usize {
+        16
+    }
+
     fn describe(&self, key: &str) -> PathBuf {
         if key.is_empty() { PathBuf::from(&self.url) } else { PathBuf::from(format!("{}/{key}", self.url)) }
     }

@@ -24,12 +24,12 @@ use crate::store::format::pack::walk_sealed_pack;
 use crate::store::model::id::PackId;
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::layout::Folder;
-use crate::store::ops::verify::options::{DamagedChunk, VerifyOptions, VerifyReport};
+use crate::store::ops::verify::options::{DamagedChunk, PackFilter, VerifyOptions, VerifyReport};
 use crate::store::state::handle::Handle;
 
 /// [`Store::verify`] of an encrypted store opened without its key: see
 /// the module documentation.
-pub(super) fn verify_keyless(store: &Handle, options: &VerifyOptions) -> Result<VerifyReport> {
+pub(super) fn verify_keyless(store: &Handle, options: &VerifyOptions, filter: &PackFilter) -> Result<VerifyReport> {
     let started = Instant::now();
     let t0 = store.stored_backend().traffic();
     let _lease = store.read_lease("verify")?;
@@ -82,8 +82,21 @@ pub(super) fn verify_keyless(store: &Handle, options: &VerifyOptions) -> Result<
         }
     }
 
-    let packs: Vec<String> = list("packs", &mut problems);
-    let total: u64 = packs.iter().filter_map(|k| backend.stat(k).ok()).map(|o| o.size).sum::<u64>().max(1);
+    // The packs a sample or `since` leaves in.
+    let listed = match backend.list("packs") {
+        Ok(objects) => objects,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            problems.push(format!("listing {} failed: {e}", backend.describe("packs").display()));
+            Vec::new()
+        }
+    };
+    let packs_total = listed.len() as u64;
+    let read =
+        |o: &crate::store::backend::ObjectInfo| PackId::from_key(&o.key).is_none_or(|id| filter.reads(&id, o.modified));
+    let listed: Vec<_> = listed.into_iter().filter(read).collect();
+    let total: u64 = listed.iter().map(|o| o.size).sum::<u64>().max(1);
+    let packs: Vec<String> = listed.into_iter().map(|o| o.key).collect();
     let mut progress = options.progress.throttled(Operation::Verify, total);
     let (mut records, mut damaged, mut done) = (0u64, BTreeSet::new(), 0u64);
     for key in &packs {
@@ -113,6 +126,8 @@ pub(super) fn verify_keyless(store: &Handle, options: &VerifyOptions) -> Result<
     Ok(VerifyReport {
         ok: problems.is_empty() && damaged_chunks.is_empty(),
         packs_checked: packs.len() as u64,
+        packs_total,
+        sample_seed: filter.seed(),
         chunks_checked: records,
         records_checked: records,
         backups_checked: 0,

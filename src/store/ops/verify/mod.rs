@@ -21,6 +21,7 @@
 mod keyless;
 pub(crate) mod options;
 
+use options::PackFilter;
 pub use options::{DamagedChunk, VerifyOptions, VerifyReport};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -31,6 +32,7 @@ use crate::cancel::CancelToken;
 use crate::progress::Operation;
 use crate::store::crypto::Crypt;
 use crate::store::error::{Result, StoreError};
+use crate::store::format::index_file::Location;
 use crate::store::format::index_file::decode_index;
 use crate::store::format::pack::{PackEntry, read_pack_index};
 use crate::store::format::record::{check_crc, decode_record};
@@ -42,16 +44,18 @@ use crate::store::state::chain::{ChainCursor, Resolved};
 use crate::store::state::condemned::Condemned;
 use crate::store::state::handle::Handle;
 use crate::store::state::index::damaged_key;
+use crate::store::state::readplan::{Want, coalesce};
 
 type PackResult = (PackId, std::result::Result<Vec<(PackEntry, Option<String>)>, String>);
 
 /// [`Store::verify`](crate::store::Store::verify).
 pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyReport> {
+    let filter = PackFilter::new(options)?;
     if matches!(store.crypt(), Crypt::Locked) {
         if options.only.is_some() {
             return Err(StoreError::KeyRequired { path: store.path() });
         }
-        return crate::store::ops::verify::keyless::verify_keyless(store, options);
+        return crate::store::ops::verify::keyless::verify_keyless(store, options, &filter);
     }
     let started = Instant::now();
     let t0 = store.backend().traffic();
@@ -100,10 +104,12 @@ pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyRe
     }
 
     // What to check: every committed backup and point, or one selection.
+    // With `since`, the backups and points made since.
+    let recent = |t: &crate::store::model::time::Moment| options.since.is_none_or(|s| *t >= s);
     let (backups, points): (Vec<BackupId>, Vec<PointId>) = match &options.only {
         None => (
-            catalog.backups.iter().map(|b| b.id.clone()).collect(),
-            catalog.points.iter().map(|p| p.id.clone()).collect(),
+            catalog.backups.iter().filter(|b| recent(&b.created)).map(|b| b.id.clone()).collect(),
+            catalog.points.iter().filter(|p| recent(&p.created)).map(|p| p.id.clone()).collect(),
         ),
         Some(spec) => match catalog.select(spec)? {
             Selection::Backup(b) => (vec![b.id], Vec::new()),
@@ -166,15 +172,33 @@ pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyRe
         }
     }
 
-    // Every pack (or every pack the selection needs), on every core.
-    let pack_keys: Vec<(String, u64)> = match &scope {
-        None => list("packs", &mut problems).into_iter().map(|o| (o.key, o.size)).collect(),
+    // Every pack (or every pack the selection needs), less those a sample
+    // or `since` leaves unread: their chunks count as sound.
+    let listed: Vec<(String, u64, std::time::SystemTime)> = match &scope {
+        None => list("packs", &mut problems).into_iter().map(|o| (o.key, o.size, o.modified)).collect(),
         Some(_) => {
             let packs: BTreeSet<PackId> = indexed.iter().map(|e| e.1).collect();
-            let size = |k: &str| backend.stat(k).map_or(0, |o| o.size);
-            packs.iter().map(|p| (p.key(), size(&p.key()))).collect()
+            packs
+                .iter()
+                .filter_map(|p| {
+                    let key = p.key();
+                    // A pack that is gone is reported with the chunks it held.
+                    backend.stat(&key).ok().map(|o| (key, o.size, o.modified))
+                })
+                .collect()
         }
     };
+    let packs_total = listed.len() as u64;
+    let mut unread: HashSet<PackId> = HashSet::new();
+    let mut pack_keys: Vec<(String, u64)> = Vec::new();
+    for (key, size, modified) in listed {
+        match PackId::from_key(&key) {
+            Some(id) if !filter.reads(&id, modified) => {
+                unread.insert(id);
+            }
+            _ => pack_keys.push((key, size)),
+        }
+    }
     let results = check_packs(store, &pack_keys, &scope, &gone, options)?;
 
     let mut damaged: BTreeSet<DamagedChunk> = BTreeSet::new();
@@ -214,7 +238,7 @@ pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyRe
     let mut usable: HashSet<ChunkId> = HashSet::new();
     let mut stale_entries = 0u64;
     for (id, pack, offset, _) in &indexed {
-        if sound.contains(&(*id, *pack, *offset)) {
+        if sound.contains(&(*id, *pack, *offset)) || unread.contains(pack) {
             usable.insert(*id);
             continue;
         }
@@ -288,6 +312,8 @@ pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyRe
     let report = VerifyReport {
         ok: damaged_chunks.is_empty() && damaged_backups.is_empty() && damaged_points.is_empty() && problems.is_empty(),
         packs_checked: results.len() as u64,
+        packs_total,
+        sample_seed: filter.seed(),
         chunks_checked: distinct.len() as u64,
         records_checked,
         backups_checked,
@@ -305,8 +331,14 @@ pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyRe
     Ok(report)
 }
 
-/// Reads each pack's index and checks its records (those in `scope`,
-/// or all), on every core.
+/// The largest ranged read of a pack's records: a 64 MiB pack is read in
+/// eight requests, not one per record.
+const VERIFY_READ: u64 = 8 << 20;
+
+/// Reads each pack's index and checks its records (those in `scope`, or
+/// all), as many packs at once as the store reads with connections.
+/// Records are read in ranges of up to [`VERIFY_READ`]: memory is that
+/// per connection.
 fn check_packs(
     store: &Handle,
     keys: &[(String, u64)],
@@ -315,8 +347,7 @@ fn check_packs(
     options: &VerifyOptions,
 ) -> Result<Vec<PackResult>> {
     let backend = store.backend();
-    let sealed = crate::store::state::keyring::is_encrypted(store);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = store.reads.connections.min(keys.len()).max(1);
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(0);
     let cancelled = AtomicBool::new(false);
@@ -327,7 +358,6 @@ fn check_packs(
             .map(|_| {
                 scope_.spawn(|| {
                     let mut out = Vec::new();
-                    let (mut plain, mut record) = (Vec::new(), Vec::new());
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some((key, _)) = keys.get(i) else { break };
@@ -340,32 +370,21 @@ fn check_packs(
                                 continue;
                             }
                         };
-                        let mut checked = Vec::with_capacity(entries.len());
-                        for e in entries {
-                            if scope.as_ref().is_some_and(|s| !s.contains(&e.id)) {
-                                continue;
-                            }
-                            if options.cancel.is_cancelled() {
-                                cancelled.store(true, Ordering::Relaxed);
-                                return out;
-                            }
-                            record.resize(e.length as usize, 0);
-                            let verdict = match backend.read_at(key, &mut record, e.offset) {
-                                Err(err) => Some(format!("unreadable: {err}")),
-                                // Decoding a plain record checks its CRC; a sealed
-                                // one's tag stands in for it, so it is checked here.
-                                Ok(()) => (if sealed { check_crc(&record) } else { Ok(()) })
-                                    .and_then(|()| decode_record(&record, e.id, &mut plain, store.crypt()))
-                                    .err()
-                                    .map(|r| r.to_string()),
-                            };
-                            let d = done.fetch_add(u64::from(e.length), Ordering::Relaxed) + u64::from(e.length);
+                        let entries: Vec<PackEntry> =
+                            entries.into_iter().filter(|e| scope.as_ref().is_none_or(|s| s.contains(&e.id))).collect();
+                        let tick = |n: u64| {
+                            let d = done.fetch_add(n, Ordering::Relaxed) + n;
                             if let Ok(mut p) = progress.try_lock() {
                                 p.tick(d);
                             }
-                            checked.push((e, verdict));
+                        };
+                        match check_records(store, id, key, entries, &options.cancel, &tick) {
+                            Some(checked) => out.push((id, Ok(checked))),
+                            None => {
+                                cancelled.store(true, Ordering::Relaxed);
+                                return out;
+                            }
                         }
-                        out.push((id, Ok(checked)));
                     }
                     out
                 })
@@ -380,6 +399,78 @@ fn check_packs(
         p.finish();
     }
     Ok(results)
+}
+
+/// Checks `entries` of pack `id` (at `key`), reading records that lie
+/// together in one ranged read; each record's verdict (`None`: sound).
+/// `None` if cancelled.
+fn check_records(
+    store: &Handle,
+    id: PackId,
+    key: &str,
+    entries: Vec<PackEntry>,
+    cancel: &CancelToken,
+    tick: &dyn Fn(u64),
+) -> Option<Vec<(PackEntry, Option<String>)>> {
+    let backend = store.backend();
+    let sealed = crate::store::state::keyring::is_encrypted(store);
+    let wants: Vec<Want> = entries
+        .iter()
+        .map(|e| Want { id: e.id, loc: Location { pack: id, offset: e.offset, length: e.length, plain_len: 0 } })
+        .collect();
+    let mut by_place: HashMap<(ChunkId, u64), PackEntry> = entries.into_iter().map(|e| ((e.id, e.offset), e)).collect();
+    let mut checked = Vec::with_capacity(by_place.len());
+    let (mut raw, mut plain, mut one) = (Vec::new(), Vec::new(), Vec::new());
+    // Decoding a plain record checks its CRC; a sealed one's tag stands in
+    // for it, so it is checked here.
+    let mut verdict = |record: &[u8], e: &PackEntry| {
+        (if sealed { check_crc(record) } else { Ok(()) })
+            .and_then(|()| decode_record(record, e.id, &mut plain, store.crypt()))
+            .err()
+            .map(|r| r.to_string())
+    };
+    let mut alone = |e: &PackEntry, verdict: &mut dyn FnMut(&[u8], &PackEntry) -> Option<String>| {
+        one.resize(e.length as usize, 0);
+        match backend.read_at(key, &mut one, e.offset) {
+            Err(err) => Some(format!("unreadable: {err}")),
+            Ok(()) => verdict(&one, e),
+        }
+    };
+    for fetch in coalesce(&wants, 1 << 20, VERIFY_READ) {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        raw.resize(fetch.len() as usize, 0);
+        let read = backend.read_at(key, &mut raw, fetch.start);
+        for m in &fetch.members {
+            let Some(e) = by_place.remove(&(m.id, m.loc.offset)) else { continue };
+            let v = match &read {
+                // A range fails as a whole (a record claimed past the
+                // pack's end, a dropped connection): each record in it is
+                // read alone, so the verdicts name the records at fault.
+                Err(_) => alone(&e, &mut verdict),
+                Ok(()) => {
+                    let at = (m.loc.offset - fetch.start) as usize;
+                    verdict(&raw[at..at + m.loc.length as usize], &e)
+                }
+            };
+            tick(u64::from(e.length));
+            checked.push((e, v));
+        }
+    }
+    // A chunk stored twice in one pack is planned once; its other copies
+    // are read alone.
+    let mut rest: Vec<PackEntry> = by_place.into_values().collect();
+    rest.sort_by_key(|e| e.offset);
+    for e in rest {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        let v = alone(&e, &mut verdict);
+        tick(u64::from(e.length));
+        checked.push((e, v));
+    }
+    Some(checked)
 }
 
 /// Up to 16 chunks (short hex) of backup `id`'s effective map that have no

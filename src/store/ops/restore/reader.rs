@@ -1,0 +1,277 @@
+//! [`BackupReader`]: a backup as a [`VirtualDisk`], read through a
+//! [`ChunkSource`] (several ranged reads in flight, neighbours in a pack
+//! read together, a bounded cache).
+//!
+//! It reads ahead for whoever reads it in order: a restore's writer, a
+//! copy, `qemu-img convert` over NBD, a file copied out of its file
+//! system. A read that starts where an earlier one ended (or up to two
+//! chunks before it, as overlapping NBD requests do) continues that
+//! stream; each stream's read-ahead starts at four chunks and doubles with
+//! what it has read, up to the store's read-ahead. Up to four streams are
+//! followed at once; a random reader reads only what it asks for.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
+use crate::store::error::{Result, StoreError};
+use crate::store::model::id::{BackupId, ChunkId};
+use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::state::chunk_source::ChunkSource;
+use crate::store::state::handle::Handle;
+use crate::store::state::index::Index;
+use crate::store::state::lease::Lease;
+
+/// Sequential streams followed at once.
+const STREAMS: usize = 4;
+
+/// A backup opened for reading. Holds a read lease while it lives, so no
+/// vacuum deletes what it may read.
+///
+/// Memory: 12 bytes per run of slots holding one chunk or zeros, 32 per
+/// distinct chunk, and the store index. It grows with what the manifest
+/// records, never with the size its header claims: a sparse 64 TiB backup
+/// costs what its few runs cost. Its reads add at most twice the store's
+/// read-ahead plus 32 MiB of cached chunks (see
+/// [`OpenOptions::read_ahead`](crate::store::OpenOptions::read_ahead)).
+pub struct BackupReader {
+    source: ChunkSource,
+    pub(super) info: DiskInfo,
+    pub(super) id: BackupId,
+    chunk: u64,
+    /// First slot of each run, ascending from 0.
+    run_starts: Vec<u64>,
+    /// Per run: 0 for zeros, else 1 + an index into `ids`.
+    run_values: Vec<u32>,
+    ids: Vec<ChunkId>,
+    /// Where each sequential stream's last read ended, and how much it has read.
+    streams: Mutex<Vec<Stream>>,
+    _lease: Option<Lease>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    end: u64,
+    read: u64,
+}
+
+impl std::fmt::Debug for BackupReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupReader").field("id", &self.id).field("size", &self.info.virtual_size).finish()
+    }
+}
+
+/// Opens backup `id` with an index already loaded, under a lock the
+/// caller holds.
+pub(crate) fn reader_with(
+    store: &Handle,
+    id: &BackupId,
+    index: Arc<Index>,
+    lease: Option<Lease>,
+) -> Result<BackupReader> {
+    let id = id.clone();
+    let mut cursor = ChainCursor::open(store.backend(), &id)?;
+    let header = cursor.header().clone();
+    let chunk = u64::from(header.chunk_size);
+    let (mut run_starts, mut run_values) = (Vec::new(), Vec::new());
+    let mut next = 0u64;
+    let mut ids = Vec::new();
+    let mut seen: HashMap<ChunkId, u32> = HashMap::new();
+    while let Some((r, n)) = cursor.next_run()? {
+        let v = match r {
+            Resolved::Zero => 0,
+            Resolved::Data(cid) => *seen.entry(cid).or_insert_with(|| {
+                ids.push(cid);
+                ids.len() as u32
+            }),
+        };
+        if run_values.last() != Some(&v) {
+            run_starts.push(next);
+            run_values.push(v);
+        }
+        next += n;
+    }
+    drop(seen);
+    let source = &header.source;
+    let info = DiskInfo {
+        format: ImageFormat::Backup,
+        subformat: Subformat::Dynamic,
+        virtual_size: header.virtual_size,
+        block_size: Some(header.chunk_size),
+        logical_sector_size: source.logical_sector_size,
+        physical_sector_size: source.physical_sector_size,
+        disk_id: source.disk_id,
+        identity: source.identity,
+        file_size: 0,
+        path: store.path().join(crate::store::format::manifest::manifest_key(&id)),
+        creator: format!("vhdkit backup {id} of {} ({})", header.name, source.file_name),
+        parent: None,
+        log_replay: None,
+        warnings: Vec::new(),
+    };
+    Ok(BackupReader {
+        source: ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), store.reads),
+        info,
+        id,
+        chunk,
+        run_starts,
+        run_values,
+        ids,
+        streams: Mutex::new(Vec::new()),
+        _lease: lease,
+    })
+}
+
+impl BackupReader {
+    /// The backup's id.
+    pub fn id(&self) -> &BackupId {
+        &self.id
+    }
+
+    fn slots(&self) -> u64 {
+        self.info.virtual_size.div_ceil(self.chunk)
+    }
+
+    /// The run holding `slot`: its index and the slot after it.
+    fn run_of(&self, slot: u64) -> Option<(usize, u64)> {
+        let run = self.run_starts.partition_point(|&s| s <= slot).checked_sub(1)?;
+        let end = self.run_starts.get(run + 1).copied().unwrap_or(self.slots());
+        Some((run, end))
+    }
+
+    fn chunk_of(&self, slot: u64) -> Option<ChunkId> {
+        let v = *self.run_values.get(self.run_of(slot)?.0)?;
+        (v != 0).then(|| self.ids.get(v as usize - 1).copied()).flatten()
+    }
+
+    /// Records a read of `offset..end` and says how many bytes past `end`
+    /// to read ahead: none for a read that continues no stream.
+    fn follow(&self, offset: u64, end: u64) -> u64 {
+        let Ok(mut streams) = self.streams.lock() else { return 0 };
+        let len = end - offset;
+        let near = |s: &Stream| offset <= s.end && offset.saturating_add(2 * self.chunk) >= s.end;
+        match streams.iter().position(near) {
+            Some(i) => {
+                let mut s = streams.remove(i);
+                s.read += end.saturating_sub(s.end);
+                s.end = s.end.max(end);
+                streams.insert(0, s);
+                s.read.saturating_mul(2).clamp(4 * self.chunk, self.source.settings().read_ahead)
+            }
+            None => {
+                streams.insert(0, Stream { end, read: len });
+                streams.truncate(STREAMS);
+                0
+            }
+        }
+    }
+
+    /// The chunks of the first `bytes` of data from slot `from` on (zero
+    /// runs skipped), not yet cached or being read.
+    fn ahead_of(&self, from: u64, bytes: u64) -> Vec<ChunkId> {
+        let mut out = Vec::new();
+        let mut covered = 0u64;
+        let mut slot = from;
+        while covered < bytes && slot < self.slots() {
+            let Some((run, next)) = self.run_of(slot) else { break };
+            let v = self.run_values[run];
+            if v != 0 {
+                if let Some(id) = self.ids.get(v as usize - 1)
+                    && !self.source.has(id)
+                {
+                    out.push(*id);
+                }
+                covered += self.chunk;
+            }
+            slot = next;
+        }
+        out
+    }
+
+    /// A store failure as the disk layer reports a disk's own failure,
+    /// sorted by the store error's kind (the store error is its source).
+    fn disk_error(&self, e: StoreError) -> crate::DiskError {
+        crate::DiskError::from_source(self.info.path.clone(), e.kind(), e)
+    }
+
+    /// Fills `buf` from `offset` (in range).
+    fn read_checked(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        // Per slot: its piece of `buf`, and where in the slot it starts.
+        let mut pieces: Vec<(u64, usize, &mut [u8])> = Vec::new();
+        let mut need: Vec<ChunkId> = Vec::new();
+        let mut rest = buf;
+        let mut off = offset;
+        while !rest.is_empty() {
+            let slot = off / self.chunk;
+            let within = (off % self.chunk) as usize;
+            let n = rest.len().min(self.chunk as usize - within);
+            let (piece, tail) = rest.split_at_mut(n);
+            match self.chunk_of(slot) {
+                Some(id) => {
+                    need.push(id);
+                    pieces.push((slot, within, piece));
+                }
+                None => piece.fill(0),
+            }
+            rest = tail;
+            off += n as u64;
+        }
+        let ahead = match self.follow(offset, end) {
+            0 => Vec::new(),
+            bytes => self.ahead_of(end.div_ceil(self.chunk), bytes),
+        };
+        let chunks = self.source.get(&need, &ahead);
+        for ((slot, within, dst), (id, chunk)) in pieces.into_iter().zip(need.iter().zip(chunks)) {
+            let unavailable = |reason: String| StoreError::ChunkUnavailable {
+                id: id.to_hex(),
+                backup: self.id.to_string(),
+                slot,
+                reason,
+            };
+            let bytes = chunk.map_err(unavailable)?;
+            // A chunk is exactly its slot's length; anything else is a
+            // damaged manifest.
+            let slot_len = self.chunk.min(self.info.virtual_size - slot * self.chunk) as usize;
+            let piece = bytes.get(within..within + dst.len()).filter(|_| bytes.len() == slot_len);
+            let Some(piece) = piece else {
+                return Err(unavailable(format!("the chunk holds {} bytes, the slot {slot_len}", bytes.len())));
+            };
+            dst.copy_from_slice(piece);
+        }
+        Ok(())
+    }
+}
+
+impl VirtualDisk for BackupReader {
+    fn info(&self) -> &DiskInfo {
+        &self.info
+    }
+
+    fn extents(&self, range: Range<u64>) -> crate::disk::Result<Vec<Extent>> {
+        let size = self.info.virtual_size;
+        let range = range.start.min(size)..range.end.min(size);
+        let mut out = Vec::new();
+        let mut off = range.start;
+        while off < range.end {
+            let Some((run, next)) = self.run_of(off / self.chunk) else { break };
+            let end = next.saturating_mul(self.chunk).min(range.end);
+            let state = if self.run_values[run] != 0 { ExtentState::Data } else { ExtentState::Unallocated };
+            push_extent(&mut out, Extent { offset: off, length: end - off, state, depth: 0 });
+            off = end;
+        }
+        Ok(out)
+    }
+
+    /// Reads verified bytes: the chunks of one call are read together
+    /// (several requests in flight), and a sequential reader's next chunks
+    /// are read while it works on these.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::disk::Result<()> {
+        let size = self.info.virtual_size;
+        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > size) {
+            return Err(crate::DiskError::OutOfRange { offset, len: buf.len() as u64, size });
+        }
+        self.read_checked(buf, offset).map_err(|e| self.disk_error(e))
+    }
+}
