@@ -105,15 +105,15 @@ timed() {
 # --- set up: one backup in each tool, straight to moto -----------------------
 echo "setting up: vhdkit store and restic repository of $PERF/disk.vhdx"
 export AWS_ENDPOINT_URL=$DIRECT
-s3 create "$DIRECT" vk; s3 create "$DIRECT" rs
-"$VHDKIT" --no-cache store init s3://vk/store --compression zstd >"$OUT/setup.out"
-"$VHDKIT" --no-cache backup s3://vk/store "$PERF/disk.vhdx" --name vm >>"$OUT/setup.out"
+s3 create "$DIRECT" vkstore; s3 create "$DIRECT" rsrepo
+"$VHDKIT" --no-cache store init s3://vkstore/store --compression zstd >"$OUT/setup.out"
+"$VHDKIT" --no-cache backup s3://vkstore/store "$PERF/disk.vhdx" --name vm >>"$OUT/setup.out"
 mkdir -p "$WORK/src"
 cp --reflink=auto "$PERF/disk.vhdx" "$WORK/src/disk.vhdx"
-restic -r "s3:$DIRECT/rs" init >>"$OUT/setup.out"
-(cd "$WORK/src" && restic -r "s3:$DIRECT/rs" backup disk.vhdx >>"$OUT/setup.out")
+restic -r "s3:$DIRECT/rsrepo" init >>"$OUT/setup.out"
+(cd "$WORK/src" && restic -r "s3:$DIRECT/rsrepo" backup disk.vhdx >>"$OUT/setup.out")
 rm -rf "$WORK/src"
-DATA=$("$VHDKIT" --no-cache stats s3://vk/store --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["logical_bytes"])' 2>/dev/null || echo 0)
+DATA=$("$VHDKIT" --no-cache stats s3://vkstore/store --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["logical_bytes"])' 2>/dev/null || echo 0)
 
 # --- rounds ------------------------------------------------------------------
 TSV=$OUT/results.tsv
@@ -123,7 +123,7 @@ row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TSV"; }
 vk_restore() {  # delay round connections
   local out=$WORK/vk.vhdx name="vk-restore-c$3-d$1-r$2"
   rm -f "$out"
-  timed "$name" sh -c "'$VHDKIT' --no-cache --connections $3 restore s3://vk/store vm '$out' --to vhdx && sync -f '$out'"
+  timed "$name" sh -c "'$VHDKIT' --no-cache --connections $3 restore s3://vkstore/store vm '$out' --to vhdx && sync -f '$out'"
   row "$1" "$2" restore "vhdkit-c$3" "$SECS" "$RSS_MIB" "$REQS"
   if [ "$2" = 1 ] && [ "$3" = "${CONNECTIONS%% *}" ]; then
     qemu-img compare -q "$PERF/disk.vhdx" "$out" || { echo "vhdkit's restore differs from the source" >&2; exit 1; }
@@ -134,7 +134,7 @@ rs_restore() {  # delay round
   local dir=$WORK/rs
   rm -rf "$dir"
   export RESTIC_CACHE_DIR=$WORK/restic-cache
-  timed "rs-restore-d$1-r$2" sh -c "restic -r 's3:$AWS_ENDPOINT_URL/rs' restore latest --target '$dir' && sync -f '$dir/disk.vhdx'"
+  timed "rs-restore-d$1-r$2" sh -c "restic -r 's3:$AWS_ENDPOINT_URL/rsrepo' restore latest --target '$dir' && sync -f '$dir/disk.vhdx'"
   row "$1" "$2" restore restic "$SECS" "$RSS_MIB" "$REQS"
   if [ "$2" = 1 ]; then
     cmp "$PERF/disk.vhdx" "$dir/disk.vhdx" || { echo "restic's restore differs from the source" >&2; exit 1; }
@@ -142,12 +142,12 @@ rs_restore() {  # delay round
   rm -rf "$dir"
 }
 vk_verify() {
-  timed "vk-verify-d$1-r$2" "$VHDKIT" --no-cache --connections "${CONNECTIONS%% *}" verify s3://vk/store --json
+  timed "vk-verify-d$1-r$2" "$VHDKIT" --no-cache --connections "${CONNECTIONS%% *}" verify s3://vkstore/store --json
   row "$1" "$2" verify vhdkit "$SECS" "$RSS_MIB" "$REQS"
 }
 rs_verify() {
   export RESTIC_CACHE_DIR=$WORK/restic-cache
-  timed "rs-verify-d$1-r$2" restic -r "s3:$AWS_ENDPOINT_URL/rs" check --read-data
+  timed "rs-verify-d$1-r$2" restic -r "s3:$AWS_ENDPOINT_URL/rsrepo" check --read-data
   row "$1" "$2" verify restic "$SECS" "$RSS_MIB" "$REQS"
 }
 

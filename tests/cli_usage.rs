@@ -403,6 +403,61 @@ fn a_killed_backup_resumes_from_its_sealed_packs() {
     panic!("three backups of {size} bytes finished before a third of their packs could be counted");
 }
 
+/// `vhdkit copy` killed with SIGKILL midway, then run again: the second
+/// copy takes over the packs the first sealed in the destination, and the
+/// result restores exactly; a third copy moves nothing.
+#[test]
+fn a_killed_copy_resumes_and_a_finished_one_moves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("disk.raw");
+    let size = 128 << 20;
+    std::fs::write(&raw, common::noise(14, size)).unwrap();
+    let src = d.join("src");
+    ok(&[&"store", &"init", &src, &"--chunk-size", &"64K", &"--pack-size", &"1M"]);
+    ok(&[&"backup", &src, &"--from", &"raw", &raw, &"--name", &"vm"]);
+    for attempt in 0..3 {
+        let dst = d.join(format!("dst{attempt}"));
+        ok(&[&"store", &"init", &dst, &"--chunk-size", &"64K", &"--pack-size", &"1M"]);
+        let mut child = Command::new(common::cli())
+            .args(["copy".as_ref(), src.as_os_str(), dst.as_os_str()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let packs = |s: &Path| walk_count(&s.join("packs"));
+        let killed = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break !status.success();
+            }
+            if packs(&dst) >= 40 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break true;
+            }
+            std::thread::yield_now();
+        };
+        if !killed {
+            continue;
+        }
+        let out = ok(&[&"copy", &src, &dst, &"--json"]);
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let uploaded = r["dest"]["bytes_uploaded"].as_u64().unwrap();
+        eprintln!("copy killed after {} packs; the next one uploaded {uploaded} of {size} bytes", packs(&dst));
+        assert_eq!(r["backups_copied"].as_array().unwrap().len(), 1, "{r}");
+        assert!(uploaded < size as u64 * 9 / 10, "uploaded {uploaded} of {size} bytes again: {r}");
+        let restored = d.join("restored.raw");
+        ok(&[&"restore", &dst, &"vm", &restored, &"--to", &"raw"]);
+        assert!(std::fs::read(&restored).unwrap() == std::fs::read(&raw).unwrap());
+        assert!(vhdkit(&[&"verify", &dst]).status.success());
+        let again: serde_json::Value = serde_json::from_str(&ok(&[&"copy", &src, &dst, &"--json"])).unwrap();
+        assert_eq!(again["chunks_moved"], 0, "{again}");
+        assert_eq!(again["backups_copied"].as_array().unwrap().len(), 0, "{again}");
+        return;
+    }
+    panic!("three copies of {size} bytes finished before 40 packs could be counted");
+}
+
 fn walk_count(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()

@@ -126,7 +126,7 @@ fn no_key(store: &Path) -> Failure {
     }
 }
 
-fn read_password_file(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read_password_file(path: &Path) -> Result<String, Failure> {
     // The whole file is wiped when dropped; the line goes on into the key.
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,

@@ -245,6 +245,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copies backups and restore points into another store (folder or
+    /// bucket, either way), moving only chunks the destination lacks.
+    Copy {
+        /// The store to copy from (its key: the global --key-file etc.).
+        from: PathBuf,
+        /// The store to copy into (its key: --dest-key-file,
+        /// --dest-password-file or VHDKIT_DEST_PASSWORD).
+        to: PathBuf,
+        /// One backup or restore point (id, name or id prefix) and its parents.
+        #[arg(conflicts_with_all = ["name", "all"])]
+        backup: Option<String>,
+        /// Every backup of this name.
+        #[arg(long, conflicts_with = "all")]
+        name: Option<String>,
+        /// Every backup and restore point (the default).
+        #[arg(long)]
+        all: bool,
+        /// Only backups made since (their parents still come along): a time
+        /// (2026-12-01T00:00:00Z) or an age (7d).
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<vhdkit::store::Moment>,
+        /// A key file that opens the destination.
+        #[arg(long, value_name = "FILE", conflicts_with = "dest_password_file")]
+        dest_key_file: Option<PathBuf>,
+        /// A file whose first line is the destination's passphrase.
+        #[arg(long, value_name = "FILE")]
+        dest_password_file: Option<PathBuf>,
+        /// Print the result as JSON (snake_case keys, sizes in bytes).
+        #[arg(long)]
+        json: bool,
+    },
     /// The job log: one line per finished operation, oldest first.
     Log {
         /// The store: a folder or a URL (s3://BUCKET/PREFIX).
@@ -444,6 +475,17 @@ fn main() -> ExitCode {
             store::verify(&store, v, no_key, json)
         }
         Command::Stats { store, json } => store::stats(&store, json),
+        Command::Copy { from, to, backup, name, all: _, since, dest_key_file, dest_password_file, json } => {
+            let mut o = vhdkit::store::CopyOptions::default();
+            o.select = match (backup, name) {
+                (Some(b), _) => vhdkit::store::CopySelection::Spec(b),
+                (None, Some(n)) => vhdkit::store::CopySelection::Name(n),
+                (None, None) => vhdkit::store::CopySelection::All,
+            };
+            o.since = since;
+            o.cancel = cancel.clone();
+            store::copy(&from, &to, o, dest_key_file.as_deref(), dest_password_file.as_deref(), json)
+        }
         Command::Log { store, last, json } => store::log(&store, last, json),
         Command::Convert { input, output, to, block_size, parent, from, no_sync } => {
             let mut export = ExportOptions::default();

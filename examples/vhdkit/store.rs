@@ -761,6 +761,72 @@ pub(crate) fn verify(store: &Path, mut options: VerifyOptions, no_key: bool, jso
     Ok(if r.ok { 0 } else { 1 })
 }
 
+/// `vhdkit copy`: opens both stores (the destination with its own key)
+/// and copies. Exit 1 if any backup failed to copy.
+pub(crate) fn copy(
+    from: &Path,
+    to: &Path,
+    mut options: vhdkit::store::CopyOptions,
+    dest_key_file: Option<&Path>,
+    dest_password_file: Option<&Path>,
+    json_out: bool,
+) -> Result<u8, Failure> {
+    let src = open_store(from)?;
+    let dst = open_dest(to, dest_key_file, dest_password_file)?;
+    let (sink, bars) = Bars::sink(Vec::new());
+    options.progress = sink;
+    let result = src.copy_to(&dst, &options);
+    bars.clear();
+    let r = result?;
+    if json_out {
+        out!("{}", json(&r)?);
+    } else {
+        for f in &r.failed {
+            out!("failed: {}: {}", f.id, f.reason);
+        }
+        out!(
+            "copied {} backups ({} restore points), skipped {}, failed {}: {} chunks, {} bytes moved in {:.2} s",
+            r.backups_copied.len(),
+            r.points_copied.len(),
+            r.backups_skipped.len(),
+            r.failed.len(),
+            r.chunks_moved,
+            r.bytes_moved,
+            r.seconds
+        );
+    }
+    Ok(if r.failed.is_empty() { 0 } else { 1 })
+}
+
+/// The destination of a copy, with its own key: `--dest-key-file`, else
+/// `--dest-password-file`, else `VHDKIT_DEST_PASSWORD`; never the
+/// source's key, and never a prompt (two passphrases typed in a row are
+/// too easy to swap).
+fn open_dest(to: &Path, key_file: Option<&Path>, password_file: Option<&Path>) -> Result<Store, Failure> {
+    let mut options = OPEN.get_or_init(Default::default).clone();
+    options.read_only = false;
+    options.key = match (key_file, password_file) {
+        (Some(k), _) => Some(vhdkit::store::StoreKey::read_key_file(k).map_err(|e| Failure::usage(e.to_string()))?),
+        (None, Some(p)) => Some(vhdkit::store::StoreKey::passphrase(super::keys::read_password_file(p)?)),
+        (None, None) => match std::env::var("VHDKIT_DEST_PASSWORD") {
+            Ok(p) if !p.is_empty() => Some(vhdkit::store::StoreKey::passphrase(p)),
+            _ => None,
+        },
+    };
+    let store = Store::open_with(to, &options).map_err(|e| match e {
+        vhdkit::store::StoreError::KeyRequired { .. } => Failure {
+            code: 1,
+            message: format!(
+                "{} is encrypted: give --dest-key-file, --dest-password-file or VHDKIT_DEST_PASSWORD",
+                to.display()
+            ),
+        },
+        other => other.into(),
+    })?;
+    warn_about(&store);
+    Ok(store)
+}
+
 pub(crate) fn stats(store: &Path, json_out: bool) -> Result<u8, Failure> {
     let s = open_store(store)?;
     let st = s.stats()?;

@@ -81,14 +81,16 @@ pub use model::id::ChunkId;
 pub use model::id::{BackupId, ParseIdError, PointId};
 pub use model::object_lock::{LockMode, ObjectLock};
 pub use model::time::Moment;
+pub use ops::backup::copy::{CopyOptions, CopyReport, CopySelection, CopySkip};
 pub use ops::backup::{Attachment, BackupOptions, BackupReport, DEFAULT_MAX_CHAIN, DiskJob, PointReport};
 pub use ops::merge::{MergeOptions, MergeReport};
 pub use ops::prune::{PruneOptions, PruneReport, Retention};
 pub use ops::reindex::{ReindexOptions, ReindexReport};
-pub use ops::restore::{BackupReader, PointRestoreReport, RestoreOptions, RestoreReport};
+pub use ops::restore::{PointRestoreReport, RestoreOptions, RestoreReport};
 pub use ops::stats::Stats;
 pub use ops::vacuum::{VacuumOptions, VacuumReport};
 pub use ops::verify::{DamagedChunk, VerifyOptions, VerifyReport};
+pub use state::backup_reader::BackupReader;
 pub use state::catalog::{AttachmentSummary, BackupSummary, PointSummary, Selection};
 pub use state::keyring::KeySummary;
 use state::lease::{Lease, LeaseMode};
@@ -302,6 +304,17 @@ impl Store {
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
         ops::restore::restore_in_place(&self.h, spec, target, options)
+    }
+
+    /// Copies backups and restore points into store `dst` (a folder or a
+    /// bucket, plain or encrypted under other keys): a backup job there
+    /// per backup or point, parents first, each chunk verified as it is
+    /// read here and stored there only if `dst` lacks it. What `dst`
+    /// already holds, or dropped, is skipped; a backup whose chunks cannot
+    /// be read here fails alone (in [`CopyReport::failed`]) and the rest go
+    /// on. Both stores' chunk sizes must match.
+    pub fn copy_to(&self, dst: &Store, options: &CopyOptions) -> Result<CopyReport> {
+        ops::backup::copy::copy_to(&self.h, &dst.h, options)
     }
 
     /// Restores every disk of restore point `spec` into folder `dir`

@@ -22,8 +22,10 @@ impl Limits {
 /// keep in flight, how far a sequential reader reads ahead, how large one
 /// ranged read may grow, and how many decoded chunks are kept.
 ///
-/// Memory of one reader stays below `read_ahead + connections *
-/// max_request + cache` plus the chunks of the call being answered.
+/// Memory of one reader stays below about `2 * read_ahead + cache` plus
+/// the chunks of the call being answered: decoded chunks read ahead are
+/// at most `read_ahead`, and only those are fetched, so the compressed
+/// ranges in flight are at most as large (plus `max_gap` per request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReadSettings {
@@ -48,13 +50,15 @@ impl ReadSettings {
     pub const READ_AHEAD: u64 = 64 << 20;
 
     /// Settings for `connections` requests in flight and `read_ahead`
-    /// bytes ahead. A ranged read is sized so that every connection has
-    /// two in the window (1 to 8 MiB): fewer, larger reads where the
-    /// window allows, and never a window one request fills.
+    /// bytes ahead. A ranged read may span an eighth of the window (1 to
+    /// 8 MiB): a request costs tens of milliseconds whatever its size, and
+    /// some servers (moto) cost as much per request as the object is
+    /// large, so fewer, larger reads win; what is read is bounded by the
+    /// window, not by the request size.
     pub fn new(connections: usize, read_ahead: u64) -> ReadSettings {
         let connections = connections.clamp(1, 256);
         let read_ahead = read_ahead.clamp(1 << 20, 4 << 30);
-        let max_request = (read_ahead / (2 * connections as u64)).clamp(1 << 20, 8 << 20);
+        let max_request = (read_ahead / 8).clamp(1 << 20, 8 << 20);
         ReadSettings { connections, read_ahead, max_request, max_gap: 256 << 10, cache: 32 << 20 }
     }
 }

@@ -10,6 +10,7 @@
 //! error type. Never `ops`; one state module may use another below it
 //! (catalog and chain read manifests; everything may take a lease).
 
+pub mod backup_reader;
 pub mod catalog;
 pub mod chain;
 pub mod condemned;

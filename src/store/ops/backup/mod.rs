@@ -23,6 +23,7 @@
 
 mod attach;
 mod baseline;
+pub(crate) mod copy;
 pub(crate) mod options;
 mod packer;
 mod pipeline;
@@ -42,7 +43,7 @@ use crate::progress::ProgressSink;
 use crate::store::backend::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::changes::ChangeList;
-use crate::store::format::manifest::{ChangeSource, Kind, ManifestHeader, ManifestWriter};
+use crate::store::format::manifest::{ChangeSource, Kind, ManifestHeader, ManifestWriter, SourceInfo};
 use crate::store::format::point::{PointDisk, PointRecord};
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::time::Moment;
@@ -64,6 +65,8 @@ struct DiskPlan<'a, 'j> {
     point: Option<&'a PointId>,
     created: Moment,
     progress: ProgressSink,
+    /// The source record to keep (a copy's), instead of the disk's own.
+    source: Option<SourceInfo>,
 }
 
 /// One disk as the job sees it.
@@ -119,11 +122,17 @@ fn run_job(store: &Handle, disks: &[JobDisk<'_>], options: &BackupOptions) -> Re
     let t0 = store.backend().traffic();
     check_job(disks, options)?;
     let created = options.created.unwrap_or_else(Moment::now);
-    let point = (disks.len() > 1 || !options.tags.is_empty() || !options.attachments.is_empty())
-        .then(|| PointId::generate(created));
+    let point = match &options.copy {
+        Some(c) => c.point.clone(),
+        None => (disks.len() > 1 || !options.tags.is_empty() || !options.attachments.is_empty())
+            .then(|| PointId::generate(created)),
+    };
     // Every id is fixed now, and the lease names the commit's: a fencer
     // tombstones those if this job goes stale before committing.
-    let ids: Vec<BackupId> = disks.iter().map(|_| BackupId::generate(created)).collect();
+    let ids: Vec<BackupId> = match &options.copy {
+        Some(c) => c.disks.iter().map(|d| d.id.clone()).collect(),
+        None => disks.iter().map(|_| BackupId::generate(created)).collect(),
+    };
     let commits: Vec<String> = match &point {
         Some(p) => vec![p.to_string()],
         None => ids.iter().map(BackupId::to_string).collect(),
@@ -143,7 +152,16 @@ fn run_job(store: &Handle, disks: &[JobDisk<'_>], options: &BackupOptions) -> Re
         // waits for this lease before deleting anything.
         let (index, orphans) = crate::store::ops::backup::resume::index_and_orphans(store)?;
         let catalog = crate::store::state::catalog::catalog(store)?.strict()?;
-        let previous = previous_of(&catalog, &options.name, disks);
+        let previous = match &options.copy {
+            // A copy continues the copy of its original's parent, if the
+            // destination has it, and nothing else.
+            Some(c) => c
+                .disks
+                .iter()
+                .map(|d| d.parent.as_ref().and_then(|p| catalog.backups.iter().find(|b| b.id == *p)))
+                .collect(),
+            None => previous_of(&catalog, &options.name, disks),
+        };
         // Everything that can be refused is refused before anything is written.
         for (d, prev) in disks.iter().zip(&previous) {
             precheck(d.disk.info(), *prev, &change_input(d, options))?;
@@ -162,6 +180,7 @@ fn run_job(store: &Handle, disks: &[JobDisk<'_>], options: &BackupOptions) -> Re
                 point: point.as_ref(),
                 created,
                 progress: options.progress.for_item(i, disks.len()),
+                source: options.copy.as_ref().map(|c| c.disks[i].source.clone()),
             };
             let before = stability::SourceState::take(d.disk);
             let adopted = orphans.adopted();
@@ -259,7 +278,7 @@ fn plan_disk<'r>(
     lease: &'r Lease,
     options: &'r BackupOptions,
 ) -> Result<DiskRun<'r>> {
-    let DiskPlan { disk: d, previous, id, point, created, progress } = plan;
+    let DiskPlan { disk: d, previous, id, point, created, progress, source: kept_source } = plan;
     let info = d.disk.info();
     let chunk = u64::from(store.config.chunk_size);
     let plan = incremental_plan(info, chunk, previous, &change_input(d, options))?;
@@ -276,7 +295,7 @@ fn plan_disk<'r>(
         chunk_size: store.config.chunk_size,
         virtual_size: info.virtual_size,
         change_source: source,
-        source: source_info(info),
+        source: kept_source.unwrap_or_else(|| source_info(info)),
         change_id: d.change_id.map(str::to_string),
         point: point.cloned(),
         disk: d.label.map(str::to_string),

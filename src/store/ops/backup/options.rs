@@ -66,6 +66,27 @@ pub struct BackupOptions {
     /// backup commits and says so in [`BackupReport::source_changed`] and
     /// the job log.
     pub require_stable: bool,
+    /// Set by a copy between stores: the ids, parents and source records
+    /// the job keeps instead of making its own.
+    pub(crate) copy: Option<CopyIdentity>,
+}
+
+/// What a copied backup keeps of its original (see `copy.rs`).
+#[derive(Debug, Clone)]
+pub(crate) struct CopyIdentity {
+    /// The original's restore point, if it is part of one.
+    pub point: Option<PointId>,
+    /// Per disk of the job, in order.
+    pub disks: Vec<CopiedDisk>,
+}
+
+/// One copied disk: its id, the parent it continues in the destination
+/// (`None`: copied as a full backup), and its source as first recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct CopiedDisk {
+    pub id: BackupId,
+    pub parent: Option<BackupId>,
+    pub source: crate::store::format::manifest::SourceInfo,
 }
 
 impl BackupOptions {

@@ -9,12 +9,10 @@
 //! length, BLAKE3 against its id); a chunk that fails is read from another
 //! stored copy if there is one, and otherwise the read fails. A restore
 //! never emits a byte it could not verify: it writes to a temporary file
-//! that a failure removes. Chunks are read through a
-//! [`ChunkSource`]: several ranged reads in flight, read-ahead for the
+//! that a failure removes. [`BackupReader`] (in `state`, since copy and
+//! file-level reads open backups too) reads chunks through a
+//! `ChunkSource`: several ranged reads in flight, read-ahead for the
 //! writers, which read in order.
-//!
-//! May import: the layers below `ops` and the export writers;
-//! `reader.rs` holds [`BackupReader`] and imports nothing of `mod.rs`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,16 +25,10 @@ use crate::progress::Operation;
 use crate::store::backend::Traffic;
 use crate::store::error::{Result, StoreError};
 use crate::store::format::point::{PointRecord, plain_file_name};
-use crate::store::model::id::{BackupId, ChunkId, PointId};
+use crate::store::model::id::{BackupId, PointId};
+use crate::store::state::backup_reader::{BackupReader, attachment_bytes, reader_with};
 use crate::store::state::catalog::{PointSummary, Selection};
-use crate::store::state::chunk_source::ChunkSource;
 use crate::store::state::handle::Handle;
-use crate::store::state::index::Index;
-
-mod reader;
-
-pub use reader::BackupReader;
-pub(crate) use reader::reader_with;
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -261,47 +253,4 @@ pub(crate) fn restore_point(
         attachments.push(out);
     }
     Ok(PointRestoreReport { point: point.id, disks, attachments, traffic: store.backend().traffic().since(t0) })
-}
-
-/// An attachment's bytes, every chunk verified.
-pub(crate) fn attachment_bytes(
-    store: &Handle,
-    index: Arc<Index>,
-    point: &PointId,
-    a: &crate::store::format::point::AttachmentRecord,
-) -> Result<Vec<u8>> {
-    let chunk = u64::from(store.config.chunk_size);
-    let slots = a.size.div_ceil(chunk);
-    if a.chunks.len() as u64 != slots || a.size > crate::store::format::point::MAX_ATTACHMENT_BYTES {
-        return Err(StoreError::corrupt(
-            store.backend().describe(&crate::store::format::point::point_key(point)),
-            "restore point",
-            0,
-            format!("attachment {:?}: {} chunks for {} bytes", a.name, a.chunks.len(), a.size),
-        ));
-    }
-    let mut out = vec![0u8; a.size as usize];
-    let source = ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), store.reads);
-    // A window of chunks at a time: their reads in flight together.
-    let window = (store.reads.read_ahead / chunk).max(1) as usize;
-    let slots: Vec<(usize, &mut [u8])> = out.chunks_mut(chunk as usize).enumerate().collect();
-    let mut slots = slots.into_iter().zip(a.chunks.iter()).filter_map(|(s, c)| c.map(|id| (s, id))).peekable();
-    while slots.peek().is_some() {
-        let batch: Vec<_> = slots.by_ref().take(window).collect();
-        let ids: Vec<ChunkId> = batch.iter().map(|(_, id)| *id).collect();
-        for (((i, dst), id), got) in batch.into_iter().zip(source.get(&ids, &[])) {
-            let unavailable = |reason| StoreError::ChunkUnavailable {
-                id: id.to_hex(),
-                backup: format!("{point} (attachment {})", a.name),
-                slot: i as u64,
-                reason,
-            };
-            let bytes = got.map_err(unavailable)?;
-            if bytes.len() != dst.len() {
-                return Err(unavailable(format!("the chunk holds {} bytes, the slot {}", bytes.len(), dst.len())));
-            }
-            dst.copy_from_slice(&bytes);
-        }
-    }
-    Ok(out)
 }

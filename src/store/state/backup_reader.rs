@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, VirtualDisk, push_extent};
 use crate::store::error::{Result, StoreError};
-use crate::store::model::id::{BackupId, ChunkId};
+use crate::store::model::id::{BackupId, ChunkId, PointId};
 use crate::store::state::chain::{ChainCursor, Resolved};
 use crate::store::state::chunk_source::ChunkSource;
+use crate::store::format::point::AttachmentRecord;
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
 use crate::store::state::lease::Lease;
@@ -37,8 +38,8 @@ const STREAMS: usize = 4;
 /// [`OpenOptions::read_ahead`](crate::store::OpenOptions::read_ahead)).
 pub struct BackupReader {
     source: ChunkSource,
-    pub(super) info: DiskInfo,
-    pub(super) id: BackupId,
+    pub(crate) info: DiskInfo,
+    pub(crate) id: BackupId,
     chunk: u64,
     /// First slot of each run, ascending from 0.
     run_starts: Vec<u64>,
@@ -52,8 +53,12 @@ pub struct BackupReader {
 
 #[derive(Debug, Clone, Copy)]
 struct Stream {
+    /// Where its last read ended.
     end: u64,
+    /// Bytes it has read.
     read: u64,
+    /// How far its read-ahead was planned.
+    planned: u64,
 }
 
 impl std::fmt::Debug for BackupReader {
@@ -145,45 +150,57 @@ impl BackupReader {
         (v != 0).then(|| self.ids.get(v as usize - 1).copied()).flatten()
     }
 
-    /// Records a read of `offset..end` and says how many bytes past `end`
-    /// to read ahead: none for a read that continues no stream.
-    fn follow(&self, offset: u64, end: u64) -> u64 {
-        let Ok(mut streams) = self.streams.lock() else { return 0 };
-        let len = end - offset;
+    /// Records a read of `offset..end` and says which bytes to read ahead
+    /// now: none for a read that continues no stream, nor while more than
+    /// half of the stream's window is still planned. Planning half a
+    /// window at a time lets records that lie together in a pack be
+    /// fetched together, not a few chunks per call.
+    fn follow(&self, offset: u64, end: u64) -> Range<u64> {
+        let Ok(mut streams) = self.streams.lock() else { return 0..0 };
         let near = |s: &Stream| offset <= s.end && offset.saturating_add(2 * self.chunk) >= s.end;
-        match streams.iter().position(near) {
-            Some(i) => {
-                let mut s = streams.remove(i);
-                s.read += end.saturating_sub(s.end);
-                s.end = s.end.max(end);
-                streams.insert(0, s);
-                s.read.saturating_mul(2).clamp(4 * self.chunk, self.source.settings().read_ahead)
-            }
-            None => {
-                streams.insert(0, Stream { end, read: len });
-                streams.truncate(STREAMS);
-                0
-            }
-        }
+        let Some(i) = streams.iter().position(near) else {
+            streams.insert(0, Stream { end, read: end - offset, planned: end });
+            streams.truncate(STREAMS);
+            return 0..0;
+        };
+        let mut s = streams.remove(i);
+        s.read += end.saturating_sub(s.end);
+        s.end = s.end.max(end);
+        let window = s.read.saturating_mul(2).clamp(4 * self.chunk, self.source.settings().read_ahead);
+        let target = s.end.saturating_add(window).min(self.info.virtual_size);
+        let from = s.planned.max(s.end);
+        let size = self.info.virtual_size;
+        let worth = target.saturating_sub(from) * 2 >= window || (target == size && from < target);
+        let plan = if worth {
+            s.planned = target;
+            from..target
+        } else {
+            0..0
+        };
+        streams.insert(0, s);
+        plan
     }
 
-    /// The chunks of the first `bytes` of data from slot `from` on (zero
-    /// runs skipped), not yet cached or being read.
-    fn ahead_of(&self, from: u64, bytes: u64) -> Vec<ChunkId> {
+    /// The chunks of `range` (zero runs skipped) not yet cached or being read.
+    fn ahead_of(&self, range: Range<u64>) -> Vec<ChunkId> {
         let mut out = Vec::new();
-        let mut covered = 0u64;
-        let mut slot = from;
-        while covered < bytes && slot < self.slots() {
+        if range.is_empty() {
+            return out;
+        }
+        let mut slot = range.start / self.chunk;
+        let last = range.end.div_ceil(self.chunk).min(self.slots());
+        while slot < last {
             let Some((run, next)) = self.run_of(slot) else { break };
             let v = self.run_values[run];
-            if v != 0 {
-                if let Some(id) = self.ids.get(v as usize - 1)
-                    && !self.source.has(id)
-                {
-                    out.push(*id);
-                }
-                covered += self.chunk;
+            if v != 0
+                && let Some(id) = self.ids.get(v as usize - 1)
+                && !self.source.has(id)
+                && out.last() != Some(id)
+            {
+                out.push(*id);
             }
+            // A run of one chunk repeated counts once; a data run of many
+            // distinct chunks is one run per chunk.
             slot = next;
         }
         out
@@ -218,10 +235,7 @@ impl BackupReader {
             rest = tail;
             off += n as u64;
         }
-        let ahead = match self.follow(offset, end) {
-            0 => Vec::new(),
-            bytes => self.ahead_of(end.div_ceil(self.chunk), bytes),
-        };
+        let ahead = self.ahead_of(self.follow(offset, end));
         let chunks = self.source.get(&need, &ahead);
         for ((slot, within, dst), (id, chunk)) in pieces.into_iter().zip(need.iter().zip(chunks)) {
             let unavailable = |reason: String| StoreError::ChunkUnavailable {
@@ -274,4 +288,47 @@ impl VirtualDisk for BackupReader {
         }
         self.read_checked(buf, offset).map_err(|e| self.disk_error(e))
     }
+}
+
+/// An attachment's bytes, every chunk verified.
+pub(crate) fn attachment_bytes(
+    store: &Handle,
+    index: Arc<Index>,
+    point: &PointId,
+    a: &AttachmentRecord,
+) -> Result<Vec<u8>> {
+    let chunk = u64::from(store.config.chunk_size);
+    let slots = a.size.div_ceil(chunk);
+    if a.chunks.len() as u64 != slots || a.size > crate::store::format::point::MAX_ATTACHMENT_BYTES {
+        return Err(StoreError::corrupt(
+            store.backend().describe(&crate::store::format::point::point_key(point)),
+            "restore point",
+            0,
+            format!("attachment {:?}: {} chunks for {} bytes", a.name, a.chunks.len(), a.size),
+        ));
+    }
+    let mut out = vec![0u8; a.size as usize];
+    let source = ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), store.reads);
+    // A window of chunks at a time: their reads in flight together.
+    let window = (store.reads.read_ahead / chunk).max(1) as usize;
+    let slots: Vec<(usize, &mut [u8])> = out.chunks_mut(chunk as usize).enumerate().collect();
+    let mut slots = slots.into_iter().zip(a.chunks.iter()).filter_map(|(s, c)| c.map(|id| (s, id))).peekable();
+    while slots.peek().is_some() {
+        let batch: Vec<_> = slots.by_ref().take(window).collect();
+        let ids: Vec<ChunkId> = batch.iter().map(|(_, id)| *id).collect();
+        for (((i, dst), id), got) in batch.into_iter().zip(source.get(&ids, &[])) {
+            let unavailable = |reason| StoreError::ChunkUnavailable {
+                id: id.to_hex(),
+                backup: format!("{point} (attachment {})", a.name),
+                slot: i as u64,
+                reason,
+            };
+            let bytes = got.map_err(unavailable)?;
+            if bytes.len() != dst.len() {
+                return Err(unavailable(format!("the chunk holds {} bytes, the slot {}", bytes.len(), dst.len())));
+            }
+            dst.copy_from_slice(&bytes);
+        }
+    }
+    Ok(out)
 }
