@@ -24,6 +24,8 @@
 #            `sync -f` on its output inside the timed command (both tools'
 #            output durable, as vhdkit's own flush makes it)
 #   verify   vhdkit `verify` (every record) / `restic check --read-data`
+#   copy     vhdkit `copy` / `restic copy`, S3 to a fresh bucket on the same
+#            server (restic's made with --copy-chunker-params, so both dedup)
 # The first round's outputs are compared with the source: restic's file
 # byte for byte, vhdkit's VHDX by `qemu-img compare`. Requests are counted
 # from moto's access log, the same way for both.
@@ -141,6 +143,21 @@ rs_restore() {  # delay round
   fi
   rm -rf "$dir"
 }
+vk_copy() {  # delay round: S3 -> S3, into a fresh store
+  local b=vkcopy-d$1-r$2
+  s3 create "$DIRECT" "$b"
+  "$VHDKIT" --no-cache store init "s3://$b/store" --compression zstd >>"$OUT/setup.out"
+  timed "vk-copy-d$1-r$2" "$VHDKIT" --no-cache --connections "${CONNECTIONS%% *}" copy s3://vkstore/store "s3://$b/store" --json
+  row "$1" "$2" copy vhdkit "$SECS" "$RSS_MIB" "$REQS"
+}
+rs_copy() {  # delay round: restic copy into a fresh repository with the same chunker
+  local b=rscopy-d$1-r$2
+  s3 create "$DIRECT" "$b"
+  export RESTIC_CACHE_DIR=$WORK/restic-cache RESTIC_FROM_PASSWORD=bench
+  restic -r "s3:$AWS_ENDPOINT_URL/$b" init --from-repo "s3:$AWS_ENDPOINT_URL/rsrepo" --copy-chunker-params >>"$OUT/setup.out"
+  timed "rs-copy-d$1-r$2" restic -r "s3:$AWS_ENDPOINT_URL/$b" copy --from-repo "s3:$AWS_ENDPOINT_URL/rsrepo"
+  row "$1" "$2" copy restic "$SECS" "$RSS_MIB" "$REQS"
+}
 vk_verify() {
   timed "vk-verify-d$1-r$2" "$VHDKIT" --no-cache --connections "${CONNECTIONS%% *}" verify s3://vkstore/store --json
   row "$1" "$2" verify vhdkit "$SECS" "$RSS_MIB" "$REQS"
@@ -164,8 +181,10 @@ for d in $DELAYS; do
   for r in $(seq "$ROUNDS"); do
     if (( r % 2 )); then
       for c in $CONNECTIONS; do vk_restore "$d" "$r" "$c"; done; rs_restore "$d" "$r"; vk_verify "$d" "$r"; rs_verify "$d" "$r"
+      vk_copy "$d" "$r"; rs_copy "$d" "$r"
     else
       rs_restore "$d" "$r"; for c in $CONNECTIONS; do vk_restore "$d" "$r" "$c"; done; rs_verify "$d" "$r"; vk_verify "$d" "$r"
+      rs_copy "$d" "$r"; vk_copy "$d" "$r"
     fi
     echo "delay $d ms, round $r/$ROUNDS done"
   done

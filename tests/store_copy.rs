@@ -184,6 +184,16 @@ fn what_cannot_be_copied_is_refused_or_named_and_the_rest_goes_on() {
     let again = src.copy_to(&dst, &common::tweak(CopyOptions::default(), db)).unwrap();
     assert!(again.backups_copied.is_empty(), "{again:?}");
     assert!(again.backups_skipped[0].reason.contains("dropped"), "{again:?}");
+    // A copy a vacuum fenced (its lease went stale) can never commit that
+    // id there: it fails, saying so, instead of passing for dropped.
+    let fenced = dest(&dir.join("fenced"), false);
+    let db_src = src.list().unwrap().into_iter().find(|b| b.name == "db").unwrap().id;
+    let mut w = fenced.backend().create(&format!("dropped/{db_src}")).unwrap();
+    w.write(b"fenced: lease 1234 went stale before committing").unwrap();
+    w.commit().unwrap();
+    let r = src.copy_to(&fenced, &common::tweak(CopyOptions::default(), db)).unwrap();
+    assert!(r.backups_copied.is_empty() && r.failed.len() == 1, "{r:?}");
+    assert!(r.failed[0].reason.contains("fenced"), "{r:?}");
     // Damage in the source: the full backup of vm loses a chunk. vm's chain
     // fails (and names the chunk), db goes on.
     let vm_full = src.list().unwrap().into_iter().find(|b| b.name == "vm").unwrap().id;
@@ -228,4 +238,23 @@ fn damage_one_chunk(store: &Store, dir: &Path, id: &vhdkit::store::BackupId) -> 
         }
     }
     panic!("chunk {chunk} is in no pack");
+}
+
+/// A backup merged in the source (its full generation) arrives as a full
+/// backup, its parents left behind unless selected; its bytes are the same.
+#[test]
+fn a_merged_backup_arrives_as_a_full_one() {
+    let dir = common::scratch("copy-merged");
+    let (src, versions) = source(&dir);
+    let newest = src.list().unwrap().into_iter().rev().find(|b| b.name == "vm").unwrap().id;
+    src.merge(newest.as_ref(), &vhdkit::store::MergeOptions::default()).unwrap();
+    let dst = dest(&dir.join("dst"), false);
+    // Only the merged backup: its manifest's newest generation has no parent.
+    let one = |o: &mut CopyOptions| o.select = CopySelection::Spec(newest.to_string());
+    let r = src.copy_to(&dst, &common::tweak(CopyOptions::default(), one)).unwrap();
+    assert_eq!(r.backups_copied, vec![newest.clone()], "{r:?}");
+    let copied = dst.list().unwrap();
+    assert_eq!(copied.len(), 1);
+    assert_eq!((copied[0].kind, copied[0].parent.clone()), (Kind::Full, None));
+    assert!(read_all(&dst, newest.as_ref()) == versions[2]);
 }

@@ -232,6 +232,88 @@ fn restores_over_a_slow_faulty_link_are_exact_and_coalesced() {
     }
 }
 
+/// Copies folder -> S3 -> S3 -> folder, each bucket 20 ms away behind a
+/// proxy that fails one request in ten: a chain arrives as a chain and
+/// every copy restores exactly; a second copy moves nothing.
+#[test]
+fn copies_between_folders_and_buckets_over_a_slow_faulty_link() {
+    use vhdkit::store::{ChangeList, CopyOptions, Kind};
+    let Some(s3) = common::s3::s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = common::init_options(256 * 1024, 4 << 20);
+    let folder = Store::init(dir.path().join("a"), &options).unwrap();
+    let mut bytes = common::sparse_noise(21, 24 * MIB);
+    folder.backup(&raw(&bytes, "disk"), &BackupOptions::new("vm")).unwrap();
+    bytes[5 * MIB..5 * MIB + 100_000].copy_from_slice(&common::noise(22, 100_000));
+    let mut o = BackupOptions::new("vm");
+    o.changes = Some(ChangeList::from_ranges(std::iter::once(5 * MIB as u64..5 * MIB as u64 + 100_000)));
+    folder.backup(&raw(&bytes, "disk"), &o).unwrap();
+    let slow = || Faults { transient: 0.1, delay: Duration::from_millis(20), ..Faults::none() };
+    let bucket = |name: &str, seed| {
+        let (store, proxy, _) = proxied_store(s3, name, slow(), seed);
+        (store, proxy)
+    };
+    let (b1, _p1) = bucket("copy-b1", 5);
+    let (b2, _p2) = bucket("copy-b2", 6);
+    let back = Store::init(dir.path().join("back"), &options).unwrap();
+    for (from, to) in [(&folder, &b1), (&b1, &b2), (&b2, &back)] {
+        let r = from.copy_to(to, &CopyOptions::default()).unwrap();
+        assert_eq!(r.backups_copied.len(), 2, "{r:?}");
+        let kinds: Vec<Kind> = to.list().unwrap().iter().map(|b| b.kind).collect();
+        assert_eq!(kinds, vec![Kind::Full, Kind::Incremental]);
+        assert!(read_back(to, "vm", bytes.len()) == bytes, "a copy differs");
+        let again = from.copy_to(to, &CopyOptions::default()).unwrap();
+        assert_eq!((again.backups_copied.len(), again.chunks_moved), (0, 0), "{again:?}");
+    }
+    assert!(b2.verify(&VerifyOptions::default()).unwrap().ok);
+    assert!(back.verify(&VerifyOptions::default()).unwrap().ok);
+}
+
+/// The peak memory of a restore from S3 does not grow with the number
+/// of connections: it is bounded by the read-ahead window, not by
+/// requests in flight. Measured as the child's own high-water mark
+/// (`VmHWM` in /proc, polled until it exits): `wait4`'s maximum resident
+/// set would count the test process's memory, which a spawned child
+/// shares until it execs.
+#[test]
+fn a_restore_from_s3_keeps_its_memory_whatever_the_connections() {
+    let Some(s3) = common::s3::s3() else { return };
+    let url = s3.url("rss");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::write(&disk, common::noise(31, 160 * MIB)).unwrap();
+    let run = |args: &[&str]| -> u64 {
+        let mut cmd = Command::new(common::cli());
+        s3.env(&mut cmd).arg("--no-cache").args(args).stdout(Stdio::null()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let status = format!("/proc/{}/status", child.id());
+        let mut peak_kib = 0u64;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&status)
+                && let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:"))
+            {
+                let kib = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                peak_kib = peak_kib.max(kib);
+            }
+            if let Some(exit) = child.try_wait().unwrap() {
+                assert!(exit.success(), "vhdkit {args:?} failed");
+                return peak_kib / 1024;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    run(&["store", "init", &url, "--compression", "zstd"]);
+    run(&["backup", &url, "--from", "raw", disk.to_str().unwrap(), "--name", "vm"]);
+    let out = dir.path().join("out.raw");
+    for connections in ["4", "16", "64"] {
+        let _ = std::fs::remove_file(&out);
+        let mib = run(&["--connections", connections, "restore", &url, "vm", out.to_str().unwrap(), "--to", "raw"]);
+        eprintln!("restore from S3 at --connections {connections}: peak RSS {mib} MiB");
+        assert!(mib < 256, "--connections {connections}: {mib} MiB");
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&disk).unwrap());
+    }
+}
+
 #[test]
 fn a_permanent_failure_fails_cleanly_and_commits_nothing() {
     let Some(s3) = common::s3::s3() else { return };

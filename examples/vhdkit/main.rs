@@ -68,8 +68,8 @@ struct Cli {
     #[arg(long, global = true, help_heading = "Global options", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     connections: Option<u16>,
-    /// How far a sequential read of a store reads ahead (default 64M): a
-    /// reader's memory stays below about twice this plus 32 MiB.
+    /// How far a sequential read of a store reads ahead (default 32M): a
+    /// reader's memory stays below about twice this plus 16 MiB.
     #[arg(long, global = true, help_heading = "Global options", value_name = "SIZE", value_parser = parse_size)]
     read_ahead: Option<u32>,
     #[command(flatten)]

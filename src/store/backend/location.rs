@@ -48,8 +48,8 @@ pub struct OpenOptions {
     /// object storage and 4 for a folder. Clamped to 1..=256.
     pub connections: Option<usize>,
     /// Bytes a sequential reader reads ahead of what it was asked for.
-    /// `None`: 64 MiB. A reader's memory stays below about twice this
-    /// plus 32 MiB of cache.
+    /// `None`: 32 MiB. A reader's memory stays below about twice this
+    /// plus 16 MiB of cache.
     pub read_ahead: Option<u64>,
 }
 

@@ -46,19 +46,22 @@ pub struct ReadSettings {
 }
 
 impl ReadSettings {
-    /// The default read-ahead: 64 MiB.
-    pub const READ_AHEAD: u64 = 64 << 20;
+    /// The default read-ahead: 32 MiB, so four 8 MiB ranges in flight,
+    /// and a restore's peak memory near 170 MiB whatever the connections
+    /// (twice this window went past 250 MiB, as each reading thread's
+    /// allocator keeps what it freed).
+    pub const READ_AHEAD: u64 = 32 << 20;
 
     /// Settings for `connections` requests in flight and `read_ahead`
-    /// bytes ahead. A ranged read may span an eighth of the window (1 to
+    /// bytes ahead. A ranged read may span a quarter of the window (1 to
     /// 8 MiB): a request costs tens of milliseconds whatever its size, and
     /// some servers (moto) cost as much per request as the object is
-    /// large, so fewer, larger reads win; what is read is bounded by the
-    /// window, not by the request size.
+    /// large, so fewer, larger reads win; what is in flight is bounded by
+    /// the window, not by the connections.
     pub fn new(connections: usize, read_ahead: u64) -> ReadSettings {
         let connections = connections.clamp(1, 256);
         let read_ahead = read_ahead.clamp(1 << 20, 4 << 30);
-        let max_request = (read_ahead / 8).clamp(1 << 20, 8 << 20);
-        ReadSettings { connections, read_ahead, max_request, max_gap: 256 << 10, cache: 32 << 20 }
+        let max_request = (read_ahead / 4).clamp(1 << 20, 8 << 20);
+        ReadSettings { connections, read_ahead, max_request, max_gap: 256 << 10, cache: 16 << 20 }
     }
 }

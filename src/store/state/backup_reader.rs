@@ -18,6 +18,7 @@ use crate::disk::{DiskInfo, Extent, ExtentState, ImageFormat, Subformat, Virtual
 use crate::store::error::{Result, StoreError};
 use crate::store::model::id::{BackupId, ChunkId, PointId};
 use crate::store::state::chain::{ChainCursor, Resolved};
+use crate::store::model::limits::ReadSettings;
 use crate::store::state::chunk_source::ChunkSource;
 use crate::store::format::point::AttachmentRecord;
 use crate::store::state::handle::Handle;
@@ -34,7 +35,7 @@ const STREAMS: usize = 4;
 /// distinct chunk, and the store index. It grows with what the manifest
 /// records, never with the size its header claims: a sparse 64 TiB backup
 /// costs what its few runs cost. Its reads add at most twice the store's
-/// read-ahead plus 32 MiB of cached chunks (see
+/// read-ahead plus 16 MiB of cached chunks (see
 /// [`OpenOptions::read_ahead`](crate::store::OpenOptions::read_ahead)).
 pub struct BackupReader {
     source: ChunkSource,
@@ -68,12 +69,24 @@ impl std::fmt::Debug for BackupReader {
 }
 
 /// Opens backup `id` with an index already loaded, under a lock the
-/// caller holds.
+/// caller holds, reading as the store's settings say.
 pub(crate) fn reader_with(
     store: &Handle,
     id: &BackupId,
     index: Arc<Index>,
     lease: Option<Lease>,
+) -> Result<BackupReader> {
+    reader_reading(store, id, index, lease, store.reads)
+}
+
+/// [`reader_with`], reading with `reads` (a copy gives its reader half
+/// the window: the backup job it feeds holds buffers of its own).
+pub(crate) fn reader_reading(
+    store: &Handle,
+    id: &BackupId,
+    index: Arc<Index>,
+    lease: Option<Lease>,
+    reads: ReadSettings,
 ) -> Result<BackupReader> {
     let id = id.clone();
     let mut cursor = ChainCursor::open(store.backend(), &id)?;
@@ -116,7 +129,7 @@ pub(crate) fn reader_with(
         warnings: Vec::new(),
     };
     Ok(BackupReader {
-        source: ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), store.reads),
+        source: ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), reads),
         info,
         id,
         chunk,

@@ -47,7 +47,63 @@ const STALE: Duration = Duration::from_secs(30);
 const MAX_KEPT: usize = 1 << 16;
 
 /// A chunk's decoded bytes, or why no copy could be read.
-pub(crate) type Chunk = std::result::Result<Arc<[u8]>, String>;
+pub(crate) type Chunk = std::result::Result<Arc<ChunkBytes>, String>;
+
+/// Decoded bytes whose buffer goes back to its source's pool when the
+/// last holder drops it. Reading threads decode into pooled buffers: a
+/// fresh 512 KiB allocation per chunk, made on one of many threads and
+/// freed on another, leaves every thread's allocator arena holding freed
+/// chunks, and a restore's memory then grows with the connections.
+#[derive(Debug)]
+pub(crate) struct ChunkBytes {
+    bytes: Vec<u8>,
+    pool: std::sync::Weak<Pool>,
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for ChunkBytes {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// Buffers not in use, kept up to a number of bytes.
+#[derive(Debug)]
+struct Pool {
+    /// The buffers, and the bytes they hold.
+    free: Mutex<(Vec<Vec<u8>>, usize)>,
+    keep: usize,
+}
+
+impl Pool {
+    fn new(keep: u64) -> Arc<Pool> {
+        Arc::new(Pool { free: Mutex::new((Vec::new(), 0)), keep: keep as usize })
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let Ok(mut f) = self.free.lock() else { return Vec::new() };
+        let buf = f.0.pop().unwrap_or_default();
+        f.1 -= buf.capacity();
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut f) = self.free.lock()
+            && f.1 + buf.capacity() <= self.keep
+        {
+            f.1 += buf.capacity();
+            f.0.push(buf);
+        }
+    }
+}
 
 enum Entry {
     /// A thread is reading it.
@@ -132,9 +188,18 @@ struct Shared {
     settings: ReadSettings,
     state: Mutex<State>,
     done: Condvar,
+    /// Range buffers not in use; at most as many as the window holds ranges.
+    ranges: Arc<Pool>,
+    /// Chunk buffers not in use; at most as many as window and cache hold.
+    chunks: Arc<Pool>,
 }
 
 impl Shared {
+    /// `plain` as a chunk whose buffer returns to the pool.
+    fn chunk(&self, plain: Vec<u8>) -> Arc<ChunkBytes> {
+        Arc::new(ChunkBytes { bytes: plain, pool: Arc::downgrade(&self.chunks) })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -168,6 +233,8 @@ impl ChunkSource {
             settings,
             state: Mutex::new(State::default()),
             done: Condvar::new(),
+            ranges: Pool::new(settings.read_ahead + 2 * settings.max_request),
+            chunks: Pool::new(settings.read_ahead / 2),
         });
         ChunkSource { shared, queues: OnceLock::new() }
     }
@@ -242,12 +309,12 @@ impl ChunkSource {
         for f in coalesce(&now, gap, max) {
             if let Err(e) = queues.need.send(f) {
                 // No thread to read it: read it here.
-                run_fetch(s, e.into_inner());
+                run_fetch(s, e.into_inner(), &mut Vec::new());
             }
         }
         for f in coalesce(&later, gap, max) {
             if let Err(e) = queues.ahead.send(f) {
-                run_fetch(s, e.into_inner());
+                run_fetch(s, e.into_inner(), &mut Vec::new());
             }
         }
         let mut st = s.lock();
@@ -282,8 +349,8 @@ impl ChunkSource {
 
 /// One chunk through every stored copy, on the caller's thread.
 fn read_one(s: &Shared, id: ChunkId) -> Chunk {
-    let (mut plain, mut record) = (Vec::new(), Vec::new());
-    fetch_chunk(&*s.backend, &s.index, &s.crypt, id, &mut plain, &mut record).map(|()| Arc::from(plain))
+    let (mut plain, mut record) = (s.chunks.take(), Vec::new());
+    fetch_chunk(&*s.backend, &s.index, &s.crypt, id, &mut plain, &mut record).map(|()| s.chunk(plain))
 }
 
 /// A reading thread: what callers wait for first, then what is read ahead;
@@ -302,7 +369,15 @@ fn worker(s: &Shared, need: &Receiver<Fetch>, ahead: &Receiver<Fetch>) {
             }
         });
         match next {
-            Ok(f) => run_fetch(s, f),
+            Ok(f) => {
+                // Range buffers come from a shared pool: one allocated and
+                // freed per request would leave every thread's allocator
+                // arena holding freed ranges (hundreds of MiB at 64
+                // connections), and one kept per thread would too.
+                let mut raw = s.ranges.take();
+                run_fetch(s, f, &mut raw);
+                s.ranges.give(raw);
+            }
             // A queue closed: the source was dropped.
             Err(_) => return,
         }
@@ -310,9 +385,9 @@ fn worker(s: &Shared, need: &Receiver<Fetch>, ahead: &Receiver<Fetch>) {
 }
 
 /// Reads one range, checks each record in it, and posts the results.
-fn run_fetch(s: &Shared, f: Fetch) {
+fn run_fetch(s: &Shared, f: Fetch, raw: &mut Vec<u8>) {
     let ids: Vec<(ChunkId, u32)> = f.members.iter().map(|m| (m.id, m.loc.plain_len)).collect();
-    let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_fetch(s, &f)))
+    let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_fetch(s, &f, raw)))
         .unwrap_or_else(|_| ids.iter().map(|_| Err("a reading thread failed (internal error)".to_string())).collect());
     let mut st = s.lock();
     for ((id, plain), chunk) in ids.into_iter().zip(results) {
@@ -327,12 +402,14 @@ fn run_fetch(s: &Shared, f: Fetch) {
     s.done.notify_all();
 }
 
-fn read_fetch(s: &Shared, f: &Fetch) -> Vec<Chunk> {
+fn read_fetch(s: &Shared, f: &Fetch, raw: &mut Vec<u8>) -> Vec<Chunk> {
     let key = f.pack.key();
-    let mut raw = vec![0u8; f.len() as usize];
-    let read = s.backend.read_at(&key, &mut raw, f.start);
-    let mut plain = Vec::new();
-    f.members
+    raw.clear();
+    raw.resize(f.len() as usize, 0);
+    let read = s.backend.read_at(&key, raw, f.start);
+    let mut plain = s.chunks.take();
+    let out = f
+        .members
         .iter()
         .map(|m| {
             let at = (m.loc.offset - f.start) as usize;
@@ -341,12 +418,14 @@ fn read_fetch(s: &Shared, f: &Fetch) -> Vec<Chunk> {
                 && let Some(record) = record
                 && decode_record(record, m.id, &mut plain, &s.crypt).is_ok()
             {
-                return Ok(Arc::from(std::mem::take(&mut plain)));
+                return Ok(s.chunk(std::mem::replace(&mut plain, s.chunks.take())));
             }
             // The range or this record failed: every copy, one by one.
             read_one(s, m.id)
         })
-        .collect()
+        .collect();
+    s.chunks.give(plain);
+    out
 }
 
 #[cfg(test)]

@@ -39,11 +39,12 @@ use crate::store::format::manifest::{Kind, ManifestReader, Slot};
 use crate::store::format::point::PointRecord;
 use crate::store::model::id::{BackupId, PointId};
 use crate::store::model::layout::tombstone_key;
+use crate::store::model::limits::ReadSettings;
 use crate::store::model::time::Moment;
 use crate::store::ops::backup::attach::Attachment;
 use crate::store::ops::backup::options::{BackupOptions, CopiedDisk, CopyIdentity};
 use crate::store::ops::backup::{JobDisk, run_job};
-use crate::store::state::backup_reader::{BackupReader, attachment_bytes, reader_with};
+use crate::store::state::backup_reader::{BackupReader, attachment_bytes, reader_reading};
 use crate::store::state::catalog::{BackupSummary, Catalog, Selection, catalog};
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
@@ -199,9 +200,26 @@ pub(crate) fn copy_to(src: &Handle, dst: &Handle, options: &CopyOptions) -> Resu
             report.backups_skipped.extend(ids.iter().map(|id| skip(id, "already in the destination")));
             continue;
         }
-        if let Some(why) = dropped(dst, unit)? {
-            report.backups_skipped.extend(ids.iter().map(|id| skip(id, &format!("dropped in the destination: {why}"))));
-            continue;
+        match dropped(dst, unit)? {
+            // A vacuum fenced an earlier copy whose lease went stale: the
+            // id can never be committed there, and was never copied.
+            Some(why) if why.starts_with("fenced") => {
+                let reason = format!(
+                    "an earlier copy of it into the destination was fenced ({why}): the destination will never \
+                     commit this id; vacuum the destination's garbage and copy into another store, or restore it \
+                     and back it up there"
+                );
+                report.failed.extend(ids.iter().map(|id| skip(id, &reason)));
+                failed.extend(ids);
+                continue;
+            }
+            // Prune dropped it there: retention stands.
+            Some(why) => {
+                let reason = format!("dropped in the destination: {why}");
+                report.backups_skipped.extend(ids.iter().map(|id| skip(id, &reason)));
+                continue;
+            }
+            None => {}
         }
         let parent_failed = ids.iter().find_map(|id| {
             sc.backups.iter().find(|b| b.id == *id)?.parent.as_ref().filter(|p| failed.contains(*p)).cloned()
@@ -342,7 +360,8 @@ fn copy_unit(
         });
         change_ids.push(header.change_id.clone());
         copied.push(CopiedDisk { id: id.clone(), parent, source: header.source.clone() });
-        readers.push(reader_with(src, id, index.clone(), None)?);
+        let reads = ReadSettings::new(src.reads.connections, src.reads.read_ahead / 2);
+        readers.push(reader_reading(src, id, index.clone(), None, reads)?);
     }
     let mut opts = BackupOptions::new(name);
     opts.created = Some(created);
