@@ -258,3 +258,46 @@ fn a_merged_backup_arrives_as_a_full_one() {
     assert_eq!((copied[0].kind, copied[0].parent.clone()), (Kind::Full, None));
     assert!(read_all(&dst, newest.as_ref()) == versions[2]);
 }
+
+/// An incremental made on a host whose clock ran behind (created before
+/// its parent) still arrives after its parent, as an incremental.
+#[test]
+fn a_child_older_than_its_parent_by_the_clock_still_comes_after_it() {
+    let dir = common::scratch("copy-skew");
+    let src = common::init_store(&dir.join("src"), &options());
+    let mut bytes = common::noise(41, 2 * MIB);
+    let mut full = BackupOptions::new("vm");
+    full.created = Some(vhdkit::store::Moment::now());
+    src.backup(&raw(&bytes, "vm"), &full).unwrap();
+    bytes[..1000].fill(7);
+    let mut child = BackupOptions::new("vm");
+    child.created = Some(vhdkit::store::Moment::now().add_secs(-3600));
+    child.changes = Some(ChangeList::from_ranges(std::iter::once(0..1000u64)));
+    let c = src.backup(&raw(&bytes, "vm"), &child).unwrap();
+    assert_eq!(c.kind, Kind::Incremental);
+    let dst = dest(&dir.join("dst"), false);
+    let r = src.copy_to(&dst, &CopyOptions::default()).unwrap();
+    assert_eq!(r.backups_copied.len(), 2, "{r:?}");
+    let copied = dst.list().unwrap().into_iter().find(|b| b.id == c.id).unwrap();
+    assert_eq!(copied.kind, Kind::Incremental);
+    assert!(read_all(&dst, c.id.as_ref()) == bytes);
+}
+
+/// A read-ahead smaller than four chunks (1 MiB of 512 KiB chunks) is a
+/// window of its own size, read in order to the end.
+#[test]
+fn a_read_ahead_smaller_than_four_chunks_reads_in_order() {
+    let dir = common::scratch("copy-small-window");
+    let o = common::init_options(512 << 10, 4 << 20);
+    let store = Store::init(dir.join("s"), &o).unwrap();
+    let bytes = common::noise(43, 8 * MIB);
+    store.backup(&raw(&bytes, "d"), &BackupOptions::new("d")).unwrap();
+    let small = common::tweak(vhdkit::store::OpenOptions::default(), |o| o.read_ahead = Some(1 << 20));
+    let store = Store::open_with(dir.join("s"), &small).unwrap();
+    let r = store.reader("d").unwrap();
+    let mut got = vec![0u8; bytes.len()];
+    for (i, piece) in got.chunks_mut(256 << 10).enumerate() {
+        r.read_at(piece, (i * (256 << 10)) as u64).unwrap();
+    }
+    assert!(got == bytes);
+}

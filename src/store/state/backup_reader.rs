@@ -38,7 +38,7 @@ const STREAMS: usize = 4;
 /// read-ahead plus 16 MiB of cached chunks (see
 /// [`OpenOptions::read_ahead`](crate::store::OpenOptions::read_ahead)).
 pub struct BackupReader {
-    source: ChunkSource,
+    source: Arc<ChunkSource>,
     pub(crate) info: DiskInfo,
     pub(crate) id: BackupId,
     chunk: u64,
@@ -76,17 +76,24 @@ pub(crate) fn reader_with(
     index: Arc<Index>,
     lease: Option<Lease>,
 ) -> Result<BackupReader> {
-    reader_reading(store, id, index, lease, store.reads)
+    let source = ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), store.reads);
+    reader_on(store, id, Arc::new(source), lease)
 }
 
-/// [`reader_with`], reading with `reads` (a copy gives its reader half
-/// the window: the backup job it feeds holds buffers of its own).
-pub(crate) fn reader_reading(
+/// A source of chunks for readers of `store` that read with `reads`; the
+/// readers of several backups may share one (a copied restore point's
+/// disks, read one after the other: one cache, one pool, one set of
+/// threads).
+pub(crate) fn chunk_source(store: &Handle, index: Arc<Index>, reads: ReadSettings) -> Arc<ChunkSource> {
+    Arc::new(ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), reads))
+}
+
+/// Opens backup `id`, reading its chunks through `source`.
+pub(crate) fn reader_on(
     store: &Handle,
     id: &BackupId,
-    index: Arc<Index>,
+    source: Arc<ChunkSource>,
     lease: Option<Lease>,
-    reads: ReadSettings,
 ) -> Result<BackupReader> {
     let id = id.clone();
     let mut cursor = ChainCursor::open(store.backend(), &id)?;
@@ -111,25 +118,25 @@ pub(crate) fn reader_reading(
         next += n;
     }
     drop(seen);
-    let source = &header.source;
+    let origin = &header.source;
     let info = DiskInfo {
         format: ImageFormat::Backup,
         subformat: Subformat::Dynamic,
         virtual_size: header.virtual_size,
         block_size: Some(header.chunk_size),
-        logical_sector_size: source.logical_sector_size,
-        physical_sector_size: source.physical_sector_size,
-        disk_id: source.disk_id,
-        identity: source.identity,
+        logical_sector_size: origin.logical_sector_size,
+        physical_sector_size: origin.physical_sector_size,
+        disk_id: origin.disk_id,
+        identity: origin.identity,
         file_size: 0,
         path: store.path().join(crate::store::format::manifest::manifest_key(&id)),
-        creator: format!("vhdkit backup {id} of {} ({})", header.name, source.file_name),
+        creator: format!("vhdkit backup {id} of {} ({})", header.name, origin.file_name),
         parent: None,
         log_replay: None,
         warnings: Vec::new(),
     };
     Ok(BackupReader {
-        source: ChunkSource::new(store.backend.clone(), index, store.crypt.clone(), reads),
+        source,
         info,
         id,
         chunk,
@@ -179,7 +186,9 @@ impl BackupReader {
         let mut s = streams.remove(i);
         s.read += end.saturating_sub(s.end);
         s.end = s.end.max(end);
-        let window = s.read.saturating_mul(2).clamp(4 * self.chunk, self.source.settings().read_ahead);
+        // Four chunks to start, never past the store's read-ahead (which
+        // may be smaller than four chunks: then that is the window).
+        let window = s.read.saturating_mul(2).max(4 * self.chunk).min(self.source.settings().read_ahead);
         let target = s.end.saturating_add(window).min(self.info.virtual_size);
         let from = s.planned.max(s.end);
         let size = self.info.virtual_size;

@@ -53,7 +53,9 @@ pub(crate) fn coalesce(wants: &[Want], max_gap: u64, max_request: u64) -> Vec<Fe
     order.sort_by_key(|(i, w)| (w.loc.pack, w.loc.offset, *i));
     let mut fetches: Vec<(usize, Fetch)> = Vec::new();
     for (first, w) in order {
-        let end = w.loc.offset + u64::from(w.loc.length);
+        // A damaged index may claim an offset near the end of the range:
+        // such a record is read alone, fails, and is read from its copies.
+        let end = w.loc.offset.saturating_add(u64::from(w.loc.length));
         if let Some((at, f)) = fetches.last_mut()
             && f.pack == w.loc.pack
             && w.loc.offset >= f.end
@@ -127,6 +129,13 @@ mod tests {
         let f = coalesce(&[want(1, 1, 0, 100), want(2, 1, 0, 100)], 0, 1 << 20);
         let ids: Vec<_> = f.iter().flat_map(|f| f.members.iter().map(|m| m.id)).collect();
         assert_eq!(ids, vec![ChunkId([1; 32]), ChunkId([2; 32])]);
+    }
+
+    #[test]
+    fn an_offset_at_the_end_of_the_range_does_not_overflow() {
+        let f = coalesce(&[want(1, 1, 0, 10), want(2, 1, u64::MAX - 5, 100)], 1 << 20, 8 << 20);
+        assert_eq!(f.len(), 2);
+        assert!(f.iter().all(|f| f.len() <= 100), "{f:?}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::store::model::time::Moment;
 use crate::store::ops::backup::attach::Attachment;
 use crate::store::ops::backup::options::{BackupOptions, CopiedDisk, CopyIdentity};
 use crate::store::ops::backup::{JobDisk, run_job};
-use crate::store::state::backup_reader::{BackupReader, attachment_bytes, reader_reading};
+use crate::store::state::backup_reader::{BackupReader, attachment_bytes, chunk_source, reader_on};
 use crate::store::state::catalog::{BackupSummary, Catalog, Selection, catalog};
 use crate::store::state::handle::Handle;
 use crate::store::state::index::Index;
@@ -209,8 +209,9 @@ pub(crate) fn copy_to(src: &Handle, dst: &Handle, options: &CopyOptions) -> Resu
                      commit this id; vacuum the destination's garbage and copy into another store, or restore it \
                      and back it up there"
                 );
+                // Its children still copy, as full backups (the
+                // destination lacks their parent), as after a prune.
                 report.failed.extend(ids.iter().map(|id| skip(id, &reason)));
-                failed.extend(ids);
                 continue;
             }
             // Prune dropped it there: retention stands.
@@ -306,7 +307,53 @@ fn plan(sc: &Catalog, options: &CopyOptions) -> Result<Vec<Unit>> {
         };
         units.entry((unit.created(), unit.id())).or_insert(unit);
     }
-    Ok(units.into_values().collect())
+    Ok(parents_first(units.into_values().collect(), &by_id))
+}
+
+/// `units` (by creation time) reordered so that every unit comes after the
+/// units holding its backups' parents: hosts' clocks disagree, and a child
+/// copied before its parent would arrive as a full backup.
+fn parents_first(units: Vec<Unit>, by_id: &HashMap<&BackupId, &BackupSummary>) -> Vec<Unit> {
+    let unit_of: HashMap<BackupId, usize> =
+        units.iter().enumerate().flat_map(|(i, u)| u.backups().into_iter().map(move |b| (b, i))).collect();
+    let parents: Vec<Vec<usize>> = units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let of = |b: &BackupId| by_id.get(b).and_then(|s| s.parent.as_ref()).and_then(|p| unit_of.get(p).copied());
+            u.backups().iter().filter_map(of).filter(|&j| j != i).collect()
+        })
+        .collect();
+    // Depth first, with an explicit stack: 0 unseen, 1 on the stack, 2 placed.
+    let mut state = vec![0u8; units.len()];
+    let mut order = Vec::with_capacity(units.len());
+    for root in 0..units.len() {
+        let mut stack = vec![(root, 0usize)];
+        while let Some((i, next)) = stack.pop() {
+            if next == 0 {
+                if state[i] != 0 {
+                    continue;
+                }
+                state[i] = 1;
+            }
+            match parents[i].get(next) {
+                Some(&p) => {
+                    stack.push((i, next + 1));
+                    // A parent on the stack already is a cycle (a damaged
+                    // catalog): it is placed where it is.
+                    if state[p] == 0 {
+                        stack.push((p, 0));
+                    }
+                }
+                None => {
+                    state[i] = 2;
+                    order.push(i);
+                }
+            }
+        }
+    }
+    let mut slots: Vec<Option<Unit>> = units.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// Why the destination dropped this unit (its tombstone's words), if it did.
@@ -342,6 +389,10 @@ fn copy_unit(
             (p.name.clone(), p.created, p.disks.iter().map(|d| (d.backup.clone(), Some(d.label.clone()))).collect())
         }
     };
+    // One source for the unit's disks, read one after the other, with half
+    // the store's window: the backup job it feeds holds buffers of its own.
+    let reads = ReadSettings::new(src.reads.connections, src.reads.read_ahead / 2);
+    let source = chunk_source(src, index.clone(), reads);
     let mut readers: Vec<BackupReader> = Vec::new();
     let mut copied: Vec<CopiedDisk> = Vec::new();
     let mut changes: Vec<Option<ChangeList>> = Vec::new();
@@ -360,8 +411,7 @@ fn copy_unit(
         });
         change_ids.push(header.change_id.clone());
         copied.push(CopiedDisk { id: id.clone(), parent, source: header.source.clone() });
-        let reads = ReadSettings::new(src.reads.connections, src.reads.read_ahead / 2);
-        readers.push(reader_reading(src, id, index.clone(), None, reads)?);
+        readers.push(reader_on(src, id, source.clone(), None)?);
     }
     let mut opts = BackupOptions::new(name);
     opts.created = Some(created);

@@ -178,14 +178,19 @@ pub(crate) fn verify(store: &Handle, options: &VerifyOptions) -> Result<VerifyRe
         None => list("packs", &mut problems).into_iter().map(|o| (o.key, o.size, o.modified)).collect(),
         Some(_) => {
             let packs: BTreeSet<PackId> = indexed.iter().map(|e| e.1).collect();
-            packs
-                .iter()
-                .filter_map(|p| {
-                    let key = p.key();
+            let mut listed = Vec::new();
+            for p in &packs {
+                let key = p.key();
+                match backend.stat(&key) {
+                    Ok(o) => listed.push((key, o.size, o.modified)),
                     // A pack that is gone is reported with the chunks it held.
-                    backend.stat(&key).ok().map(|o| (key, o.size, o.modified))
-                })
-                .collect()
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Any other failure: read it anyway, so it is reported
+                    // as unreadable (never sampled out or left unread).
+                    Err(_) => listed.push((key, 0, std::time::SystemTime::now())),
+                }
+            }
+            listed
         }
     };
     let packs_total = listed.len() as u64;
