@@ -10,6 +10,7 @@
 use crate::disk::DiskError;
 use crate::export::ExportError;
 use crate::format::FormatError;
+use crate::fs::FsError;
 use crate::store::StoreError;
 
 /// What kind of failure an error is, across layers.
@@ -59,6 +60,9 @@ pub enum Error {
     /// A chunk store operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Finding partitions or reading a file system inside a disk failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 impl Error {
@@ -69,6 +73,7 @@ impl Error {
             Error::Disk(e) => e.kind(),
             Error::Export(e) => e.kind(),
             Error::Store(e) => e.kind(),
+            Error::Fs(e) => e.kind(),
         }
     }
 
@@ -80,6 +85,7 @@ impl Error {
             Error::Disk(e) => e.io_error_kind(),
             Error::Export(e) => e.io_error_kind(),
             Error::Store(e) => e.io_error_kind(),
+            Error::Fs(e) => e.io_error_kind(),
         }
     }
 }

@@ -28,7 +28,7 @@
 //! structures (no I/O, [`FormatError`]); [`disk`] opens files and chains as
 //! one [`Disk`] ([`DiskError`]); [`io`] is the positional-read trait
 //! everything reads through; [`export`] writes images; [`store`] keeps
-//! backups ([`store::StoreError`]). [`Error`] wraps them all, and
+//! backups ([`store::StoreError`]); [`fs`] reads the file systems inside any disk ([`fs::FsError`]). [`Error`] wraps them all, and
 //! [`Error::kind`] sorts any of them into an [`ErrorKind`] a product can
 //! act on. Long operations take a [`CancelToken`] and report to a
 //! [`ProgressSink`].
@@ -41,6 +41,7 @@ pub mod disk;
 mod error;
 pub mod export;
 pub mod format;
+pub mod fs;
 pub mod io;
 mod json_input;
 #[cfg(unix)]

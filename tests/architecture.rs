@@ -92,7 +92,8 @@ fn paths(code: &str, module: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let starts = (code[i..].starts_with("crate::") || code[i..].starts_with("super::"))
+        let starts = code.is_char_boundary(i)
+            && (code[i..].starts_with("crate::") || code[i..].starts_with("super::"))
             && (i == 0 || !(ident(bytes[i - 1]) || bytes[i - 1] == b':' || bytes[i - 1] == b'$'));
         if !starts {
             i += 1;

@@ -1,0 +1,404 @@
+//! File systems inside disks and backups, against readers we did not
+//! write: disks made by mke2fs, mkfs.vfat + mcopy, mkntfs + ntfs-3g,
+//! partitioned by sgdisk and sfdisk, converted by qemu-img; every listing
+//! and every file's bytes compared with debugfs, mtools and ntfs-3g's
+//! ntfsls/ntfscat; the real Windows-made volumes of the corpus too.
+//!
+//! The tools come from Debian (e2fsprogs, dosfstools, mtools, ntfs-3g,
+//! fdisk, gdisk). Without them the tests say SKIPPED, unless
+//! `VHDKIT_REQUIRE_FS_TOOLS=1` (CI), where a missing tool fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use common::{noise, run};
+use vhdkit::VirtualDisk;
+use vhdkit::fs::{FileKind, FsKind, Scheme, Volume, partitions};
+
+const TOOLS: [&str; 9] = ["mke2fs", "debugfs", "mkfs.vfat", "mcopy", "mdir", "mkntfs", "ntfsls", "ntfscat", "sfdisk"];
+
+fn have_tools() -> bool {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() && common::have_qemu() {
+        return true;
+    }
+    assert!(
+        std::env::var("VHDKIT_REQUIRE_FS_TOOLS").as_deref() != Ok("1"),
+        "VHDKIT_REQUIRE_FS_TOOLS=1 but {missing:?} are missing (apt-get install e2fsprogs dosfstools mtools ntfs-3g fdisk)"
+    );
+    eprintln!("SKIPPED: {missing:?} not found; install e2fsprogs dosfstools mtools ntfs-3g fdisk");
+    false
+}
+
+/// The files every test volume holds: small and empty files, names with
+/// unicode, spaces and 150 characters, a 14-level tree, a 3 MiB file of
+/// noise, a 6 MiB sparse file with data at its start, middle and end.
+fn source_tree(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.txt"), "hello\n").unwrap();
+    std::fs::write(dir.join("empty"), "").unwrap();
+    std::fs::write(dir.join("sub").join("héllo wörld ✓.txt"), "unicode\n").unwrap();
+    let long = format!("{}.bin", "long-name-".repeat(15));
+    std::fs::write(dir.join(long), noise(1, 300_000)).unwrap();
+    let mut deep = dir.join("deep");
+    for i in 0..14 {
+        deep = deep.join(format!("level{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("leaf.txt"), "at the bottom\n").unwrap();
+    std::fs::write(dir.join("big.bin"), noise(2, 3 << 20)).unwrap();
+    let sparse = std::fs::File::create(dir.join("sparse.img")).unwrap();
+    sparse.set_len(6 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    for at in [0u64, 3 << 20, (6 << 20) - 4] {
+        sparse.write_all_at(b"data", at).unwrap();
+    }
+}
+
+struct Images {
+    dir: PathBuf,
+    /// Partition images, as the tools made them.
+    ext: PathBuf,
+    fat: PathBuf,
+    ntfs: PathBuf,
+}
+
+/// Makes the three volumes once per test run.
+fn images() -> &'static Images {
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = common::scratch("fs-images");
+        let src = dir.join("src");
+        source_tree(&src);
+        // ext4 with a hard link and a symbolic link besides.
+        std::fs::hard_link(src.join("a.txt"), src.join("hard.txt")).unwrap();
+        std::os::unix::fs::symlink("sub/héllo wörld ✓.txt", src.join("link")).unwrap();
+        let ext = dir.join("ext.img");
+        run(Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-L", "linuxvol", "-d"])
+            .arg(&src)
+            .arg("-F")
+            .arg(&ext)
+            .arg("24M"));
+        std::fs::remove_file(src.join("link")).unwrap();
+        std::fs::remove_file(src.join("hard.txt")).unwrap();
+
+        let fat = dir.join("fat.img");
+        run(Command::new("mkfs.vfat").args(["-C", "-n", "FATVOL"]).arg(&fat).arg("24576"));
+        let mut mcopy = Command::new("mcopy");
+        mcopy.args(["-s", "-m", "-i"]).arg(&fat);
+        for e in std::fs::read_dir(&src).unwrap() {
+            mcopy.arg(e.unwrap().path());
+        }
+        run(mcopy.arg("::/"));
+
+        let ntfs = dir.join("ntfs.img");
+        std::fs::File::create(&ntfs).unwrap().set_len(24 << 20).unwrap();
+        run(Command::new("mkntfs").args(["-F", "-f", "-q", "-L", "winvol"]).arg(&ntfs));
+        fill_ntfs(&ntfs, &src, &dir.join("mnt"));
+        Images { dir, ext, fat, ntfs }
+    })
+}
+
+/// Copies `src` into the NTFS image through ntfs-3g's FUSE mount (as root),
+/// with a hard link and an alternate data stream; where FUSE cannot mount,
+/// copies the top files with ntfscp alone.
+fn fill_ntfs(image: &Path, src: &Path, mnt: &Path) {
+    std::fs::create_dir_all(mnt).unwrap();
+    let mounted = Command::new("ntfs-3g")
+        .args(["-o", "streams_interface=xattr"])
+        .arg(image)
+        .arg(mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        run(Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(mnt));
+        std::fs::hard_link(mnt.join("a.txt"), mnt.join("hard.txt")).unwrap();
+        run(Command::new("python3").args(["-c", "import os,sys; os.setxattr(sys.argv[1], 'user.Zone.Identifier', b'[ZoneTransfer]\\r\\nZoneId=3\\r\\n')"]).arg(mnt.join("a.txt")));
+        run(Command::new("umount").arg(mnt));
+    } else {
+        eprintln!("NOTE: ntfs-3g cannot mount here; filling the NTFS volume with ntfscp (top-level files only)");
+        for name in ["a.txt", "empty", "big.bin", "sparse.img"] {
+            run(Command::new("ntfscp").arg("-q").arg(image).arg(src.join(name)).arg(name));
+        }
+        run(Command::new("ntfscp")
+            .args(["-q", "-N", "Zone.Identifier"])
+            .arg(image)
+            .arg(src.join("a.txt"))
+            .arg("a.txt"));
+    }
+}
+
+/// A raw disk with these partition images written where `sfdisk` put them
+/// (its script; 512-byte sectors), and the offsets sfdisk reports.
+fn partitioned(name: &str, script: &str, size: u64, parts: &[(usize, &Path)]) -> (PathBuf, Vec<(u32, u64, u64)>) {
+    let sector = 512;
+    let raw = images().dir.join(format!("{name}.raw"));
+    let _ = std::fs::remove_file(&raw);
+    std::fs::File::create(&raw).unwrap().set_len(size).unwrap();
+    let mut child = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&raw)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk failed on {script}");
+    let json = run(Command::new("sfdisk").arg("-J").arg(&raw));
+    let table: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut found = Vec::new();
+    for p in table["partitiontable"]["partitions"].as_array().unwrap() {
+        let node = p["node"].as_str().unwrap();
+        let number: u32 = node.trim_start_matches(raw.to_str().unwrap()).parse().unwrap();
+        found.push((number, p["start"].as_u64().unwrap() * sector, p["size"].as_u64().unwrap() * sector));
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    use std::os::unix::fs::FileExt;
+    for (number, image) in parts {
+        let (_, offset, len) = found.iter().find(|p| p.0 == *number as u32).copied().unwrap();
+        let bytes = std::fs::read(image).unwrap();
+        assert!(bytes.len() as u64 <= len);
+        file.write_all_at(&bytes, offset).unwrap();
+    }
+    (raw, found)
+}
+
+/// A raw disk, its VHDX and the partitions (number, offset, length).
+type GptDisk = (PathBuf, PathBuf, Vec<(u32, u64, u64)>);
+
+/// The GPT disk of the three volumes, as a dynamic VHDX made by qemu-img.
+fn gpt_disk() -> &'static GptDisk {
+    static DISK: OnceLock<GptDisk> = OnceLock::new();
+    DISK.get_or_init(|| {
+        let i = images();
+        let script = "label: gpt\n\
+            size=24MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=\"FAT DATA\"\n\
+            size=24MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=linux\n\
+            size=24MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=windows\n";
+        let (raw, found) = partitioned("gpt", script, 80 << 20, &[(1, &i.fat), (2, &i.ext), (3, &i.ntfs)]);
+        let vhdx = i.dir.join("gpt.vhdx");
+        run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "vhdx"]).arg(&raw).arg(&vhdx));
+        (raw, vhdx, found)
+    })
+}
+
+fn open(path: &Path) -> Arc<dyn VirtualDisk> {
+    Arc::new(vhdkit::open(path).unwrap())
+}
+
+/// Every path under `/` with its metadata, through our reader.
+fn tree(volume: &Volume) -> BTreeMap<String, vhdkit::fs::Metadata> {
+    let mut out = BTreeMap::new();
+    vhdkit::fs::walk(
+        volume,
+        "",
+        &vhdkit::CancelToken::new(),
+        &mut |path, entry| {
+            out.insert(path.to_string(), entry.metadata.clone());
+            Ok(())
+        },
+        &mut |path, problem| panic!("{path}: {problem}"),
+    )
+    .unwrap();
+    out
+}
+
+fn read_all(volume: &Volume, path: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    volume.open_file(path).unwrap().read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn gpt_partitions_are_where_sfdisk_put_them_and_the_backup_stands_in_for_a_damaged_primary() {
+    if !have_tools() {
+        return;
+    }
+    let (raw, vhdx, found) = gpt_disk();
+    let table = partitions(&*open(vhdx)).unwrap();
+    assert_eq!(table.scheme, Scheme::Gpt);
+    let ours: Vec<_> = table.partitions.iter().map(|p| (p.number, p.offset, p.length)).collect();
+    assert_eq!(&ours, found);
+    let kinds: Vec<_> = table.partitions.iter().map(|p| p.filesystem).collect();
+    assert_eq!(kinds, [Some(FsKind::Fat { bits: 16 }), Some(FsKind::Ext { version: 4 }), Some(FsKind::Ntfs)]);
+    assert_eq!(table.partitions[0].name.as_deref(), Some("FAT DATA"));
+    assert!(table.warnings.is_empty(), "{:?}", table.warnings);
+
+    // Zero the primary header: the backup at the disk's end is used, and said.
+    let damaged = images().dir.join("gpt-damaged.raw");
+    std::fs::copy(raw, &damaged).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&damaged).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 512], 512).unwrap();
+    let disk: Arc<dyn VirtualDisk> = Arc::new(vhdkit::OpenOptions::default().open_raw(&damaged).unwrap());
+    let table = partitions(&*disk).unwrap();
+    assert_eq!(table.partitions.iter().map(|p| (p.number, p.offset, p.length)).collect::<Vec<_>>(), *found);
+    assert!(table.warnings.iter().any(|w| w.contains("primary GPT") && w.contains("backup")), "{:?}", table.warnings);
+    let volume = Volume::open_spec(disk, Some("linux")).unwrap();
+    assert_eq!(read_all(&volume, "/a.txt"), b"hello\n");
+}
+
+/// debugfs's `ls -p` of `dir`: name → (mode, size).
+fn debugfs_ls(image: &Path, dir: &str) -> BTreeMap<String, (u32, u64)> {
+    let out = run(Command::new("debugfs").arg("-R").arg(format!("ls -p \"{dir}\"")).arg(image));
+    let mut m = BTreeMap::new();
+    for line in out.lines().filter(|l| l.starts_with('/')) {
+        // /inode/mode/uid/gid/name/size/
+        let f: Vec<&str> = line.split('/').collect();
+        let name = f[5..f.len() - 2].join("/");
+        if name == "." || name == ".." || f[1] == "0" {
+            continue; // ".", "..", and the empty slots of lost+found
+        }
+        m.insert(name, (u32::from_str_radix(f[2], 8).unwrap(), f[f.len() - 2].parse().unwrap_or(0)));
+    }
+    m
+}
+
+#[test]
+fn ext4_lists_and_reads_as_debugfs_does() {
+    if !have_tools() {
+        return;
+    }
+    let (_, vhdx, _) = gpt_disk();
+    let volume = Volume::open_spec(open(vhdx), Some("2")).unwrap();
+    assert_eq!(volume.kind(), FsKind::Ext { version: 4 });
+    assert_eq!(volume.label().as_deref(), Some("linuxvol"));
+    let ours = tree(&volume);
+    let image = &images().ext;
+    let mut dirs = vec![String::new()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        let theirs = debugfs_ls(image, if dir.is_empty() { "/" } else { &dir });
+        let listed: Vec<String> =
+            volume.read_dir(if dir.is_empty() { "/" } else { &dir }).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(listed, theirs.keys().cloned().collect::<Vec<_>>(), "folder {dir}");
+        for (name, (mode, size)) in theirs {
+            let path = format!("{dir}/{name}");
+            let meta = &ours[&path];
+            assert_eq!(meta.mode, Some(mode), "{path}");
+            match meta.kind {
+                FileKind::Dir => dirs.push(path),
+                FileKind::File => {
+                    assert_eq!(meta.len, size, "{path}");
+                    let cat =
+                        Command::new("debugfs").arg("-R").arg(format!("cat \"{path}\"")).arg(image).output().unwrap();
+                    assert_eq!(read_all(&volume, &path), cat.stdout, "{path}");
+                    files += 1;
+                }
+                FileKind::Symlink => assert_eq!(volume.read_link(&path).unwrap(), "sub/héllo wörld ✓.txt"),
+                FileKind::Other => panic!("{path}: unexpected kind"),
+            }
+        }
+    }
+    assert!(files >= 8, "only {files} files compared");
+}
+
+#[test]
+fn fat_lists_and_reads_as_mtools_do() {
+    if !have_tools() {
+        return;
+    }
+    let (_, vhdx, _) = gpt_disk();
+    let volume = Volume::open_spec(open(vhdx), Some("fatvol")).unwrap();
+    assert_eq!(volume.partition().number, 1);
+    let ours = tree(&volume);
+    let image = &images().fat;
+    let listing = run(Command::new("mdir").args(["-b", "-/", "-i"]).arg(image).arg("::/"));
+    let theirs: Vec<String> =
+        listing.lines().map(|l| l.trim_start_matches("::").trim_end_matches('/').to_string()).collect();
+    let mut theirs_sorted = theirs.clone();
+    theirs_sorted.sort();
+    assert_eq!(ours.keys().cloned().collect::<Vec<_>>(), theirs_sorted);
+    let mut files = 0;
+    for (path, meta) in &ours {
+        if meta.kind == FileKind::File {
+            let out = Command::new("mtype").arg("-i").arg(image).arg(format!("::{path}")).output().unwrap();
+            assert_eq!(read_all(&volume, path), out.stdout, "{path}");
+            assert_eq!(meta.len, out.stdout.len() as u64);
+            files += 1;
+        }
+    }
+    assert!(files >= 7, "only {files} files compared");
+    // Lookups ignore case, and find the 8.3 name.
+    assert_eq!(read_all(&volume, "/SUB/HÉLLO WÖRLD ✓.TXT"), b"unicode\n");
+    assert_eq!(read_all(&volume, "/A.TXT"), b"hello\n");
+}
+
+/// ntfsls -l of `dir`: name → size.
+fn ntfsls(image: &Path, dir: &str) -> BTreeMap<String, u64> {
+    let out = run(Command::new("ntfsls").args(["-f", "-l", "-p", dir]).arg(image));
+    let mut m = BTreeMap::new();
+    for line in out.lines() {
+        // size Mon DD HH:MM YYYY name (the name may hold spaces)
+        let size = line.split_whitespace().next().unwrap().parse().unwrap();
+        let mut rest = line;
+        for _ in 0..5 {
+            rest = rest.trim_start();
+            rest = &rest[rest.find(' ').unwrap_or(rest.len())..];
+        }
+        let name = rest.strip_prefix(' ').unwrap_or(rest).to_string();
+        if name == "." || name == ".." {
+            continue;
+        }
+        m.insert(name, size);
+    }
+    m
+}
+
+#[test]
+fn ntfs_lists_and_reads_as_ntfs_3g_does() {
+    if !have_tools() {
+        return;
+    }
+    let (_, vhdx, _) = gpt_disk();
+    let volume = Volume::open_spec(open(vhdx), Some("windows")).unwrap();
+    assert_eq!((volume.kind(), volume.label().as_deref()), (FsKind::Ntfs, Some("winvol")));
+    let ours = tree(&volume);
+    let image = &images().ntfs;
+    let mut dirs = vec![String::new()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        let shown = if dir.is_empty() { "/" } else { &dir };
+        let theirs = ntfsls(image, shown);
+        let listed: Vec<String> = volume.read_dir(shown).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(listed, theirs.keys().cloned().collect::<Vec<_>>(), "folder {shown}");
+        for (name, size) in theirs {
+            let path = format!("{dir}/{name}");
+            let meta = &ours[&path];
+            if meta.kind == FileKind::Dir {
+                dirs.push(path);
+                continue;
+            }
+            assert_eq!(meta.len, size, "{path}");
+            let cat = Command::new("ntfscat").arg("-f").arg(image).arg(&path).output().unwrap();
+            assert_eq!(read_all(&volume, &path), cat.stdout, "{path}");
+            files += 1;
+        }
+    }
+    assert!(files >= 4, "only {files} files compared");
+    // Hard links are one record; the stream reads as ntfscat reads it;
+    // names are found without case.
+    let a = volume.metadata("/a.txt").unwrap();
+    assert_eq!(a.streams.len(), 1, "{a:?}");
+    let stream = format!("/a.txt:{}", a.streams[0].name);
+    let cat = Command::new("ntfscat").args(["-f", "-n", &a.streams[0].name]).arg(image).arg("/a.txt").output().unwrap();
+    assert_eq!(read_all(&volume, &stream), cat.stdout);
+    assert!(cat.stdout.starts_with(b"[ZoneTransfer]"));
+    if let Ok(hard) = volume.metadata("/HARD.TXT") {
+        assert_eq!((hard.id, hard.links), (a.id, Some(2)));
+    }
+    assert!(matches!(volume.open_file("/no/such").err(), Some(vhdkit::fs::FsError::NotFound { .. })));
+}
