@@ -402,3 +402,126 @@ fn ntfs_lists_and_reads_as_ntfs_3g_does() {
     }
     assert!(matches!(volume.open_file("/no/such").err(), Some(vhdkit::fs::FsError::NotFound { .. })));
 }
+
+#[test]
+fn backups_read_as_their_source_and_each_keeps_its_own_version() {
+    if !have_tools() {
+        return;
+    }
+    let (raw, vhdx, _) = gpt_disk();
+    let dir = common::scratch("fs-store");
+    let store = common::init_store(&dir.join("store"), &common::init_options(64 * 1024, 4 << 20));
+    let first = store.backup(&*open(vhdx), &vhdkit::store::BackupOptions::new("vm")).unwrap();
+
+    // Change /a.txt on the ext4 partition, as a second day's disk.
+    let changed = dir.join("changed.raw");
+    std::fs::copy(raw, &changed).unwrap();
+    let ext_copy = dir.join("ext2.img");
+    std::fs::copy(&images().ext, &ext_copy).unwrap();
+    std::fs::write(dir.join("new.txt"), "changed on day two\n").unwrap();
+    run(Command::new("debugfs").args(["-w", "-R", "rm /a.txt"]).arg(&ext_copy));
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} /a.txt", dir.join("new.txt").display()))
+        .arg(&ext_copy));
+    let offset = gpt_disk().2[1].1;
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&changed).unwrap(),
+        &std::fs::read(&ext_copy).unwrap(),
+        offset,
+    )
+    .unwrap();
+    let changed_disk: Arc<dyn VirtualDisk> = Arc::new(vhdkit::OpenOptions::default().open_raw(&changed).unwrap());
+    let second = store.backup(&*changed_disk, &vhdkit::store::BackupOptions::new("vm")).unwrap();
+    assert!(second.parent.is_some(), "the second backup should be incremental");
+
+    let one: Arc<dyn VirtualDisk> = Arc::new(store.reader(first.id.as_str()).unwrap());
+    let two: Arc<dyn VirtualDisk> = Arc::new(store.reader(second.id.as_str()).unwrap());
+    let (v1, v2) =
+        (Volume::open_spec(one.clone(), Some("2")).unwrap(), Volume::open_spec(two.clone(), Some("2")).unwrap());
+    assert_eq!(read_all(&v1, "/a.txt"), b"hello\n");
+    assert_eq!(read_all(&v2, "/a.txt"), b"changed on day two\n");
+    let image = Volume::open_spec(open(vhdx), Some("3")).unwrap();
+    let backed = Volume::open_spec(one.clone(), Some("windows")).unwrap();
+    assert_eq!(tree(&backed), tree(&image));
+    assert_eq!(read_all(&backed, "/big.bin"), read_all(&image, "/big.bin"));
+
+    // Listing a folder of the backup reads metadata, not the disk.
+    let fresh = Volume::open_spec(Arc::new(store.reader(first.id.as_str()).unwrap()), Some("3")).unwrap();
+    fresh.read_dir("/sub").unwrap();
+    let (bytes, _) = fresh.disk_traffic();
+    assert!(bytes < 4 << 20, "listing read {bytes} bytes of a {} byte partition", fresh.partition().length);
+
+    // The restore test: every file of the first backup equals the source;
+    // the second differs from it in exactly /a.txt.
+    let mut options = vhdkit::fs::CheckOptions::default();
+    options.against = Some(open(vhdx));
+    let reports = vhdkit::fs::check_disk(one, &options).unwrap();
+    assert_eq!(reports.len(), 3);
+    for r in &reports {
+        assert!(r.ok(), "{r:?}");
+        assert!(r.files >= 7 && r.files_read == r.files, "{r:?}");
+    }
+    let reports = vhdkit::fs::check_disk(two, &options).unwrap();
+    let problems: Vec<_> =
+        reports.iter().flat_map(|r| r.problems.iter().map(|p| (r.partition, p.path.clone()))).collect();
+    assert_eq!(problems, [(2, "/a.txt".to_string())], "{reports:?}");
+}
+
+#[test]
+fn the_cli_lists_reads_gets_finds_and_verifies() {
+    if !have_tools() {
+        return;
+    }
+    let (_, vhdx, _) = gpt_disk();
+    let cli = common::cli();
+    let dir = common::scratch("fs-cli");
+    let ls = run(Command::new(&cli).args(["fs", "ls"]).arg(vhdx).args(["linux:/sub", "--json"]));
+    let entries: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert_eq!(entries[0]["name"], "héllo wörld ✓.txt");
+    let out = Command::new(&cli).args(["fs", "cat"]).arg(vhdx).arg("3:/big.bin").output().unwrap();
+    assert_eq!(out.stdout, std::fs::read(images().dir.join("src/big.bin")).unwrap());
+    // Several file systems and no PART: a usage error that lists them.
+    let out = Command::new(&cli).args(["fs", "ls"]).arg(vhdx).arg("/").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"windows\" (NTFS)"));
+    let found = run(Command::new(&cli).args(["fs", "find"]).arg(vhdx).args(["1:/", "--name", "LEAF.*"]));
+    assert_eq!(
+        found.trim(),
+        "/deep/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9/level10/level11/level12/level13/leaf.txt"
+    );
+
+    let to = dir.join("out");
+    run(Command::new(&cli)
+        .args(["fs", "get"])
+        .arg(vhdx)
+        .args(["2:/deep", "2:/sparse.img", "2:/link", "--to"])
+        .arg(&to));
+    let theirs = common::files(&images().dir.join("src/deep"));
+    let ours = common::files(&to.join("deep"));
+    assert_eq!(ours, theirs);
+    assert_eq!(
+        std::fs::read(to.join("sparse.img")).unwrap(),
+        std::fs::read(images().dir.join("src/sparse.img")).unwrap()
+    );
+    assert_eq!(std::fs::read_link(to.join("link")).unwrap(), Path::new("sub/héllo wörld ✓.txt"));
+    // Never over an existing file.
+    let again =
+        Command::new(&cli).args(["fs", "get"]).arg(vhdx).args(["2:/sparse.img", "--to"]).arg(&to).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+
+    let store = dir.join("store");
+    run(Command::new(&cli).args(["store", "init"]).arg(&store));
+    run(Command::new(&cli).arg("backup").arg(&store).arg(vhdx).args(["--name", "vm"]));
+    let verify = run(Command::new(&cli)
+        .arg("verify")
+        .arg(&store)
+        .args(["vm", "--filesystems", "--json", "--against"])
+        .arg(vhdx));
+    let report: serde_json::Value = serde_json::from_str(&verify).unwrap();
+    assert_eq!(report["ok"], true, "{verify}");
+    assert_eq!(report["partitions"].as_array().unwrap().len(), 3);
+    let ls = run(Command::new(&cli).args(["fs", "ls"]).arg(&store).args(["vm", "fatvol:/"]));
+    assert!(ls.lines().any(|l| l == "big.bin"), "{ls}");
+}

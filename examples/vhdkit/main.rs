@@ -34,6 +34,7 @@ macro_rules! note {
 }
 
 mod demo;
+mod fs;
 mod keys;
 mod serve;
 mod store;
@@ -109,6 +110,9 @@ enum Command {
         /// A VHD or VHDX image (its whole chain is checked).
         image: PathBuf,
     },
+    /// The file systems inside an image or a backup: parts, ls, cat, get, find.
+    #[command(subcommand)]
+    Fs(fs::FsCommand),
     /// Store administration: init, reindex.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -241,6 +245,22 @@ enum Command {
         /// time (2026-12-01T00:00:00Z) or an age (7d, 24h).
         #[arg(long, value_name = "WHEN", value_parser = parse_when)]
         since: Option<vhdkit::store::Moment>,
+        /// Instead of the store's objects, check BACKUP's file systems: open
+        /// every partition's, walk every folder, read every entry's record
+        /// (and with --read-files or --sample, file data): a restore test
+        /// without a hypervisor. Exit 1 if anything is unreadable.
+        #[arg(long, requires = "backup", conflicts_with_all = ["no_key", "since"])]
+        filesystems: bool,
+        /// With --filesystems: read every file's data.
+        #[arg(long, requires = "filesystems")]
+        read_files: bool,
+        /// With --filesystems: compare every file's bytes with this image
+        /// (the disk the backup was made from).
+        #[arg(long, requires = "filesystems", value_name = "IMAGE")]
+        against: Option<PathBuf>,
+        /// With --filesystems: the disk of a restore point (its label).
+        #[arg(long, requires = "filesystems")]
+        disk: Option<String>,
         /// Print the result as JSON (snake_case keys, sizes in bytes).
         #[arg(long)]
         json: bool,
@@ -369,7 +389,7 @@ pub(crate) struct Failure {
 
 impl Failure {
     /// Exit code for an error of `kind`.
-    fn code(kind: ErrorKind) -> u8 {
+    pub(crate) fn code(kind: ErrorKind) -> u8 {
         match kind {
             ErrorKind::Cancelled => 130,
             // What the caller asked cannot be done as asked: a usage error.
@@ -448,6 +468,7 @@ fn main() -> ExitCode {
         Command::Map { image, json, shallow } => map(&options, &image, json, shallow),
         Command::Check { image } => check(&options, &image),
         Command::Store(cmd) => store::store_command(cmd),
+        Command::Fs(cmd) => fs::run(cmd, &cancel),
         Command::Key(cmd) => keys::key_command(cmd),
         Command::Backup(args) => store::backup(&options, args, &cancel),
         Command::Serve { store, backups, args } => serve::serve(&store, &backups, &args, &cancel),
@@ -465,7 +486,22 @@ fn main() -> ExitCode {
         }
         Command::List { store, points, json } => store::list(&store, points, json),
         Command::Restore(args) => store::restore(args, &cancel),
-        Command::Verify { store, backup, no_key, sample, seed, since, json } => {
+        Command::Verify {
+            store,
+            backup: Some(backup),
+            filesystems: true,
+            read_files,
+            against,
+            disk,
+            sample,
+            seed,
+            json,
+            ..
+        } => {
+            let check = fs::Check { read_files, sample, seed, against, disk };
+            fs::verify_filesystems(&store, &backup, check, json, &cancel)
+        }
+        Command::Verify { store, backup, no_key, sample, seed, since, json, .. } => {
             let mut v = vhdkit::store::VerifyOptions::default();
             v.only = backup;
             v.sample = sample;

@@ -96,6 +96,7 @@ pub fn walk(
 
 /// What [`check_disk`] does besides walking.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CheckOptions {
     /// Read every file's data.
     pub read_files: bool,
