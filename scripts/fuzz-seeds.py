@@ -241,6 +241,51 @@ def nbd_seeds():
     seed("nbd_session", flags + opt(9, struct.pack(">I", 0) + struct.pack(">I", 1) + struct.pack(">I", 5) + b"base:") + opt(2))
 
 
+def fs_seeds():
+    """Small partitioned disks (sfdisk) for fs_partitions; small NTFS, ext2/4 and FAT volumes made by
+    mkntfs, mke2fs -d and mkfs.vfat + mcopy for fs_walk, each after its selector byte (0 NTFS,
+    1 ext, 2 FAT). Tools that are missing skip their seeds."""
+    tmp = tempfile.mkdtemp()
+    try:
+        def run(*args, **kw):
+            return subprocess.run(list(args), check=True, capture_output=True, **kw)
+        src = os.path.join(tmp, "src")
+        os.makedirs(os.path.join(src, "dir", "sub"))
+        for name, data in [("a.txt", b"hello\n"), ("dir/b.bin", bytes(range(256)) * 20), ("dir/sub/c", b"c" * 5000)]:
+            with open(os.path.join(src, name), "wb") as f:
+                f.write(data)
+        for script in ["label: gpt\nsize=64KiB\nsize=64KiB\n", "label: dos\nsize=32KiB\ntype=f, size=128KiB\n"
+                       "size=32KiB\nsize=32KiB\n"]:
+            disk = os.path.join(tmp, "disk.raw")
+            with open(disk, "wb") as f:
+                f.truncate(320 * 1024)
+            try:
+                run("sfdisk", "-q", disk, input=script.encode())
+                seed("fs_partitions", open(disk, "rb").read())
+            except (OSError, subprocess.CalledProcessError) as e:
+                print(f"fs_partitions seed skipped: {e}", file=sys.stderr)
+        makers = [
+            (1, "ext2.img", [["mke2fs", "-q", "-t", "ext2", "-b", "1024", "-N", "32", "-d", src, "-F", "{img}", "192K"]]),
+            (1, "ext4.img", [["mke2fs", "-q", "-t", "ext4", "-b", "1024", "-N", "32", "-O", "^has_journal", "-d", src,
+                              "-F", "{img}", "256K"]]),
+            (2, "fat.img", [["mkfs.vfat", "-C", "{img}", "256"], ["mcopy", "-s", "-i", "{img}", os.path.join(src, "a.txt"),
+                                                                  os.path.join(src, "dir"), "::/"]]),
+            (0, "ntfs.img", [["truncate", "-s", "2M", "{img}"], ["mkntfs", "-F", "-f", "-q", "{img}"],
+                             ["ntfscp", "-q", "{img}", os.path.join(src, "a.txt"), "a.txt"]]),
+        ]
+        for selector, name, steps in makers:
+            img = os.path.join(tmp, name)
+            try:
+                for step in steps:
+                    run(*[a.replace("{img}", img) for a in step])
+                seed("fs_walk", bytes([selector]) + open(img, "rb").read())
+            except (OSError, subprocess.CalledProcessError) as e:
+                print(f"fs_walk seed {name} skipped: {e}", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 nbd_seeds()
+fs_seeds()
 for target in sorted(os.listdir(out)):
     print(f"{target}: {len(os.listdir(os.path.join(out, target)))} seeds")

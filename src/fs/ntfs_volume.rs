@@ -114,7 +114,9 @@ impl NtfsVolume {
                     let name = attr.name().map_err(fail)?;
                     if name.is_empty() {
                         meta.len = attr.value_length();
-                        if attr.flags().contains(NtfsAttributeFlags::COMPRESSED) {
+                        // Resident data is never compressed, whatever its flag says
+                        // (Windows sets it on small files in a compressed folder).
+                        if attr.flags().contains(NtfsAttributeFlags::COMPRESSED) && !attr.is_resident() {
                             unsupported.push("NTFS compression".to_string());
                         }
                         if attr.flags().contains(NtfsAttributeFlags::ENCRYPTED) && unsupported.is_empty() {
