@@ -784,3 +784,144 @@ fn a_vhdx_of_4096_byte_sectors_counts_its_gpt_in_4096_byte_sectors() {
     let fat = Volume::open_spec(disk, Some("BIGSECTORS")).unwrap();
     assert_eq!(read_all(&fat, "/big.bin"), noise(2, 3 << 20));
 }
+
+/// A volume held in memory, opened as the given kind.
+fn volume_of(bytes: Vec<u8>, kind: FsKind) -> vhdkit::fs::Result<Volume> {
+    let len = bytes.len() as u64;
+    let disk: Arc<dyn VirtualDisk> =
+        Arc::new(vhdkit::OpenOptions::default().open_raw_reader(Box::new(bytes), "damaged"));
+    let partition = vhdkit::fs::Partition {
+        number: 0,
+        offset: 0,
+        length: len,
+        type_id: String::new(),
+        type_name: None,
+        name: None,
+        guid: None,
+        bootable: false,
+        logical: false,
+        filesystem: Some(kind),
+    };
+    Volume::open(disk, &partition)
+}
+
+/// Walks everything and reads the start of every file: (entries, problems).
+fn walk_all(volume: &Volume) -> vhdkit::fs::Result<(usize, Vec<String>)> {
+    let mut entries = 0;
+    let mut problems = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    vhdkit::fs::walk(
+        volume,
+        "",
+        &vhdkit::CancelToken::new(),
+        &mut |path, entry| {
+            entries += 1;
+            if entries > 100_000 {
+                return Err(vhdkit::fs::FsError::Cancelled);
+            }
+            if entry.metadata.kind == FileKind::File {
+                if let Ok(mut f) = volume.open_file(path) {
+                    let _ = f.read_at(&mut buf, 0);
+                }
+            }
+            Ok(())
+        },
+        &mut |path, problem| problems.push(format!("{path}: {problem}")),
+    )?;
+    Ok((entries, problems))
+}
+
+#[test]
+fn a_folder_linked_into_its_own_subtree_is_reported_not_walked_forever() {
+    if !have_tools() {
+        return;
+    }
+    let dir = common::scratch("fs-loop-ext");
+    let image = dir.join("loop.img");
+    std::fs::copy(&images().ext, &image).unwrap();
+    // debugfs links a folder under its own child, as only damage could.
+    run(Command::new("debugfs").args(["-w", "-R", "ln /deep /deep/level0/back"]).arg(&image));
+    let volume = volume_of(std::fs::read(&image).unwrap(), FsKind::Ext { version: 4 }).unwrap();
+    let (entries, problems) = walk_all(&volume).unwrap();
+    assert!(entries < 200, "{entries} entries: the loop was walked");
+    assert!(problems.iter().any(|p| p.starts_with("/deep/level0/back") && p.contains("loop")), "{problems:?}");
+}
+
+#[test]
+fn a_fat_folder_whose_cluster_chain_loops_ends_in_an_error() {
+    if !have_tools() {
+        return;
+    }
+    let mut bytes = std::fs::read(&images().fat).unwrap();
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let (bps, reserved, fats, fat_size) =
+        (u16_at(&bytes, 11), u16_at(&bytes, 14), bytes[16] as usize, u16_at(&bytes, 22));
+    assert!(fat_size > 0, "FAT16 expected");
+    let root = (reserved + fats * fat_size) * bps;
+    let entry =
+        (0..512).map(|i| root + i * 32).find(|&e| &bytes[e..e + 11] == b"SUB        ").expect("SUB in the root");
+    let cluster = u16_at(&bytes, entry + 26);
+    // The folder's one cluster now points at itself, in both FATs, and its
+    // free slots are marked deleted, so no end marker stops the listing.
+    let root_entries = u16_at(&bytes, 17);
+    let cluster_bytes = bytes[13] as usize * bps;
+    let data = root + root_entries * 32 + (cluster - 2) * cluster_bytes;
+    for slot in (data..data + cluster_bytes).step_by(32) {
+        if bytes[slot] == 0 {
+            bytes[slot] = 0xE5;
+        }
+    }
+    for copy in 0..fats {
+        let at = (reserved + copy * fat_size) * bps + cluster * 2;
+        bytes[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+    }
+    let volume = volume_of(bytes, FsKind::Fat { bits: 16 }).unwrap();
+    let e = volume.read_dir("/sub").unwrap_err();
+    assert!(e.to_string().contains("65536"), "{e}");
+    let (_, problems) = walk_all(&volume).unwrap();
+    assert!(problems.iter().any(|p| p.starts_with("/sub")), "{problems:?}");
+}
+
+#[test]
+fn damaged_volumes_end_in_entries_or_errors_never_a_panic_or_a_hang() {
+    if !have_tools() {
+        return;
+    }
+    let i = images();
+    let mut outcomes = BTreeMap::new();
+    for (kind, image) in
+        [(FsKind::Ntfs, &i.ntfs), (FsKind::Ext { version: 4 }, &i.ext), (FsKind::Fat { bits: 16 }, &i.fat)]
+    {
+        let clean = std::fs::read(image).unwrap();
+        // Where the metadata lies: the first 4 MiB, and for NTFS its MFT.
+        let mft = if kind == FsKind::Ntfs {
+            let cluster = u64::from(clean[13]) * u64::from(u16::from_le_bytes([clean[11], clean[12]]));
+            (u64::from_le_bytes(clean[48..56].try_into().unwrap()) * cluster) as usize
+        } else {
+            0
+        };
+        for round in 0..25u64 {
+            let mut bytes = clean.clone();
+            let picks = noise(1000 + round, 600);
+            for p in picks.chunks_exact(6) {
+                let span = if p[5] % 2 == 0 { 4 << 20 } else { 256 << 10 };
+                let base = if p[5] % 2 == 0 { 0 } else { mft };
+                let at = base + (u32::from_le_bytes([p[0], p[1], p[2], 0]) as usize % span);
+                if at < bytes.len() {
+                    bytes[at] ^= p[4] | 1;
+                }
+            }
+            let outcome = match volume_of(bytes, kind) {
+                Err(_) => "refused",
+                Ok(v) => match walk_all(&v) {
+                    Ok((_, p)) if p.is_empty() => "walked",
+                    Ok(_) => "walked with problems",
+                    Err(_) => "failed",
+                },
+            };
+            *outcomes.entry((kind.to_string(), outcome)).or_insert(0) += 1;
+        }
+    }
+    eprintln!("damage outcomes: {outcomes:?}");
+    assert_eq!(outcomes.values().sum::<i32>(), 75);
+}
