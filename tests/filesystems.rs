@@ -819,10 +819,10 @@ fn walk_all(volume: &Volume) -> vhdkit::fs::Result<(usize, Vec<String>)> {
             if entries > 100_000 {
                 return Err(vhdkit::fs::FsError::Cancelled);
             }
-            if entry.metadata.kind == FileKind::File {
-                if let Ok(mut f) = volume.open_file(path) {
-                    let _ = f.read_at(&mut buf, 0);
-                }
+            if entry.metadata.kind == FileKind::File
+                && let Ok(mut f) = volume.open_file(path)
+            {
+                let _ = f.read_at(&mut buf, 0);
             }
             Ok(())
         },

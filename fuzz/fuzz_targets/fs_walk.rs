@@ -50,10 +50,10 @@ fuzz_target!(|data: &[u8]| {
             if visited > 2000 {
                 return Err(vhdkit::fs::FsError::Cancelled);
             }
-            if entry.metadata.kind == vhdkit::fs::FileKind::File {
-                if let Ok(mut f) = v.open_file(path) {
-                    let _ = f.read_at(&mut buf, 0);
-                }
+            if entry.metadata.kind == vhdkit::fs::FileKind::File
+                && let Ok(mut f) = v.open_file(path)
+            {
+                let _ = f.read_at(&mut buf, 0);
             }
             Ok(())
         },
