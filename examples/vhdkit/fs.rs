@@ -359,6 +359,8 @@ fn write_file(volume: &Volume, from: &str, dest: &Path, meta: &Metadata, cancel:
         at += n as u64;
     }
     out.set_len(at).map_err(|e| e.to_string())?;
+    // Durable before it is reported copied, as a restore's output is.
+    out.sync_all().map_err(|e| format!("{}: {e}", dest.display()))?;
     #[cfg(unix)]
     if let Some(mode) = meta.mode {
         use std::os::unix::fs::PermissionsExt;

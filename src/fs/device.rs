@@ -25,9 +25,9 @@ use crate::disk::{DiskError, VirtualDisk};
 
 /// Cache block: large enough that metadata reads cluster, small enough that
 /// a cold directory costs little.
-pub(crate) const BLOCK: u64 = 64 * 1024;
+pub(crate) const BLOCK: u64 = 256 * 1024;
 /// Blocks kept: 16 MiB per volume.
-const CACHE_BLOCKS: usize = 256;
+const CACHE_BLOCKS: usize = 64;
 
 /// What every handle on one volume shares.
 struct Shared {
