@@ -43,7 +43,8 @@ fn have_tools() -> bool {
 
 /// The files every test volume holds: small and empty files, names with
 /// unicode, spaces and 150 characters, a 14-level tree, a 3 MiB file of
-/// noise, a 6 MiB sparse file with data at its start, middle and end.
+/// noise, a 6 MiB sparse file with data at its start, middle and end, and
+/// a folder of 1,500 files.
 fn source_tree(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("sub")).unwrap();
@@ -59,12 +60,33 @@ fn source_tree(dir: &Path) {
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(deep.join("leaf.txt"), "at the bottom\n").unwrap();
     std::fs::write(dir.join("big.bin"), noise(2, 3 << 20)).unwrap();
+    // A folder large enough for an ext4 htree and several NTFS index records.
+    std::fs::create_dir(dir.join("many")).unwrap();
+    for i in 0..1500 {
+        std::fs::write(dir.join("many").join(format!("file-{i:04}.txt")), format!("file {i}\n")).unwrap();
+    }
     let sparse = std::fs::File::create(dir.join("sparse.img")).unwrap();
     sparse.set_len(6 << 20).unwrap();
     use std::os::unix::fs::FileExt;
     for at in [0u64, 3 << 20, (6 << 20) - 4] {
         sparse.write_all_at(b"data", at).unwrap();
     }
+}
+
+/// 256 MiB, with 4 KiB of data at its start, middle and end: holes only.
+fn huge_sparse(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(256 << 20).unwrap();
+    for at in [0u64, 128 << 20, (256 << 20) - 4096] {
+        f.write_all_at(&noise(at, 4096), at).unwrap();
+    }
+}
+
+/// Whether a file's bytes are compared with the oracle's: all but most of
+/// the 1,500 in /many (their listing is compared whole).
+fn compared(path: &str) -> bool {
+    !path.starts_with("/many/") || path.ends_with("00.txt")
 }
 
 struct Images {
@@ -82,27 +104,42 @@ fn images() -> &'static Images {
         let dir = common::scratch("fs-images");
         let src = dir.join("src");
         source_tree(&src);
-        // ext4 with a hard link and a symbolic link besides.
+        // ext4 with a hard link, a symbolic link and a 256 MiB sparse file
+        // (on a 24 MiB volume) besides.
         std::fs::hard_link(src.join("a.txt"), src.join("hard.txt")).unwrap();
         std::os::unix::fs::symlink("sub/héllo wörld ✓.txt", src.join("link")).unwrap();
+        huge_sparse(&src.join("huge-sparse.img"));
         let ext = dir.join("ext.img");
         run(Command::new("mke2fs")
-            .args(["-q", "-t", "ext4", "-L", "linuxvol", "-d"])
+            .args(["-q", "-t", "ext4", "-N", "4096", "-L", "linuxvol", "-d"])
             .arg(&src)
             .arg("-F")
             .arg(&ext)
             .arg("24M"));
         std::fs::remove_file(src.join("link")).unwrap();
         std::fs::remove_file(src.join("hard.txt")).unwrap();
+        std::fs::remove_file(src.join("huge-sparse.img")).unwrap();
 
         let fat = dir.join("fat.img");
         run(Command::new("mkfs.vfat").args(["-C", "-n", "FATVOL"]).arg(&fat).arg("24576"));
         let mut mcopy = Command::new("mcopy");
         mcopy.args(["-s", "-m", "-i"]).arg(&fat);
         for e in std::fs::read_dir(&src).unwrap() {
-            mcopy.arg(e.unwrap().path());
+            let path = e.unwrap().path();
+            if !path.ends_with("many") {
+                mcopy.arg(path);
+            }
         }
         run(mcopy.arg("::/"));
+        // mcopy takes time quadratic in a folder's entries (two minutes for
+        // 1,500), so FAT's /many holds the first 200.
+        run(Command::new("mmd").arg("-i").arg(&fat).arg("::/many"));
+        let mut mcopy = Command::new("mcopy");
+        mcopy.args(["-m", "-i"]).arg(&fat);
+        for i in 0..200 {
+            mcopy.arg(src.join("many").join(format!("file-{i:04}.txt")));
+        }
+        run(mcopy.arg("::/many/"));
 
         let ntfs = dir.join("ntfs.img");
         std::fs::File::create(&ntfs).unwrap().set_len(24 << 20).unwrap();
@@ -126,6 +163,7 @@ fn fill_ntfs(image: &Path, src: &Path, mnt: &Path) {
     if mounted {
         run(Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(mnt));
         std::fs::hard_link(mnt.join("a.txt"), mnt.join("hard.txt")).unwrap();
+        huge_sparse(&mnt.join("huge-sparse.img"));
         run(Command::new("python3").args(["-c", "import os,sys; os.setxattr(sys.argv[1], 'user.Zone.Identifier', b'[ZoneTransfer]\\r\\nZoneId=3\\r\\n')"]).arg(mnt.join("a.txt")));
         // A folder with NTFS compression on, and a file compressed in it.
         let script = "import os,sys; d=sys.argv[1]; os.mkdir(d); os.setxattr(d, 'system.ntfs_attrib_be', (0x10|0x800).to_bytes(4,'big')); open(d+'/packed.txt','w').write('compress me please ' * 20000)";
@@ -294,6 +332,7 @@ fn ext4_lists_and_reads_as_debugfs_does() {
             assert_eq!(meta.mode, Some(mode), "{path}");
             match meta.kind {
                 FileKind::Dir => dirs.push(path),
+                FileKind::File if !compared(&path) => assert_eq!(meta.len, size, "{path}"),
                 FileKind::File => {
                     assert_eq!(meta.len, size, "{path}");
                     let cat =
@@ -327,7 +366,7 @@ fn fat_lists_and_reads_as_mtools_do() {
     assert_eq!(ours.keys().cloned().collect::<Vec<_>>(), theirs_sorted);
     let mut files = 0;
     for (path, meta) in &ours {
-        if meta.kind == FileKind::File {
+        if meta.kind == FileKind::File && compared(path) {
             let out = Command::new("mtype").arg("-i").arg(image).arg(format!("::{path}")).output().unwrap();
             assert_eq!(read_all(&volume, path), out.stdout, "{path}");
             assert_eq!(meta.len, out.stdout.len() as u64);
@@ -394,6 +433,9 @@ fn ntfs_lists_and_reads_as_ntfs_3g_does() {
                 assert!(matches!(&e, vhdkit::fs::FsError::Unsupported { path: p, .. } if *p == path), "{e}");
                 assert_eq!(vhdkit::Error::from(e).kind(), vhdkit::ErrorKind::Unsupported);
                 compressed += 1;
+                continue;
+            }
+            if !compared(&path) {
                 continue;
             }
             let cat = Command::new("ntfscat").arg("-f").arg(image).arg(&path).output().unwrap();
@@ -536,6 +578,16 @@ fn the_cli_lists_reads_gets_finds_and_verifies() {
     let report: serde_json::Value = serde_json::from_str(&verify).unwrap();
     assert_eq!(report["ok"], true, "{verify}");
     assert_eq!(report["partitions"].as_array().unwrap().len(), 3);
+    let log = run(Command::new(&cli).arg("log").arg(&store).arg("--json"));
+    let log: serde_json::Value = serde_json::from_str(&log).unwrap();
+    let entry = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["op"] == "verify-filesystems")
+        .expect("verify-filesystems in the job log");
+    assert_eq!(entry["report"]["ok"], true);
+    assert_eq!(entry["report"]["partitions"].as_array().unwrap().len(), 3);
     let ls = run(Command::new(&cli).args(["fs", "ls"]).arg(&store).args(["vm", "fatvol:/"]));
     assert!(ls.lines().any(|l| l == "big.bin"), "{ls}");
 }
@@ -843,7 +895,7 @@ fn a_folder_linked_into_its_own_subtree_is_reported_not_walked_forever() {
     run(Command::new("debugfs").args(["-w", "-R", "ln /deep /deep/level0/back"]).arg(&image));
     let volume = volume_of(std::fs::read(&image).unwrap(), FsKind::Ext { version: 4 }).unwrap();
     let (entries, problems) = walk_all(&volume).unwrap();
-    assert!(entries < 200, "{entries} entries: the loop was walked");
+    assert!(entries < 2000, "{entries} entries: the loop was walked");
     assert!(problems.iter().any(|p| p.starts_with("/deep/level0/back") && p.contains("loop")), "{problems:?}");
 }
 

@@ -487,7 +487,6 @@ pub(crate) fn verify_filesystems(
     cancel: &CancelToken,
 ) -> Result<u8, Failure> {
     let store = crate::store::open_store(store)?;
-    let reader: Arc<dyn VirtualDisk> = Arc::new(store.reader_disk(backup, check.disk.as_deref())?);
     let mut options = vhdkit::fs::CheckOptions::default();
     options.read_files = check.read_files;
     options.sample = check.sample;
@@ -498,7 +497,7 @@ pub(crate) fn verify_filesystems(
     if let Some(image) = &check.against {
         options.against = Some(Arc::new(vhdkit::open(image)?));
     }
-    let reports = vhdkit::fs::check_disk(reader, &options).map_err(fail)?;
+    let reports = store.verify_filesystems(backup, check.disk.as_deref(), &options)?;
     let ok = reports.iter().all(|r| r.ok());
     if json {
         #[derive(Serialize)]

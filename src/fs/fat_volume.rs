@@ -70,13 +70,24 @@ impl FatVolume {
         Ok(out)
     }
 
+    /// The entry `name` of `dir`: a linear search, as FAT folders are
+    /// lists, stopping at the first match and bounded like a listing.
     fn find<'a>(&'a self, dir: &Dir<'a, Device>, name: &str, path: &FsPath) -> Result<Entry<'a>> {
-        let lower = name.to_lowercase();
-        let found = self
-            .entries(dir, path)?
-            .into_iter()
-            .find(|e| e.file_name().to_lowercase() == lower || e.short_file_name().to_lowercase() == lower);
-        found.ok_or_else(|| FsError::NotFound { fs: self.kind, path: path.display() })
+        let same = |a: &str| a.chars().flat_map(char::to_lowercase).eq(name.chars().flat_map(char::to_lowercase));
+        for (n, entry) in dir.iter().enumerate() {
+            if n >= MAX_DIR_ENTRIES {
+                return Err(self.dev.fail(
+                    self.kind,
+                    &path.display(),
+                    "more than 65536 entries (a looping cluster chain?)",
+                ));
+            }
+            let entry = entry.map_err(|e| self.io(path, e))?;
+            if same(&entry.file_name()) || same(&entry.short_file_name()) {
+                return Ok(entry);
+            }
+        }
+        Err(FsError::NotFound { fs: self.kind, path: path.display() })
     }
 
     /// The folder at `comps`.

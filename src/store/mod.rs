@@ -349,6 +349,20 @@ impl Store {
         ops::verify::verify(&self.h, options)
     }
 
+    /// Checks the file systems inside backup `spec` (a restore point's disk
+    /// by `disk`): every partition's folders walked, every entry's record
+    /// read, file data read as `options` says and compared with a source
+    /// disk when given one. One report per partition; the outcome goes to
+    /// the job log. A restore test without a hypervisor.
+    pub fn verify_filesystems(
+        &self,
+        spec: impl AsRef<str>,
+        disk: Option<&str>,
+        options: &crate::fs::CheckOptions,
+    ) -> crate::Result<Vec<crate::fs::CheckReport>> {
+        ops::fs_check::verify_filesystems(&self.h, spec.as_ref(), disk, options)
+    }
+
     /// Every committed backup, oldest first. Fails if a manifest or point
     /// cannot be read (`verify` reports every such problem).
     pub fn list(&self) -> Result<Vec<BackupSummary>> {

@@ -1,5 +1,6 @@
 //! The store's operations, one module each: making and opening a store,
-//! backup, restore (and reading a backup at any offset), verify, merge,
+//! backup, restore (and reading a backup at any offset), verify (and of
+//! the file systems inside a backup), merge,
 //! prune, vacuum, reindex, stats and the job log.
 //!
 //! Each is a function over a [`Handle`](crate::store::state::handle::Handle)
@@ -14,6 +15,7 @@
 //! progress, cancellation). Never another operation, nor `store/mod.rs`.
 
 pub mod backup;
+pub mod fs_check;
 pub mod log;
 pub mod merge;
 pub mod open;
