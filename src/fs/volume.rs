@@ -318,3 +318,96 @@ impl Seek for FileReader<'_> {
         Ok(self.pos)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::disk::{Disk, DiskInfo, Extent};
+
+    /// A disk whose reads panic from the `after`-th on: a stand-in for a
+    /// reader crate that panics on damaged bytes, inside the guard.
+    struct Flaky {
+        inner: Disk,
+        reads: AtomicU32,
+        after: AtomicU32,
+    }
+
+    impl VirtualDisk for Flaky {
+        fn info(&self) -> &DiskInfo {
+            self.inner.info()
+        }
+        fn extents(&self, range: std::ops::Range<u64>) -> crate::disk::Result<Vec<Extent>> {
+            self.inner.extents(range)
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::disk::Result<()> {
+            if self.reads.fetch_add(1, Ordering::SeqCst) >= self.after.load(Ordering::SeqCst) {
+                panic!("reader crate gave up at byte {offset}");
+            }
+            self.inner.read_at(buf, offset)
+        }
+    }
+
+    /// A FAT volume fatfs formats and fills: /folder/file.txt.
+    fn fat_image() -> Vec<u8> {
+        let mut cursor = std::io::Cursor::new(vec![0u8; 2 << 20]);
+        fatfs::format_volume(&mut cursor, fatfs::FormatVolumeOptions::new()).unwrap();
+        {
+            let fs = fatfs::FileSystem::new(&mut cursor, fatfs::FsOptions::new()).unwrap();
+            fs.root_dir().create_dir("folder").unwrap();
+            let mut f = fs.root_dir().create_file("folder/file.txt").unwrap();
+            std::io::Write::write_all(&mut f, b"inside").unwrap();
+            drop(f);
+            let mut big = fs.root_dir().create_file("big.bin").unwrap();
+            std::io::Write::write_all(&mut big, &[7u8; 1 << 20]).unwrap();
+            drop(big);
+            fs.unmount().unwrap();
+        }
+        cursor.into_inner()
+    }
+
+    fn whole(disk: &dyn VirtualDisk, kind: FsKind) -> Partition {
+        Partition {
+            number: 0,
+            offset: 0,
+            length: disk.size(),
+            type_id: String::new(),
+            type_name: None,
+            name: None,
+            guid: None,
+            bootable: false,
+            logical: false,
+            filesystem: Some(kind),
+        }
+    }
+
+    #[test]
+    fn a_panic_inside_a_reader_becomes_an_error_and_closes_the_volume() {
+        let inner = crate::disk::OpenOptions::default().open_raw_reader(Box::new(fat_image()), "fat");
+        let clean = Volume::open_spec(
+            Arc::new(crate::disk::OpenOptions::default().open_raw_reader(Box::new(fat_image()), "fat")),
+            None,
+        )
+        .unwrap();
+        let mut text = String::new();
+        clean.open_file("/FOLDER/File.TXT").unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "inside");
+
+        // Reads work while the volume opens and its file is found; the
+        // file's data (1 MiB, read straight from the disk) panics.
+        let flaky = Arc::new(Flaky { inner, reads: AtomicU32::new(0), after: AtomicU32::new(u32::MAX) });
+        let partition = whole(&*flaky, FsKind::Fat { bits: 12 });
+        let volume = Volume::open(flaky.clone(), &partition).unwrap();
+        let mut file = volume.open_file("/big.bin").unwrap();
+        flaky.after.store(flaky.reads.load(Ordering::SeqCst), Ordering::SeqCst);
+        let e = file.read_at(&mut vec![0u8; 1 << 20], 0).err().expect("the panic must surface as an error");
+        assert!(matches!(&e, FsError::Panicked { message, .. } if message.contains("gave up")), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+        // Closed: no further call reaches the reader's state.
+        let reads = flaky.reads.load(Ordering::SeqCst);
+        assert!(matches!(volume.metadata("/"), Err(FsError::Panicked { .. })));
+        assert!(matches!(volume.open_file("/folder/file.txt").err(), Some(FsError::Panicked { .. })));
+        assert_eq!(flaky.reads.load(Ordering::SeqCst), reads);
+    }
+}
