@@ -401,7 +401,7 @@ mod tests {
         let volume = Volume::open(flaky.clone(), &partition).unwrap();
         let mut file = volume.open_file("/big.bin").unwrap();
         flaky.after.store(flaky.reads.load(Ordering::SeqCst), Ordering::SeqCst);
-        let e = file.read_at(&mut vec![0u8; 1 << 20], 0).err().expect("the panic must surface as an error");
+        let e = file.read_at(&mut vec![0u8; 1 << 20], 0).expect_err("the panic must surface as an error");
         assert!(matches!(&e, FsError::Panicked { message, .. } if message.contains("gave up")), "{e}");
         assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
         // Closed: no further call reaches the reader's state.
