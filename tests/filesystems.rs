@@ -168,7 +168,14 @@ fn fill_ntfs(image: &Path, src: &Path, mnt: &Path) {
         // A folder with NTFS compression on, and a file compressed in it.
         let script = "import os,sys; d=sys.argv[1]; os.mkdir(d); os.setxattr(d, 'system.ntfs_attrib_be', (0x10|0x800).to_bytes(4,'big')); open(d+'/packed.txt','w').write('compress me please ' * 20000)";
         run(Command::new("python3").args(["-c", script]).arg(mnt.join("compressed")));
+        // 70,000 bytes written, then extended to 3 MiB: ntfs-3g leaves the
+        // valid data length at 70,000.
+        let mut pre = noise(77, 70_000);
+        std::fs::write(mnt.join("prealloc.bin"), &pre).unwrap();
+        std::fs::OpenOptions::new().write(true).open(mnt.join("prealloc.bin")).unwrap().set_len(3 << 20).unwrap();
+        pre.clear();
         run(Command::new("umount").arg(mnt));
+        stale_past_valid_length(image);
     } else {
         eprintln!("NOTE: ntfs-3g cannot mount here; filling the NTFS volume with ntfscp (top-level files only)");
         for name in ["a.txt", "empty", "big.bin", "sparse.img"] {
@@ -180,6 +187,24 @@ fn fill_ntfs(image: &Path, src: &Path, mnt: &Path) {
             .arg(src.join("a.txt"))
             .arg("a.txt"));
     }
+}
+
+/// Writes 0xEE into the clusters of /prealloc.bin past its valid data
+/// length (70,000) up to the end of its allocated run: bytes a reader must
+/// return as zeros, as Windows and ntfs-3g do.
+fn stale_past_valid_length(image: &Path) {
+    let runs = run(Command::new("ntfscluster").args(["-F", "/prealloc.bin"]).arg(image));
+    let after = runs.split("0x80 - non-resident").nth(1).expect("a non-resident $DATA");
+    let first = after.lines().find(|l| l.split_whitespace().next() == Some("0")).expect("the run at VCN 0");
+    let f: Vec<u64> = first.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let boot = std::fs::read(image).unwrap();
+    let cluster = u64::from(u16::from_le_bytes([boot[11], boot[12]])) * u64::from(boot[13]);
+    let (lcn, clusters) = (f[1], f[2]);
+    let start = lcn * cluster + 70_000;
+    let end = (lcn + clusters) * cluster;
+    assert!(end > start, "the run ends before the valid data length");
+    let file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0xEE; (end - start) as usize], start).unwrap();
 }
 
 /// A raw disk with these partition images written where `sfdisk` put them
@@ -256,6 +281,16 @@ fn tree(volume: &Volume) -> BTreeMap<String, vhdkit::fs::Metadata> {
     )
     .unwrap();
     out
+}
+
+/// Equal bytes, or a failure naming the first difference (not megabytes of
+/// both).
+#[track_caller]
+fn assert_same(ours: &[u8], theirs: &[u8], what: &str) {
+    if ours != theirs {
+        let at = ours.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(ours.len().min(theirs.len()));
+        panic!("{what}: {} bytes here, {} from the oracle, first difference at byte {at}", ours.len(), theirs.len());
+    }
 }
 
 fn read_all(volume: &Volume, path: &str) -> Vec<u8> {
@@ -337,7 +372,7 @@ fn ext4_lists_and_reads_as_debugfs_does() {
                     assert_eq!(meta.len, size, "{path}");
                     let cat =
                         Command::new("debugfs").arg("-R").arg(format!("cat \"{path}\"")).arg(image).output().unwrap();
-                    assert_eq!(read_all(&volume, &path), cat.stdout, "{path}");
+                    assert_same(&read_all(&volume, &path), &cat.stdout, &path);
                     files += 1;
                 }
                 FileKind::Symlink => assert_eq!(volume.read_link(&path).unwrap(), "sub/héllo wörld ✓.txt"),
@@ -368,7 +403,7 @@ fn fat_lists_and_reads_as_mtools_do() {
     for (path, meta) in &ours {
         if meta.kind == FileKind::File && compared(path) {
             let out = Command::new("mtype").arg("-i").arg(image).arg(format!("::{path}")).output().unwrap();
-            assert_eq!(read_all(&volume, path), out.stdout, "{path}");
+            assert_same(&read_all(&volume, path), &out.stdout, path);
             assert_eq!(meta.len, out.stdout.len() as u64);
             files += 1;
         }
@@ -439,7 +474,7 @@ fn ntfs_lists_and_reads_as_ntfs_3g_does() {
                 continue;
             }
             let cat = Command::new("ntfscat").arg("-f").arg(image).arg(&path).output().unwrap();
-            assert_eq!(read_all(&volume, &path), cat.stdout, "{path}");
+            assert_same(&read_all(&volume, &path), &cat.stdout, &path);
             files += 1;
         }
     }
@@ -453,6 +488,13 @@ fn ntfs_lists_and_reads_as_ntfs_3g_does() {
     let cat = Command::new("ntfscat").args(["-f", "-n", &a.streams[0].name]).arg(image).arg("/a.txt").output().unwrap();
     assert_eq!(read_all(&volume, &stream), cat.stdout);
     assert!(cat.stdout.starts_with(b"[ZoneTransfer]"));
+    if ours.contains_key("/prealloc.bin") {
+        // Past the valid data length: zeros, though the cluster holds 0xEE.
+        let bytes = read_all(&volume, "/prealloc.bin");
+        assert_eq!(bytes.len(), 3 << 20);
+        assert_eq!(&bytes[..70_000], &noise(77, 70_000)[..]);
+        assert!(bytes[70_000..].iter().all(|&b| b == 0), "stale bytes past the valid data length");
+    }
     if let Ok(hard) = volume.metadata("/HARD.TXT") {
         assert_eq!((hard.id, hard.links), (a.id, Some(2)));
     }
@@ -501,7 +543,7 @@ fn backups_read_as_their_source_and_each_keeps_its_own_version() {
     let image = Volume::open_spec(open(vhdx), Some("3")).unwrap();
     let backed = Volume::open_spec(one.clone(), Some("windows")).unwrap();
     assert_eq!(tree(&backed), tree(&image));
-    assert_eq!(read_all(&backed, "/big.bin"), read_all(&image, "/big.bin"));
+    assert_same(&read_all(&backed, "/big.bin"), &read_all(&image, "/big.bin"), "/big.bin");
 
     // Listing a folder of the backup reads metadata, not the disk.
     let fresh = Volume::open_spec(Arc::new(store.reader(first.id.as_str()).unwrap()), Some("3")).unwrap();
@@ -642,7 +684,7 @@ fn windows_made_ntfs_fat32_and_fat16_read_as_ntfs_3g_and_mtools_read_them() {
             if meta.kind == FileKind::File {
                 let out = Command::new("mtype").arg("-i").arg(&part).arg(format!("::{path}")).output().unwrap();
                 assert!(out.status.success(), "mtype {path}");
-                assert_eq!(read_all(&volume, path), out.stdout, "partition {number}: {path}");
+                assert_same(&read_all(&volume, path), &out.stdout, &format!("partition {number}: {path}"));
             }
         }
         assert!(
@@ -677,7 +719,7 @@ fn windows_made_ntfs_fat32_and_fat16_read_as_ntfs_3g_and_mtools_read_them() {
         if meta.kind == FileKind::File {
             let cat = Command::new("ntfscat").arg("-f").arg(&part).arg(path).output().unwrap();
             assert!(cat.status.success(), "ntfscat {path}");
-            assert_eq!(read_all(&volume, path), cat.stdout, "{path}");
+            assert_same(&read_all(&volume, path), &cat.stdout, path);
             files += 1;
         }
     }
@@ -716,7 +758,7 @@ fn ext2_disks_of_the_corpus_read_as_debugfs_reads_them() {
                             .arg(&part)
                             .output()
                             .unwrap();
-                        assert_eq!(read_all(&volume, &path), cat.stdout, "{rel}: {path}");
+                        assert_same(&read_all(&volume, &path), &cat.stdout, &format!("{rel}: {path}"));
                     }
                     _ => assert_eq!(volume.read_link(&path).unwrap(), "a_directory/another_file"),
                 }
@@ -749,7 +791,7 @@ fn a_logical_partition_in_an_mbr_extended_partition_is_number_five() {
     assert_eq!(ours, theirs);
     assert!(table.partitions[1].logical && table.partitions[2].logical);
     assert_eq!(read_all(&Volume::open_spec(disk.clone(), Some("5")).unwrap(), "/a.txt"), b"hello\n");
-    assert_eq!(read_all(&Volume::open_spec(disk, Some("6")).unwrap(), "/big.bin"), noise(2, 3 << 20));
+    assert_same(&read_all(&Volume::open_spec(disk, Some("6")).unwrap(), "/big.bin"), &noise(2, 3 << 20), "6:/big.bin");
 }
 
 #[test]
@@ -834,7 +876,7 @@ fn a_vhdx_of_4096_byte_sectors_counts_its_gpt_in_4096_byte_sectors() {
         b"unicode\n"
     );
     let fat = Volume::open_spec(disk, Some("BIGSECTORS")).unwrap();
-    assert_eq!(read_all(&fat, "/big.bin"), noise(2, 3 << 20));
+    assert_same(&read_all(&fat, "/big.bin"), &noise(2, 3 << 20), "/big.bin");
 }
 
 /// A volume held in memory, opened as the given kind.

@@ -262,18 +262,46 @@ impl NtfsVolume {
         if pos >= value.len() {
             return Ok(0);
         }
-        value.seek(&mut dev, SeekFrom::Start(pos)).map_err(fail)?;
         let want = (value.len() - pos).min(buf.len() as u64) as usize;
+        // Past the valid data length NTFS reads zeros, whatever the
+        // clusters hold (a preallocated file's tail); the crate does not.
+        let valid = valid_length(&dev, &attr).map_or(want, |v| v.saturating_sub(pos).min(want as u64) as usize);
+        buf[valid..want].fill(0);
         let mut done = 0;
-        while done < want {
-            let n = value.read(&mut dev, &mut buf[done..want]).map_err(fail)?;
+        if valid > 0 {
+            value.seek(&mut dev, SeekFrom::Start(pos)).map_err(fail)?;
+        }
+        while done < valid {
+            let n = value.read(&mut dev, &mut buf[done..valid]).map_err(fail)?;
             if n == 0 {
-                break;
+                return Ok(done);
             }
             done += n;
         }
-        Ok(done)
+        Ok(want)
     }
+}
+
+/// The valid data length of a non-resident attribute when it is shorter
+/// than its data, read from the attribute header on the volume (offset
+/// 0x38; `ntfs` keeps it private). `None` when resident, when equal, or when
+/// the field straddles an update-sequence fixup (the last two bytes of a
+/// 512-byte stride hold the fixup on disk, not the value).
+fn valid_length(dev: &Device, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
+    if attr.is_resident() {
+        return None;
+    }
+    let sizes = attr.position().value()?.get() + 0x30;
+    if sizes % 512 + 16 > 510 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    dev.read_exact_at(&mut b, sizes).ok()?;
+    let data = u64::from_le_bytes(b[..8].try_into().ok()?);
+    let valid = u64::from_le_bytes(b[8..].try_into().ok()?);
+    // The data size read here must be the one the crate parsed, or these
+    // are not the header's bytes.
+    (data == attr.value_length() && valid < data).then_some(valid)
 }
 
 fn time(t: NtfsTime) -> FileTime {
