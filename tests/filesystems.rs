@@ -971,7 +971,7 @@ fn a_fat_folder_whose_cluster_chain_loops_ends_in_an_error() {
     }
     let volume = volume_of(bytes, FsKind::Fat { bits: 16 }).unwrap();
     let e = volume.read_dir("/sub").unwrap_err();
-    assert!(e.to_string().contains("65536"), "{e}");
+    assert!(e.to_string().contains("loop") && e.kind() == vhdkit::ErrorKind::Corrupt, "{e}");
     let (_, problems) = walk_all(&volume).unwrap();
     assert!(problems.iter().any(|p| p.starts_with("/sub")), "{problems:?}");
 }

@@ -242,13 +242,19 @@ fn cat(source: &Source, cancel: &CancelToken) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// A name from the file system that is safe as one path component here.
+/// A name from the file system that is safe as one path component here
+/// (on Windows also not a device name such as `CON` or `COM1.txt`).
 fn safe_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("").to_ascii_uppercase();
+    let device = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit());
     !(name.is_empty()
         || name == "."
         || name == ".."
         || name.contains(['/', '\0'])
-        || (cfg!(windows) && name.contains(['\\', ':'])))
+        || (cfg!(windows) && (name.contains(['\\', ':', '<', '>', '"', '|', '?', '*']) || device)))
 }
 
 fn get(source: &Source, to: &Path, cancel: &CancelToken) -> Result<u8, Failure> {
@@ -291,6 +297,11 @@ fn get(source: &Source, to: &Path, cancel: &CancelToken) -> Result<u8, Failure> 
                         })
                         .map(|entries| {
                             for e in entries {
+                                if let Some(why) = e.problem.as_ref().or(e.metadata.unsupported.as_ref()) {
+                                    note!("vhdkit: {from}/{}: not copied: {why}", e.name);
+                                    failed += 1;
+                                    continue;
+                                }
                                 if !safe_name(&e.name) {
                                     note!(
                                         "vhdkit: {from}/{}: refusing a name that would leave {}",
@@ -304,10 +315,18 @@ fn get(source: &Source, to: &Path, cancel: &CancelToken) -> Result<u8, Failure> 
                             }
                         })
                 }
-                FileKind::File => write_file(volume, &from, &dest, &meta, cancel).map(|n| {
-                    files += 1;
-                    bytes += n;
-                }),
+                FileKind::File => write_file(volume, &from, &dest, &meta, cancel)
+                    .inspect_err(|e| {
+                        // Nothing half-written stays behind looking whole
+                        // (the name was ours: create_new made it).
+                        if !e.starts_with("cannot create ") {
+                            let _ = std::fs::remove_file(&dest);
+                        }
+                    })
+                    .map(|n| {
+                        files += 1;
+                        bytes += n;
+                    }),
                 FileKind::Symlink => write_link(volume, &from, &dest),
                 FileKind::Other => Err("a device, FIFO, socket or reparse point: not copied".into()),
             };
@@ -339,7 +358,7 @@ fn write_file(volume: &Volume, from: &str, dest: &Path, meta: &Metadata, cancel:
         .write(true)
         .create_new(true)
         .open(dest)
-        .map_err(|e| format!("{}: {e}", dest.display()))?;
+        .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
     while at < file.len() {
@@ -364,7 +383,9 @@ fn write_file(volume: &Volume, from: &str, dest: &Path, meta: &Metadata, cancel:
     #[cfg(unix)]
     if let Some(mode) = meta.mode {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode & 0o7777));
+        // Never set-user-id or set-group-id: a copy made as root must not
+        // hand out a privileged program.
+        let _ = std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode & 0o1777));
     }
     let _ = meta;
     Ok(at)

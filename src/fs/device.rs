@@ -4,7 +4,7 @@
 //!
 //! The crates read in small pieces (an NTFS attribute header is a few
 //! dozen bytes), so reads smaller than a block go through a bounded cache
-//! of 64 KiB blocks shared by every handle on the volume: listing a folder
+//! of 256 KiB blocks shared by every handle on the volume: listing a folder
 //! of a backup on object storage costs reads in proportion to the metadata
 //! touched, never to the disk. Reads of a block or more go straight to the
 //! disk, whose own reader (a store's chunk source) plans them.
@@ -41,6 +41,8 @@ struct Shared {
     /// Bytes read from the disk (cache misses and direct reads).
     disk_bytes: Cell<u64>,
     disk_reads: Cell<u64>,
+    /// Reads left to the current call (see [`Device::set_budget`]).
+    budget: Cell<u64>,
 }
 
 #[derive(Default)]
@@ -67,6 +69,7 @@ impl Device {
             error: RefCell::new(None),
             disk_bytes: Cell::new(0),
             disk_reads: Cell::new(0),
+            budget: Cell::new(u64::MAX),
         };
         Device { shared: Rc::new(shared), pos: 0 }
     }
@@ -95,8 +98,25 @@ impl Device {
         (self.shared.disk_bytes.get(), self.shared.disk_reads.get())
     }
 
+    /// Allows the next call into a reader crate `reads` reads of the
+    /// volume (cache hits included). A crate that loops on damaged
+    /// structures inside one call (a cluster chain or index that points
+    /// back at itself) then fails instead of hanging: no real call comes
+    /// near the budgets the volume sets.
+    pub(crate) fn set_budget(&self, reads: u64) {
+        self.shared.budget.set(reads);
+    }
+
     /// Fills `buf` from volume byte `offset`; the range must lie inside.
     pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let left = self.shared.budget.get();
+        if left == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more reads in one call than any sound volume needs (a loop in its structures?)",
+            ));
+        }
+        self.shared.budget.set(left - 1);
         let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.shared.len);
         if end.is_none() {
             return Err(io::Error::new(
@@ -162,13 +182,14 @@ impl Device {
     }
 }
 
+/// Reads are whole or fail: a read past the volume's end is an error, not
+/// a short count, since a crate that takes a short count for the end of a
+/// data run would go on to place the next run's bytes at the wrong offset.
 impl Read for Device {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.shared.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        self.read_exact_at(&mut buf[..n], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
+        self.read_exact_at(buf, self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
     }
 }
 
@@ -229,8 +250,12 @@ mod tests {
         assert!(dev.read_exact_at(&mut small, 249_950).is_err());
         dev.seek(SeekFrom::Start(249_990)).unwrap();
         let mut tail = [0u8; 100];
-        assert_eq!(dev.read(&mut tail).unwrap(), 10);
+        assert!(dev.read(&mut tail).is_err(), "a read past the end fails whole");
+        assert_eq!(dev.read(&mut tail[..10]).unwrap(), 10);
         assert_eq!(&tail[..10], &bytes[250_990..251_000]);
         assert!(dev.write(b"x").is_err());
+        dev.set_budget(2);
+        assert!(dev.read_exact_at(&mut small, 0).is_ok() && dev.read_exact_at(&mut small, 0).is_ok());
+        assert!(dev.read_exact_at(&mut small, 0).is_err(), "the budget ends the call");
     }
 }

@@ -14,7 +14,7 @@ use super::{DirEntry, FileKind, FileTime, FsKind, Metadata};
 
 /// The most entries one folder may list (ext4 with large_dir allows more,
 /// but no real folder comes near this).
-const MAX_DIR_ENTRIES: usize = 16 << 20;
+const MAX_DIR_ENTRIES: usize = 4 << 20;
 
 pub(crate) struct ExtVolume {
     fs: Ext4,
@@ -45,14 +45,22 @@ impl ExtVolume {
         let shown = path.display();
         let iter = self.fs.read_dir(shown.as_str()).map_err(|e| self.err(path, e))?;
         let mut out = Vec::new();
+        // A real folder never lists a name twice; extents that map one
+        // folder block again and again do, and would list without end.
+        let mut seen = std::collections::HashSet::new();
         for entry in iter {
             let entry = entry.map_err(|e| self.err(path, e))?;
+            if !seen.insert(entry.file_name().as_ref().to_vec()) || seen.len() > MAX_DIR_ENTRIES {
+                let name = String::from_utf8_lossy(entry.file_name().as_ref()).into_owned();
+                return Err(self.dev.fail(
+                    self.kind,
+                    &shown,
+                    format!("the folder lists {name:?} twice, or too many names (a loop?)"),
+                ));
+            }
             let name = String::from_utf8_lossy(entry.file_name().as_ref()).into_owned();
             if name == "." || name == ".." {
                 continue;
-            }
-            if out.len() >= MAX_DIR_ENTRIES {
-                return Err(self.dev.fail(self.kind, &shown, "more entries than any folder holds"));
             }
             let mut child = path.clone();
             child.comps.push(name.clone());

@@ -9,7 +9,7 @@ use fatfs::{Dir, FileSystem, FsOptions};
 
 use super::device::Device;
 use super::error::{FsError, Result};
-use super::path::FsPath;
+use super::path::{FsPath, unaddressable};
 use super::{DirEntry, FileKind, FileTime, FsKind, Metadata};
 
 /// FAT allows 65 536 entries in a folder; more means its cluster chain loops.
@@ -41,6 +41,9 @@ impl FatVolume {
     pub fn label(&self) -> Option<String> {
         let from_root = self.fs.read_volume_label_from_root_dir().ok().flatten();
         let label = from_root.unwrap_or_else(|| self.fs.volume_label());
+        // A damaged root folder only costs the label; its read error is
+        // not left for a later, unrelated failure to be blamed on.
+        let _ = self.dev.take_error();
         let label = label.trim_end().to_string();
         (!label.is_empty() && label != "NO NAME").then_some(label)
     }
@@ -126,7 +129,9 @@ impl FatVolume {
             .map(|e| {
                 let name = e.file_name();
                 let short = e.short_file_name();
-                DirEntry { short_name: (short != name).then_some(short), name, metadata: metadata(&e), problem: None }
+                let mut metadata = metadata(&e);
+                metadata.unsupported = unaddressable(&name, false);
+                DirEntry { short_name: (short != name).then_some(short), name, metadata, problem: None }
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

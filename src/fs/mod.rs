@@ -5,7 +5,7 @@
 //! Everything reads through [`VirtualDisk::read_at`](crate::VirtualDisk),
 //! so the same calls work on an image, a differencing chain, a backup in a
 //! store ([`store::BackupReader`](crate::store::BackupReader)) or an NBD
-//! overlay. A volume keeps a bounded cache of 64 KiB blocks (16 MiB), so
+//! overlay. A volume keeps a bounded cache of 256 KiB blocks (16 MiB), so
 //! listing a folder costs reads in proportion to the metadata it touches.
 //!
 //! ```no_run
@@ -128,6 +128,8 @@ pub struct Stream {
     pub name: String,
     /// Its length in bytes.
     pub len: u64,
+    /// Why it cannot be read here, when it cannot (compressed, encrypted).
+    pub unsupported: Option<String>,
 }
 
 /// What a file system says about one file or folder.

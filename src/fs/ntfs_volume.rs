@@ -9,12 +9,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::SeekFrom;
 
 use ntfs::indexes::NtfsFileNameIndex;
-use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
+use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace, NtfsIndexRoot};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek, NtfsTime};
 
 use super::device::Device;
 use super::error::{FsError, Result};
-use super::path::FsPath;
+use super::path::{FsPath, unaddressable};
 use super::{DirEntry, FileKind, FileTime, FsKind, Metadata, Stream};
 
 /// The most entries one folder may list: a loop in a damaged index ends
@@ -46,8 +46,11 @@ impl NtfsVolume {
 
     pub fn label(&self) -> Option<String> {
         let mut dev = self.dev.borrow_mut();
-        let name = self.ntfs.volume_name(&mut *dev)?.ok()?;
-        Some(name.name().to_string_lossy())
+        let name = self.ntfs.volume_name(&mut *dev);
+        // A damaged $Volume only costs the label; its read error is not
+        // left for a later, unrelated failure to be blamed on.
+        let _ = dev.take_error();
+        Some(name?.ok()?.name().to_string_lossy())
     }
 
     fn fail(&self, path: &FsPath, e: impl std::fmt::Display) -> FsError {
@@ -65,7 +68,7 @@ impl NtfsVolume {
                 return Err(FsError::WrongKind { fs: KIND, path: at.display(), reason: "not a folder" });
             }
             let next = {
-                let index = file.directory_index(&mut dev).map_err(fail)?;
+                let index = self.directory_index(&file, &mut dev, path)?;
                 let mut finder = index.finder();
                 match NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut dev, name) {
                     None => return Err(FsError::NotFound { fs: KIND, path: path.display() }),
@@ -77,6 +80,31 @@ impl NtfsVolume {
         Ok(file)
     }
 
+    /// The folder index of `file`, after checking its index record size:
+    /// the crate allocates one record of that size per index record it
+    /// reads, and takes the size from the folder's own $INDEX_ROOT.
+    fn directory_index<'n, 'f>(
+        &self,
+        file: &'f NtfsFile<'n>,
+        dev: &mut Device,
+        path: &FsPath,
+    ) -> Result<ntfs::NtfsIndex<'n, 'f, NtfsFileNameIndex>> {
+        let fail = |e: ntfs::NtfsError| self.fail(path, e);
+        let mut attrs = file.attributes();
+        while let Some(item) = attrs.next(dev) {
+            let item = item.map_err(fail)?;
+            let attr = item.to_attribute().map_err(fail)?;
+            if attr.ty().map_err(fail)? == NtfsAttributeType::IndexRoot {
+                let root = attr.resident_structured_value::<NtfsIndexRoot>().map_err(fail)?;
+                let size = root.index_record_size();
+                if !(512..=65536).contains(&size) || !size.is_power_of_two() {
+                    return Err(self.fail(path, format!("index records of {size} bytes")));
+                }
+            }
+        }
+        file.directory_index(dev).map_err(fail)
+    }
+
     pub fn metadata(&self, path: &FsPath) -> Result<Metadata> {
         let file = self.lookup(path)?;
         let mut meta = self.file_metadata(&file, path)?;
@@ -85,6 +113,7 @@ impl NtfsVolume {
             let s = s.ok_or_else(|| FsError::NotFound { fs: KIND, path: path.display() })?;
             meta.len = s.len;
             meta.kind = FileKind::File;
+            meta.unsupported = s.unsupported.clone();
         }
         Ok(meta)
     }
@@ -101,8 +130,11 @@ impl NtfsVolume {
         meta.id = Some(file.file_record_number());
         meta.links = Some(u32::from(file.hard_link_count()));
         meta.attributes = Some(attributes.bits());
+        // What keeps the main stream from being read; a named stream has
+        // its own flags (compression, encryption), and EFS covers every stream.
         let mut unsupported = Vec::new();
-        if attributes.contains(NtfsFileAttributeFlags::ENCRYPTED) {
+        let encrypted = attributes.contains(NtfsFileAttributeFlags::ENCRYPTED);
+        if encrypted {
             unsupported.push("EFS encryption".to_string());
         }
         let mut attrs = file.attributes();
@@ -112,18 +144,13 @@ impl NtfsVolume {
             match attr.ty().map_err(fail)? {
                 NtfsAttributeType::Data => {
                     let name = attr.name().map_err(fail)?;
+                    let refused = stream_refusal(&attr, encrypted);
                     if name.is_empty() {
                         meta.len = attr.value_length();
-                        // Resident data is never compressed, whatever its flag says
-                        // (Windows sets it on small files in a compressed folder).
-                        if attr.flags().contains(NtfsAttributeFlags::COMPRESSED) && !attr.is_resident() {
-                            unsupported.push("NTFS compression".to_string());
-                        }
-                        if attr.flags().contains(NtfsAttributeFlags::ENCRYPTED) && unsupported.is_empty() {
-                            unsupported.push("EFS encryption".to_string());
-                        }
+                        unsupported.extend(refused.filter(|r| !unsupported.contains(r)));
                     } else {
-                        meta.streams.push(Stream { name: name.to_string_lossy(), len: attr.value_length() });
+                        let name = name.to_string_lossy();
+                        meta.streams.push(Stream { name, len: attr.value_length(), unsupported: refused });
                     }
                 }
                 NtfsAttributeType::ReparsePoint => {
@@ -156,10 +183,12 @@ impl NtfsVolume {
         let is_root = path.comps.is_empty();
         let mut dev = self.dev.borrow().clone();
         let fail = |e: ntfs::NtfsError| self.fail(path, e);
-        let index = dir.directory_index(&mut dev).map_err(fail)?;
+        let index = self.directory_index(&dir, &mut dev, path)?;
         let mut entries = index.entries();
         let mut listed = Vec::new();
         let mut short_names: HashMap<u64, String> = HashMap::new();
+        // Every entry counts, 8.3 names and hidden ones too, so an index
+        // that loops through any of them ends.
         let mut seen = HashSet::new();
         while let Some(entry) = entries.next(&mut dev) {
             let entry = entry.map_err(fail)?;
@@ -168,17 +197,18 @@ impl NtfsVolume {
             let reference = entry.file_reference();
             let record = reference.file_record_number();
             let name = key.name().to_string_lossy();
-            if key.namespace() == NtfsFileNamespace::Dos {
+            let dos = key.namespace() == NtfsFileNamespace::Dos;
+            if !seen.insert((dos, name.clone())) || seen.len() > MAX_DIR_ENTRIES {
+                return Err(
+                    self.fail(path, format!("the folder's index lists {name:?} twice, or too many names (a loop?)"))
+                );
+            }
+            if dos {
                 short_names.insert(record, name);
                 continue;
             }
             if name == "." || (is_root && record < FIRST_USER_RECORD && name.starts_with('$')) {
                 continue;
-            }
-            if !seen.insert(name.clone()) || seen.len() > MAX_DIR_ENTRIES {
-                return Err(
-                    self.fail(path, format!("the folder's index lists {name:?} twice, or too many names (a loop?)"))
-                );
             }
             let mut meta =
                 Metadata::new(if key.is_directory() { FileKind::Dir } else { FileKind::File }, key.data_size());
@@ -207,7 +237,12 @@ impl NtfsVolume {
             });
             let short_name = short_names.remove(&reference.file_record_number()).filter(|s| *s != name);
             match read {
-                Ok(metadata) => out.push(DirEntry { name, short_name, metadata, problem: None }),
+                Ok(mut metadata) => {
+                    if let Some(why) = unaddressable(&name, true) {
+                        metadata.unsupported = Some(why);
+                    }
+                    out.push(DirEntry { name, short_name, metadata, problem: None })
+                }
                 Err(FsError::Disk(e)) => return Err(FsError::Disk(e)),
                 Err(e) => out.push(DirEntry { name, short_name, metadata: fallback, problem: Some(e.to_string()) }),
             }
@@ -265,7 +300,8 @@ impl NtfsVolume {
         let want = (value.len() - pos).min(buf.len() as u64) as usize;
         // Past the valid data length NTFS reads zeros, whatever the
         // clusters hold (a preallocated file's tail); the crate does not.
-        let valid = valid_length(&dev, &attr).map_or(want, |v| v.saturating_sub(pos).min(want as u64) as usize);
+        let valid = valid_length(&dev, &file, &attr).map_err(|e| self.fail(path, e))?;
+        let valid = valid.map_or(want, |v| v.saturating_sub(pos).min(want as u64) as usize);
         buf[valid..want].fill(0);
         let mut done = 0;
         if valid > 0 {
@@ -284,24 +320,54 @@ impl NtfsVolume {
 
 /// The valid data length of a non-resident attribute when it is shorter
 /// than its data, read from the attribute header on the volume (offset
-/// 0x38; `ntfs` keeps it private). `None` when resident, when equal, or when
-/// the field straddles an update-sequence fixup (the last two bytes of a
-/// 512-byte stride hold the fixup on disk, not the value).
-fn valid_length(dev: &Device, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
+/// 0x38 of the attribute; `ntfs` keeps it private). On disk, the last two
+/// bytes of each 512-byte stride of a file record hold the update sequence
+/// number; their real values are in the record's update sequence array,
+/// and are put back here. `Ok(None)` when resident, when no shorter, or
+/// when the data size read does not match the one the crate parsed (not
+/// the first extent's header).
+fn valid_length(dev: &Device, file: &NtfsFile<'_>, attr: &ntfs::NtfsAttribute<'_, '_>) -> std::io::Result<Option<u64>> {
     if attr.is_resident() {
-        return None;
+        return Ok(None);
     }
-    let sizes = attr.position().value()?.get() + 0x30;
-    if sizes % 512 + 16 > 510 {
-        return None;
-    }
+    let unplaced =
+        || std::io::Error::new(std::io::ErrorKind::InvalidData, "an attribute without a place on the volume");
+    let record = file.position().value().ok_or_else(unplaced)?.get();
+    let at = attr.position().value().ok_or_else(unplaced)?.get() + 0x30;
+    let rel = at.checked_sub(record).ok_or_else(unplaced)?;
     let mut b = [0u8; 16];
-    dev.read_exact_at(&mut b, sizes).ok()?;
-    let data = u64::from_le_bytes(b[..8].try_into().ok()?);
-    let valid = u64::from_le_bytes(b[8..].try_into().ok()?);
-    // The data size read here must be the one the crate parsed, or these
-    // are not the header's bytes.
-    (data == attr.value_length() && valid < data).then_some(valid)
+    dev.read_exact_at(&mut b, at)?;
+    let mut head = [0u8; 8];
+    dev.read_exact_at(&mut head, record)?;
+    let usa = u64::from(u16::from_le_bytes([head[4], head[5]]));
+    let usa_count = u64::from(u16::from_le_bytes([head[6], head[7]]));
+    for stride in 0..usa_count.saturating_sub(1).min(64) {
+        let fixup = 512 * (stride + 1) - 2;
+        for i in 0..2u64 {
+            let byte = fixup + i;
+            if (rel..rel + 16).contains(&byte) {
+                let mut real = [0u8; 1];
+                dev.read_exact_at(&mut real, record + usa + 2 * (stride + 1) + i)?;
+                b[(byte - rel) as usize] = real[0];
+            }
+        }
+    }
+    let data = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let valid = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    Ok((data == attr.value_length() && valid < data).then_some(valid))
+}
+
+/// Why a $DATA attribute's bytes cannot be read as they are stored, if so.
+/// Resident data is never compressed, whatever its flag says (Windows sets
+/// it on small files in a compressed folder).
+fn stream_refusal(attr: &ntfs::NtfsAttribute<'_, '_>, file_encrypted: bool) -> Option<String> {
+    if attr.flags().contains(NtfsAttributeFlags::COMPRESSED) && !attr.is_resident() {
+        Some("NTFS compression".into())
+    } else if file_encrypted || attr.flags().contains(NtfsAttributeFlags::ENCRYPTED) {
+        Some("EFS encryption".into())
+    } else {
+        None
+    }
 }
 
 fn time(t: NtfsTime) -> FileTime {

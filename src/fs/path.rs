@@ -67,6 +67,14 @@ pub(crate) fn parse(path: &str, backslash: bool, streams: bool) -> Result<FsPath
     Ok(FsPath { comps, stream })
 }
 
+/// Why an entry's `name` cannot be named in a path here, if it cannot: a
+/// `/` or `\` (read as separators) or, where streams are named so, a `:`.
+/// ntfs-3g writes such names in the POSIX namespace.
+pub(crate) fn unaddressable(name: &str, streams: bool) -> Option<String> {
+    (name.contains(['/', '\\', '\0']) || (streams && name.contains(':')))
+        .then(|| format!("the name {name:?} holds a character paths here take as a separator; listed, not read"))
+}
+
 /// Splits `PART:PATH` into the partition (a number or label) and the path;
 /// a spec whose text after the first `:` does not start with `/` (or is
 /// not empty) is all path, so `file:stream` stays a stream.

@@ -54,6 +54,7 @@ impl Volume {
                     .ok_or_else(|| FsError::Partition { spec, reason: "it holds no file system vhdkit knows".into() })?
             }
         };
+        device.set_budget(read_budget(kind));
         let guard = |f: &mut dyn FnMut() -> Result<Reader>| match catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => r,
             Err(panic) => Err(FsError::Panicked { fs: kind, path: "/".into(), message: message(&*panic) }),
@@ -228,6 +229,7 @@ impl Volume {
         if let Some(message) = self.closed.borrow().clone() {
             return Err(FsError::Panicked { fs: self.kind, path: path.into(), message });
         }
+        self.device.set_budget(read_budget(self.kind));
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => r,
             Err(panic) => {
@@ -236,6 +238,16 @@ impl Volume {
                 Err(FsError::Panicked { fs: self.kind, path: path.into(), message })
             }
         }
+    }
+}
+
+/// Reads one call may make before the volume is taken to loop: a FAT
+/// folder holds at most 65,536 entries (2 MiB), and listing a folder of
+/// millions of NTFS or ext files makes a few reads per entry.
+fn read_budget(kind: FsKind) -> u64 {
+    match kind {
+        FsKind::Fat { .. } => 1 << 22,
+        _ => 1 << 27,
     }
 }
 
@@ -285,7 +297,7 @@ impl FileReader<'_> {
         let v = self.volume;
         let path = &self.path;
         let data = &mut self.data;
-        v.guard(&path.display(), || match (&v.reader, data) {
+        let n = v.guard(&path.display(), || match (&v.reader, data) {
             (Reader::Ntfs(r), Data::Ntfs(record)) => r.read_data(path, *record, offset, buf),
             (Reader::Ext(r), Data::Ext(f)) => r.read_data(path, f, offset, buf),
             (Reader::Fat(r), Data::Fat(f)) => r.read_data(path, f, offset, buf),
@@ -295,7 +307,20 @@ impl FileReader<'_> {
                 path: path.display(),
                 reason: "reader mismatch".into(),
             }),
-        })
+        })?;
+        // The length was known when the file was opened: data that ends
+        // sooner (a cluster chain or extent map cut short) is damage, never
+        // a short file.
+        if n < want {
+            let reason = format!("its data ends at byte {} of {}", offset + n as u64, self.len);
+            return Err(FsError::Corrupt {
+                fs: v.kind,
+                volume_offset: v.partition.offset,
+                path: path.display(),
+                reason,
+            });
+        }
+        Ok(n)
     }
 }
 

@@ -4,10 +4,11 @@
 //! hypervisor.
 //!
 //! Walks end on damaged trees: a folder that is its own ancestor (the same
-//! NTFS record, or elsewhere the same listing as an ancestor's) is
-//! reported, not entered, and depth is bounded.
+//! NTFS record anywhere, or elsewhere the same listing as one of its
+//! ancestors') is reported, not entered, and depth is bounded.
 
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -35,11 +36,15 @@ pub fn walk(
     visit: &mut dyn FnMut(&str, &DirEntry) -> Result<()>,
     problem: &mut dyn FnMut(&str, String),
 ) -> Result<()> {
-    let mut stack: Vec<(String, usize, Vec<u64>)> = vec![(root.trim_end_matches('/').to_string(), 0, Vec::new())];
-    // Per folder on the stack: what identifies it for loop detection.
+    // Each folder on the stack carries the chain of its ancestors' listing
+    // fingerprints (outside NTFS, where records identify folders).
+    struct Ancestor {
+        listing: [u8; 32],
+        parent: Option<Rc<Ancestor>>,
+    }
+    let mut stack: Vec<(String, usize, Option<Rc<Ancestor>>)> = vec![(root.trim_end_matches('/').to_string(), 0, None)];
     let mut seen_ids = HashSet::new();
-    let mut seen_listings: HashSet<[u8; 32]> = HashSet::new();
-    while let Some((dir, depth, _)) = stack.pop() {
+    while let Some((dir, depth, ancestors)) = stack.pop() {
         if cancel.is_cancelled() {
             return Err(FsError::Cancelled);
         }
@@ -52,6 +57,7 @@ pub fn walk(
                 continue;
             }
         };
+        let mut chain = None;
         if volume.kind() != FsKind::Ntfs {
             let mut h = blake3::Hasher::new();
             for e in &entries {
@@ -59,16 +65,18 @@ pub fn walk(
                 h.update(&[0]);
                 h.update(serde_json::to_string(&e.metadata).unwrap_or_default().as_bytes());
             }
-            if !entries.is_empty()
-                && !seen_listings.insert(*h.finalize().as_bytes())
-                && entries.iter().any(|e| e.metadata.is_dir())
-            {
-                problem(
-                    shown,
-                    "lists exactly what a folder seen before lists (a loop in the tree?); not entered".into(),
-                );
+            let listing = *h.finalize().as_bytes();
+            let mut up = ancestors.as_deref();
+            let mut repeats = false;
+            while let Some(a) = up {
+                repeats |= a.listing == listing;
+                up = a.parent.as_deref();
+            }
+            if repeats && entries.iter().any(|e| e.metadata.is_dir()) {
+                problem(shown, "lists exactly what a folder above it lists (a loop in the tree?); not entered".into());
                 continue;
             }
+            chain = Some(Rc::new(Ancestor { listing, parent: ancestors }));
         }
         for entry in entries.iter() {
             let path = format!("{dir}/{}", entry.name);
@@ -76,7 +84,7 @@ pub fn walk(
             if let Some(p) = &entry.problem {
                 problem(&path, p.clone());
             }
-            if entry.metadata.kind == FileKind::Dir && entry.problem.is_none() {
+            if entry.metadata.kind == FileKind::Dir && entry.problem.is_none() && entry.metadata.unsupported.is_none() {
                 if depth + 1 >= MAX_DEPTH {
                     problem(&path, format!("deeper than {MAX_DEPTH} folders; not entered"));
                     continue;
@@ -87,7 +95,7 @@ pub fn walk(
                     problem(&path, format!("folder record {id} appears twice in the tree (a loop?); not entered"));
                     continue;
                 }
-                stack.push((path, depth + 1, Vec::new()));
+                stack.push((path, depth + 1, chain.clone()));
             }
         }
     }
@@ -192,7 +200,14 @@ pub fn check_disk(disk: Arc<dyn VirtualDisk>, options: &CheckOptions) -> Result<
             None => report.skipped = Some("no file system vhdkit knows".into()),
             Some(FsKind::Unreadable(name)) => report.skipped = Some(format!("{name} cannot be read by vhdkit")),
             Some(_) => match Volume::open(disk.clone(), p) {
-                Ok(volume) => check_volume(&volume, options, &mut report)?,
+                // A reader that gave up on this volume is this partition's
+                // problem; the other partitions are still checked.
+                Ok(volume) => match check_volume(&volume, options, &mut report) {
+                    Err(e @ FsError::Panicked { .. }) => {
+                        report.problems.push(Problem { path: "/".into(), reason: e.to_string() })
+                    }
+                    r => r?,
+                },
                 Err(e @ (FsError::Disk(_) | FsError::Cancelled)) => return Err(e),
                 Err(e) => report.problems.push(Problem { path: "/".into(), reason: e.to_string() }),
             },
@@ -232,11 +247,14 @@ fn check_volume(volume: &Volume, options: &CheckOptions, report: &mut CheckRepor
                 FileKind::Other => report.others += 1,
                 FileKind::File => report.files += 1,
             }
-            if entry.metadata.kind != FileKind::File || entry.problem.is_some() {
+            if entry.problem.is_some() {
                 return Ok(());
             }
             if let Some(what) = &entry.metadata.unsupported {
                 report.unsupported.push(Problem { path: path.into(), reason: what.clone() });
+                return Ok(());
+            }
+            if entry.metadata.kind != FileKind::File {
                 return Ok(());
             }
             if !(options.read_files || source.is_some() || sampled(options, path)) {
