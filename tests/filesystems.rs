@@ -897,18 +897,7 @@ fn volume_of(bytes: Vec<u8>, kind: FsKind) -> vhdkit::fs::Result<Volume> {
     let len = bytes.len() as u64;
     let disk: Arc<dyn VirtualDisk> =
         Arc::new(vhdkit::OpenOptions::default().open_raw_reader(Box::new(bytes), "damaged"));
-    let partition = vhdkit::fs::Partition {
-        number: 0,
-        offset: 0,
-        length: len,
-        type_id: String::new(),
-        type_name: None,
-        name: None,
-        guid: None,
-        bootable: false,
-        logical: false,
-        filesystem: Some(kind),
-    };
+    let partition = vhdkit::fs::Partition::whole(len, Some(kind));
     Volume::open(disk, &partition)
 }
 

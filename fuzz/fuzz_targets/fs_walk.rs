@@ -25,18 +25,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let disk: Arc<dyn VirtualDisk> =
         Arc::new(vhdkit::OpenOptions::default().open_raw_reader(Box::new(volume.to_vec()), "fuzz"));
-    let partition = Partition {
-        number: 0,
-        offset: 0,
-        length: volume.len() as u64,
-        type_id: String::new(),
-        type_name: None,
-        name: None,
-        guid: None,
-        bootable: false,
-        logical: false,
-        filesystem: Some(kind),
-    };
+    let partition = Partition::whole(volume.len() as u64, Some(kind));
     let Ok(v) = Volume::open(disk, &partition) else { return };
     let _ = v.label();
     let mut visited = 0u32;

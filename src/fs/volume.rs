@@ -392,21 +392,6 @@ mod tests {
         cursor.into_inner()
     }
 
-    fn whole(disk: &dyn VirtualDisk, kind: FsKind) -> Partition {
-        Partition {
-            number: 0,
-            offset: 0,
-            length: disk.size(),
-            type_id: String::new(),
-            type_name: None,
-            name: None,
-            guid: None,
-            bootable: false,
-            logical: false,
-            filesystem: Some(kind),
-        }
-    }
-
     #[test]
     fn a_panic_inside_a_reader_becomes_an_error_and_closes_the_volume() {
         let inner = crate::disk::OpenOptions::default().open_raw_reader(Box::new(fat_image()), "fat");
@@ -422,7 +407,7 @@ mod tests {
         // Reads work while the volume opens and its file is found; the
         // file's data (1 MiB, read straight from the disk) panics.
         let flaky = Arc::new(Flaky { inner, reads: AtomicU32::new(0), after: AtomicU32::new(u32::MAX) });
-        let partition = whole(&*flaky, FsKind::Fat { bits: 12 });
+        let partition = Partition::whole(flaky.size(), Some(FsKind::Fat { bits: 12 }));
         let volume = Volume::open(flaky.clone(), &partition).unwrap();
         let mut file = volume.open_file("/big.bin").unwrap();
         flaky.after.store(flaky.reads.load(Ordering::SeqCst), Ordering::SeqCst);

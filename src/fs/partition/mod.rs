@@ -66,6 +66,26 @@ pub struct Partition {
     pub filesystem: Option<FsKind>,
 }
 
+impl Partition {
+    /// The whole of a disk (or any byte range handed over as one) `length`
+    /// bytes long, holding `filesystem`: partition 0, as [`partitions`]
+    /// reports a bare file system.
+    pub fn whole(length: u64, filesystem: Option<FsKind>) -> Partition {
+        Partition {
+            number: 0,
+            offset: 0,
+            length,
+            type_id: String::new(),
+            type_name: Some("whole disk"),
+            name: None,
+            guid: None,
+            bootable: false,
+            logical: false,
+            filesystem,
+        }
+    }
+}
+
 /// A disk's partitions and how they were found.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionTable {
@@ -98,18 +118,7 @@ pub fn partitions(disk: &dyn VirtualDisk) -> Result<PartitionTable> {
     };
     let head = read(disk, 0, PROBE_BYTES.min(size as usize))?;
     if let Some(kind) = probe(&head) {
-        table.partitions.push(Partition {
-            number: 0,
-            offset: 0,
-            length: size,
-            type_id: String::new(),
-            type_name: Some("whole disk"),
-            name: None,
-            guid: None,
-            bootable: false,
-            logical: false,
-            filesystem: Some(kind),
-        });
+        table.partitions.push(Partition::whole(size, Some(kind)));
         return Ok(table);
     }
     let Ok(slots) = mbr::parse_table(&head) else {
