@@ -27,6 +27,8 @@ use std::str::FromStr;
 use serde::Serialize;
 
 pub use error::ExportError;
+use output::Dest;
+pub use output::ExportSink;
 pub use raw::write_raw;
 pub use stream::{InPlace, write_raw_in_place, write_raw_to};
 pub use vhd::{DEFAULT_VHD_BLOCK, MAX_VHD_SIZE};
@@ -176,11 +178,40 @@ pub fn export(
     if options.parent.is_some() && !matches!(target, Target::Vhd | Target::Vhdx) {
         return Err(ExportError::Invalid("a differencing child is written as vhd or vhdx".into()).into());
     }
+    write_to(disk, Dest::File(out), target, options)
+}
+
+/// Writes `disk` in `target` format into `sink` (a caller's stream or
+/// buffer; see [`ExportSink`] for what it must do), named `name` in
+/// messages. A differencing child is not written this way: its parent
+/// locators are paths relative to its own file.
+pub fn export_to_sink(
+    disk: &dyn VirtualDisk,
+    sink: &dyn ExportSink,
+    name: &Path,
+    target: Target,
+    options: &ExportOptions,
+) -> crate::Result<ExportReport> {
+    if options.parent.is_some() {
+        return Err(ExportError::Invalid(
+            "a differencing child is written to a file: its parent locators are relative to it".into(),
+        )
+        .into());
+    }
+    write_to(disk, Dest::Sink(sink, name), target, options)
+}
+
+fn write_to(
+    disk: &dyn VirtualDisk,
+    dest: Dest<'_>,
+    target: Target,
+    options: &ExportOptions,
+) -> crate::Result<ExportReport> {
     match target {
-        Target::Raw => write_raw(disk, out, options),
-        Target::Vhd => vhd::write_dynamic(disk, out, options),
-        Target::VhdFixed => vhd::write_fixed(disk, out, options),
-        Target::Vhdx => vhdx::write(disk, out, false, options),
-        Target::VhdxFixed => vhdx::write(disk, out, true, options),
+        Target::Raw => raw::write(disk, dest, options),
+        Target::Vhd => vhd::write_dynamic(disk, dest, options),
+        Target::VhdFixed => vhd::write_fixed(disk, dest, options),
+        Target::Vhdx => vhdx::write(disk, dest, false, options),
+        Target::VhdxFixed => vhdx::write(disk, dest, true, options),
     }
 }

@@ -1,21 +1,29 @@
 //! Raw output: the disk's bytes, with unallocated and all-zero ranges left
 //! as holes so a sparse disk stays sparse.
 
-use std::path::Path;
 use std::time::Instant;
 
-use super::output::PendingFile;
+use super::output::{Dest, Output};
 use super::scan::{STEP, Scanner};
 use super::{ExportOptions, ExportReport};
 use crate::disk::VirtualDisk;
 
 /// Writes `disk` to `out` as a raw image. Memory: a few 4 MiB buffers.
-pub fn write_raw(disk: &dyn VirtualDisk, out: &Path, options: &ExportOptions) -> crate::Result<ExportReport> {
+pub fn write_raw(
+    disk: &dyn VirtualDisk,
+    out: &std::path::Path,
+    options: &ExportOptions,
+) -> crate::Result<ExportReport> {
+    write(disk, Dest::File(out), options)
+}
+
+/// [`write_raw`] to any destination.
+pub(crate) fn write(disk: &dyn VirtualDisk, dest: Dest<'_>, options: &ExportOptions) -> crate::Result<ExportReport> {
     let start = Instant::now();
     let size = disk.size();
-    let pending = PendingFile::create(out)?;
+    let pending = dest.create()?;
     // Sized first: writes then fill a file rather than extend it.
-    pending.file().set_len(size).map_err(pending.io_err("set length"))?;
+    pending.set_len(size)?;
     let mut report = ExportReport { virtual_size: size, file_size: size, ..Default::default() };
     write_flat(disk, &pending, &mut report, options)?;
     pending.commit(options.sync, options.replace)?;
@@ -28,7 +36,7 @@ pub fn write_raw(disk: &dyn VirtualDisk, out: &Path, options: &ExportOptions) ->
 /// bytes read and written to `report`.
 pub(crate) fn write_flat(
     disk: &dyn VirtualDisk,
-    pending: &PendingFile,
+    pending: &Output<'_>,
     report: &mut ExportReport,
     options: &ExportOptions,
 ) -> crate::Result<()> {

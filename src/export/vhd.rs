@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use super::output::PendingFile;
+use super::output::Dest;
 use super::parent::ParentRef;
 use super::scan::Scanner;
 use super::{ExportError, ExportOptions, ExportReport};
@@ -72,18 +72,19 @@ fn check_size(size: u64) -> Result<(), ExportError> {
 /// Writes a fixed VHD: the disk's bytes (zeros left as holes), then the footer.
 pub(crate) fn write_fixed(
     disk: &dyn VirtualDisk,
-    out: &std::path::Path,
+    dest: Dest<'_>,
     options: &ExportOptions,
 ) -> crate::Result<ExportReport> {
     let start = Instant::now();
     let size = disk.size();
     check_size(size)?;
-    let pending = PendingFile::create(out)?;
+    let pending = dest.create()?;
     let mut report = ExportReport { virtual_size: size, ..Default::default() };
     super::raw::write_flat(disk, &pending, &mut report, options)?;
     let id = options.disk_id.unwrap_or_else(Guid::new_random);
     pending.write_at(&footer(size, vhd::DiskType::Fixed, NO_DATA_OFFSET, id), size)?;
     report.file_size = size + FOOTER_SIZE as u64;
+    pending.set_len(report.file_size)?;
     pending.commit(options.sync, options.replace)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -92,7 +93,7 @@ pub(crate) fn write_fixed(
 /// Writes a dynamic VHD, or a differencing child of `options.parent`.
 pub(crate) fn write_dynamic(
     disk: &dyn VirtualDisk,
-    out: &std::path::Path,
+    dest: Dest<'_>,
     options: &ExportOptions,
 ) -> crate::Result<ExportReport> {
     let start = Instant::now();
@@ -103,13 +104,13 @@ pub(crate) fn write_dynamic(
         return Err(ExportError::Invalid(format!("VHD block size {block} is not a power of two from 512 bytes")).into());
     }
     let parent = match &options.parent {
-        Some(p) => Some(ParentRef::open(p, out, ImageFormat::Vhd, disk, &options.open)?),
+        Some(p) => Some(ParentRef::open(p, dest.path(), ImageFormat::Vhd, disk, &options.open)?),
         None => None,
     };
     let blocks = size.div_ceil(block);
     let entries = u32::try_from(blocks).map_err(|_| ExportError::Invalid("too many blocks".into()))?;
     let bitmap_size = vhd::bitmap::bitmap_size(block as u32);
-    let pending = PendingFile::create(out)?;
+    let pending = dest.create()?;
 
     // Locator blobs sit after the BAT.
     let mut next = BAT_OFFSET + (blocks * 4).div_ceil(512) * 512;
@@ -211,6 +212,7 @@ pub(crate) fn write_dynamic(
     pending.write_at(&f, 0)?;
     pending.write_at(&f, next)?;
     report.file_size = next + FOOTER_SIZE as u64;
+    pending.set_len(report.file_size)?;
     pending.commit(options.sync, options.replace)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)

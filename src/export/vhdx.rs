@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::output::PendingFile;
+use super::output::{Dest, Output};
 use super::parent::ParentRef;
 use super::scan::Scanner;
 use super::{ExportError, ExportOptions, ExportReport};
@@ -36,7 +36,7 @@ const BAT_OFFSET: u64 = 3 * MIB;
 /// `options.parent`).
 pub(crate) fn write(
     disk: &dyn VirtualDisk,
-    out: &std::path::Path,
+    dest: Dest<'_>,
     fixed: bool,
     options: &ExportOptions,
 ) -> crate::Result<ExportReport> {
@@ -65,13 +65,13 @@ pub(crate) fn write(
         return Err(ExportError::Invalid("a differencing child cannot be fixed".into()).into());
     }
     let parent = match &options.parent {
-        Some(p) => Some(ParentRef::open(p, out, ImageFormat::Vhdx, disk, &options.open)?),
+        Some(p) => Some(ParentRef::open(p, dest.path(), ImageFormat::Vhdx, disk, &options.open)?),
         None => None,
     };
     let layout = BatLayout::new(block, logical, size, parent.is_some());
     let bat_length = layout.table_bytes().div_ceil(MIB).max(1) * MIB;
     let data_start = BAT_OFFSET + bat_length;
-    let pending = PendingFile::create(out)?;
+    let pending = dest.create()?;
     let mut report = ExportReport { virtual_size: size, ..Default::default() };
     let mut bat = vec![0u64; layout.entries as usize];
     let block = u64::from(block);
@@ -172,14 +172,14 @@ pub(crate) fn write(
     let creator = format!("vhdkit {}", env!("CARGO_PKG_VERSION"));
     pending.write_at(&FileIdentifier::new(&creator).encode(), 0)?;
     let file_size = next.max(data_start);
-    pending.file().set_len(file_size).map_err(pending.io_err("set length"))?;
+    pending.set_len(file_size)?;
     report.file_size = file_size;
     pending.commit(options.sync, options.replace)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
 
-fn write_regions(pending: &PendingFile, bat_length: u64) -> crate::Result<()> {
+fn write_regions(pending: &Output<'_>, bat_length: u64) -> crate::Result<()> {
     let mut table = vec![0u8; vhdx::region::REGION_TABLE_SIZE];
     let header = RegionTableHeader { checksum: 0, entry_count: 2, reserved: 0 };
     table[..16].copy_from_slice(&header.encode());
@@ -198,7 +198,7 @@ fn write_regions(pending: &PendingFile, bat_length: u64) -> crate::Result<()> {
 }
 
 fn write_metadata(
-    pending: &PendingFile,
+    pending: &Output<'_>,
     layout: &BatLayout,
     fixed: bool,
     disk_id: Guid,

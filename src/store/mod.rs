@@ -292,6 +292,21 @@ impl Store {
         ops::restore::restore_to_writer(&self.h, spec, out, name, options)
     }
 
+    /// Writes backup `spec` in `target` format into `sink` (a caller's
+    /// seekable stream, a buffer, a callback), named `name` in messages.
+    /// Every chunk is verified before its bytes are written; on an error
+    /// the sink holds a partial image its owner must discard.
+    pub fn restore_to_sink(
+        &self,
+        spec: impl AsRef<str>,
+        sink: &dyn crate::export::ExportSink,
+        name: &Path,
+        target: Target,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        ops::restore::restore_to_sink(&self.h, spec, sink, name, target, options)
+    }
+
     /// Writes backup `spec` as a raw image over the existing file or block
     /// device `target` (at least the disk's size), as `options.in_place`
     /// says: every byte by default, or only data over a target the caller

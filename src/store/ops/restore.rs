@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::export::{ExportOptions, ExportReport, InPlace, Target, export, write_raw_in_place, write_raw_to};
+use crate::export::{
+    ExportOptions, ExportReport, ExportSink, InPlace, Target, export, export_to_sink, write_raw_in_place, write_raw_to,
+};
 use crate::progress::Operation;
 use crate::store::backend::Traffic;
 use crate::store::error::{Result, StoreError};
@@ -136,6 +138,32 @@ pub(crate) fn restore(
     Ok(logged(
         store,
         RestoreReport { id: reader.id.clone(), target, output: out.to_path_buf(), export, traffic: Traffic::default() },
+        t0,
+    ))
+}
+
+/// [`Store::restore_to_sink`](crate::store::Store::restore_to_sink).
+pub(crate) fn restore_to_sink(
+    store: &Handle,
+    spec: impl AsRef<str>,
+    sink: &dyn ExportSink,
+    name: &Path,
+    target: Target,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let spec = spec.as_ref();
+    let t0 = store.backend().traffic();
+    let (reader, export_options) = restore_setup(store, spec, options)?;
+    let export = export_to_sink(&reader, sink, name, target, &export_options).map_err(output_error(name))?;
+    Ok(logged(
+        store,
+        RestoreReport {
+            id: reader.id.clone(),
+            target,
+            output: name.to_path_buf(),
+            export,
+            traffic: Traffic::default(),
+        },
         t0,
     ))
 }
