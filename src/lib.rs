@@ -36,6 +36,8 @@
 #![warn(missing_docs)]
 
 pub mod cancel;
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod cow;
 pub mod disk;
 mod error;
