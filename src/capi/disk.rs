@@ -138,10 +138,7 @@ pub unsafe extern "C" fn vhdkit_disk_read_at(
     len: usize,
     err: *mut *mut vhdkit_error,
 ) -> vhdkit_status {
-    call(err, || {
-        let disk = DISKS.get(disk)?;
-        read_into(&*disk, offset, buf, len)
-    })
+    call(err, || DISKS.with(disk, |disk| read_into(disk, offset, buf, len)))
 }
 
 /// Reads into a caller's buffer, checking the range first.

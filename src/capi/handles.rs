@@ -45,6 +45,23 @@ impl<T> Table<T> {
         })
     }
 
+    /// Runs `f` on the object behind `handle` with the table's read lock
+    /// held instead of a reference taken: for short calls made often (a
+    /// 4 KiB read), where two atomic operations fewer are worth having. A
+    /// `_free` of any handle of this kind waits for `f` to return.
+    pub fn with<P, R>(&self, handle: *const P, f: impl FnOnce(&T) -> Result<R, Fail>) -> Result<R, Fail> {
+        if handle.is_null() {
+            return Err(Fail::argument(format!("the {} handle is null", self.kind)));
+        }
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        match live.get(&(handle as usize)) {
+            Some(value) => f(value),
+            None => {
+                Err(Fail::argument(format!("{:p} is not a live {} handle (freed, or another kind)", handle, self.kind)))
+            }
+        }
+    }
+
     /// Forgets `handle`; the object goes when the last call using it ends.
     /// False when it was not live (null, freed already, another kind).
     pub fn remove<P>(&self, handle: *const P) -> bool {

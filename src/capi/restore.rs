@@ -274,8 +274,5 @@ pub unsafe extern "C" fn vhdkit_reader_read_at(
     len: usize,
     err: *mut *mut vhdkit_error,
 ) -> vhdkit_status {
-    call(err, || {
-        let reader = READERS.get(reader)?;
-        read_into(&*reader, offset, buf, len)
-    })
+    call(err, || READERS.with(reader, |reader| read_into(reader, offset, buf, len)))
 }
