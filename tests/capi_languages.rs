@@ -219,3 +219,36 @@ fn python_random_reads_equal_qemu() {
         .args(["3000", "7"]));
     assert!(out.contains("PYTHON READS OK: 3000"), "{out}");
 }
+
+#[test]
+fn the_readme_example_backs_up_and_the_benchmark_programs_build() {
+    let Some(prefix) = prefix(&["cc", "pkg-config", "qemu-img"]) else { return };
+    let im = images();
+    let work = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/c");
+    for name in ["backup", "bench_reads"] {
+        run(Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2"])
+            .arg(examples.join(format!("{name}.c")))
+            .arg("-o")
+            .arg(work.path().join(name))
+            .args(pkg_config(&prefix, &["--cflags", "--libs"])));
+    }
+    let store = work.path().join("store");
+    let backup = |args: &[&Path]| {
+        run(Command::new(work.path().join("backup"))
+            .arg(&store)
+            .arg("vm")
+            .args(args)
+            .env("LD_LIBRARY_PATH", prefix.join("lib")))
+    };
+    assert!(backup(&[&im.path("base.vhdx")]).contains(r#""kind":"full""#));
+    let report = backup(&[&im.path("changed.vhdx"), &im.path("changes.json")]);
+    // Three 512 KiB chunks: the 64 KiB change inside one, the 1 MiB one across two.
+    assert!(report.contains(r#""kind":"incremental""#) && report.contains(r#""bytes_read":1572864"#), "{report}");
+    let reads = run(Command::new(work.path().join("bench_reads"))
+        .arg(&store)
+        .args(["vm", "1000", "3"])
+        .env("LD_LIBRARY_PATH", prefix.join("lib")));
+    assert!(reads.starts_with("ns_per_read "), "{reads}");
+}
