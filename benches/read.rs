@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::FileExt;
 use std::hint::black_box;
-use std::os::unix::fs::FileExt;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vhdkit::export::{Target, export};

@@ -14,8 +14,8 @@
 
 mod common;
 
+use common::FileExt;
 use std::hint::black_box;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

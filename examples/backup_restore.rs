@@ -34,7 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Ctrl-C sets the flag; the backup checks it between chunks and then
     // fails with `Cancelled`, having committed nothing.
     let flag = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone())?;
+    let seen = flag.clone();
+    ctrlc::set_handler(move || seen.store(true, std::sync::atomic::Ordering::SeqCst))?;
 
     let mut options = BackupOptions::new(name.as_str());
     options.cancel = CancelToken::from_flag(flag);

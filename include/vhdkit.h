@@ -308,7 +308,7 @@ vhdkit_status vhdkit_nbd_server_new(const struct vhdkit_reader *const *readers,
                                     struct vhdkit_error **err);
 
 // Binds the server to `address`: `host:port` for TCP (port 0 picks a free
-// one) or `unix:PATH`. `url_out` (may be null) receives the URL clients
+// one) or `unix:PATH` (not on Windows). `url_out` (may be null) receives the URL clients
 // use (`nbd://127.0.0.1:10809`), freed with `vhdkit_string_free`.
 vhdkit_status vhdkit_nbd_server_bind(const struct vhdkit_nbd_server *server,
                                      const char *address,

@@ -46,7 +46,6 @@ pub mod format;
 pub mod fs;
 pub mod io;
 mod json_input;
-#[cfg(unix)]
 pub mod nbd;
 pub mod progress;
 pub mod store;

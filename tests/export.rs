@@ -79,7 +79,6 @@ fn touches(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
 /// raw image; unallocated blocks hold nothing the reference has. Used where a
 /// whole-disk `qemu-img compare` would read hundreds of GiB of zeros.
 fn qemu_agrees_by_block(reference_raw: &Path, output: &Path, dir: &Path) {
-    use std::os::unix::fs::FileExt;
     run(Command::new("qemu-img").args(["check", "-q", "-f", "vhdx"]).arg(output));
     let raw = std::fs::File::open(reference_raw).unwrap();
     let raw_data = common::file_data_ranges(reference_raw);
@@ -90,7 +89,7 @@ fn qemu_agrees_by_block(reference_raw: &Path, output: &Path, dir: &Path) {
         match state {
             0 => {
                 if touches(&raw_data, voff, voff + len) {
-                    raw.read_exact_at(&mut want, voff).unwrap();
+                    common::read_exact_at(&raw, &mut want, voff);
                     assert!(
                         want.iter().all(|&x| x == 0),
                         "{}: block at {voff} is unallocated but holds data",
@@ -102,7 +101,7 @@ fn qemu_agrees_by_block(reference_raw: &Path, output: &Path, dir: &Path) {
                 if !touches(&out_data, foff, foff + len) && !touches(&raw_data, voff, voff + len) {
                     continue; // a hole in both files: zeros either way
                 }
-                raw.read_exact_at(&mut want, voff).unwrap();
+                common::read_exact_at(&raw, &mut want, voff);
                 let got = common::qemu_read(output, "vhdx", voff, len, dir);
                 assert!(got == want, "{}: block at {voff} differs in qemu's view", output.display());
             }

@@ -53,6 +53,12 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The OS error for a full disk: ENOSPC, or Windows' ERROR_DISK_FULL.
+#[cfg(unix)]
+const DISK_FULL: i32 = libc::ENOSPC;
+#[cfg(windows)]
+const DISK_FULL: i32 = 112;
+
 /// A folder store whose listing of one prefix fails, or whose disk fills
 /// up after a number of bytes.
 fn faulty(path: &Path, fail_list: Option<&'static str>, space: Option<u64>) -> Store {
@@ -62,7 +68,7 @@ fn faulty(path: &Path, fail_list: Option<&'static str>, space: Option<u64>) -> S
             Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("injected: cannot list {prefix}")))
         }
         Op::Write(_, n) => match &space {
-            Some(left) if left.load(Ordering::SeqCst) < n as u64 => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(left) if left.load(Ordering::SeqCst) < n as u64 => Err(io::Error::from_raw_os_error(DISK_FULL)),
             Some(left) => {
                 left.fetch_sub(n as u64, Ordering::SeqCst);
                 Ok(())
@@ -383,7 +389,7 @@ fn restore_points_keep_a_vms_disks_and_files_together() {
     let loc = *index.locations(&chunk).next().expect("the attachment's chunk is stored");
     let pack = store.backend().describe(&loc.pack.key());
     let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"X", loc.offset + 60).unwrap();
+    common::write_all_at(&f, b"X", loc.offset + 60);
     let report = store.verify(&tweak(VerifyOptions::default(), |o| o.only = Some(point2.to_string()))).unwrap();
     assert!(!report.ok);
     assert_eq!(report.damaged_points, vec![point2.clone()]);

@@ -91,8 +91,21 @@ fn run_child(store: &Path, op: &str, abort_at: u64, env: &[(&str, String)]) -> O
         return Some(n.trim().parse().unwrap());
     }
     // An abort is the expected way to die; anything else is a failure.
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(6), "the child failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let signal = out.status.signal();
+        assert_eq!(signal, Some(6), "the child failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    }
+    // Rust's abort on Windows is __fastfail: STATUS_STACK_BUFFER_OVERRUN.
+    #[cfg(windows)]
+    assert_eq!(
+        out.status.code().map(|c| c as u32),
+        Some(0xC000_0409),
+        "the child failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     None
 }
 

@@ -6,7 +6,6 @@ mod common;
 use common::{block_size, child_of, init_options, noise, tweak};
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 
@@ -140,7 +139,7 @@ fn a_checkpoint_child_is_backed_up_without_reading_its_parent() {
         let garbage = vec![0x5Au8; 1 << 20];
         let mut at = if format == Target::Vhdx { 4 << 20 } else { 8192 };
         while at + (1 << 20) < len - 512 {
-            f.write_all_at(&garbage, at).unwrap();
+            common::write_all_at(&f, &garbage, at);
             at += 1 << 20;
         }
         drop(f);

@@ -11,7 +11,6 @@ mod common;
 use common::noise;
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -138,9 +137,9 @@ fn copy_dir(from: &Path, to: &Path) {
 fn flip(path: &Path, at: u64) {
     let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
     let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
+    common::read_exact_at(&f, &mut b, at);
     b[0] ^= 0x20;
-    f.write_all_at(&b, at).unwrap();
+    common::write_all_at(&f, &b, at);
 }
 
 fn verify_flips(compression: Compression) {

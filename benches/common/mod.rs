@@ -167,3 +167,39 @@ pub fn full(name: &str) -> vhdkit::store::BackupOptions {
     o.full = true;
     o
 }
+
+/// Positional reads and writes on any platform: the Unix trait, or the
+/// same two methods over Windows' `seek_read`/`seek_write`.
+#[cfg(unix)]
+pub use std::os::unix::fs::FileExt;
+
+/// Positional reads and writes on Windows, named as on Unix.
+#[cfg(windows)]
+pub trait FileExt {
+    /// Fills `buf` from `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+}
+
+#[cfg(windows)]
+impl FileExt for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::windows::fs::FileExt::seek_read(self, &mut buf[done..], offset + done as u64)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            done += std::os::windows::fs::FileExt::seek_write(self, &buf[done..], offset + done as u64)?;
+        }
+        Ok(())
+    }
+}

@@ -396,7 +396,7 @@ fn write_link(volume: &Volume, from: &str, dest: &Path) -> Result<(), String> {
     #[cfg(unix)]
     return std::os::unix::fs::symlink(&target, dest).map_err(|e| format!("{}: {e}", dest.display()));
     #[cfg(not(unix))]
-    return Err(format!("a symbolic link to {target}: not copied on this system"));
+    return Err(format!("{}: a symbolic link to {target}, not copied on this system", dest.display()));
 }
 
 fn set_times(dest: &Path, meta: &Metadata) {

@@ -436,15 +436,21 @@ pub(crate) fn to_json(value: &impl Serialize) -> Result<String, Failure> {
     serde_json::to_string_pretty(value).map_err(|e| Failure { code: 1, message: e.to_string() })
 }
 
-/// SIGINT and SIGTERM cancel the running operation (exit 130); a second
-/// SIGINT ends the process at once.
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP, or on Windows Ctrl-C, Ctrl-Break
+/// and closing the console, cancel the running operation (exit 130); a
+/// second one ends the process at once. Through the ctrlc crate, which
+/// installs the platform's own handler (a signal handler, or
+/// `SetConsoleCtrlHandler`) and runs this on a thread of its own.
 fn cancel_on_signals() -> CancelToken {
     let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // Registered first, so it sees the flag as the previous signal left it.
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
-        let _ = signal_hook::flag::register(signal, flag.clone());
-    }
+    let seen = flag.clone();
+    // Without a handler (another library installed one first) Ctrl-C still
+    // ends the process, as it would without vhdkit.
+    let _ = ctrlc::set_handler(move || {
+        if seen.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
     CancelToken::from_flag(flag)
 }
 

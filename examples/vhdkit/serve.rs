@@ -35,10 +35,19 @@ pub(crate) struct ServeArgs {
 
 fn listen(args: &ServeArgs) -> Result<(Listener, String), Failure> {
     if let Some(path) = &args.socket {
-        let _ = std::fs::remove_file(path);
-        let l = std::os::unix::net::UnixListener::bind(path)
-            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-        return Ok((Listener::Unix(l), format!("nbd+unix://{{}}?socket={}", path.display())));
+        #[cfg(unix)]
+        {
+            let _ = std::fs::remove_file(path);
+            let l = std::os::unix::net::UnixListener::bind(path)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+            return Ok((Listener::Unix(l), format!("nbd+unix://{{}}?socket={}", path.display())));
+        }
+        // Rust's standard library has no AF_UNIX sockets on Windows.
+        #[cfg(not(unix))]
+        return Err(Failure::usage(format!(
+            "--socket {}: Unix sockets are not available on this platform; serve over TCP with --listen HOST:PORT",
+            path.display()
+        )));
     }
     let l = TcpListener::bind(&args.listen).map_err(|e| Failure::usage(format!("{}: {e}", args.listen)))?;
     let addr = l.local_addr()?;

@@ -1,7 +1,6 @@
 //! The NBD server: serve backups to `qemu-nbd`, `nbdcopy`, a hypervisor or
-//! the kernel's NBD client. Built where the crate's `nbd` module is (Unix);
-//! elsewhere every call returns `VHDKIT_UNSUPPORTED`, so the header and the
-//! ABI are the same on every platform.
+//! the kernel's NBD client, over TCP everywhere and Unix sockets where they
+//! exist (elsewhere `unix:` addresses are `VHDKIT_UNSUPPORTED`).
 
 use std::ffi::c_char;
 
@@ -15,7 +14,6 @@ pub struct vhdkit_nbd_server {
     _opaque: [u8; 0],
 }
 
-#[cfg(unix)]
 mod imp {
     use std::net::TcpListener;
     use std::sync::Mutex;
@@ -70,12 +68,12 @@ mod imp {
         Ok(SERVERS.insert(NbdServer { server, listener: Mutex::new(None) }))
     }
 
-    /// Binds `address` (`host:port`, or `unix:PATH`); the URL clients use.
+    /// Binds `address` (`host:port`, or `unix:PATH` where Unix sockets
+    /// exist); the URL clients use.
     pub fn bind(server: *const super::vhdkit_nbd_server, address: &str) -> Result<String, Fail> {
         let s = SERVERS.get(server)?;
         let (listener, url) = if let Some(path) = address.strip_prefix("unix:") {
-            let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| io_fail(format!("bind {path}"), e))?;
-            (Listener::Unix(l), format!("nbd+unix:///?socket={path}"))
+            unix_listener(path)?
         } else {
             let l = TcpListener::bind(address).map_err(|e| io_fail(format!("bind {address}"), e))?;
             let at = l.local_addr().map_err(|e| io_fail(format!("bind {address}"), e))?;
@@ -83,6 +81,20 @@ mod imp {
         };
         *s.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
         Ok(url)
+    }
+
+    #[cfg(unix)]
+    fn unix_listener(path: &str) -> Result<(Listener, String), Fail> {
+        let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| io_fail(format!("bind {path}"), e))?;
+        Ok((Listener::Unix(l), format!("nbd+unix:///?socket={path}")))
+    }
+
+    #[cfg(not(unix))]
+    fn unix_listener(path: &str) -> Result<(Listener, String), Fail> {
+        Err(Fail::new(
+            super::super::error::VHDKIT_UNSUPPORTED,
+            format!("unix:{path}: Unix sockets are not available on this platform; bind host:port"),
+        ))
     }
 
     pub fn serve(server: *const super::vhdkit_nbd_server, cancel: *const vhdkit_cancel) -> Result<(), Fail> {
@@ -100,35 +112,6 @@ mod imp {
     pub fn free(server: *const super::vhdkit_nbd_server) {
         SERVERS.remove(server);
     }
-}
-
-#[cfg(not(unix))]
-mod imp {
-    use super::super::callbacks::vhdkit_cancel;
-    use super::super::error::{Fail, VHDKIT_UNSUPPORTED};
-    use super::super::restore::vhdkit_reader;
-
-    fn unsupported() -> Fail {
-        Fail::new(VHDKIT_UNSUPPORTED, "the NBD server is not built on this platform")
-    }
-
-    pub fn new(
-        _: &[*const vhdkit_reader],
-        _: &[*const std::ffi::c_char],
-        _: *const std::ffi::c_char,
-    ) -> Result<*mut super::vhdkit_nbd_server, Fail> {
-        Err(unsupported())
-    }
-
-    pub fn bind(_: *const super::vhdkit_nbd_server, _: &str) -> Result<String, Fail> {
-        Err(unsupported())
-    }
-
-    pub fn serve(_: *const super::vhdkit_nbd_server, _: *const vhdkit_cancel) -> Result<(), Fail> {
-        Err(unsupported())
-    }
-
-    pub fn free(_: *const super::vhdkit_nbd_server) {}
 }
 
 /// Makes a server exporting `count` readers, export `i` named `names[i]`.
@@ -158,7 +141,7 @@ pub unsafe extern "C" fn vhdkit_nbd_server_new(
 }
 
 /// Binds the server to `address`: `host:port` for TCP (port 0 picks a free
-/// one) or `unix:PATH`. `url_out` (may be null) receives the URL clients
+/// one) or `unix:PATH` (not on Windows). `url_out` (may be null) receives the URL clients
 /// use (`nbd://127.0.0.1:10809`), freed with `vhdkit_string_free`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vhdkit_nbd_server_bind(

@@ -156,7 +156,7 @@ pub fn assert_same_as_raw(disk: &dyn VirtualDisk, raw: &Path) {
     while off < len {
         let n = (len - off).min(ours.len() as u64) as usize;
         disk.read_at(&mut ours[..n], off).unwrap_or_else(|e| panic!("read at {off}: {e}"));
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut theirs[..n], off).unwrap();
+        read_exact_at(&file, &mut theirs[..n], off);
         if ours[..n] != theirs[..n] {
             let i = ours[..n].iter().zip(&theirs[..n]).position(|(a, b)| a != b).unwrap();
             panic!(
@@ -172,8 +172,45 @@ pub fn assert_same_as_raw(disk: &dyn VirtualDisk, raw: &Path) {
 }
 pub mod build;
 
+/// Fills `buf` from `file` at `offset`, on any platform.
+pub fn read_exact_at(file: &fs::File, buf: &mut [u8], offset: u64) {
+    #[cfg(unix)]
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset).unwrap();
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64).unwrap();
+            assert!(n > 0, "end of file at {}", offset + done as u64);
+            done += n;
+        }
+    }
+}
+
+/// Writes all of `buf` to `file` at `offset`, on any platform.
+pub fn write_all_at(file: &fs::File, buf: &[u8], offset: u64) {
+    #[cfg(unix)]
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset).unwrap();
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            done += std::os::windows::fs::FileExt::seek_write(file, &buf[done..], offset + done as u64).unwrap();
+        }
+    }
+}
+
+/// The data ranges of a file: on Windows, the whole file (what follows
+/// reads it all, only slower).
+#[cfg(not(unix))]
+pub fn file_data_ranges(path: &Path) -> Vec<(u64, u64)> {
+    let len = fs::metadata(path).unwrap().len();
+    if len == 0 { Vec::new() } else { vec![(0, len)] }
+}
+
 /// The data ranges of a (sparse) file, from SEEK_DATA/SEEK_HOLE: what the
 /// file system says, independent of any image reader.
+#[cfg(unix)]
 pub fn file_data_ranges(path: &Path) -> Vec<(u64, u64)> {
     use std::os::unix::io::AsRawFd;
     let f = fs::File::open(path).unwrap();
@@ -198,12 +235,11 @@ pub fn file_data_ranges(path: &Path) -> Vec<(u64, u64)> {
 /// Checks a raw file against corpus.json's record of qemu's view: each listed
 /// extent hashes the same, and every byte outside them is zero.
 pub fn assert_raw_file_matches(raw: &Path, extents: &[(u64, u64, String)], size: u64) {
-    use std::os::unix::fs::FileExt;
     let f = fs::File::open(raw).unwrap();
     assert_eq!(f.metadata().unwrap().len(), size, "{}: size", raw.display());
     for (off, len, sha) in extents {
         let mut buf = vec![0u8; *len as usize];
-        f.read_exact_at(&mut buf, *off).unwrap();
+        read_exact_at(&f, &mut buf, *off);
         assert_eq!(&sha256(&buf), sha, "{}: bytes {off}..{}", raw.display(), off + len);
     }
     let inside = |a: u64, b: u64| extents.iter().any(|(o, l, _)| *o <= a && b <= o + l);
@@ -212,7 +248,7 @@ pub fn assert_raw_file_matches(raw: &Path, extents: &[(u64, u64, String)], size:
         let mut off = start;
         while off < end {
             let n = (end - off).min(buf.len() as u64) as usize;
-            f.read_exact_at(&mut buf[..n], off).unwrap();
+            read_exact_at(&f, &mut buf[..n], off);
             for (i, chunk) in buf[..n].chunks(4096).enumerate() {
                 let at = off + i as u64 * 4096;
                 if chunk.iter().any(|&b| b != 0) {
@@ -231,11 +267,10 @@ pub fn assert_raw_file_matches(raw: &Path, extents: &[(u64, u64, String)], size:
 /// A VHDX's payload blocks as its BAT states them, parsed with raw offsets
 /// (independent of the crate): (virtual offset, length, state, file offset).
 pub fn vhdx_blocks(path: &Path) -> Vec<(u64, u64, u8, u64)> {
-    use std::os::unix::fs::FileExt;
     let f = fs::File::open(path).unwrap();
     let read = |at: u64, len: usize| {
         let mut b = vec![0u8; len];
-        f.read_exact_at(&mut b, at).unwrap();
+        read_exact_at(&f, &mut b, at);
         b
     };
     let u32at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
