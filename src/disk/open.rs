@@ -48,35 +48,70 @@ impl ParentResolver for DefaultResolver {
         let dir = child.parent().unwrap_or(Path::new("."));
         let mut out = Vec::new();
         for hint in &link.hints {
-            let local = hint.path.replace('\\', "/");
-            let local = local.strip_prefix("//?/").unwrap_or(&local);
             match hint.kind {
-                HintKind::Relative => out.push(normalize(&dir.join(local))),
+                HintKind::Relative => out.push(normalize(&dir.join(native(&hint.path)))),
+                // `\\?\Volume{GUID}\...` names a volume however it is
+                // mounted: Windows opens it as it is; elsewhere it names
+                // nothing (the file-name pass below may still find it).
                 HintKind::Volume => {
                     if cfg!(windows) {
                         out.push(PathBuf::from(&hint.path));
                     }
                 }
                 HintKind::Absolute | HintKind::Name => {
-                    let p = Path::new(local);
-                    if p.is_absolute() || looks_like_drive_path(local) {
-                        out.push(PathBuf::from(local));
+                    let local = native(&hint.path);
+                    let p = Path::new(&local);
+                    if p.is_absolute() || looks_like_drive_path(&local) {
+                        out.push(PathBuf::from(&local));
                     } else {
                         out.push(normalize(&dir.join(p)));
                     }
                 }
             }
         }
+        // A chain copied together keeps its file names, though not always
+        // their case (Windows ignores it; a copy to a case-sensitive file
+        // system keeps whichever the copier used).
         for hint in &link.hints {
             let local = hint.path.replace('\\', "/");
             if let Some(name) = Path::new(&local).file_name() {
                 out.push(dir.join(name));
+                if let Some(other) = same_name_ignoring_case(dir, name) {
+                    out.push(other);
+                }
             }
         }
         let mut seen = HashSet::new();
         out.retain(|p| seen.insert(p.clone()));
         out
     }
+}
+
+/// A stored Windows path as this platform opens it: as stored on Windows
+/// (`C:\VMs\a.vhdx`, `\\?\C:\...`, `\\server\share\...`; Rust's standard
+/// library adds the `\\?\` prefix a path over 260 characters needs);
+/// elsewhere with `/` separators and without a `\\?\` prefix.
+fn native(stored: &str) -> String {
+    if cfg!(windows) {
+        return stored.to_string();
+    }
+    let local = stored.replace('\\', "/");
+    local.strip_prefix("//?/").unwrap_or(&local).to_string()
+}
+
+/// An entry of `dir` whose name is `name` but for case, when `name` itself
+/// is not there. Looks at no more than 100,000 entries.
+fn same_name_ignoring_case(dir: &Path, name: &std::ffi::OsStr) -> Option<PathBuf> {
+    if dir.join(name).exists() {
+        return None;
+    }
+    let want = name.to_str()?.to_lowercase();
+    std::fs::read_dir(dir)
+        .ok()?
+        .take(100_000)
+        .flatten()
+        .find(|e| e.file_name().to_str().is_some_and(|n| n.to_lowercase() == want))
+        .map(|e| e.path())
 }
 
 fn looks_like_drive_path(p: &str) -> bool {
@@ -268,6 +303,13 @@ impl OpenOptions {
     fn find_parent(&self, child: &Path, link: &ParentLink) -> Result<(PathBuf, Layer)> {
         let mut candidates = self.resolver.candidates(child, link);
         if self.confine_parents {
+            // A network path is never inside the child's folder unless the
+            // child is on the network too: refused before `canonicalize`
+            // would connect to whatever server a hostile locator names.
+            let on_network = |p: &Path| p.to_str().is_some_and(|s| s.starts_with("\\\\") || s.starts_with("//"));
+            if !on_network(child) {
+                candidates.retain(|c| !on_network(c));
+            }
             let dir = child.parent().and_then(|d| d.canonicalize().ok());
             candidates.retain(|c| {
                 let real = c.canonicalize().ok();
@@ -412,16 +454,39 @@ mod tests {
             (HintKind::Name, "base.vhd"),
         ]);
         let got = DefaultResolver.candidates(Path::new("/data/vm/child.vhd"), &l);
-        let want: Vec<PathBuf> = [
+        // Elsewhere, Windows paths are mapped; a volume path names nothing.
+        #[cfg(not(windows))]
+        let want = [
             "/data/vm/fat-parent.vhd",
             "C:/Projects/dfvfs/test_data/fat-parent.vhd",
             "/data/vm/base.vhd",
             "/data/vm/p.vhdx",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-        assert_eq!(got, want);
+        ];
+        // On Windows every stored path is tried as Hyper-V would, the
+        // volume path included, in the order stored.
+        #[cfg(windows)]
+        let want = [
+            "/data/vm/fat-parent.vhd",
+            "\\\\?\\Volume{1234}\\vms\\p.vhdx",
+            "C:\\Projects\\dfvfs\\test_data\\fat-parent.vhd",
+            "/data/vm/base.vhd",
+            "/data/vm/p.vhdx",
+        ];
+        assert_eq!(got, want.iter().map(PathBuf::from).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_parent_renamed_in_case_is_found() {
+        let dir = std::env::temp_dir().join(format!("vhdkit-case-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Base.VHDX"), b"x").unwrap();
+        let l = link(&[(HintKind::Relative, ".\\base.vhdx")]);
+        let got = DefaultResolver.candidates(&dir.join("child.avhdx"), &l);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Found by its name on a case-sensitive file system; on a
+        // case-insensitive one (Windows) the stored name opens it as is.
+        let found = got.iter().any(|p| p.file_name() == Some(std::ffi::OsStr::new("Base.VHDX")));
+        assert!(found || cfg!(windows) || cfg!(target_os = "macos"), "{got:?}");
     }
 
     #[test]

@@ -153,7 +153,16 @@ pub fn write_raw_in_place(
     };
     // Neither created nor truncated: in place means the target exists.
     let mut file: File = FsOpen::new().write(true).open(target).map_err(io("open"))?;
-    let capacity = file.seek(SeekFrom::End(0)).map_err(io("measure"))?;
+    let device = Device::open(&mut file, target).map_err(io("measure"))?;
+    let capacity = device.capacity;
+    if !size.is_multiple_of(u64::from(device.sector)) {
+        return Err(ExportError::Invalid(format!(
+            "the disk's {size} bytes are not whole {}-byte sectors of {}",
+            device.sector,
+            target.display()
+        ))
+        .into());
+    }
     if capacity < size {
         return Err(ExportError::Invalid(format!(
             "{} holds {capacity} bytes; the disk needs {size}",
@@ -164,21 +173,23 @@ pub fn write_raw_in_place(
     let mut report = ExportReport { virtual_size: size, file_size: capacity, ..Default::default() };
     let zeros = vec![0u8; STEP as usize];
     let mut written = 0u64;
+    let mut device = device;
     walk(disk, options, &mut report, |(at, len, bytes)| {
         match (bytes, mode) {
             (Some(b), InPlace::WriteAll) => {
-                write_all_at(&file, b, *at).map_err(io("write"))?;
+                device.write(&file, b, *at).map_err(io("write"))?;
                 written += b.len() as u64;
             }
             (None, InPlace::WriteAll) => {
-                write_all_at(&file, &zeros[..*len as usize], *at).map_err(io("write"))?;
+                device.write(&file, &zeros[..*len as usize], *at).map_err(io("write"))?;
                 written += len;
             }
-            // Over zeros, only non-zero pieces need writing.
+            // Over zeros, only non-zero pieces need writing (64 KiB
+            // pieces: whole sectors of any device).
             (Some(b), _) => {
                 for (i, piece) in b.chunks(ZERO_GRAIN).enumerate() {
                     if !is_all_zero(piece) {
-                        write_all_at(&file, piece, at + (i * ZERO_GRAIN) as u64).map_err(io("write"))?;
+                        device.write(&file, piece, at + (i * ZERO_GRAIN) as u64).map_err(io("write"))?;
                         written += piece.len() as u64;
                     }
                 }
@@ -193,4 +204,66 @@ pub fn write_raw_in_place(
     report.bytes_written = written;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What an in-place target is: its capacity and sector size, and on
+/// Windows, for a disk or volume device, the aligned buffer its writes go
+/// through (a volume is locked and dismounted first, and refused if in use).
+struct Device {
+    capacity: u64,
+    sector: u32,
+    #[cfg(windows)]
+    bounce: Option<(crate::io::device::Aligned, bool)>,
+}
+
+impl Device {
+    fn open(file: &mut File, target: &Path) -> std::io::Result<Device> {
+        #[cfg(windows)]
+        if crate::io::device::is_device_path(target) {
+            use crate::io::device;
+            let volume = device::is_volume_path(target);
+            if volume {
+                device::lock_volume(file, target)?;
+            }
+            let sector = device::sector_size(file);
+            return Ok(Device {
+                capacity: device::length(file)?,
+                sector,
+                bounce: Some((device::Aligned::new(STEP as usize, sector.max(4096) as usize), !volume)),
+            });
+        }
+        let _ = target;
+        Ok(Device {
+            capacity: file.seek(SeekFrom::End(0))?,
+            sector: 1,
+            #[cfg(windows)]
+            bounce: None,
+        })
+    }
+
+    /// Writes `buf` at `at`: through the aligned buffer on a device.
+    fn write(&mut self, file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+        #[cfg(windows)]
+        if let Some((bounce, whole_disk)) = self.bounce.as_mut() {
+            for (i, piece) in buf.chunks(STEP as usize).enumerate() {
+                let r = write_all_at(file, bounce.fill(piece), at + (i as u64) * STEP);
+                if let Err(e) = r {
+                    // Windows refuses writes into a mounted volume's sectors
+                    // of a whole disk with access denied.
+                    if *whole_disk && e.raw_os_error() == Some(5) {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "a volume on this disk is mounted; take the disk offline first \
+                                 (Set-Disk -IsOffline $true): {e}"
+                            ),
+                        ));
+                    }
+                    return Err(e);
+                }
+            }
+            return Ok(());
+        }
+        write_all_at(file, buf, at)
+    }
 }

@@ -13,6 +13,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(windows)]
+pub(crate) mod device;
 pub(crate) mod durable;
 #[cfg(feature = "mmap")]
 mod mmap;
@@ -86,6 +88,12 @@ impl FileReader {
     /// Only regular files are accepted, and the open itself cannot block: a
     /// FIFO or device named by a hostile parent locator is refused rather
     /// than hanging the caller.
+    ///
+    /// On Windows the file is opened sharing read, write and delete, so an
+    /// image another process holds open for writing (Hyper-V holds a running
+    /// VM's disks so, and lets others read) can still be read, and our open
+    /// never locks anyone out. A holder that shares nothing makes the open
+    /// fail with the OS's sharing violation (error 32), named in the error.
     pub fn open(path: &Path) -> io::Result<Self> {
         let mut options = File::options();
         options.read(true);
@@ -93,6 +101,12 @@ impl FileReader {
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.custom_flags(libc::O_NONBLOCK);
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::OpenOptionsExt;
+            use windows_sys::Win32::Storage::FileSystem::{FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE};
+            options.share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE);
         }
         let file = options.open(path)?;
         if !file.metadata()?.is_file() {
@@ -108,6 +122,11 @@ impl FileReader {
     /// lands, since its metadata says 0.
     pub fn open_device(path: &Path) -> io::Result<Self> {
         let file = File::options().read(true).open(path)?;
+        #[cfg(windows)]
+        if device::is_device_path(path) {
+            let size = device::length(&file)?;
+            return Ok(Self { file, size });
+        }
         let meta = file.metadata()?;
         #[cfg(unix)]
         let device = {

@@ -42,10 +42,11 @@
 //! gone); a winner deletes claims two or more below its own.
 //!
 //! May import: `model`, the store's error and `backend`; its parts
-//! (`claim.rs`, `table.rs`) import this file, which declares them and
+//! (`claim.rs`, `host.rs`, `table.rs`) import this file, which declares them and
 //! never imports them back but for what it re-exports.
 
 mod claim;
+mod host;
 mod table;
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -59,7 +60,8 @@ use crate::store::error::{Result, StoreError};
 use crate::store::model::time::Moment;
 
 use claim::{Claim, claim_maintenance};
-pub(crate) use table::{LeaseInfo, LeaseTable, lease_info, machine_id};
+pub(crate) use host::machine_id;
+pub(crate) use table::{LeaseInfo, LeaseTable, lease_info};
 
 /// What a lease is held for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::store::backend::{Backend, ObjectInfo};
 use crate::store::error::{Result, StoreError};
+use crate::store::state::lease::host::{machine_id, process_gone};
 use crate::store::state::lease::{LeaseRecord, LeaseSettings, MAX_LEASE_OBJECT, io};
 
 
@@ -20,18 +21,6 @@ pub(crate) struct LeaseInfo {
     pub modified: SystemTime,
 }
 
-/// This boot of this machine and this process's pid namespace; empty where
-/// that cannot be told (then no lease is judged by its pid).
-pub(crate) fn machine_id() -> String {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-        let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
-        if boot.trim().is_empty() || ns.is_empty() { String::new() } else { format!("{} {ns}", boot.trim()) }
-    })
-    .clone()
-}
-
 impl LeaseInfo {
     /// Whether the holder may still be running: false only for a holder on
     /// this machine (same boot, same pid namespace) whose process is gone,
@@ -41,20 +30,7 @@ impl LeaseInfo {
         if mine.is_empty() || self.record.machine != mine {
             return true;
         }
-        #[cfg(unix)]
-        {
-            let Ok(pid) = libc::pid_t::try_from(self.record.pid) else { return true };
-            if pid <= 0 {
-                return true;
-            }
-            // SAFETY: kill(2) with signal 0 only checks that the process exists.
-            let r = unsafe { libc::kill(pid, 0) };
-            r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-        }
-        #[cfg(not(unix))]
-        {
-            true
-        }
+        !process_gone(self.record.pid, self.record.first)
     }
 
     /// Whether the lease is younger than `ttl + margin` at `now`, with the
