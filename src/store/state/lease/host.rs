@@ -45,19 +45,12 @@ mod imp {
 mod imp {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use windows_sys::Win32::Foundation::{
-        CloseHandle, ERROR_INVALID_PARAMETER, ERROR_SUCCESS, FILETIME, GetLastError, STILL_ACTIVE,
-    };
+    use windows_sys::Win32::Foundation::{CloseHandle, ERROR_INVALID_PARAMETER, ERROR_SUCCESS, GetLastError, STILL_ACTIVE};
     use windows_sys::Win32::System::Registry::{HKEY_LOCAL_MACHINE, RRF_RT_REG_SZ, RegGetValueW};
     use windows_sys::Win32::System::SystemInformation::GetTickCount64;
-    use windows_sys::Win32::System::Threading::{
-        GetExitCodeProcess, GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
-    };
+    use windows_sys::Win32::System::Threading::{GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION};
 
     use crate::store::model::time::Moment;
-
-    /// Seconds between 1601-01-01 (FILETIME's epoch) and 1970-01-01.
-    const FILETIME_TO_UNIX: u64 = 11_644_473_600;
 
     fn wide(s: &str) -> Vec<u16> {
         s.encode_utf16().chain(std::iter::once(0)).collect()
@@ -98,10 +91,14 @@ mod imp {
         if guid.trim().is_empty() { String::new() } else { format!("{} boot-minute {minute}", guid.trim()) }
     }
 
-    /// Gone: no process has the pid, or it has exited, or the process with
-    /// the pid now was created after the lease was taken (the pid was
-    /// reused). A process of another user that we may not open is alive.
-    pub(super) fn process_gone(pid: u32, first: Moment) -> bool {
+    /// Gone: no process has the pid, or the one that has it has exited. A
+    /// process of another user that we may not open is alive, and so is a
+    /// new process that reused the pid (as with `kill(pid, 0)` on Unix):
+    /// that holder is judged by its lease's age, the safe way to be wrong.
+    /// (Comparing the process's creation time with the lease's start would
+    /// catch reuse, but the start is the storage's clock, and a storage
+    /// clock behind ours would make a live holder look gone.)
+    pub(super) fn process_gone(pid: u32, _first: Moment) -> bool {
         if pid == 0 {
             return false;
         }
@@ -112,27 +109,11 @@ mod imp {
             return unsafe { GetLastError() } == ERROR_INVALID_PARAMETER;
         }
         let mut code = 0u32;
-        let zero = FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 };
-        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
-        // SAFETY: a live handle and out-pointers to locals.
-        let (got_code, got_times) = unsafe {
-            (
-                GetExitCodeProcess(handle, &mut code) != 0,
-                GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) != 0,
-            )
-        };
+        // SAFETY: a live handle and an out-pointer to a local.
+        let got = unsafe { GetExitCodeProcess(handle, &mut code) } != 0;
         // SAFETY: the handle OpenProcess gave.
         unsafe { CloseHandle(handle) };
-        if got_code && code != STILL_ACTIVE as u32 {
-            return true;
-        }
-        if !got_times {
-            return false;
-        }
-        let ticks = (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime);
-        let created_unix = (ticks / 10_000_000).saturating_sub(FILETIME_TO_UNIX) as i64;
-        // A minute's slack: `first` is the storage's clock, not ours.
-        created_unix > first.unix_secs() + 60
+        got && code != STILL_ACTIVE as u32
     }
 }
 
