@@ -154,7 +154,7 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
         }
         // This trial's exact number of storage operations, on a copy.
         let _ = std::fs::remove_dir_all(&probe);
-        common::run(Command::new("cp").arg("-r").arg(&store_dir).arg(&probe));
+        common::copy_dir(&store_dir, &probe);
         let total = run_child(&probe, "backup", u64::MAX, &env).unwrap();
         let abort_at = 1 + rng.next() % total;
         let before: Vec<BackupId> = common::open_store(&store_dir).list().unwrap().into_iter().map(|b| b.id).collect();
@@ -214,13 +214,13 @@ fn kill_trials(
     let work = dir.join("work");
     let probe = dir.join("probe");
     let _ = std::fs::remove_dir_all(&probe);
-    common::run(Command::new("cp").arg("-r").arg(pristine).arg(&probe));
+    common::copy_dir(pristine, &probe);
     let total = run_child(&probe, op, u64::MAX, env).unwrap();
     assert!(total >= 3, "{op} made only {total} storage operations");
     let mut rng = common::Rng::new(0xC0FFEE ^ total);
     for trial in 0..trials {
         let _ = std::fs::remove_dir_all(&work);
-        common::run(Command::new("cp").arg("-r").arg(pristine).arg(&work));
+        common::copy_dir(pristine, &work);
         let abort_at = 1 + rng.next() % total;
         let finished = run_child(&work, op, abort_at, env);
         assert!(finished.is_none(), "{op} trial {trial}: outlived its abort point {abort_at} of {total}");

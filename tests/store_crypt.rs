@@ -187,7 +187,7 @@ fn stem(rel: &Path) -> String {
 fn work(dir: &Path, pristine: &Path) -> PathBuf {
     let w = dir.join("work");
     let _ = std::fs::remove_dir_all(&w);
-    common::run(Command::new("cp").arg("-r").arg(pristine).arg(&w));
+    common::copy_dir(pristine, &w);
     w
 }
 

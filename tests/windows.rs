@@ -111,7 +111,7 @@ fn an_image_another_process_holds_open_for_writing_is_read() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     if cfg!(windows) {
-        let e = opened.err().expect("an image nobody may share was opened");
+        let e = opened.expect_err("an image nobody may share was opened");
         assert_eq!(e.kind(), ErrorKind::Io, "{e}");
         assert!(e.to_string().contains("os error 32"), "no sharing violation named: {e}");
     } else {

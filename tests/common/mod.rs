@@ -187,6 +187,21 @@ pub fn read_exact_at(file: &fs::File, buf: &mut [u8], offset: u64) {
     }
 }
 
+/// Copies the folder `from` to `to` (which must not exist), as `cp -r`
+/// does, on any platform.
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Writes all of `buf` to `file` at `offset`, on any platform.
 pub fn write_all_at(file: &fs::File, buf: &[u8], offset: u64) {
     #[cfg(unix)]
