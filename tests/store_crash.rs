@@ -71,6 +71,12 @@ fn crash_child() {
     println!("OPS {}", count.load(Ordering::SeqCst));
 }
 
+/// Trials per test: `default`, or fewer when `VHDKIT_CRASH_TRIALS` says
+/// so (CI's Windows leg, where every child process starts under Wine).
+fn trials(default: u64) -> u64 {
+    std::env::var("VHDKIT_CRASH_TRIALS").ok().and_then(|n| n.parse().ok()).map_or(default, |n: u64| n.clamp(1, default))
+}
+
 /// Runs the child; returns the operation count if it ran to the end.
 fn run_child(store: &Path, op: &str, abort_at: u64, env: &[(&str, String)]) -> Option<u64> {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -139,7 +145,7 @@ fn backups_killed_at_random_points_lose_nothing_committed() {
     let disk_path = dir.join("disk.raw");
     let probe = dir.join("probe");
     let mut rng = common::Rng::new(0x5eed);
-    let trials = 40;
+    let trials = trials(40);
     let (mut killed, mut committed_then_killed) = (0, 0);
     for trial in 0..trials {
         // Each trial backs up a different version of the disk (so it has new
@@ -234,14 +240,14 @@ fn merges_killed_at_random_points_lose_nothing() {
     let dir = common::scratch("store-crash-merge");
     let (pristine, known) = chain_store(&dir);
     let newest = known[7].0.to_string();
-    kill_trials(&dir, &pristine, "merge", &[("VHDKIT_CRASH_BACKUP", newest)], &known, 30);
+    kill_trials(&dir, &pristine, "merge", &[("VHDKIT_CRASH_BACKUP", newest)], &known, trials(30));
 }
 
 #[test]
 fn prunes_killed_at_random_points_lose_nothing_kept() {
     let dir = common::scratch("store-crash-prune");
     let (pristine, known) = chain_store(&dir);
-    kill_trials(&dir, &pristine, "prune", &[], &known, 30);
+    kill_trials(&dir, &pristine, "prune", &[], &known, trials(30));
 }
 
 #[test]
@@ -256,5 +262,5 @@ fn vacuums_killed_at_random_points_lose_nothing() {
         known.into_iter().filter(|(id, _)| listed.contains(id)).collect()
     };
     drop(store);
-    kill_trials(&dir, &pristine, "vacuum", &[], &kept, 30);
+    kill_trials(&dir, &pristine, "vacuum", &[], &kept, trials(30));
 }
