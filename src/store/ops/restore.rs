@@ -131,15 +131,7 @@ pub(crate) fn restore(
     target: Target,
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let spec = spec.as_ref();
-    let t0 = store.backend().traffic();
-    let (reader, export_options) = restore_setup(store, spec, options)?;
-    let export = export(&reader, out, target, &export_options).map_err(output_error(out))?;
-    Ok(logged(
-        store,
-        RestoreReport { id: reader.id.clone(), target, output: out.to_path_buf(), export, traffic: Traffic::default() },
-        t0,
-    ))
+    restore_with(store, spec.as_ref(), out, target, options, |reader, o| export(reader, out, target, o))
 }
 
 /// [`Store::restore_to_sink`](crate::store::Store::restore_to_sink).
@@ -151,16 +143,28 @@ pub(crate) fn restore_to_sink(
     target: Target,
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let spec = spec.as_ref();
+    restore_with(store, spec.as_ref(), name, target, options, |reader, o| export_to_sink(reader, sink, name, target, o))
+}
+
+/// A restore of `spec` by `write` (to a file or a sink named `output`),
+/// reported and logged.
+fn restore_with(
+    store: &Handle,
+    spec: &str,
+    output: &Path,
+    target: Target,
+    options: &RestoreOptions,
+    write: impl FnOnce(&BackupReader, &ExportOptions) -> crate::Result<ExportReport>,
+) -> Result<RestoreReport> {
     let t0 = store.backend().traffic();
     let (reader, export_options) = restore_setup(store, spec, options)?;
-    let export = export_to_sink(&reader, sink, name, target, &export_options).map_err(output_error(name))?;
+    let export = write(&reader, &export_options).map_err(output_error(output))?;
     Ok(logged(
         store,
         RestoreReport {
             id: reader.id.clone(),
             target,
-            output: name.to_path_buf(),
+            output: output.to_path_buf(),
             export,
             traffic: Traffic::default(),
         },
