@@ -118,6 +118,7 @@ impl ObjectBackend {
         use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
         let rest = url.strip_prefix("s3://").ok_or_else(|| other(format!("{url} is not an s3:// URL")))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        tls_crypto();
         let mut builder = AmazonS3Builder::from_env();
         // object_store reads AWS_ENDPOINT; the AWS tools' name is AWS_ENDPOINT_URL.
         if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
@@ -149,6 +150,7 @@ impl ObjectBackend {
         use object_store::azure::MicrosoftAzureBuilder;
         let rest = url.strip_prefix("az://").ok_or_else(|| other(format!("{url} is not an az:// URL")))?;
         let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        tls_crypto();
         let store = MicrosoftAzureBuilder::from_env()
             .with_container_name(container)
             .with_retry(retry_config())
@@ -164,6 +166,7 @@ impl ObjectBackend {
         use object_store::gcp::GoogleCloudStorageBuilder;
         let rest = url.strip_prefix("gs://").ok_or_else(|| other(format!("{url} is not a gs:// URL")))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        tls_crypto();
         let store = GoogleCloudStorageBuilder::from_env()
             .with_bucket_name(bucket)
             .with_retry(retry_config())
@@ -261,6 +264,7 @@ impl ObjectBackend {
                     .map_err(io_error)?;
                 // A bucket-level request is signed for "/bucket/"; its
                 // query may carry a blank subresource (`object-lock=`).
+                tls_crypto();
                 let client = reqwest::Client::new();
                 let response = client
                     .request(method, url.as_str())
@@ -287,6 +291,19 @@ impl ObjectBackend {
         }
         unreachable!("the loop returns")
     }
+}
+
+/// Makes ring rustls's process-wide crypto provider unless the embedding
+/// program chose one first. The HTTP clients (object_store's and the Object
+/// Lock requests') take TLS from that default: vhdkit builds rustls with ring
+/// only, the crypto library its encryption already uses, so without this a
+/// client would have no provider and panic when built.
+fn tls_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means a provider is installed already: the embedder's, kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Retries with backoff: transient failures (5xx, 429, timeouts,
@@ -450,6 +467,39 @@ impl Backend for ObjectBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With rustls built for ring alone, the HTTP clients must still have a
+    /// crypto provider: building an S3 backend and an Object Lock request's
+    /// client does not panic, and an https:// request opens with a TLS
+    /// ClientHello (record type 22, version 3.x) on the wire.
+    #[cfg(feature = "s3")]
+    #[test]
+    fn https_requests_speak_tls_through_ring() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let endpoint = format!("https://127.0.0.1:{port}");
+        let settings = [
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_access_key_id", "id"),
+            ("aws_secret_access_key", "secret"),
+            ("aws_region", "us-east-1"),
+        ];
+        ObjectBackend::s3_with("s3://bucket/prefix", &settings).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut record = [0u8; 5];
+            conn.read_exact(&mut record).unwrap();
+            record
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = runtime.block_on(async {
+            reqwest::Client::new().get(format!("{endpoint}/bucket")).timeout(Duration::from_secs(10)).send().await
+        });
+        let record = server.join().unwrap();
+        assert_eq!((record[0], record[1]), (22, 3), "not a TLS handshake record: {record:?}");
+        assert!(result.is_err(), "the server closed without answering");
+    }
 
     #[test]
     fn keys_map_under_the_prefix_and_back() {
