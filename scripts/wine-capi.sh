@@ -8,7 +8,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-cargo rustc --target x86_64-pc-windows-gnu --lib --features capi --crate-type cdylib
+# Without S3 (a folder store here), so the DLL shares the dependencies
+# scripts/wine-test.sh built for CI's Windows leg.
+cargo rustc --target x86_64-pc-windows-gnu --lib --no-default-features --features capi,mmap --crate-type cdylib
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 qemu-img create -q -f vhdx "$work/base.vhdx" 64M

@@ -6,6 +6,8 @@
 //! `scripts/garage-up.sh` starts a one-node cluster on loopback, stopped by
 //! its PID. `VHDKIT_REQUIRE_GARAGE=1` makes a missing Garage a failure.
 
+#![cfg(feature = "s3")]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -4,6 +4,8 @@
 //! mid-vacuum. The rest of the store suite runs here too with
 //! `VHDKIT_STORE_BACKEND=s3` (`.ci/run` does).
 
+#![cfg(feature = "s3")]
+
 mod common;
 
 use std::io;

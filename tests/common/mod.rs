@@ -5,6 +5,7 @@
 
 pub mod fault_proxy;
 pub mod intercept;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::fs;
@@ -418,22 +419,32 @@ pub fn cli() -> PathBuf {
 /// `VHDKIT_STORE_ENCRYPT=1` every such store is encrypted (under
 /// [`test_key`]).
 pub fn init_store(dir: &Path, options: &vhdkit::store::InitOptions) -> vhdkit::store::Store {
-    use vhdkit::store::{CachedBackend, Store};
     let options = &suite_options(options.clone());
     let store = if std::env::var("VHDKIT_STORE_BACKEND").as_deref() != Ok("s3") {
-        Store::init(dir, options).unwrap()
+        vhdkit::store::Store::init(dir, options).unwrap()
     } else {
-        let s3 = s3::s3().expect("VHDKIT_STORE_BACKEND=s3 needs an S3 server (VHDKIT_S3_ENDPOINT or moto_server)");
-        let name = dir.strip_prefix(env!("CARGO_TARGET_TMPDIR")).unwrap_or(dir).to_string_lossy().replace('/', "-");
-        let url = s3.url(&name);
-        let store = Store::init_backend(s3.backend(&url), options).unwrap();
-        let cache = CachedBackend::new(s3.backend(&url), dir.join("cache").join(&store.config().store_id)).unwrap();
-        Store::open_backend_with(std::sync::Arc::new(cache), &open_options()).unwrap()
+        init_s3_store(dir, options)
     };
     // The suite's encrypted run must really be encrypted, or it proves
     // nothing it claims to.
     assert_eq!(store.config().is_encrypted(), suite_encrypted() || options.encryption.is_some());
     store
+}
+
+#[cfg(feature = "s3")]
+fn init_s3_store(dir: &Path, options: &vhdkit::store::InitOptions) -> vhdkit::store::Store {
+    use vhdkit::store::{CachedBackend, Store};
+    let s3 = s3::s3().expect("VHDKIT_STORE_BACKEND=s3 needs an S3 server (VHDKIT_S3_ENDPOINT or moto_server)");
+    let name = dir.strip_prefix(env!("CARGO_TARGET_TMPDIR")).unwrap_or(dir).to_string_lossy().replace('/', "-");
+    let url = s3.url(&name);
+    let store = Store::init_backend(s3.backend(&url), options).unwrap();
+    let cache = CachedBackend::new(s3.backend(&url), dir.join("cache").join(&store.config().store_id)).unwrap();
+    Store::open_backend_with(std::sync::Arc::new(cache), &open_options()).unwrap()
+}
+
+#[cfg(not(feature = "s3"))]
+fn init_s3_store(_dir: &Path, _options: &vhdkit::store::InitOptions) -> vhdkit::store::Store {
+    panic!("VHDKIT_STORE_BACKEND=s3: these tests were built without the s3 feature")
 }
 
 /// Whether the store suite runs on encrypted stores (`VHDKIT_STORE_ENCRYPT=1`).
