@@ -402,7 +402,29 @@ pub fn cli() -> PathBuf {
         .get_or_init(|| {
             let exe = std::env::current_exe().expect("test binary path");
             let dir = exe.parent().and_then(Path::parent).expect("target profile folder");
-            let status = Command::new(env!("CARGO"))
+            let mut cargo = Command::new(env!("CARGO"));
+            // Not the variables `cargo test` sets for this binary: ring's
+            // build script names CARGO_MANIFEST_DIR, CARGO_PKG_* and OUT_DIR
+            // in rerun-if-env-changed, so seeing them here would rebuild
+            // ring and all above it, and the next `cargo test` again.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .iter()
+                .any(|p| key.starts_with(p))
+                {
+                    cargo.env_remove(&*key);
+                }
+            }
+            let status = cargo
                 .args(["build", "--example", "vhdkit", "--manifest-path"])
                 .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
                 .status()
