@@ -486,8 +486,22 @@ mod tests {
             ("aws_region", "us-east-1"),
         ];
         ObjectBackend::s3_with("s3://bucket/prefix", &settings).unwrap();
+        // Accepts for 20 s at most, so a client that never connects fails
+        // the test rather than hanging it.
+        listener.set_nonblocking(true).unwrap();
         let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut conn = loop {
+                match listener.accept() {
+                    Ok((conn, _)) => break conn,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("no TLS client connected: {e}"),
+                }
+            };
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
             let mut record = [0u8; 5];
             conn.read_exact(&mut record).unwrap();
             record
